@@ -1,0 +1,256 @@
+//! Per-scope counters and the per-thread `Delta` that batches changes to them.
+//!
+//! # Invariants
+//! After every thread has flushed (quiescence), for every scope:
+//! - C1 `live_bytes = bytes_allocated - bytes_freed`
+//! - C2 `live_allocations = allocations - frees`
+//! - C3 `peak_bytes >= live_bytes`
+//! - C4 a parent's counters = its own charges + Σ its children's counters
+//!   (every charge is applied to the whole chain), so a parent's peak is the peak
+//!   of that sum, not the sum of the children's peaks.
+//!
+//! A `Delta` is a run of changes made by one thread; `max_prefix` is the highest
+//! running total its live bytes reached. Applying it adds the totals and raises
+//! the peak to `live_before + max_prefix`, which is exact when no other thread
+//! changed the scope in between (always, single-threaded).
+
+use super::sync::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// A batch of changes to one scope chain, made by one thread.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct Delta {
+    pub allocations: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub bytes_allocated: u64,
+    pub bytes_freed: u64,
+    /// Net change of live bytes.
+    pub live: i64,
+    /// Highest value `live` reached since the batch began (never below 0).
+    pub max_prefix: i64,
+    /// Operations since the batch began.
+    pub ops: u32,
+}
+
+impl Delta {
+    pub(crate) const EMPTY: Delta = Delta {
+        allocations: 0,
+        frees: 0,
+        reallocs: 0,
+        bytes_allocated: 0,
+        bytes_freed: 0,
+        live: 0,
+        max_prefix: 0,
+        ops: 0,
+    };
+
+    #[inline]
+    fn grow(&mut self, bytes: u64) {
+        self.bytes_allocated = self.bytes_allocated.wrapping_add(bytes);
+        self.live = self.live.wrapping_add(bytes as i64);
+        if self.live > self.max_prefix {
+            self.max_prefix = self.live;
+        }
+    }
+
+    #[inline]
+    fn shrink(&mut self, bytes: u64) {
+        self.bytes_freed = self.bytes_freed.wrapping_add(bytes);
+        self.live = self.live.wrapping_sub(bytes as i64);
+    }
+
+    /// Records an allocation of `bytes`.
+    #[inline]
+    pub(crate) fn alloc(&mut self, bytes: u64) {
+        self.allocations = self.allocations.wrapping_add(1);
+        self.ops = self.ops.wrapping_add(1);
+        self.grow(bytes);
+    }
+
+    /// Records a free of `bytes`.
+    #[inline]
+    pub(crate) fn free(&mut self, bytes: u64) {
+        self.frees = self.frees.wrapping_add(1);
+        self.ops = self.ops.wrapping_add(1);
+        self.shrink(bytes);
+    }
+
+    /// Records a reallocation from `old` to `new` bytes: growth counts as bytes
+    /// allocated, shrinking as bytes freed, so C1 holds.
+    #[inline]
+    pub(crate) fn realloc(&mut self, old: u64, new: u64) {
+        self.reallocs = self.reallocs.wrapping_add(1);
+        self.ops = self.ops.wrapping_add(1);
+        if new >= old {
+            self.grow(new - old);
+        } else {
+            self.shrink(old - new);
+        }
+    }
+
+    /// Net change in the number of live allocations.
+    #[inline]
+    pub(crate) fn net_allocations(&self) -> i64 {
+        self.allocations.wrapping_sub(self.frees) as i64
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+}
+
+/// The shared counters of one scope, for host or for device memory.
+pub(crate) struct Counters {
+    pub allocations: AtomicU64,
+    pub frees: AtomicU64,
+    pub reallocs: AtomicU64,
+    pub bytes_allocated: AtomicU64,
+    pub bytes_freed: AtomicU64,
+    pub live_bytes: AtomicI64,
+    pub peak_bytes: AtomicI64,
+}
+
+/// A plain copy of [`Counters`].
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct CounterValues {
+    pub allocations: u64,
+    pub frees: u64,
+    pub reallocs: u64,
+    pub bytes_allocated: u64,
+    pub bytes_freed: u64,
+    pub live_bytes: i64,
+    pub peak_bytes: i64,
+}
+
+impl Counters {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Counters {
+            allocations: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
+            bytes_allocated: AtomicU64::new(0),
+            bytes_freed: AtomicU64::new(0),
+            live_bytes: AtomicI64::new(0),
+            peak_bytes: AtomicI64::new(0),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Counters {
+            allocations: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            reallocs: AtomicU64::new(0),
+            bytes_allocated: AtomicU64::new(0),
+            bytes_freed: AtomicU64::new(0),
+            live_bytes: AtomicI64::new(0),
+            peak_bytes: AtomicI64::new(0),
+        }
+    }
+
+    /// Adds a batch; raises the peak to `live_before + max_prefix`. Zero fields
+    /// cost nothing. Returns live bytes after the batch.
+    pub(crate) fn apply(&self, d: &Delta) -> i64 {
+        add_if(&self.allocations, d.allocations);
+        add_if(&self.frees, d.frees);
+        add_if(&self.reallocs, d.reallocs);
+        add_if(&self.bytes_allocated, d.bytes_allocated);
+        add_if(&self.bytes_freed, d.bytes_freed);
+        let before = if d.live != 0 {
+            self.live_bytes.fetch_add(d.live, Relaxed)
+        } else {
+            self.live_bytes.load(Relaxed)
+        };
+        if d.max_prefix > 0 {
+            self.peak_bytes
+                .fetch_max(before.wrapping_add(d.max_prefix), Relaxed);
+        }
+        before.wrapping_add(d.live)
+    }
+
+    /// Adds `bytes` to live bytes and returns the new value, without touching the
+    /// peak or the totals (the reservation step of a hard budget).
+    pub(crate) fn reserve(&self, bytes: i64) -> i64 {
+        self.live_bytes.fetch_add(bytes, Relaxed).wrapping_add(bytes)
+    }
+
+    /// Undoes [`Counters::reserve`].
+    pub(crate) fn unreserve(&self, bytes: i64) {
+        self.live_bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Records the totals of an allocation whose live bytes were reserved.
+    pub(crate) fn commit_reserved(&self, d: &Delta, live_now: i64) {
+        add_if(&self.allocations, d.allocations);
+        add_if(&self.reallocs, d.reallocs);
+        add_if(&self.bytes_allocated, d.bytes_allocated);
+        self.peak_bytes.fetch_max(live_now, Relaxed);
+    }
+
+    /// Sets the peak to the current live bytes.
+    pub(crate) fn reset_peak(&self) {
+        let live = self.live_bytes.load(Relaxed);
+        self.peak_bytes.store(live.max(0), Relaxed);
+    }
+
+    /// Zeroes everything (a recycled slot).
+    pub(crate) fn clear(&self) {
+        for a in [
+            &self.allocations,
+            &self.frees,
+            &self.reallocs,
+            &self.bytes_allocated,
+            &self.bytes_freed,
+        ] {
+            a.store(0, Relaxed);
+        }
+        self.live_bytes.store(0, Relaxed);
+        self.peak_bytes.store(0, Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> CounterValues {
+        CounterValues {
+            allocations: self.allocations.load(Relaxed),
+            frees: self.frees.load(Relaxed),
+            reallocs: self.reallocs.load(Relaxed),
+            bytes_allocated: self.bytes_allocated.load(Relaxed),
+            bytes_freed: self.bytes_freed.load(Relaxed),
+            live_bytes: self.live_bytes.load(Relaxed),
+            peak_bytes: self.peak_bytes.load(Relaxed),
+        }
+    }
+}
+
+#[inline]
+fn add_if(a: &AtomicU64, v: u64) {
+    if v != 0 {
+        a.fetch_add(v, Relaxed);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_prefix_tracks_the_high_water_mark_of_a_batch() {
+        let mut d = Delta::EMPTY;
+        d.alloc(100);
+        d.alloc(50);
+        d.free(120);
+        d.realloc(30, 80);
+        assert_eq!(d.live, 80);
+        assert_eq!(d.max_prefix, 150);
+        let c = Counters::new();
+        c.live_bytes.store(1000, Relaxed);
+        c.peak_bytes.store(1000, Relaxed);
+        assert_eq!(c.apply(&d), 1080);
+        let v = c.read();
+        assert_eq!(v.peak_bytes, 1150);
+        assert_eq!(v.bytes_allocated, 200);
+        assert_eq!(v.bytes_freed, 120);
+        assert_eq!(v.reallocs, 1);
+        assert_eq!(d.net_allocations(), 1);
+    }
+}

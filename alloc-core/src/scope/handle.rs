@@ -1,0 +1,407 @@
+//! Opening scopes: `scope(name)`, `ScopeBuilder` for budgets, `ScopeHandle` to
+//! share a scope with other threads, and `ScopeGuard`, the RAII entry.
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use super::id::ScopeId;
+use super::record::{OPEN, REF};
+use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
+use super::stats::ScopeStats;
+use super::thread::{self, switch_to};
+
+/// Why a scope could not be opened as asked. Nothing is charged or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    /// A budget of zero bytes would refuse every allocation.
+    #[error(
+        "{which} budget of scope `{name}` is 0 bytes; give a positive number of bytes, or leave the budget unset for none"
+    )]
+    ZeroBudget {
+        /// The scope's name.
+        name: String,
+        /// `hard` or `soft`.
+        which: &'static str,
+    },
+    /// The soft limit is above the hard limit, so it could never be reached.
+    #[error(
+        "soft budget {soft} B of scope `{name}` is above its hard budget {hard} B; the soft limit must be at most the hard limit"
+    )]
+    SoftAboveHard {
+        /// The scope's name.
+        name: String,
+        /// Soft limit in bytes.
+        soft: u64,
+        /// Hard limit in bytes.
+        hard: u64,
+    },
+    /// Every registry slot is in use by open scopes or scopes owning memory.
+    #[error(
+        "cannot open scope `{name}`: all {capacity} scope slots are in use (open, or closed but still owning memory); close scopes or free their memory"
+    )]
+    RegistryFull {
+        /// The scope's name.
+        name: String,
+        /// The registry capacity.
+        capacity: usize,
+    },
+}
+
+/// What a soft-budget callback is told.
+#[derive(Debug, Clone)]
+pub struct SoftLimitExceeded {
+    /// The scope that went over.
+    pub scope: ScopeId,
+    /// Its name.
+    pub name: String,
+    /// The soft limit, bytes.
+    pub limit: u64,
+    /// The highest live bytes seen above the limit so far.
+    pub live_bytes: u64,
+}
+
+type Callback = Arc<dyn Fn(&SoftLimitExceeded) + Send + Sync>;
+
+struct CallbackEntry {
+    scope: ScopeId,
+    callback: Callback,
+    fired: bool,
+}
+
+static NAMES: Mutex<Vec<Option<Arc<str>>>> = Mutex::new(Vec::new());
+static CALLBACKS: Mutex<Vec<CallbackEntry>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Nanoseconds since the first scope was opened in this process.
+pub(crate) fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The name a slot was opened with.
+pub(crate) fn name_of(slot: u32) -> Arc<str> {
+    match slot {
+        0 => Arc::from("process"),
+        1 => Arc::from("unattributed"),
+        s => lock(&NAMES)
+            .get(s as usize)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| Arc::from("?")),
+    }
+}
+
+/// Opens a scope named `name` inside the calling thread's current scope and
+/// enters it; leaving happens when the guard drops.
+///
+/// If all [`CAPACITY`](super::registry::CAPACITY) slots are in use the guard
+/// enters the current scope again, so charges still land in a parent and nothing
+/// fails; [`report`](super::report()) counts such scopes.
+pub fn scope(name: &str) -> ScopeGuard {
+    match ScopeBuilder::new(name).build() {
+        Ok(h) => h.enter_owned(),
+        Err(_) => ScopeHandle::current().enter_owned(),
+    }
+}
+
+/// Opens a scope with options: budgets, a soft-limit callback, an explicit parent.
+#[must_use]
+pub struct ScopeBuilder {
+    name: String,
+    hard: Option<u64>,
+    soft: Option<u64>,
+    on_soft: Option<Callback>,
+    parent: Option<ScopeHandle>,
+}
+
+impl ScopeBuilder {
+    /// A scope named `name`, child of the calling thread's current scope.
+    pub fn new(name: &str) -> Self {
+        ScopeBuilder {
+            name: name.to_owned(),
+            hard: None,
+            soft: None,
+            on_soft: None,
+            parent: None,
+        }
+    }
+
+    /// Host live bytes this scope (with its children) may hold: an allocation
+    /// that would exceed it returns null (`try_reserve` gets `Err`; an infallible
+    /// allocation aborts as Rust defines it).
+    pub fn hard_limit(mut self, bytes: u64) -> Self {
+        self.hard = Some(bytes);
+        self
+    }
+
+    /// Host live bytes above which the scope records that it went over and
+    /// `callback` (if any, see [`ScopeBuilder::on_soft_limit`]) runs later,
+    /// outside the allocator path.
+    pub fn soft_limit(mut self, bytes: u64) -> Self {
+        self.soft = Some(bytes);
+        self
+    }
+
+    /// Called once per scope, the first time it is seen over its soft limit, from
+    /// the next scope entry or exit or [`run_budget_callbacks`] on any thread.
+    pub fn on_soft_limit(mut self, f: impl Fn(&SoftLimitExceeded) + Send + Sync + 'static) -> Self {
+        self.on_soft = Some(Arc::new(f));
+        self
+    }
+
+    /// Makes the scope a child of `parent` instead of the current scope.
+    pub fn child_of(mut self, parent: &ScopeHandle) -> Self {
+        self.parent = Some(parent.clone());
+        self
+    }
+
+    /// Creates the scope without entering it.
+    pub fn build(self) -> Result<ScopeHandle, ScopeError> {
+        self.validate()?;
+        let parent = match &self.parent {
+            Some(p) => p.id,
+            None => thread::current(),
+        };
+        let Some(slot) = REGISTRY.take_slot() else {
+            return Err(ScopeError::RegistryFull {
+                name: self.name,
+                capacity: super::registry::CAPACITY,
+            });
+        };
+        let Some(r) = REGISTRY.record(slot) else {
+            return Err(ScopeError::RegistryFull {
+                name: self.name,
+                capacity: super::registry::CAPACITY,
+            });
+        };
+        {
+            let mut names = lock(&NAMES);
+            if names.len() <= slot as usize {
+                names.resize(slot as usize + 1, None);
+            }
+            names[slot as usize] = Some(Arc::from(self.name.as_str()));
+        }
+        let parent_rec = REGISTRY.record(parent.slot());
+        let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
+        r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
+        let m = &r.meta.0;
+        m.hard_limit.store(self.hard.unwrap_or(0), Relaxed);
+        m.soft_limit.store(self.soft.unwrap_or(0), Relaxed);
+        let inherited = parent_rec.is_some_and(|p| p.meta.0.budget_in_chain.load(Relaxed) != 0);
+        m.budget_in_chain
+            .store(u8::from(inherited || r.has_budget()), Relaxed);
+        if parent.slot() >= FIXED {
+            if let Some(p) = parent_rec {
+                p.meta.0.life.fetch_add(REF, Relaxed);
+            }
+        }
+        let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
+        m.state.store(OPEN, Release);
+        let id = ScopeId::new(slot, generation);
+        if let Some(cb) = self.on_soft {
+            lock(&CALLBACKS).push(CallbackEntry {
+                scope: id,
+                callback: cb,
+                fired: false,
+            });
+        }
+        Ok(ScopeHandle { id })
+    }
+
+    /// Creates the scope and enters it on the calling thread.
+    pub fn enter(self) -> Result<ScopeGuard, ScopeError> {
+        Ok(self.build()?.enter_owned())
+    }
+
+    fn validate(&self) -> Result<(), ScopeError> {
+        let name = || self.name.clone();
+        for (which, v) in [("hard", self.hard), ("soft", self.soft)] {
+            if v == Some(0) {
+                return Err(ScopeError::ZeroBudget { name: name(), which });
+            }
+        }
+        if let (Some(soft), Some(hard)) = (self.soft, self.hard) {
+            if soft > hard {
+                return Err(ScopeError::SoftAboveHard { name: name(), soft, hard });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shared reference to a scope: `Clone + Send + Sync`. Entering it on another
+/// thread charges that thread's allocations to this scope (work a request hands
+/// to a thread pool is charged to the request). The scope closes when the last
+/// handle and guard are gone; its record stays while it owns live memory.
+pub struct ScopeHandle {
+    id: ScopeId,
+}
+
+impl ScopeHandle {
+    /// A handle on the calling thread's current scope.
+    pub fn current() -> ScopeHandle {
+        let id = thread::current();
+        if id.slot() >= FIXED {
+            if let Some(r) = REGISTRY.record(id.slot()) {
+                r.meta.0.refs.fetch_add(1, Relaxed);
+                r.meta.0.life.fetch_add(REF, Relaxed);
+            }
+        }
+        ScopeHandle { id }
+    }
+
+    /// The process root scope.
+    pub fn root() -> ScopeHandle {
+        ScopeHandle { id: ScopeId::ROOT }
+    }
+
+    /// This scope's id.
+    pub fn id(&self) -> ScopeId {
+        self.id
+    }
+
+    /// The name it was opened with.
+    pub fn name(&self) -> String {
+        name_of(self.id.slot()).to_string()
+    }
+
+    /// Enters the scope on the calling thread until the guard drops.
+    pub fn enter(&self) -> ScopeGuard {
+        self.clone().enter_owned()
+    }
+
+    fn enter_owned(self) -> ScopeGuard {
+        run_budget_callbacks();
+        let direct = REGISTRY.budget_in_chain(self.id.slot());
+        let (prev, prev_direct) = switch_to(self.id, direct);
+        ScopeGuard {
+            handle: self,
+            prev,
+            prev_direct,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Figures so far, this scope's children included. Applies the calling
+    /// thread's pending charges first, so single-threaded figures are exact.
+    pub fn stats(&self) -> ScopeStats {
+        thread::flush();
+        ScopeStats::read(self.id.slot())
+    }
+
+    /// Sets this scope's host and device peaks to their current live bytes.
+    pub fn reset_peak(&self) {
+        thread::flush();
+        if let Some(r) = REGISTRY.record(self.id.slot()) {
+            r.host.0.reset_peak();
+            r.device.0.reset_peak();
+        }
+    }
+}
+
+impl Clone for ScopeHandle {
+    fn clone(&self) -> Self {
+        if self.id.slot() >= FIXED {
+            if let Some(r) = REGISTRY.record(self.id.slot()) {
+                r.meta.0.refs.fetch_add(1, Relaxed);
+                r.meta.0.life.fetch_add(REF, Relaxed);
+            }
+        }
+        ScopeHandle { id: self.id }
+    }
+}
+
+impl Drop for ScopeHandle {
+    fn drop(&mut self) {
+        REGISTRY.release_ref(self.id.slot(), now_ns());
+    }
+}
+
+impl std::fmt::Debug for ScopeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeHandle")
+            .field("id", &self.id)
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+/// The calling thread is inside a scope while this lives. Not `Send`: a guard
+/// restores the thread's previous scope when it drops, so guards must drop in
+/// the reverse order of their creation on the thread that made them.
+pub struct ScopeGuard {
+    handle: ScopeHandle,
+    prev: ScopeId,
+    prev_direct: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ScopeGuard {
+    /// Figures so far (see [`ScopeHandle::stats`]).
+    pub fn stats(&self) -> ScopeStats {
+        self.handle.stats()
+    }
+
+    /// A handle to enter this scope on other threads.
+    pub fn handle(&self) -> ScopeHandle {
+        self.handle.clone()
+    }
+
+    /// This scope's id.
+    pub fn id(&self) -> ScopeId {
+        self.handle.id
+    }
+
+    /// Sets this scope's peaks to their current live bytes.
+    pub fn reset_peak(&self) {
+        self.handle.reset_peak();
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        switch_to(self.prev, self.prev_direct);
+        run_budget_callbacks();
+    }
+}
+
+impl std::fmt::Debug for ScopeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeGuard").field("handle", &self.handle).finish()
+    }
+}
+
+/// Runs the soft-limit callbacks of scopes that went over since the last call.
+/// Called on every scope entry and exit; call it yourself to be told sooner.
+pub fn run_budget_callbacks() {
+    if REGISTRY.soft_pending.load(Acquire) == 0 {
+        return;
+    }
+    REGISTRY.soft_pending.store(0, Relaxed);
+    let mut due = Vec::new();
+    {
+        let mut cbs = lock(&CALLBACKS);
+        cbs.retain(|e| REGISTRY.is_live(e.scope.slot(), e.scope.generation()));
+        for e in cbs.iter_mut().filter(|e| !e.fired) {
+            let Some(r) = REGISTRY.record(e.scope.slot()) else { continue };
+            let over = r.meta.0.soft_exceeded.load(Relaxed);
+            if over != 0 {
+                e.fired = true;
+                due.push((e.callback.clone(), e.scope, r.meta.0.soft_limit.load(Relaxed), over));
+            }
+        }
+    }
+    for (cb, scope, limit, live_bytes) in due {
+        cb(&SoftLimitExceeded {
+            scope,
+            name: name_of(scope.slot()).to_string(),
+            limit,
+            live_bytes,
+        });
+    }
+}

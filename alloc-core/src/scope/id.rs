@@ -1,0 +1,51 @@
+//! `ScopeId`: a scope's slot in the registry plus the generation of that slot.
+
+use serde::Serialize;
+
+/// Names one scope for as long as it exists: the registry slot in the low 32 bits,
+/// the slot's generation in the high 32 bits. A retired slot gets a new generation
+/// when it is reused, so an old id never names the new scope.
+///
+/// The host allocator stores these 8 bytes in front of every block it hands out,
+/// which is how a free finds the scope that made the allocation.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, Serialize)]
+pub struct ScopeId(u64);
+
+impl ScopeId {
+    /// The process: every tracked byte is charged here, whatever scope it is in.
+    pub const ROOT: ScopeId = ScopeId::new(0, 0);
+    /// Memory a thread allocates after its thread-local state was torn down (other
+    /// thread-locals' destructors) is charged here, a child of the root.
+    pub const UNATTRIBUTED: ScopeId = ScopeId::new(1, 0);
+    /// Memory allocated while tracking was off: charged nowhere, its free ignored.
+    pub const UNTRACKED: ScopeId = ScopeId(u64::MAX);
+
+    pub(crate) const fn new(slot: u32, generation: u32) -> Self {
+        ScopeId(((generation as u64) << 32) | slot as u64)
+    }
+
+    /// The registry slot.
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The slot's generation when this scope was created.
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The 8-byte form stored in block headers.
+    pub const fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds an id from [`ScopeId::to_bits`].
+    pub const fn from_bits(bits: u64) -> Self {
+        ScopeId(bits)
+    }
+
+    /// False for [`ScopeId::UNTRACKED`].
+    pub const fn is_tracked(self) -> bool {
+        self.0 != u64::MAX
+    }
+}

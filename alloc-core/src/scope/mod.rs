@@ -1,0 +1,49 @@
+//! The scope registry: named regions of execution to which host and device
+//! memory is charged.
+//!
+//! A scope is a record in a fixed table (no allocation, so the host allocator
+//! can charge it from inside `GlobalAlloc`). Scopes nest: a charge is applied to
+//! the scope and every ancestor, so a parent's figures include its children and
+//! its peak is the peak of that sum. Each block remembers its owner
+//! ([`ScopeId`]) so that a free is charged back to the scope that allocated it,
+//! on whatever thread and in whatever scope the free happens.
+//!
+//! Host charges are batched per thread (see [`BATCH_BYTES`] for the exact error
+//! bound); device charges and charges to a chain with a budget are applied at
+//! once.
+
+mod counters;
+mod id;
+mod record;
+mod registry;
+mod sync;
+
+#[cfg(not(loom))]
+mod handle;
+#[cfg(not(loom))]
+mod report;
+#[cfg(not(loom))]
+mod stats;
+#[cfg(not(loom))]
+mod thread;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+pub use id::ScopeId;
+pub use registry::{CAPACITY, MAX_DEPTH};
+
+#[cfg(not(loom))]
+pub use handle::{
+    ScopeBuilder, ScopeError, ScopeGuard, ScopeHandle, SoftLimitExceeded, run_budget_callbacks,
+    scope,
+};
+#[cfg(not(loom))]
+pub use report::{ScopeNode, ScopeTree, format_bytes, report, snapshot};
+#[cfg(not(loom))]
+pub use stats::{DeviceScopeStats, ScopeStats, process_stats, reset_peak};
+#[cfg(not(loom))]
+pub use thread::{
+    BATCH_BYTES, BATCH_OPS, charge_device_alloc, charge_device_free, charge_host_alloc,
+    charge_host_free, charge_host_realloc, current, flush,
+};

@@ -1,0 +1,140 @@
+//! One scope's record in the registry: host and device counters, parent link,
+//! budgets, times, and the life word that decides when the slot can be reused.
+//!
+//! # Invariants
+//! - R1 `life = refs·2³² + owned_live`, where `refs` counts handles, guards and
+//!   live children, and `owned_live` the live allocations (host and device) whose
+//!   owner is this scope. The operation that brings `life` to 0 retires the slot,
+//!   exactly once (a single atomic add observes the zero).
+//! - R2 a record's parent outlives it: a child holds one ref on its parent until
+//!   it retires.
+//! - R3 the all-zero bit pattern is a valid free record, so the registry lives
+//!   in `.bss` and works before `main`.
+
+use super::counters::Counters;
+use super::sync::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// One reference in the life word (R1).
+pub(crate) const REF: i64 = 1 << 32;
+
+/// Slot states.
+pub(crate) const FREE: u8 = 0;
+pub(crate) const OPEN: u8 = 1;
+pub(crate) const CLOSED: u8 = 2;
+
+/// Keeps a group of atomics on its own cache line.
+#[repr(align(64))]
+pub(crate) struct Line<T>(pub T);
+
+/// Non-counter fields of a record.
+pub(crate) struct Meta {
+    pub generation: AtomicU32,
+    /// Parent slot + 1; 0 means none.
+    pub parent: AtomicU32,
+    pub depth: AtomicU32,
+    pub state: AtomicU8,
+    /// 1 when this scope or an ancestor has a budget: its charges are unbatched.
+    pub budget_in_chain: AtomicU8,
+    /// R1.
+    pub life: AtomicI64,
+    pub refs: AtomicU32,
+    /// Next free slot + 1 while on the free list.
+    pub next_free: AtomicU32,
+    /// Host live-byte budgets; 0 means none.
+    pub hard_limit: AtomicU64,
+    pub soft_limit: AtomicU64,
+    /// Highest live bytes seen above the soft limit; 0 while never exceeded.
+    pub soft_exceeded: AtomicU64,
+    /// Allocations refused by the hard limit.
+    pub refused: AtomicU64,
+    pub opened_ns: AtomicU64,
+    pub closed_ns: AtomicU64,
+    /// Children that retired, and the highest host / device peak among them.
+    pub closed_children: AtomicU64,
+    pub closed_children_peak: AtomicI64,
+    pub closed_children_device_peak: AtomicI64,
+}
+
+/// A registry slot.
+pub(crate) struct Record {
+    pub host: Line<Counters>,
+    pub device: Line<Counters>,
+    pub meta: Line<Meta>,
+}
+
+macro_rules! meta_new {
+    () => {
+        Meta {
+            generation: AtomicU32::new(0),
+            parent: AtomicU32::new(0),
+            depth: AtomicU32::new(0),
+            state: AtomicU8::new(FREE),
+            budget_in_chain: AtomicU8::new(0),
+            life: AtomicI64::new(0),
+            refs: AtomicU32::new(0),
+            next_free: AtomicU32::new(0),
+            hard_limit: AtomicU64::new(0),
+            soft_limit: AtomicU64::new(0),
+            soft_exceeded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            opened_ns: AtomicU64::new(0),
+            closed_ns: AtomicU64::new(0),
+            closed_children: AtomicU64::new(0),
+            closed_children_peak: AtomicI64::new(0),
+            closed_children_device_peak: AtomicI64::new(0),
+        }
+    };
+}
+
+impl Record {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Record {
+            host: Line(Counters::new()),
+            device: Line(Counters::new()),
+            meta: Line(meta_new!()),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Record {
+            host: Line(Counters::new()),
+            device: Line(Counters::new()),
+            meta: Line(meta_new!()),
+        }
+    }
+
+    /// Resets a slot just taken from the free list (exclusively owned).
+    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, now_ns: u64) {
+        self.host.0.clear();
+        self.device.0.clear();
+        let m = &self.meta.0;
+        m.parent.store(parent.map_or(0, |p| p + 1), Relaxed);
+        m.depth.store(depth, Relaxed);
+        m.budget_in_chain.store(0, Relaxed);
+        m.life.store(REF, Relaxed);
+        m.refs.store(1, Relaxed);
+        m.hard_limit.store(0, Relaxed);
+        m.soft_limit.store(0, Relaxed);
+        m.soft_exceeded.store(0, Relaxed);
+        m.refused.store(0, Relaxed);
+        m.opened_ns.store(now_ns, Relaxed);
+        m.closed_ns.store(0, Relaxed);
+        m.closed_children.store(0, Relaxed);
+        m.closed_children_peak.store(0, Relaxed);
+        m.closed_children_device_peak.store(0, Relaxed);
+    }
+
+    /// The parent slot, if any.
+    pub(crate) fn parent(&self) -> Option<u32> {
+        match self.meta.0.parent.load(Relaxed) {
+            0 => None,
+            p => Some(p - 1),
+        }
+    }
+
+    pub(crate) fn has_budget(&self) -> bool {
+        self.meta.0.hard_limit.load(Relaxed) != 0 || self.meta.0.soft_limit.load(Relaxed) != 0
+    }
+}

@@ -1,0 +1,8 @@
+//! Atomics used by the scope registry: `core`'s normally, loom's under `--cfg loom`
+//! so that the model checker explores every interleaving of the same code.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
