@@ -2,3 +2,5 @@
 #![deny(missing_docs)]
 
 pub mod scope;
+#[cfg(not(loom))]
+pub mod replay;

@@ -1,0 +1,151 @@
+//! The parsed form of a trace: a list of allocate and free events on slots.
+//!
+//! # Invariants
+//! R1 every slot is allocated by exactly one `Alloc` event, and slots are
+//! numbered `0..slots` in the order of their `Alloc` events;
+//! R2 a slot is freed at most once, and only after its `Alloc`.
+//!
+//! The parsers establish R1 and R2 ([`Trace::from_events`] checks them), so the
+//! replay driver can hold live buffers in a `Vec` indexed by slot.
+
+use serde::Serialize;
+
+/// One step of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Allocate `bytes` on `stream` and keep the buffer in `slot`.
+    Alloc {
+        /// The slot that holds the buffer until its free.
+        slot: usize,
+        /// Requested bytes (before any rounding).
+        bytes: usize,
+        /// The stream as the trace names it (a CSV stream number, or a
+        /// `cudaStream_t` value in a snapshot).
+        stream: u64,
+    },
+    /// Free the buffer held in `slot`.
+    Free {
+        /// The slot of an earlier `Alloc`.
+        slot: usize,
+    },
+}
+
+/// A parsed trace, ready to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    name: String,
+    events: Vec<Event>,
+    slots: usize,
+}
+
+/// Figures computed from a trace alone, without replaying it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceStats {
+    /// Number of `Alloc` events.
+    pub allocs: usize,
+    /// Number of `Free` events.
+    pub frees: usize,
+    /// The highest sum of requested bytes live at once.
+    pub peak_live_bytes: u64,
+    /// Requested bytes still live at the end of the trace.
+    pub live_at_end_bytes: u64,
+    /// The distinct streams, in order of first use.
+    pub streams: Vec<u64>,
+}
+
+/// Why a list of events is not a valid trace (invariants R1, R2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {index}: {what}")]
+pub struct InvalidEvents {
+    /// The index of the offending event.
+    pub index: usize,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl Trace {
+    /// A trace from events that satisfy R1 and R2; the error names the first
+    /// event that breaks them.
+    pub fn from_events(name: impl Into<String>, events: Vec<Event>) -> Result<Self, InvalidEvents> {
+        // 0 = never allocated, 1 = live, 2 = freed.
+        let mut state: Vec<u8> = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let bad = |what: String| InvalidEvents { index, what };
+            match *event {
+                Event::Alloc { slot, .. } if slot != state.len() => {
+                    return Err(bad(format!(
+                        "alloc of slot {slot}; expected slot {} (slots are numbered in order of allocation)",
+                        state.len()
+                    )));
+                }
+                Event::Alloc { .. } => state.push(1),
+                Event::Free { slot } => match state.get(slot) {
+                    Some(1) => state[slot] = 2,
+                    Some(_) => return Err(bad(format!("slot {slot} is freed twice"))),
+                    None => return Err(bad(format!("free of slot {slot}, which is not allocated"))),
+                },
+            }
+        }
+        let slots = state.len();
+        Ok(Self::new_unchecked(name.into(), events, slots))
+    }
+
+    /// A trace whose events the caller (a parser of this module) has built
+    /// to satisfy R1 and R2.
+    pub(crate) fn new_unchecked(name: String, events: Vec<Event>, slots: usize) -> Self {
+        debug_assert!(
+            Self::from_events(String::new(), events.clone()).is_ok_and(|t| t.slots == slots),
+            "parser produced events that break R1/R2 or a wrong slot count {slots}"
+        );
+        Self { name, events, slots }
+    }
+
+    /// The trace's name: the file name, with the device for multi-device
+    /// snapshots.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Replaces the prefix `from` of the name with `to` (a path with its file
+    /// name).
+    pub(crate) fn rename_prefix(&mut self, from: &str, to: &str) {
+        if let Some(rest) = self.name.strip_prefix(from) {
+            self.name = format!("{to}{rest}");
+        }
+    }
+
+    /// The events in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The number of slots (= number of `Alloc` events).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Counts and the peak of live requested bytes, from the events alone.
+    pub fn stats(&self) -> TraceStats {
+        let mut sizes = vec![0u64; self.slots];
+        let (mut live, mut peak, mut allocs, mut frees) = (0u64, 0u64, 0, 0);
+        let mut streams = Vec::new();
+        for event in &self.events {
+            match *event {
+                Event::Alloc { slot, bytes, stream } => {
+                    sizes[slot] = bytes as u64;
+                    live += bytes as u64;
+                    peak = peak.max(live);
+                    allocs += 1;
+                    if !streams.contains(&stream) {
+                        streams.push(stream);
+                    }
+                }
+                Event::Free { slot } => {
+                    live -= sizes[slot];
+                    frees += 1;
+                }
+            }
+        }
+        TraceStats { allocs, frees, peak_live_bytes: peak, live_at_end_bytes: live, streams }
+    }
+}
