@@ -1,1 +1,23 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod header;
+pub mod testing;
+mod tracking;
+
+pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};
+
+pub use alloc_core::scope::{
+    BATCH_BYTES, BATCH_OPS, CAPACITY, DeviceScopeStats, ScopeBuilder, ScopeError, ScopeGuard,
+    ScopeHandle, ScopeId, ScopeNode, ScopeStats, ScopeTree, SoftLimitExceeded, current, flush,
+    format_bytes, process_stats, report, reset_peak, run_budget_callbacks, scope, snapshot,
+    untracked,
+};
+
+/// The scope tree as JSON (see [`snapshot`]).
+pub fn report_json() -> String {
+    alloc_core::scope::untracked(|| {
+        serde_json::to_string_pretty(&snapshot())
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    })
+}

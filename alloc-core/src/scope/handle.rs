@@ -103,7 +103,7 @@ pub(crate) fn name_of(slot: u32) -> Arc<str> {
 /// enters the current scope again, so charges still land in a parent and nothing
 /// fails; [`report`](super::report()) counts such scopes.
 pub fn scope(name: &str) -> ScopeGuard {
-    match ScopeBuilder::new(name).build() {
+    match thread::untracked(|| ScopeBuilder::new(name).build()) {
         Ok(h) => h.enter_owned(),
         Err(_) => ScopeHandle::current().enter_owned(),
     }
@@ -162,6 +162,10 @@ impl ScopeBuilder {
 
     /// Creates the scope without entering it.
     pub fn build(self) -> Result<ScopeHandle, ScopeError> {
+        thread::untracked(|| self.build_untracked())
+    }
+
+    fn build_untracked(self) -> Result<ScopeHandle, ScopeError> {
         self.validate()?;
         let parent = match &self.parent {
             Some(p) => p.id,
@@ -222,12 +226,19 @@ impl ScopeBuilder {
         let name = || self.name.clone();
         for (which, v) in [("hard", self.hard), ("soft", self.soft)] {
             if v == Some(0) {
-                return Err(ScopeError::ZeroBudget { name: name(), which });
+                return Err(ScopeError::ZeroBudget {
+                    name: name(),
+                    which,
+                });
             }
         }
         if let (Some(soft), Some(hard)) = (self.soft, self.hard) {
             if soft > hard {
-                return Err(ScopeError::SoftAboveHard { name: name(), soft, hard });
+                return Err(ScopeError::SoftAboveHard {
+                    name: name(),
+                    soft,
+                    hard,
+                });
             }
         }
         Ok(())
@@ -291,7 +302,7 @@ impl ScopeHandle {
     /// thread's pending charges first, so single-threaded figures are exact.
     pub fn stats(&self) -> ScopeStats {
         thread::flush();
-        ScopeStats::read(self.id.slot())
+        thread::untracked(|| ScopeStats::read(self.id.slot()))
     }
 
     /// Sets this scope's host and device peaks to their current live bytes.
@@ -372,7 +383,9 @@ impl Drop for ScopeGuard {
 
 impl std::fmt::Debug for ScopeGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScopeGuard").field("handle", &self.handle).finish()
+        f.debug_struct("ScopeGuard")
+            .field("handle", &self.handle)
+            .finish()
     }
 }
 
@@ -382,26 +395,36 @@ pub fn run_budget_callbacks() {
     if REGISTRY.soft_pending.load(Acquire) == 0 {
         return;
     }
+    let due = thread::untracked(due_callbacks);
+    for (cb, event) in due {
+        cb(&event);
+    }
+}
+
+fn due_callbacks() -> Vec<(Callback, SoftLimitExceeded)> {
     REGISTRY.soft_pending.store(0, Relaxed);
     let mut due = Vec::new();
     {
         let mut cbs = lock(&CALLBACKS);
         cbs.retain(|e| REGISTRY.is_live(e.scope.slot(), e.scope.generation()));
         for e in cbs.iter_mut().filter(|e| !e.fired) {
-            let Some(r) = REGISTRY.record(e.scope.slot()) else { continue };
+            let Some(r) = REGISTRY.record(e.scope.slot()) else {
+                continue;
+            };
             let over = r.meta.0.soft_exceeded.load(Relaxed);
             if over != 0 {
                 e.fired = true;
-                due.push((e.callback.clone(), e.scope, r.meta.0.soft_limit.load(Relaxed), over));
+                due.push((
+                    e.callback.clone(),
+                    SoftLimitExceeded {
+                        scope: e.scope,
+                        name: name_of(e.scope.slot()).to_string(),
+                        limit: r.meta.0.soft_limit.load(Relaxed),
+                        live_bytes: over,
+                    },
+                ));
             }
         }
     }
-    for (cb, scope, limit, live_bytes) in due {
-        cb(&SoftLimitExceeded {
-            scope,
-            name: name_of(scope.slot()).to_string(),
-            limit,
-            live_bytes,
-        });
-    }
+    due
 }

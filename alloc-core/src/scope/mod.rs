@@ -12,6 +12,8 @@
 //! bound); device charges and charges to a chain with a budget are applied at
 //! once.
 
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
+
 mod counters;
 mod id;
 mod record;
@@ -44,6 +46,7 @@ pub use report::{ScopeNode, ScopeTree, format_bytes, report, snapshot};
 pub use stats::{DeviceScopeStats, ScopeStats, process_stats, reset_peak};
 #[cfg(not(loom))]
 pub use thread::{
-    BATCH_BYTES, BATCH_OPS, charge_device_alloc, charge_device_free, charge_host_alloc,
-    charge_host_free, charge_host_realloc, current, flush,
+    BATCH_BYTES, BATCH_OPS, cancel_host_alloc, cancel_host_realloc, charge_device_alloc,
+    charge_device_free, charge_host_alloc, charge_host_free, charge_host_realloc, current, flush,
+    untracked,
 };

@@ -150,7 +150,11 @@ impl<const N: usize> Registry<N> {
                 self.check_soft(r, live);
             }
             steps += 1;
-            cur = if steps < MAX_DEPTH { self.parent(slot) } else { None };
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
         }
         self.adjust_life(owner, d.net_allocations());
     }
@@ -176,7 +180,11 @@ impl<const N: usize> Registry<N> {
             c.commit_reserved(d, live);
             self.check_soft(r, live);
             steps += 1;
-            cur = if steps < MAX_DEPTH { self.parent(slot) } else { None };
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
         }
         self.adjust_life(owner, d.net_allocations());
         true
@@ -198,7 +206,11 @@ impl<const N: usize> Registry<N> {
                 return false;
             }
             steps += 1;
-            cur = if steps < MAX_DEPTH { self.parent(slot) } else { None };
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
         }
         true
     }

@@ -35,10 +35,15 @@ pub struct ScopeTree {
 /// atomically field by field; scopes changing meanwhile may differ by the
 /// batching bound). Flushes the calling thread first.
 pub fn snapshot() -> ScopeTree {
-    thread::flush();
+    thread::untracked(snapshot_untracked)
+}
+
+fn snapshot_untracked() -> ScopeTree {
     let mut nodes: Vec<(u32, Option<u32>, ScopeStats)> = Vec::new();
     for slot in 0..REGISTRY.high_water() {
-        let Some(r) = REGISTRY.record(slot) else { continue };
+        let Some(r) = REGISTRY.record(slot) else {
+            continue;
+        };
         let generation = r.meta.0.generation.load(Acquire);
         if slot >= 2 && r.meta.0.state.load(Acquire) == FREE {
             continue;
@@ -52,7 +57,9 @@ pub fn snapshot() -> ScopeTree {
     let mut ordered = Vec::with_capacity(nodes.len());
     let mut stack = vec![0u32];
     while let Some(slot) = stack.pop() {
-        let Some(i) = nodes.iter().position(|n| n.0 == slot) else { continue };
+        let Some(i) = nodes.iter().position(|n| n.0 == slot) else {
+            continue;
+        };
         let (s, parent, stats) = nodes.swap_remove(i);
         let parent_id = parent.and_then(|p| {
             ordered
@@ -60,7 +67,13 @@ pub fn snapshot() -> ScopeTree {
                 .find(|n: &&(u32, ScopeNode)| n.0 == p)
                 .map(|n| n.1.stats.id)
         });
-        ordered.push((s, ScopeNode { stats, parent: parent_id }));
+        ordered.push((
+            s,
+            ScopeNode {
+                stats,
+                parent: parent_id,
+            },
+        ));
         let mut kids: Vec<u32> = nodes
             .iter()
             .filter(|n| n.1 == Some(s))
@@ -154,16 +167,17 @@ impl ScopeTree {
                     s.closed_children
                 );
             }
-            for (what, v) in [
-                ("hard limit", s.hard_limit),
-                ("soft limit", s.soft_limit),
-            ] {
+            for (what, v) in [("hard limit", s.hard_limit), ("soft limit", s.soft_limit)] {
                 if let Some(v) = v {
                     let _ = writeln!(out, "{indent}  {what}: {}", format_bytes(v));
                 }
             }
             if let Some(v) = s.soft_limit_exceeded_at {
-                let _ = writeln!(out, "{indent}  soft limit exceeded: reached {}", format_bytes(v));
+                let _ = writeln!(
+                    out,
+                    "{indent}  soft limit exceeded: reached {}",
+                    format_bytes(v)
+                );
             }
             if s.refused_allocations > 0 {
                 let _ = writeln!(
@@ -196,7 +210,7 @@ fn truncate(s: &str, width: usize) -> String {
 
 /// [`snapshot`] rendered as a table.
 pub fn report() -> String {
-    snapshot().render()
+    thread::untracked(|| snapshot().render())
 }
 
 #[cfg(test)]

@@ -125,9 +125,7 @@ impl ScopeStats {
             refused_allocations: m.refused.load(Relaxed),
             closed_children: m.closed_children.load(Relaxed),
             closed_children_peak_bytes: nonneg(m.closed_children_peak.load(Relaxed)),
-            closed_children_device_peak_bytes: nonneg(
-                m.closed_children_device_peak.load(Relaxed),
-            ),
+            closed_children_device_peak_bytes: nonneg(m.closed_children_device_peak.load(Relaxed)),
         }
     }
 }
@@ -148,7 +146,7 @@ fn device_stats(d: &CounterValues) -> DeviceScopeStats {
 /// through a scope, whatever scope it is in. Flushes the calling thread first.
 pub fn process_stats() -> ScopeStats {
     thread::flush();
-    ScopeStats::read(0)
+    thread::untracked(|| ScopeStats::read(0))
 }
 
 /// Sets the peak of the process and of every scope to its current live bytes.

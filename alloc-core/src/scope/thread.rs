@@ -6,7 +6,12 @@
 //! `[-BATCH_BYTES, BATCH_BYTES]`, after `BATCH_OPS` operations, when it enters
 //! or leaves a scope, when it reads statistics, and when it exits. Hence:
 //! - single-threaded, every figure is exact (peaks included: a batch carries its
-//!   own high-water mark);
+//!   own high-water mark, and a thread applies its batch before it charges a
+//!   free to another scope, so the counters see its operations in order);
+//! - a block allocated on thread A and freed on thread B before A applied its
+//!   batch can make the scope's peak miss up to that batch (at most
+//!   `BATCH_BYTES`); calling [`flush`] on A before handing memory over makes
+//!   such a peak exact;
 //! - with `T` threads charging one scope, counts read while they run lag by at
 //!   most `T × BATCH_OPS` operations, and live and peak bytes are within
 //!   `(T + 1) × BATCH_BYTES` of the true values; once the threads have left the
@@ -36,6 +41,8 @@ const NORMAL: u8 = 0;
 const REENTRANT: u8 = 1;
 /// The exit hook ran: charge unbatched to UNATTRIBUTED.
 const TORN_DOWN: u8 = 2;
+/// Inside [`untracked`]: new blocks are charged nowhere.
+const SUSPENDED: u8 = 3;
 
 pub(crate) struct ThreadState {
     pub(crate) current: Cell<ScopeId>,
@@ -82,7 +89,6 @@ struct ExitHook;
 
 impl Drop for ExitHook {
     fn drop(&mut self) {
-
         STATE.with(|s| {
             flush_state(s);
             s.mode.set(TORN_DOWN);
@@ -111,6 +117,29 @@ pub(crate) fn flush_state(s: &ThreadState) {
 /// read from any thread include them.
 pub fn flush() {
     STATE.with(flush_state);
+}
+
+/// Runs `f` with the calling thread's new allocations charged nowhere (frees of
+/// tracked blocks are still charged back to their owners). The registry uses it
+/// for its own bookkeeping (scope names, reports), so that opening a scope or
+/// printing a report does not show up in the figures it reports.
+pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(u8);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STATE.with(|s| s.mode.set(self.0));
+        }
+    }
+    let prev = STATE.with(|s| {
+        let prev = s.mode.get();
+        if prev == NORMAL {
+            flush_state(s);
+            s.mode.set(SUSPENDED);
+        }
+        prev
+    });
+    let _restore = Restore(prev);
+    f()
 }
 
 /// The scope the calling thread is in ([`ScopeId::ROOT`] outside any scope).
@@ -144,6 +173,9 @@ pub fn charge_host_alloc(bytes: usize) -> Option<ScopeId> {
 #[cold]
 #[inline(never)]
 fn charge_host_alloc_slow(s: &ThreadState, bytes: usize) -> Option<ScopeId> {
+    if s.mode.get() == SUSPENDED {
+        return Some(ScopeId::UNTRACKED);
+    }
     let owner = s.current.get();
     let mut d = Delta::EMPTY;
     d.alloc(bytes as u64);
@@ -169,6 +201,11 @@ pub fn charge_host_free(owner: ScopeId, bytes: usize) {
                 flush_state(s);
             }
         } else {
+            // Apply this thread's earlier charges first, so that the shared
+            // counters see this thread's operations in program order.
+            if s.mode.get() == NORMAL {
+                flush_state(s);
+            }
             charge_remote(owner, bytes as u64);
         }
     })
@@ -202,6 +239,9 @@ pub fn charge_host_realloc(owner: ScopeId, old: usize, new: usize) -> bool {
             }
             true
         } else {
+            if s.mode.get() == NORMAL {
+                flush_state(s);
+            }
             charge_realloc_slow(owner, old as u64, new as u64)
         }
     })
@@ -213,6 +253,38 @@ fn charge_realloc_slow(owner: ScopeId, old: u64, new: u64) -> bool {
     let mut d = Delta::EMPTY;
     d.realloc(old, new);
     REGISTRY.charge(owner.slot(), &d, false)
+}
+
+/// Takes back a [`charge_host_alloc`] whose inner allocation then failed.
+pub fn cancel_host_alloc(owner: ScopeId, bytes: usize) {
+    if !owner.is_tracked() {
+        return;
+    }
+    STATE.with(|s| {
+        if s.batched() && owner == s.current.get() {
+            s.with_batch(|b| b.undo_alloc(bytes as u64));
+        } else {
+            let mut d = Delta::EMPTY;
+            d.undo_alloc(bytes as u64);
+            REGISTRY.apply_batch(owner.slot(), &d, false);
+        }
+    })
+}
+
+/// Takes back a [`charge_host_realloc`] whose inner reallocation then failed.
+pub fn cancel_host_realloc(owner: ScopeId, old: usize, new: usize) {
+    if !owner.is_tracked() {
+        return;
+    }
+    STATE.with(|s| {
+        if s.batched() && owner == s.current.get() {
+            s.with_batch(|b| b.undo_realloc(old as u64, new as u64));
+        } else {
+            let mut d = Delta::EMPTY;
+            d.undo_realloc(old as u64, new as u64);
+            REGISTRY.apply_batch(owner.slot(), &d, false);
+        }
+    })
 }
 
 /// Charges `bytes` of device memory to the calling thread's scope chain and
