@@ -33,14 +33,20 @@ pub fn parse_csv(file: &str, text: &str) -> Result<Trace, TraceError> {
     let mut ids: HashMap<u64, IdState> = HashMap::new();
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
-        let err = |problem| TraceError::Csv { file: file.to_owned(), line, problem };
+        let err = |problem| TraceError::Csv {
+            file: file.to_owned(),
+            line,
+            problem,
+        };
         let trimmed = raw.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || is_column_line(trimmed) {
             continue;
         }
         let fields: Vec<&str> = trimmed.split(',').map(str::trim).collect();
         if fields.len() > 4 {
-            return Err(err(CsvProblem::TooManyFields { found: fields.len() }));
+            return Err(err(CsvProblem::TooManyFields {
+                found: fields.len(),
+            }));
         }
         let field = |i: usize| fields.get(i).copied().unwrap_or("");
         match field(0) {
@@ -56,15 +62,31 @@ pub fn parse_csv(file: &str, text: &str) -> Result<Trace, TraceError> {
                     })
                 })?;
                 if let Some(first) = ids.get(&id) {
-                    return Err(err(CsvProblem::DuplicateId { id, first_line: first.alloc_line }));
+                    return Err(err(CsvProblem::DuplicateId {
+                        id,
+                        first_line: first.alloc_line,
+                    }));
                 }
                 let slot = ids.len();
-                ids.insert(id, IdState { slot, alloc_line: line, free_line: None });
-                events.push(Event::Alloc { slot, bytes, stream });
+                ids.insert(
+                    id,
+                    IdState {
+                        slot,
+                        alloc_line: line,
+                        free_line: None,
+                    },
+                );
+                events.push(Event::Alloc {
+                    slot,
+                    bytes,
+                    stream,
+                });
             }
             "f" => {
                 let id = number(field(1), "id").map_err(err)?;
-                let state = ids.get_mut(&id).ok_or_else(|| err(CsvProblem::FreeOfUnknownId { id }))?;
+                let state = ids
+                    .get_mut(&id)
+                    .ok_or_else(|| err(CsvProblem::FreeOfUnknownId { id }))?;
                 if let Some(first_line) = state.free_line {
                     return Err(err(CsvProblem::DoubleFree { id, first_line }));
                 }
@@ -75,7 +97,10 @@ pub fn parse_csv(file: &str, text: &str) -> Result<Trace, TraceError> {
         }
     }
     if ids.is_empty() {
-        return Err(TraceError::Empty { file: file.to_owned(), expected: EXPECTED });
+        return Err(TraceError::Empty {
+            file: file.to_owned(),
+            expected: EXPECTED,
+        });
     }
     let slots = ids.len();
     Ok(Trace::new_unchecked(file.to_owned(), events, slots))
@@ -100,6 +125,10 @@ fn number(text: &str, field: &'static str) -> Result<u64, CsvProblem> {
         } else {
             NumberReason::TooLarge
         };
-        CsvProblem::BadNumber { field, value: text.to_owned(), reason }
+        CsvProblem::BadNumber {
+            field,
+            value: text.to_owned(),
+            reason,
+        }
     })
 }

@@ -50,7 +50,11 @@ impl Format {
     /// `*.pkl`, CSV otherwise.
     pub fn detect(name: &str, bytes: &[u8]) -> Self {
         let pickle_name = [".pickle", ".pkl"].iter().any(|ext| name.ends_with(ext));
-        if bytes.first() == Some(&PICKLE_MAGIC) || pickle_name { Format::Snapshot } else { Format::Csv }
+        if bytes.first() == Some(&PICKLE_MAGIC) || pickle_name {
+            Format::Snapshot
+        } else {
+            Format::Csv
+        }
     }
 }
 
@@ -72,9 +76,14 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Vec<Trace>, TraceError> {
 pub fn load(path: impl AsRef<Path>) -> Result<Vec<Trace>, TraceError> {
     let path = path.as_ref();
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| TraceError::Io { path: shown.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| TraceError::Io {
+        path: shown.clone(),
+        source,
+    })?;
     let mut traces = parse(&shown, &bytes)?;
-    let file_name = path.file_name().map_or(shown.clone(), |n| n.to_string_lossy().into_owned());
+    let file_name = path
+        .file_name()
+        .map_or(shown.clone(), |n| n.to_string_lossy().into_owned());
     for trace in &mut traces {
         trace.rename_prefix(&shown, &file_name);
     }

@@ -40,7 +40,8 @@ use super::error::{SnapshotProblem, TraceError};
 use super::trace::{Event, Trace};
 
 /// What a snapshot's dict should hold, quoted when a key is missing.
-const SNAPSHOT_KEYS: &str = "a dict from torch.cuda.memory._snapshot() with keys `segments` and `device_traces`";
+const SNAPSHOT_KEYS: &str =
+    "a dict from torch.cuda.memory._snapshot() with keys `segments` and `device_traces`";
 /// What a trace entry should hold.
 const ENTRY_KEYS: &str = "a trace entry with keys `action`, `addr`, `size`, `stream`";
 /// What a segment block should hold.
@@ -51,7 +52,10 @@ const EXPECTED: &str = "`alloc` entries in `device_traces`: call torch.cuda.memo
 /// Parses a PyTorch memory snapshot pickle. `file` names the file in errors
 /// and in the traces. Returns one trace per device with allocations.
 pub fn parse_snapshot(file: &str, bytes: &[u8]) -> Result<Vec<Trace>, TraceError> {
-    parse_value(file, bytes).map_err(|problem| TraceError::Snapshot { file: file.to_owned(), problem })
+    parse_value(file, bytes).map_err(|problem| TraceError::Snapshot {
+        file: file.to_owned(),
+        problem,
+    })
 }
 
 /// A trace of one device before it gets its name.
@@ -65,8 +69,14 @@ fn parse_value(file: &str, bytes: &[u8]) -> Result<Vec<Trace>, SnapshotProblem> 
     let root = serde_pickle::value_from_slice(bytes, options)
         .map_err(|source| SnapshotProblem::NotPickle { source })?;
     let root = as_dict(&root, "snapshot", SNAPSHOT_KEYS)?;
-    let device_traces = as_list(required(root, "snapshot", "device_traces", SNAPSHOT_KEYS)?, "device_traces")?;
-    let segments = as_list(required(root, "snapshot", "segments", SNAPSHOT_KEYS)?, "segments")?;
+    let device_traces = as_list(
+        required(root, "snapshot", "device_traces", SNAPSHOT_KEYS)?,
+        "device_traces",
+    )?;
+    let segments = as_list(
+        required(root, "snapshot", "segments", SNAPSHOT_KEYS)?,
+        "segments",
+    )?;
     let live_blocks = live_segment_blocks(segments)?;
 
     let mut traces: Vec<DeviceTrace> = Vec::new();
@@ -90,7 +100,11 @@ fn parse_value(file: &str, bytes: &[u8]) -> Result<Vec<Trace>, SnapshotProblem> 
     Ok(traces
         .into_iter()
         .map(|(device, events, slots)| {
-            let name = if several { format!("{file}[device {device}]") } else { file.to_owned() };
+            let name = if several {
+                format!("{file}[device {device}]")
+            } else {
+                file.to_owned()
+            };
             Trace::new_unchecked(name, events, slots)
         })
         .collect())
@@ -105,11 +119,17 @@ struct LiveBlock {
 }
 
 /// The `active_allocated` blocks of `segments`, by device.
-fn live_segment_blocks(segments: &[Value]) -> Result<HashMap<usize, Vec<LiveBlock>>, SnapshotProblem> {
+fn live_segment_blocks(
+    segments: &[Value],
+) -> Result<HashMap<usize, Vec<LiveBlock>>, SnapshotProblem> {
     let mut by_device: HashMap<usize, Vec<LiveBlock>> = HashMap::new();
     for (i, segment) in segments.iter().enumerate() {
         let at = format!("segments[{i}]");
-        let segment = as_dict(segment, &at, "a segment dict with keys `device`, `stream`, `blocks`")?;
+        let segment = as_dict(
+            segment,
+            &at,
+            "a segment dict with keys `device`, `stream`, `blocks`",
+        )?;
         let device = match segment.get(&key("device")) {
             Some(v) => usize::try_from(as_u64(v, &format!("{at}.device"))?).unwrap_or(usize::MAX),
             None => 0,
@@ -118,7 +138,9 @@ fn live_segment_blocks(segments: &[Value]) -> Result<HashMap<usize, Vec<LiveBloc
             Some(v) => as_u64(v, &format!("{at}.stream"))?,
             None => 0,
         };
-        let Some(blocks) = segment.get(&key("blocks")) else { continue };
+        let Some(blocks) = segment.get(&key("blocks")) else {
+            continue;
+        };
         for (j, block) in as_list(blocks, &format!("{at}.blocks"))?.iter().enumerate() {
             let at = format!("{at}.blocks[{j}]");
             let block = as_dict(block, &at, BLOCK_KEYS)?;
@@ -126,12 +148,22 @@ fn live_segment_blocks(segments: &[Value]) -> Result<HashMap<usize, Vec<LiveBloc
             if as_str(state, &format!("{at}.state"))? != "active_allocated" {
                 continue;
             }
-            let addr = as_u64(required(block, &at, "address", BLOCK_KEYS)?, &format!("{at}.address"))?;
+            let addr = as_u64(
+                required(block, &at, "address", BLOCK_KEYS)?,
+                &format!("{at}.address"),
+            )?;
             let size = match block.get(&key("requested_size")) {
                 Some(v) => as_usize(v, &format!("{at}.requested_size"))?,
-                None => as_usize(required(block, &at, "size", BLOCK_KEYS)?, &format!("{at}.size"))?,
+                None => as_usize(
+                    required(block, &at, "size", BLOCK_KEYS)?,
+                    &format!("{at}.size"),
+                )?,
             };
-            by_device.entry(device).or_default().push(LiveBlock { addr, bytes: size, stream });
+            by_device.entry(device).or_default().push(LiveBlock {
+                addr,
+                bytes: size,
+                stream,
+            });
         }
     }
     Ok(by_device)
@@ -152,7 +184,11 @@ struct DeviceReplay {
 }
 
 impl DeviceReplay {
-    fn build(device: usize, entries: &[Value], before: &[LiveBlock]) -> Result<(Vec<Event>, usize), SnapshotProblem> {
+    fn build(
+        device: usize,
+        entries: &[Value],
+        before: &[LiveBlock],
+    ) -> Result<(Vec<Event>, usize), SnapshotProblem> {
         let parsed: Vec<Entry> = entries
             .iter()
             .enumerate()
@@ -180,14 +216,24 @@ impl DeviceReplay {
                     seen.insert(entry.addr);
                 }
                 Action::FreeRequested | Action::FreeCompleted if seen.insert(entry.addr) => {
-                    self.alloc(entry.addr, entry.size, entry.stream, format!("{} (allocated before recording)", entry.at));
+                    self.alloc(
+                        entry.addr,
+                        entry.size,
+                        entry.stream,
+                        format!("{} (allocated before recording)", entry.at),
+                    );
                 }
                 _ => {}
             }
         }
         for block in before {
             if seen.insert(block.addr) {
-                self.alloc(block.addr, block.bytes, block.stream, "segments (live before recording)".to_owned());
+                self.alloc(
+                    block.addr,
+                    block.bytes,
+                    block.stream,
+                    "segments (live before recording)".to_owned(),
+                );
             }
         }
     }
@@ -195,7 +241,11 @@ impl DeviceReplay {
     fn alloc(&mut self, addr: u64, bytes: usize, stream: u64, at: String) {
         let slot = self.slots;
         self.slots += 1;
-        self.events.push(Some(Event::Alloc { slot, bytes, stream }));
+        self.events.push(Some(Event::Alloc {
+            slot,
+            bytes,
+            stream,
+        }));
         self.live.insert(addr, (slot, at));
     }
 
@@ -254,16 +304,42 @@ struct Entry {
 impl Entry {
     fn parse(value: &Value, at: String) -> Result<Self, SnapshotProblem> {
         let dict = as_dict(value, &at, ENTRY_KEYS)?;
-        let action = match as_str(required(dict, &at, "action", ENTRY_KEYS)?, &format!("{at}.action"))? {
+        let action = match as_str(
+            required(dict, &at, "action", ENTRY_KEYS)?,
+            &format!("{at}.action"),
+        )? {
             "alloc" => Action::Alloc,
             "free_requested" => Action::FreeRequested,
             "free_completed" => Action::FreeCompleted,
-            _ => return Ok(Self { at, action: Action::Other, addr: 0, size: 0, stream: 0 }),
+            _ => {
+                return Ok(Self {
+                    at,
+                    action: Action::Other,
+                    addr: 0,
+                    size: 0,
+                    stream: 0,
+                });
+            }
         };
-        let addr = as_u64(required(dict, &at, "addr", ENTRY_KEYS)?, &format!("{at}.addr"))?;
-        let size = as_usize(required(dict, &at, "size", ENTRY_KEYS)?, &format!("{at}.size"))?;
-        let stream = as_u64(required(dict, &at, "stream", ENTRY_KEYS)?, &format!("{at}.stream"))?;
-        Ok(Self { at, action, addr, size, stream })
+        let addr = as_u64(
+            required(dict, &at, "addr", ENTRY_KEYS)?,
+            &format!("{at}.addr"),
+        )?;
+        let size = as_usize(
+            required(dict, &at, "size", ENTRY_KEYS)?,
+            &format!("{at}.size"),
+        )?;
+        let stream = as_u64(
+            required(dict, &at, "stream", ENTRY_KEYS)?,
+            &format!("{at}.stream"),
+        )?;
+        Ok(Self {
+            at,
+            action,
+            addr,
+            size,
+            stream,
+        })
     }
 }
 
@@ -277,7 +353,12 @@ fn required<'a>(
     name: &'static str,
     expected: &'static str,
 ) -> Result<&'a Value, SnapshotProblem> {
-    dict.get(&key(name)).ok_or_else(|| SnapshotProblem::MissingKey { at: at.to_owned(), key: name, expected })
+    dict.get(&key(name))
+        .ok_or_else(|| SnapshotProblem::MissingKey {
+            at: at.to_owned(),
+            key: name,
+            expected,
+        })
 }
 
 fn as_dict<'a>(
@@ -308,10 +389,17 @@ fn as_str<'a>(value: &'a Value, at: &str) -> Result<&'a str, SnapshotProblem> {
 const UNSIGNED: &str = "a non-negative integer below 2^64";
 
 fn as_u64(value: &Value, at: &str) -> Result<u64, SnapshotProblem> {
-    let out_of_range = |value: String| SnapshotProblem::OutOfRange { at: at.to_owned(), value, expected: UNSIGNED };
+    let out_of_range = |value: String| SnapshotProblem::OutOfRange {
+        at: at.to_owned(),
+        value,
+        expected: UNSIGNED,
+    };
     match value {
         Value::I64(i) => u64::try_from(*i).map_err(|_| out_of_range(i.to_string())),
-        Value::Int(big) => big.to_string().parse::<u64>().map_err(|_| out_of_range(big.to_string())),
+        Value::Int(big) => big
+            .to_string()
+            .parse::<u64>()
+            .map_err(|_| out_of_range(big.to_string())),
         other => Err(wrong_type(other, at, "an integer")),
     }
 }
@@ -338,5 +426,9 @@ fn wrong_type(value: &Value, at: &str, expected: &'static str) -> SnapshotProble
         Value::Set(_) | Value::FrozenSet(_) => "a set",
         Value::Dict(_) => "a dict",
     };
-    SnapshotProblem::WrongType { at: at.to_owned(), found, expected }
+    SnapshotProblem::WrongType {
+        at: at.to_owned(),
+        found,
+        expected,
+    }
 }

@@ -82,12 +82,18 @@ impl Trace {
                 Event::Free { slot } => match state.get(slot) {
                     Some(1) => state[slot] = 2,
                     Some(_) => return Err(bad(format!("slot {slot} is freed twice"))),
-                    None => return Err(bad(format!("free of slot {slot}, which is not allocated"))),
+                    None => {
+                        return Err(bad(format!("free of slot {slot}, which is not allocated")));
+                    }
                 },
             }
         }
         let slots = state.len();
-        Ok(Self::new_unchecked(name.into(), events, slots))
+        Ok(Self {
+            name: name.into(),
+            events,
+            slots,
+        })
     }
 
     /// A trace whose events the caller (a parser of this module) has built
@@ -97,7 +103,11 @@ impl Trace {
             Self::from_events(String::new(), events.clone()).is_ok_and(|t| t.slots == slots),
             "parser produced events that break R1/R2 or a wrong slot count {slots}"
         );
-        Self { name, events, slots }
+        Self {
+            name,
+            events,
+            slots,
+        }
     }
 
     /// The trace's name: the file name, with the device for multi-device
@@ -131,7 +141,11 @@ impl Trace {
         let mut streams = Vec::new();
         for event in &self.events {
             match *event {
-                Event::Alloc { slot, bytes, stream } => {
+                Event::Alloc {
+                    slot,
+                    bytes,
+                    stream,
+                } => {
                     sizes[slot] = bytes as u64;
                     live += bytes as u64;
                     peak = peak.max(live);
@@ -146,6 +160,12 @@ impl Trace {
                 }
             }
         }
-        TraceStats { allocs, frees, peak_live_bytes: peak, live_at_end_bytes: live, streams }
+        TraceStats {
+            allocs,
+            frees,
+            peak_live_bytes: peak,
+            live_at_end_bytes: live,
+            streams,
+        }
     }
 }
