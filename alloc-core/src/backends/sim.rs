@@ -1,0 +1,310 @@
+//! [`SimBackend`]: a deterministic simulated device of fixed capacity. Fake
+//! addresses, no memory touched; fault injection (fail the n-th allocation,
+//! report a given free/total); events that complete under test control. It
+//! also checks the engine's side of the backend contract (double frees,
+//! unmapping unmapped pages) and records every breach.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+
+/// A simulated stream, named by a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SimStream(pub u32);
+
+/// An event on a simulated stream: completes when the test completes the
+/// stream's work up to it (or at once in auto-complete mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimEvent {
+    stream: u32,
+    seq: u64,
+}
+
+/// Where the fake address space starts (never 0, so a null is always a bug).
+const BASE_ADDR: usize = 0x7000_0000_0000;
+
+#[derive(Default)]
+struct SimState {
+    next_addr: usize,
+    /// Bytes of segments and mapped pages.
+    used: usize,
+    segments: BTreeMap<usize, usize>,
+    /// Reservation base → (size, mapped flag per page).
+    reservations: BTreeMap<usize, (usize, Vec<bool>)>,
+    /// Calls that obtain memory (allocate + map), counted from 1.
+    obtain_calls: u64,
+    fail_at: Vec<u64>,
+    mem_info: Option<MemInfo>,
+    /// Per stream: (events recorded, events completed).
+    streams: BTreeMap<u32, (u64, u64)>,
+    auto_complete: bool,
+    syncs: u64,
+    violations: Vec<String>,
+}
+
+struct SimInner {
+    capacity: usize,
+    page: Option<usize>,
+    state: Mutex<SimState>,
+}
+
+/// A simulated device. Clones share one device, so a test can keep a clone to
+/// control it while the engine owns another.
+#[derive(Clone)]
+pub struct SimBackend {
+    inner: Arc<SimInner>,
+}
+
+impl SimBackend {
+    /// A device of `capacity` bytes with 2 MiB pages (expandable segments on)
+    /// whose events complete at once.
+    pub fn new(capacity: usize) -> Self {
+        Self::build(capacity, Some(2 << 20))
+    }
+
+    /// A device of `capacity` bytes without the virtual-memory capability.
+    pub fn without_vm(capacity: usize) -> Self {
+        Self::build(capacity, None)
+    }
+
+    fn build(capacity: usize, page: Option<usize>) -> Self {
+        let state = SimState { next_addr: BASE_ADDR, auto_complete: true, ..SimState::default() };
+        SimBackend { inner: Arc::new(SimInner { capacity, page, state: Mutex::new(state) }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the `n`-th call that obtains memory from now (1 = the next one)
+    /// fail with out of memory.
+    pub fn fail_nth_allocation(&self, n: u64) {
+        let mut s = self.lock();
+        let at = s.obtain_calls + n.max(1);
+        s.fail_at.push(at);
+    }
+
+    /// Reports `info` from `mem_info` instead of the simulated figures.
+    pub fn set_mem_info(&self, info: Option<MemInfo>) {
+        self.lock().mem_info = info;
+    }
+
+    /// When on (the default), events complete as soon as they are recorded;
+    /// when off, only [`complete`](Self::complete) completes them.
+    pub fn set_auto_complete(&self, on: bool) {
+        self.lock().auto_complete = on;
+    }
+
+    /// Completes the work issued so far on `stream`.
+    pub fn complete(&self, stream: SimStream) {
+        let mut s = self.lock();
+        let e = s.streams.entry(stream.0).or_default();
+        e.1 = e.0;
+    }
+
+    /// Completes the work of every stream.
+    pub fn complete_all(&self) {
+        for e in self.lock().streams.values_mut() {
+            e.1 = e.0;
+        }
+    }
+
+    /// Bytes of segments and mapped pages held by the engine now.
+    pub fn used(&self) -> usize {
+        self.lock().used
+    }
+
+    /// Live segments and reservations.
+    pub fn live_regions(&self) -> usize {
+        let s = self.lock();
+        s.segments.len() + s.reservations.len()
+    }
+
+    /// Device-wide synchronizations so far.
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
+    }
+
+    /// Breaches of the backend contract seen (empty when the engine is right).
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    fn obtain(&self, s: &mut SimState, bytes: usize) -> Result<(), BackendError> {
+        s.obtain_calls += 1;
+        let n = s.obtain_calls;
+        if let Some(i) = s.fail_at.iter().position(|&a| a == n) {
+            s.fail_at.swap_remove(i);
+            return Err(BackendError::OutOfMemory);
+        }
+        match s.used.checked_add(bytes) {
+            Some(u) if u <= self.inner.capacity => {
+                s.used = u;
+                Ok(())
+            }
+            _ => Err(BackendError::OutOfMemory),
+        }
+    }
+
+    fn take_addr(s: &mut SimState, bytes: usize, align: usize) -> Result<usize, BackendError> {
+        let start = s.next_addr.checked_next_multiple_of(align);
+        let end = start.and_then(|a| a.checked_add(bytes));
+        match (start, end) {
+            (Some(a), Some(e)) => {
+                s.next_addr = e;
+                Ok(a)
+            }
+            _ => Err(BackendError::OutOfMemory),
+        }
+    }
+
+    /// The reservation holding `[ptr, ptr + bytes)` and the page range.
+    fn pages(&self, s: &SimState, ptr: usize, bytes: usize) -> Option<(usize, core::ops::Range<usize>)> {
+        let page = self.inner.page?;
+        let (&base, &(size, _)) = s.reservations.range(..=ptr).next_back()?;
+        let end = ptr.checked_add(bytes)?;
+        if end > base + size || ptr % page != 0 || bytes % page != 0 {
+            return None;
+        }
+        Some((base, (ptr - base) / page..(end - base) / page))
+    }
+}
+
+// SAFETY: addresses come from a bump pointer that never reuses a range, so a
+// segment or reservation overlaps no other; `reserve` aligns to the page size;
+// events complete only when the test (or auto-complete) says the stream's work
+// is done, and `synchronize` completes every stream.
+unsafe impl DeviceBackend for SimBackend {
+    type Stream = SimStream;
+    type Event = SimEvent;
+
+    fn name(&self) -> &str {
+        "sim"
+    }
+
+    fn stream_for_id(&self, id: u32) -> SimStream {
+        SimStream(id)
+    }
+
+    fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
+        let mut s = self.lock();
+        self.obtain(&mut s, bytes)?;
+        let a = match Self::take_addr(&mut s, bytes, 512) {
+            Ok(a) => a,
+            Err(e) => {
+                s.used -= bytes;
+                return Err(e);
+            }
+        };
+        s.segments.insert(a, bytes);
+        Ok(DevicePtr(a))
+    }
+
+    unsafe fn deallocate(&self, ptr: DevicePtr, bytes: usize) {
+        let mut s = self.lock();
+        match s.segments.remove(&ptr.0) {
+            Some(b) if b == bytes => s.used -= b,
+            Some(b) => {
+                s.used -= b;
+                s.violations.push(format!("deallocate({:#x}, {bytes}) of a {b}-byte segment", ptr.0));
+            }
+            None => s.violations.push(format!("deallocate({:#x}, {bytes}) of no live segment", ptr.0)),
+        }
+    }
+
+    fn record_event(&self, stream: SimStream) -> Result<SimEvent, BackendError> {
+        let mut s = self.lock();
+        let auto = s.auto_complete;
+        let e = s.streams.entry(stream.0).or_default();
+        e.0 += 1;
+        if auto {
+            e.1 = e.0;
+        }
+        Ok(SimEvent { stream: stream.0, seq: e.0 })
+    }
+
+    fn event_done(&self, event: &SimEvent) -> bool {
+        self.lock().streams.get(&event.stream).is_some_and(|&(_, done)| done >= event.seq)
+    }
+
+    fn wait_event(&self, event: &SimEvent) {
+        let mut s = self.lock();
+        let e = s.streams.entry(event.stream).or_default();
+        e.1 = e.1.max(event.seq);
+    }
+
+    fn synchronize(&self) {
+        let mut s = self.lock();
+        s.syncs += 1;
+        for e in s.streams.values_mut() {
+            e.1 = e.0;
+        }
+    }
+
+    fn mem_info(&self) -> Option<MemInfo> {
+        let s = self.lock();
+        Some(s.mem_info.unwrap_or(MemInfo { free: self.inner.capacity.saturating_sub(s.used), total: self.inner.capacity }))
+    }
+
+    fn page_size(&self) -> Option<usize> {
+        self.inner.page
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
+        let Some(page) = self.inner.page else {
+            return Err(BackendError::Other("sim backend built without_vm".into()));
+        };
+        if bytes == 0 || bytes % page != 0 {
+            return Err(BackendError::Other(format!("reserve({bytes}): not a positive multiple of the {page}-byte page")));
+        }
+        let mut s = self.lock();
+        let a = Self::take_addr(&mut s, bytes, page)?;
+        s.reservations.insert(a, (bytes, vec![false; bytes / page]));
+        Ok(DevicePtr(a))
+    }
+
+    unsafe fn map(&self, ptr: DevicePtr, bytes: usize) -> Result<(), BackendError> {
+        let mut s = self.lock();
+        let Some((base, range)) = self.pages(&s, ptr.0, bytes) else {
+            s.violations.push(format!("map({:#x}, {bytes}) outside any reservation or unaligned", ptr.0));
+            return Err(BackendError::Other("map outside a reservation".into()));
+        };
+        let already = s.reservations.get(&base).is_some_and(|(_, m)| m[range.clone()].iter().any(|&x| x));
+        if already {
+            s.violations.push(format!("map({:#x}, {bytes}) of a mapped page", ptr.0));
+            return Err(BackendError::Other("page already mapped".into()));
+        }
+        self.obtain(&mut s, bytes)?;
+        if let Some((_, m)) = s.reservations.get_mut(&base) {
+            m[range].fill(true);
+        }
+        Ok(())
+    }
+
+    unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
+        let mut s = self.lock();
+        let Some((base, range)) = self.pages(&s, ptr.0, bytes) else {
+            s.violations.push(format!("unmap({:#x}, {bytes}) outside any reservation or unaligned", ptr.0));
+            return;
+        };
+        let all_mapped = s.reservations.get(&base).is_some_and(|(_, m)| m[range.clone()].iter().all(|&x| x));
+        if !all_mapped {
+            s.violations.push(format!("unmap({:#x}, {bytes}) of an unmapped page", ptr.0));
+            return;
+        }
+        if let Some((_, m)) = s.reservations.get_mut(&base) {
+            m[range].fill(false);
+        }
+        s.used -= bytes;
+    }
+
+    unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
+        let mut s = self.lock();
+        match s.reservations.remove(&ptr.0) {
+            Some((size, m)) if size == bytes && !m.iter().any(|&x| x) => {}
+            Some((size, _)) => s.violations.push(format!("release({:#x}, {bytes}) of a {size}-byte reservation with pages mapped or wrong size", ptr.0)),
+            None => s.violations.push(format!("release({:#x}, {bytes}) of no reservation", ptr.0)),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Blocks: free, in-use, pending or unmapped sub-ranges of a segment, kept in
+//! a slab and linked in address order within their segment.
+//!
+//! # Invariants
+//! - S1 the blocks of a segment tile it: the first starts at the segment's
+//!   base, each next block starts where its predecessor ends, `prev`/`next`
+//!   links agree, and the sizes sum to the segment's size.
+//! - S2 no two adjacent free blocks of one stream in one segment (they merge).
+//! - S3 no two adjacent unmapped blocks; unmapped blocks start and end on page
+//!   boundaries and occur only in expandable segments.
+//! - A1 every block starts at a multiple of [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
+
+/// Index of a block in the slab.
+pub(crate) type BlockId = u32;
+/// "No block" in a link.
+pub(crate) const NIL: BlockId = u32::MAX;
+
+/// What a block is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockState {
+    /// Cached, in the free index, reusable by its stream.
+    Free,
+    /// Handed out to a user.
+    InUse,
+    /// Freed by its user, waiting for events on other streams that used it.
+    Pending,
+    /// Address space of an expandable segment with no memory mapped.
+    Unmapped,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Block {
+    pub(crate) ptr: usize,
+    pub(crate) size: usize,
+    /// Bytes the user asked for (in-use and pending blocks).
+    pub(crate) requested: usize,
+    pub(crate) seg: u32,
+    pub(crate) prev: BlockId,
+    pub(crate) next: BlockId,
+    pub(crate) state: BlockState,
+    /// Slot of the stream this block belongs to.
+    pub(crate) stream: u16,
+}
+
+impl Block {
+    /// Whether the block shares its segment with other blocks.
+    #[inline]
+    pub(crate) fn is_split(&self) -> bool {
+        self.prev != NIL || self.next != NIL
+    }
+
+    #[inline]
+    pub(crate) fn end(&self) -> usize {
+        self.ptr + self.size
+    }
+}
+
+/// The slab every block lives in; ids stay valid until the block is removed.
+#[derive(Default)]
+pub(crate) struct BlockSlab {
+    slots: Vec<Option<Block>>,
+    vacant: Vec<BlockId>,
+}
+
+impl BlockSlab {
+    /// Stores `b`, or `None` when the slab has `u32::MAX - 1` blocks.
+    pub(crate) fn insert(&mut self, b: Block) -> Option<BlockId> {
+        if let Some(id) = self.vacant.pop() {
+            self.slots[id as usize] = Some(b);
+            return Some(id);
+        }
+        let id = u32::try_from(self.slots.len()).ok().filter(|&i| i != NIL)?;
+        self.slots.push(Some(b));
+        Some(id)
+    }
+
+    pub(crate) fn remove(&mut self, id: BlockId) -> Option<Block> {
+        let b = self.slots.get_mut(id as usize)?.take()?;
+        self.vacant.push(id);
+        Some(b)
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, id: BlockId) -> Option<&Block> {
+        self.slots.get(id as usize)?.as_ref()
+    }
+
+    /// The block `id`, which the caller knows is live (an engine invariant).
+    #[inline]
+    pub(crate) fn at(&self, id: BlockId) -> &Block {
+        match self.get(id) {
+            Some(b) => b,
+            None => unreachable_block(id),
+        }
+    }
+
+    /// The block `id`, mutably, which the caller knows is live.
+    #[inline]
+    pub(crate) fn at_mut(&mut self, id: BlockId) -> &mut Block {
+        match self.slots.get_mut(id as usize).and_then(Option::as_mut) {
+            Some(b) => b,
+            None => unreachable_block(id),
+        }
+    }
+
+    /// Splits `id` at `first` bytes: `id` keeps the first part, a new block
+    /// with `id`'s state and stream takes the rest. `None` (nothing changed)
+    /// when the slab is full.
+    pub(crate) fn split(&mut self, id: BlockId, first: usize) -> Option<BlockId> {
+        let b = self.at(id);
+        debug_assert!(first > 0 && first < b.size, "split of {} B block at {first}", b.size);
+        let rest = Block {
+            ptr: b.ptr + first,
+            size: b.size - first,
+            requested: 0,
+            seg: b.seg,
+            prev: id,
+            next: b.next,
+            state: b.state,
+            stream: b.stream,
+        };
+        let old_next = b.next;
+        let rid = self.insert(rest)?;
+        if old_next != NIL {
+            self.at_mut(old_next).prev = rid;
+        }
+        let b = self.at_mut(id);
+        b.size = first;
+        b.next = rid;
+        Some(rid)
+    }
+
+    /// Absorbs `id`'s next block into `id` and removes it.
+    pub(crate) fn absorb_next(&mut self, id: BlockId) {
+        let next = self.at(id).next;
+        let Some(n) = self.remove(next) else { return };
+        if n.next != NIL {
+            self.at_mut(n.next).prev = id;
+        }
+        let b = self.at_mut(id);
+        b.size += n.size;
+        b.next = n.next;
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (BlockId, &Block)> {
+        self.slots.iter().enumerate().filter_map(|(i, b)| Some((i as BlockId, b.as_ref()?)))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn unreachable_block(id: BlockId) -> ! {
+    // An engine bug, never a user input: ids come only from the engine.
+    panic!("block {id} is not live: the engine's block links are corrupt")
+}

@@ -1,0 +1,408 @@
+//! The slow path: reuse of other streams' idle cache, growing (a new fixed
+//! segment, or more mapped pages of an expandable segment), releasing cached
+//! memory, `empty_cache`, `trim`, and the out-of-memory error.
+//!
+//! The reclaim ladder, in order: reuse idle cache of other streams → grow →
+//! release oversize cached blocks and grow → release all releasable cached
+//! memory (waiting on pending events) and try again → out of memory.
+//!
+//! Expandable segments and `max_split_size`: a block of an expandable segment
+//! is always split to size, and free pages in the middle of an expandable
+//! segment are unmapped when memory is released, so the oversize rule (which
+//! exists to stop large fixed segments from being carved up) is not needed
+//! there and reserved memory never grows past what is mapped for live blocks
+//! plus the free pages the cache keeps.
+
+use crate::backend::{BackendError, DeviceBackend, DevicePtr};
+use crate::block::{Block, BlockId, BlockState, NIL};
+use crate::cache::{CachingAllocator, State};
+use crate::error::{AllocError, OutOfMemory};
+use crate::segment::Segment;
+use crate::size_class::{Pool, segment_size};
+use crate::trace::TraceAction;
+
+/// Which cached memory a release gives back.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Release {
+    /// Free blocks of at least `max_split_size` bytes.
+    Oversize,
+    /// Every free block.
+    All,
+}
+
+impl<B: DeviceBackend> CachingAllocator<B> {
+    /// The slow path of [`allocate`](Self::allocate): the reclaim ladder.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn alloc_slow(&self, st: &mut State<B>, slot: u16, pool: Pool, bytes: usize, rounded: usize) -> Result<BlockId, AllocError> {
+        if self.over_gc_threshold(st, rounded) {
+            self.release_cached(st, Release::All, false);
+        }
+        if let Some(id) = self.reuse_idle_cache(st, slot, pool, rounded) {
+            return Ok(id);
+        }
+        if let Some(id) = self.grow(st, slot, pool, rounded)? {
+            return Ok(id);
+        }
+        st.stats.num_alloc_retries += 1;
+        if self.config.max_split_size != usize::MAX
+            && self.release_cached(st, Release::Oversize, false)
+            && let Some(id) = self.grow(st, slot, pool, rounded)?
+        {
+            return Ok(id);
+        }
+        if self.release_cached(st, Release::All, true)
+            && let Some(id) = st
+                .take_fit(slot, pool, rounded, self.config.max_split_size)
+                .map_or_else(|| self.grow(st, slot, pool, rounded), |id| Ok(Some(id)))?
+        {
+            return Ok(id);
+        }
+        Err(self.out_of_memory(st, slot, bytes, rounded))
+    }
+
+    /// Whether reserved memory plus `rounded` passes the garbage-collection
+    /// threshold of the cap.
+    fn over_gc_threshold(&self, st: &State<B>, rounded: usize) -> bool {
+        match (self.config.garbage_collection_threshold, st.limit) {
+            (Some(t), Some(limit)) => {
+                let reserved = st.stats.reserved_bytes.all.current as f64;
+                reserved + rounded as f64 > t * limit as f64
+            }
+            _ => false,
+        }
+    }
+
+    /// A free block of another, idle stream (every event recorded on it now
+    /// has completed), moved to stream `slot`.
+    fn reuse_idle_cache(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Option<BlockId> {
+        for other in 0..st.streams.len() as u16 {
+            if other == slot || st.index.is_empty(other, pool) {
+                continue;
+            }
+            let Some(key) = st.find_fit(other, pool, rounded, self.config.max_split_size) else { continue };
+            if !self.stream_idle(st, other) {
+                continue;
+            }
+            st.index_remove(key.2);
+            st.blocks.at_mut(key.2).stream = slot;
+            st.stats.num_cross_stream_reuse += 1;
+            return Some(key.2);
+        }
+        None
+    }
+
+    /// Whether every event recorded now on the stream of `slot` has completed.
+    pub(crate) fn stream_idle(&self, st: &State<B>, slot: u16) -> bool {
+        let Some(&s) = st.streams.get(slot as usize) else { return false };
+        self.backend.record_event(s).is_ok_and(|e| self.backend.event_done(&e))
+    }
+
+    /// Obtains memory for `rounded` bytes on (slot, pool): `Ok(None)` when the
+    /// backend or the cap says out of memory.
+    fn grow(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Result<Option<BlockId>, AllocError> {
+        if self.expandable {
+            return self.grow_expandable(st, slot, pool, rounded);
+        }
+        let Some(size) = segment_size(rounded) else { return Ok(None) };
+        if !within_limit(st, size) {
+            return Ok(None);
+        }
+        let ptr = match self.backend.allocate(size) {
+            Ok(p) => p,
+            Err(e) => return self.backend_failure(e, "allocating a segment"),
+        };
+        let seg = Segment { base: ptr.0, size, mapped: size, pool, stream: slot, expandable: false, head: NIL };
+        let Some((sid, bid)) = st.add_segment(seg, BlockState::Free) else {
+            // SAFETY: `ptr`/`size` is the segment just obtained; nothing used it.
+            unsafe { self.backend.deallocate(ptr, size) };
+            return Ok(None);
+        };
+        st.stats.num_device_alloc += 1;
+        st.stats.segment.add(pool, 1);
+        st.stats.reserved_bytes.add(pool, size);
+        st.trace.push(TraceAction::SegmentAlloc, ptr.0, size, slot);
+        let _ = sid;
+        Ok(Some(bid))
+    }
+
+    fn backend_failure(&self, e: BackendError, action: &'static str) -> Result<Option<BlockId>, AllocError> {
+        match e {
+            BackendError::OutOfMemory => Ok(None),
+            source => Err(AllocError::Backend { backend: self.backend.name().to_string(), action, source }),
+        }
+    }
+
+    /// Maps pages of the expandable segment of (slot, pool) so that a free
+    /// block of at least `rounded` bytes exists; returns it, out of the index.
+    fn grow_expandable(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Result<Option<BlockId>, AllocError> {
+        let si = slot as usize * 2 + pool.index();
+        let mut seg = st.expandable.get(si).copied().unwrap_or(u32::MAX);
+        if seg == u32::MAX {
+            match self.reserve_expandable(st, slot, pool)? {
+                Some(s) => seg = s,
+                None => return Ok(None),
+            }
+        }
+        // The unmapped range needing the fewest new pages (lowest address first).
+        let page = self.page;
+        let mut best: Option<(usize, BlockId)> = None;
+        let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
+        while id != NIL {
+            let b = st.blocks.at(id);
+            if b.state == BlockState::Unmapped {
+                let left = match st.blocks.get(b.prev) {
+                    Some(p) if p.state == BlockState::Free && p.stream == slot => p.size,
+                    _ => 0,
+                };
+                if let Some(need) = rounded.checked_sub(left).map(|n| n.next_multiple_of(page).max(page))
+                    && need <= b.size
+                    && best.is_none_or(|(n, _)| need < n)
+                {
+                    best = Some((need, id));
+                }
+            }
+            id = b.next;
+        }
+        let Some((bytes, uid)) = best else { return Ok(None) };
+        if !within_limit(st, bytes) {
+            return Ok(None);
+        }
+        let ptr = st.blocks.at(uid).ptr;
+        // SAFETY: `[ptr, ptr + bytes)` lies in unmapped block `uid` of a live
+        // reservation (S3: unmapped blocks are page-aligned and never mapped).
+        if let Err(e) = unsafe { self.backend.map(DevicePtr(ptr), bytes) } {
+            return self.backend_failure(e, "mapping pages of an expandable segment");
+        }
+        if bytes < st.blocks.at(uid).size && st.blocks.split(uid, bytes).is_none() {
+            // SAFETY: the pages were mapped just above and nothing uses them.
+            unsafe { self.backend.unmap(DevicePtr(ptr), bytes) };
+            return Ok(None);
+        }
+        let b = st.blocks.at_mut(uid);
+        b.state = BlockState::Free;
+        b.stream = slot;
+        if let Some(s) = st.segs.get_mut(seg) {
+            s.mapped += bytes;
+        }
+        st.stats.num_device_map += 1;
+        st.stats.num_pages_mapped += (bytes / page) as i64;
+        st.stats.reserved_bytes.add(pool, bytes);
+        st.trace.push(TraceAction::Map, ptr, bytes, slot);
+        let id = st.merge_and_index(uid);
+        st.index_remove(id);
+        Ok(Some(id))
+    }
+
+    fn reserve_expandable(&self, st: &mut State<B>, slot: u16, pool: Pool) -> Result<Option<u32>, AllocError> {
+        let total = st.limit.or(self.backend.mem_info().map(|m| m.total)).unwrap_or(1 << 40);
+        let Some(size) = total.checked_next_multiple_of(self.page) else { return Ok(None) };
+        let ptr = match self.backend.reserve(size) {
+            Ok(p) => p,
+            Err(BackendError::OutOfMemory) => return Ok(None),
+            Err(source) => {
+                return Err(AllocError::Backend { backend: self.backend.name().to_string(), action: "reserving address space", source });
+            }
+        };
+        let seg = Segment { base: ptr.0, size, mapped: 0, pool, stream: slot, expandable: true, head: NIL };
+        let Some((sid, _)) = st.add_segment(seg, BlockState::Unmapped) else {
+            // SAFETY: the reservation was just made and has nothing mapped.
+            unsafe { self.backend.release(ptr, size) };
+            return Ok(None);
+        };
+        if let Some(e) = st.expandable.get_mut(slot as usize * 2 + pool.index()) {
+            *e = sid;
+        }
+        st.stats.segment.add(pool, 1);
+        Ok(Some(sid))
+    }
+
+    /// Releases cached memory of `which` kind; waits for every stream first
+    /// when `wait`, else skips streams that are busy. Whether anything was
+    /// released.
+    pub(crate) fn release_cached(&self, st: &mut State<B>, which: Release, wait: bool) -> bool {
+        if wait {
+            self.backend.synchronize();
+            st.stats.num_sync_all_streams += 1;
+            st.process_pending(&self.backend, true);
+        }
+        let idle: Vec<bool> = (0..st.streams.len() as u16).map(|s| wait || self.stream_idle(st, s)).collect();
+        let min = match which {
+            Release::Oversize => self.config.max_split_size,
+            Release::All => 0,
+        };
+        let candidates: Vec<BlockId> = st
+            .index
+            .all()
+            .filter(|&(s, _, (size, _, _))| size >= min && idle.get(s as usize).copied().unwrap_or(false))
+            .map(|(_, _, (_, _, id))| id)
+            .collect();
+        let before = st.stats.reserved_bytes.all.current;
+        for id in candidates {
+            if st.blocks.get(id).is_some_and(|b| b.state == BlockState::Free) {
+                self.release_block(st, id);
+            }
+        }
+        st.stats.reserved_bytes.all.current < before
+    }
+
+    /// Gives the memory of free block `id` back: a whole fixed segment is
+    /// deallocated; the whole pages inside a block of an expandable segment are
+    /// unmapped.
+    fn release_block(&self, st: &mut State<B>, id: BlockId) {
+        let b = st.blocks.at(id).clone();
+        let Some(seg) = st.segs.get(b.seg).cloned() else { return };
+        if !seg.expandable {
+            if b.is_split() {
+                return;
+            }
+            st.index_remove(id);
+            st.blocks.remove(id);
+            st.segs.remove(b.seg);
+            // SAFETY: the segment's only block is free (no user holds it), and
+            // the caller checked its stream is idle or synchronized.
+            unsafe { self.backend.deallocate(DevicePtr(seg.base), seg.size) };
+            st.stats.num_device_free += 1;
+            st.stats.segment.sub(seg.pool, 1);
+            st.stats.reserved_bytes.sub(seg.pool, seg.size);
+            st.trace.push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
+            return;
+        }
+        let start = b.ptr.next_multiple_of(self.page);
+        let end = b.end() / self.page * self.page;
+        if end <= start {
+            return;
+        }
+        st.index_remove(id);
+        let mut mid = id;
+        if start > b.ptr {
+            match st.blocks.split(id, start - b.ptr) {
+                Some(m) => {
+                    st.index_insert(id);
+                    mid = m;
+                }
+                None => {
+                    st.index_insert(id);
+                    return;
+                }
+            }
+        }
+        if end < b.end() {
+            match st.blocks.split(mid, end - start) {
+                Some(tail) => st.index_insert(tail),
+                None => {
+                    st.merge_and_index(mid);
+                    return;
+                }
+            }
+        }
+        // SAFETY: `[start, end)` is whole pages of free block `mid`, all mapped
+        // (S3/S4), and the caller checked its stream is idle or synchronized.
+        unsafe { self.backend.unmap(DevicePtr(start), end - start) };
+        st.blocks.at_mut(mid).state = BlockState::Unmapped;
+        if let Some(s) = st.segs.get_mut(b.seg) {
+            s.mapped -= end - start;
+        }
+        st.stats.num_device_unmap += 1;
+        st.stats.reserved_bytes.sub(seg.pool, end - start);
+        st.trace.push(TraceAction::Unmap, start, end - start, b.stream);
+        st.merge_unmapped(mid);
+    }
+
+    /// Releases every cached block, waiting for pending events first, and
+    /// releases expandable reservations with nothing mapped.
+    pub fn empty_cache(&self) {
+        let mut st = self.lock();
+        self.release_cached(&mut st, Release::All, true);
+        self.release_empty_reservations(&mut st);
+    }
+
+    /// Releases the cached blocks of streams that are idle now, without
+    /// waiting on any stream.
+    pub fn trim(&self) {
+        let mut st = self.lock();
+        st.process_pending(&self.backend, false);
+        self.release_cached(&mut st, Release::All, false);
+        self.release_empty_reservations(&mut st);
+    }
+
+    fn release_empty_reservations(&self, st: &mut State<B>) {
+        let empty: Vec<u32> = st.segs.iter().filter(|(_, s)| s.expandable && s.mapped == 0).map(|(i, _)| i).collect();
+        for sid in empty {
+            let Some(seg) = st.segs.remove(sid) else { continue };
+            st.blocks.remove(seg.head);
+            for e in st.expandable.iter_mut().filter(|e| **e == sid) {
+                *e = u32::MAX;
+            }
+            // SAFETY: the reservation has nothing mapped (mapped == 0) and is
+            // no longer reachable from the engine.
+            unsafe { self.backend.release(DevicePtr(seg.base), seg.size) };
+            st.stats.segment.sub(seg.pool, 1);
+        }
+    }
+
+    /// Builds the out-of-memory error and counts it.
+    fn out_of_memory(&self, st: &mut State<B>, slot: u16, requested: usize, rounded: usize) -> AllocError {
+        st.stats.num_ooms += 1;
+        st.trace.push(TraceAction::Oom, 0, rounded, slot);
+        let in_use = st.stats.allocated_bytes.all.current.max(0) as usize;
+        let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
+        let info = self.backend.mem_info();
+        let remedy = if !self.expandable && self.backend.page_size().is_some() {
+            "try expandable_segments:true (cached memory is fragmented into fixed segments)".to_string()
+        } else if st.limit.is_some() {
+            "raise per_process_memory_fraction or max_reserved_mb, or free buffers you no longer need".to_string()
+        } else if self.config.max_split_size == usize::MAX && !self.expandable && reserved > in_use + rounded {
+            "try max_split_size_mb:<size> to stop large cached blocks from being split".to_string()
+        } else {
+            "free buffers you no longer need or reduce the batch size; the device has no room for this request".to_string()
+        };
+        AllocError::OutOfMemory(Box::new(OutOfMemory {
+            requested,
+            rounded,
+            stream: st.streams.get(slot as usize).map_or_else(String::new, |s| format!("{s:?}")),
+            in_use,
+            cached: reserved.saturating_sub(in_use),
+            largest_free_block: st.index.largest(),
+            device_free: info.map(|m| m.free),
+            device_total: info.map(|m| m.total),
+            limit: st.limit,
+            remedy,
+        }))
+    }
+}
+
+fn within_limit<B: DeviceBackend>(st: &State<B>, bytes: usize) -> bool {
+    let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
+    st.limit.is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
+}
+
+impl<B: DeviceBackend> State<B> {
+    /// Adds `seg` with one block of `state` covering it; `None` when a table
+    /// is full.
+    pub(crate) fn add_segment(&mut self, mut seg: Segment, state: BlockState) -> Option<(u32, BlockId)> {
+        let block = Block { ptr: seg.base, size: seg.size, requested: 0, seg: 0, prev: NIL, next: NIL, state, stream: seg.stream };
+        let bid = self.blocks.insert(block)?;
+        seg.head = bid;
+        let Some(sid) = self.segs.insert(seg) else {
+            self.blocks.remove(bid);
+            return None;
+        };
+        self.blocks.at_mut(bid).seg = sid;
+        Some((sid, bid))
+    }
+
+    /// Merges unmapped block `id` with unmapped neighbours (S3).
+    fn merge_unmapped(&mut self, mut id: BlockId) {
+        let next = self.blocks.at(id).next;
+        if next != NIL && self.blocks.at(next).state == BlockState::Unmapped {
+            self.blocks.absorb_next(id);
+        }
+        let prev = self.blocks.at(id).prev;
+        if prev != NIL && self.blocks.at(prev).state == BlockState::Unmapped {
+            self.blocks.absorb_next(prev);
+            id = prev;
+        }
+        let _ = id;
+    }
+}
