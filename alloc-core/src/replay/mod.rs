@@ -10,7 +10,10 @@
 //!
 //! Both yield [`Trace`]s: allocate and free [`Event`]s on numbered slots.
 //! [`load`] picks the format from the file's first byte (a pickle starts with
-//! `0x80`) or its extension.
+//! `0x80`) or its extension. [`replay()`] drives a trace through a
+//! [`CachingAllocator`](crate::CachingAllocator) and returns a
+//! [`ReplayResult`]; [`table`] formats results for reading. The binary
+//! `alloc-replay` does all of this from the command line.
 //!
 //! ```no_run
 //! use alloc_core::replay;
@@ -21,14 +24,18 @@
 //! ```
 
 mod csv;
+mod driver;
 mod error;
+mod report;
 mod snapshot;
 mod trace;
 
 use std::path::Path;
 
 pub use csv::parse_csv;
+pub use driver::{ReplayResult, replay};
 pub use error::{CsvProblem, NumberReason, SnapshotProblem, TraceError};
+pub use report::{mib, table, trace_header};
 pub use snapshot::parse_snapshot;
 pub use trace::{Event, InvalidEvents, Trace, TraceStats};
 

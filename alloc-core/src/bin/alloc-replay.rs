@@ -1,0 +1,270 @@
+//! `alloc-replay`: replays allocation traces through the caching engine and
+//! reports peak requested and reserved bytes, efficiency, backend calls and
+//! time per op, for one or more configurations side by side.
+//!
+//! ```text
+//! alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] FILE...
+//! ```
+//!
+//! The arguments are parsed by hand: five options do not justify a
+//! dependency, and this keeps the messages in the project's own words.
+
+#[cfg(not(loom))]
+fn main() {
+    std::process::exit(cli::main(std::env::args().skip(1).collect()));
+}
+
+/// The replay module is left out of `--cfg loom` builds (they test the scope
+/// registry only), so the binary only says so.
+#[cfg(loom)]
+fn main() {
+    eprintln!("alloc-replay is not available in a --cfg loom build; build without --cfg loom");
+    std::process::exit(1);
+}
+
+#[cfg(not(loom))]
+mod cli {
+    use std::path::PathBuf;
+
+    use alloc_core::replay::{self, ReplayResult, Trace};
+    use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
+
+    const USAGE: &str = "\
+usage: alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] FILE...
+
+Replays allocation traces (CSV `op,id,bytes,stream`, or PyTorch memory snapshot
+pickles from torch.cuda.memory._dump_snapshot) through the caching allocator.
+
+options:
+  --backend sim|host   sim: a simulated device, no memory touched (default);
+                       host: real host memory
+  --config STR         an ALLOC_CONF string such as `expandable_segments:False`;
+                       repeat to compare configs side by side (default: the
+                       default config, labelled `default`)
+  --json               print one JSON object per trace and config, one per line
+  --capacity BYTES     the simulated device's memory, e.g. 85899345920, 80GiB,
+                       512MiB (default 80GiB; sim backend only)
+  -h, --help           print this help";
+
+    /// The simulated device's memory unless `--capacity` says otherwise: an
+    /// 80 GiB device (an A100 or H100), larger than any shipped trace needs.
+    const DEFAULT_CAPACITY: usize = 80 << 30;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Backend {
+        Sim,
+        Host,
+    }
+
+    #[derive(Debug)]
+    struct Args {
+        backend: Backend,
+        configs: Vec<String>,
+        json: bool,
+        capacity: Option<usize>,
+        files: Vec<PathBuf>,
+    }
+
+    /// What `main` does after parsing.
+    enum Parsed {
+        Run(Args),
+        Help,
+    }
+
+    pub(crate) fn main(argv: Vec<String>) -> i32 {
+        let args = match parse_args(argv) {
+            Ok(Parsed::Run(args)) => args,
+            Ok(Parsed::Help) => {
+                println!("{USAGE}");
+                return 0;
+            }
+            Err(message) => return usage_error(&message),
+        };
+        let mut configs = Vec::new();
+        for text in &args.configs {
+            match Config::parse(text) {
+                Ok(config) => configs.push((label(text), config)),
+                Err(e) => return usage_error(&format!("--config `{text}`: {e}")),
+            }
+        }
+        if configs.is_empty() {
+            configs.push(("default".to_owned(), Config::default()));
+        }
+        let mut traces = Vec::new();
+        for file in &args.files {
+            match replay::load(file) {
+                Ok(t) => traces.extend(t),
+                Err(e) => {
+                    eprintln!("alloc-replay: {e}");
+                    return 1;
+                }
+            }
+        }
+        for trace in &traces {
+            let results: Vec<ReplayResult> = configs
+                .iter()
+                .map(|(label, config)| run(&args, trace, label, config.clone()))
+                .collect();
+            print_results(&args, trace, &results);
+        }
+        0
+    }
+
+    fn usage_error(message: &str) -> i32 {
+        eprintln!("alloc-replay: {message}\n\n{USAGE}");
+        2
+    }
+
+    /// The label of a config string: itself, or `default` when empty.
+    fn label(text: &str) -> String {
+        if text.trim().is_empty() {
+            "default".to_owned()
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn run(args: &Args, trace: &Trace, label: &str, config: Config) -> ReplayResult {
+        match args.backend {
+            Backend::Sim => {
+                let capacity = args.capacity.unwrap_or(DEFAULT_CAPACITY);
+                replay_on(SimBackend::new(capacity), config, trace, label)
+            }
+            Backend::Host => replay_on(HostBackend::new(), config, trace, label),
+        }
+    }
+
+    fn replay_on<B: DeviceBackend>(
+        backend: B,
+        config: Config,
+        trace: &Trace,
+        label: &str,
+    ) -> ReplayResult {
+        let allocator = CachingAllocator::new(backend, config);
+        replay::replay(trace, &allocator, label)
+    }
+
+    fn print_results(args: &Args, trace: &Trace, results: &[ReplayResult]) {
+        if args.json {
+            for r in results {
+                match serde_json::to_string(r) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("alloc-replay: cannot write JSON for {}: {e}", r.trace),
+                }
+            }
+            return;
+        }
+        let backend = match args.backend {
+            Backend::Sim => {
+                let capacity = args.capacity.unwrap_or(DEFAULT_CAPACITY);
+                format!("backend sim ({} capacity)", gib(capacity))
+            }
+            Backend::Host => "backend host".to_owned(),
+        };
+        println!(
+            "{}; {backend}",
+            replay::trace_header(trace.name(), &trace.stats())
+        );
+        println!("{}", replay::table(results));
+    }
+
+    /// Bytes in GiB, without decimals when whole: `80 GiB`, `1.50 GiB`.
+    fn gib(bytes: usize) -> String {
+        let g = bytes as f64 / (1u64 << 30) as f64;
+        if bytes % (1 << 30) == 0 {
+            format!("{g:.0} GiB")
+        } else {
+            format!("{g:.2} GiB")
+        }
+    }
+
+    fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {
+        let mut args = Args {
+            backend: Backend::Sim,
+            configs: Vec::new(),
+            json: false,
+            capacity: None,
+            files: Vec::new(),
+        };
+        let mut it = argv.into_iter();
+        while let Some(arg) = it.next() {
+            // `--name=value` and `--name value` are both accepted.
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |what: &str| -> Result<String, String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{name} needs a value: {what}"))
+            };
+            match name.as_str() {
+                "-h" | "--help" => return Ok(Parsed::Help),
+                "--json" if inline.is_none() => args.json = true,
+                "--backend" => args.backend = parse_backend(&value("sim or host")?)?,
+                "--config" => args.configs.push(value(
+                    "an ALLOC_CONF string such as expandable_segments:False",
+                )?),
+                "--capacity" => args.capacity = Some(parse_bytes(&value("bytes such as 80GiB")?)?),
+                "--" => args.files.extend(it.by_ref().map(PathBuf::from)),
+                flag if flag.starts_with('-') && flag.len() > 1 => {
+                    return Err(format!("unknown option `{arg}`"));
+                }
+                _ => args.files.push(PathBuf::from(arg)),
+            }
+        }
+        if args.files.is_empty() {
+            return Err("no trace file given; expected one or more FILE arguments".to_owned());
+        }
+        if args.capacity.is_some() && args.backend != Backend::Sim {
+            return Err(
+                "--capacity applies to --backend sim only (host memory is the machine's)"
+                    .to_owned(),
+            );
+        }
+        Ok(Parsed::Run(args))
+    }
+
+    fn parse_backend(text: &str) -> Result<Backend, String> {
+        match text {
+            "sim" => Ok(Backend::Sim),
+            "host" => Ok(Backend::Host),
+            "cuda" => Err("--backend cuda: the CUDA backend is not built into this binary; it comes with the \
+                 alloc-cuda crate. Use --backend sim or --backend host here"
+                .to_owned()),
+            other => Err(format!("--backend `{other}` is not a backend; expected sim or host")),
+        }
+    }
+
+    /// Parses bytes with an optional binary suffix: `85899345920`, `80GiB`,
+    /// `512MiB`, `64K`.
+    fn parse_bytes(text: &str) -> Result<usize, String> {
+        let bad = || {
+            format!(
+                "--capacity `{text}` is not a size; expected an unsigned integer of bytes with an optional \
+                 KiB, MiB, GiB or TiB suffix, e.g. 80GiB"
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, suffix) = text.split_at(split);
+        let shift = match suffix.trim() {
+            "" | "B" => 0,
+            "K" | "KiB" => 10,
+            "M" | "MiB" => 20,
+            "G" | "GiB" => 30,
+            "T" | "TiB" => 40,
+            _ => return Err(bad()),
+        };
+        let n: usize = digits.parse().map_err(|_| bad())?;
+        let bytes = n.checked_mul(1usize << shift).ok_or_else(bad)?;
+        if bytes == 0 {
+            return Err(format!(
+                "--capacity `{text}` is zero; expected a positive size such as 80GiB"
+            ));
+        }
+        Ok(bytes)
+    }
+}
