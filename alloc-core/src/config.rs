@@ -7,8 +7,9 @@
 //! only), `release_lock_on_cudamalloc` (accepted; the engine never calls the
 //! backend's allocate with pools in an inconsistent state). Keys of this
 //! engine: `per_process_memory_fraction` (0–1], `max_reserved_mb` (a byte cap on
-//! reserved memory) and `trace_buffer_entries` (the trace ring buffer's length,
-//! 0 = off).
+//! reserved memory), `trace_buffer_entries` (the trace ring buffer's length,
+//! 0 = off) and `max_cached_fraction` (expandable segments: before mapping
+//! more pages, unmap free pages until cached ≤ this fraction of reserved).
 
 use crate::size_class::ROUNDUP_INTERVALS;
 
@@ -17,6 +18,10 @@ pub const ENV_VAR: &str = "ALLOC_CONF";
 
 /// The smallest `max_split_size_mb` PyTorch accepts (the large-segment size).
 pub const MIN_MAX_SPLIT_MB: usize = 20;
+
+/// Default of `max_cached_fraction` (chosen by replaying the shipped traces,
+/// see `benches/RESULTS.md`).
+pub const DEFAULT_MAX_CACHED_FRACTION: f64 = 0.05;
 
 /// The keys [`Config::parse`] accepts.
 pub const KEYS: &[&str] = &[
@@ -29,6 +34,7 @@ pub const KEYS: &[&str] = &[
     "per_process_memory_fraction",
     "max_reserved_mb",
     "trace_buffer_entries",
+    "max_cached_fraction",
 ];
 
 /// The engine's settings. `Config::default()` is the measured default.
@@ -53,6 +59,9 @@ pub struct Config {
     pub trace_entries: usize,
     /// Accepted for compatibility; no effect.
     pub release_lock_on_device_alloc: bool,
+    /// Expandable segments: before mapping more pages, unmap free pages until
+    /// cached memory is at most this fraction of reserved memory.
+    pub max_cached_fraction: f64,
 }
 
 impl Default for Config {
@@ -66,6 +75,7 @@ impl Default for Config {
             max_reserved_bytes: None,
             trace_entries: 0,
             release_lock_on_device_alloc: false,
+            max_cached_fraction: DEFAULT_MAX_CACHED_FRACTION,
         }
     }
 }
@@ -181,6 +191,13 @@ impl Config {
                 self.max_reserved_bytes = Some(b);
             }
             "trace_buffer_entries" => self.trace_entries = parse_uint(key, value)?,
+            "max_cached_fraction" => {
+                let f = parse_f64(key, value)?;
+                if !(0.0..=1.0).contains(&f) {
+                    return Err(bad(key, value, "must be in [0, 1]"));
+                }
+                self.max_cached_fraction = f;
+            }
             _ => {
                 return Err(ConfigError::UnknownKey { key: key.to_string(), value: value.to_string() });
             }

@@ -21,6 +21,12 @@ use crate::segment::Segment;
 use crate::size_class::{Pool, segment_size};
 use crate::trace::TraceAction;
 
+/// Expandable segments map at least this much at once (PyTorch's large
+/// segment size), so that growing by small steps costs few map calls.
+pub const MIN_MAP_CHUNK: usize = 20 << 20;
+/// ... and at least 1/16 of what the segment has mapped (≤ 6.25 % more).
+pub const MAP_GROWTH_DIVISOR: usize = 16;
+
 /// Which cached memory a release gives back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Release {
@@ -144,8 +150,13 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 None => return Ok(None),
             }
         }
-        // The unmapped range needing the fewest new pages (lowest address first).
+        self.unmap_excess_cache(st, rounded);
+        // The unmapped range needing the fewest new pages (lowest address
+        // first); at least MIN_MAP_CHUNK or 1/MAP_GROWTH_DIVISOR of what is
+        // mapped is mapped at once, to keep map calls few.
         let page = self.page;
+        let mapped = st.segs.get(seg).map_or(0, |s| s.mapped);
+        let chunk = MIN_MAP_CHUNK.max(mapped / MAP_GROWTH_DIVISOR).next_multiple_of(page);
         let mut best: Option<(usize, BlockId)> = None;
         let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
         while id != NIL {
@@ -157,6 +168,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 };
                 if let Some(need) = rounded.checked_sub(left).map(|n| n.next_multiple_of(page).max(page))
                     && need <= b.size
+                    && let need = need.max(chunk).min(b.size)
                     && best.is_none_or(|(n, _)| need < n)
                 {
                     best = Some((need, id));
@@ -192,6 +204,37 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let id = st.merge_and_index(uid);
         st.index_remove(id);
         Ok(Some(id))
+    }
+
+    /// Before mapping pages for `rounded` bytes: unmaps free pages of idle
+    /// streams, largest blocks first, until cached memory is at most
+    /// `max_cached_fraction` of reserved memory.
+    fn unmap_excess_cache(&self, st: &mut State<B>, rounded: usize) {
+        let allowed = |st: &State<B>| {
+            let reserved = st.stats.reserved_bytes.all.current.max(0) as f64 + rounded as f64;
+            (reserved * self.config.max_cached_fraction) as i64
+        };
+        let cached = |st: &State<B>| st.stats.reserved_bytes.all.current - st.stats.active_bytes.all.current;
+        if cached(st) <= allowed(st) {
+            return;
+        }
+        let mut free: Vec<(usize, u16, BlockId)> = st
+            .index
+            .all()
+            .filter(|&(_, _, (size, _, id))| size >= self.page && st.is_expandable(st.blocks.at(id)))
+            .map(|(s, _, (size, _, id))| (size, s, id))
+            .collect();
+        free.sort_unstable_by(|a, b| b.cmp(a));
+        let mut idle: Vec<Option<bool>> = vec![None; st.streams.len()];
+        for (_, slot, id) in free {
+            if cached(st) <= allowed(st) {
+                break;
+            }
+            let Some(known) = idle.get_mut(slot as usize) else { continue };
+            if *known.get_or_insert_with(|| self.stream_idle(st, slot)) {
+                self.release_block(st, id);
+            }
+        }
     }
 
     fn reserve_expandable(&self, st: &mut State<B>, slot: u16, pool: Pool) -> Result<Option<u32>, AllocError> {
