@@ -118,6 +118,10 @@ fn bad_arguments_exit_2_with_the_usage() {
         &["--backend", "host", "--capacity", "1GiB", &trace],
         "--capacity applies to --backend sim only (host memory is the machine's)",
     );
+    assert_usage_error(
+        &["--repeat", "0", &trace],
+        "--repeat `0` is not a number of runs; expected an integer from 1 to 1000",
+    );
     let out = run(&["--config", "max_split_size_mb:4", &trace]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);

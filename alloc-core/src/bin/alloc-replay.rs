@@ -3,7 +3,7 @@
 //! time per op, for one or more configurations side by side.
 //!
 //! ```text
-//! alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] FILE...
+//! alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N] FILE...
 //! ```
 //!
 //! The arguments are parsed by hand: five options do not justify a
@@ -30,7 +30,7 @@ mod cli {
     use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
 
     const USAGE: &str = "\
-usage: alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] FILE...
+usage: alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N] FILE...
 
 Replays allocation traces (CSV `op,id,bytes,stream`, or PyTorch memory snapshot
 pickles from torch.cuda.memory._dump_snapshot) through the caching allocator.
@@ -44,6 +44,9 @@ options:
   --json               print one JSON object per trace and config, one per line
   --capacity BYTES     the simulated device's memory, e.g. 85899345920, 80GiB,
                        512MiB (default 80GiB; sim backend only)
+  --repeat N           replay each trace and config N times, each on a fresh
+                       allocator, and report the median ns/op (default 1; the
+                       byte and call counts are the same in every run)
   -h, --help           print this help";
 
     /// The simulated device's memory unless `--capacity` says otherwise: an
@@ -62,6 +65,7 @@ options:
         configs: Vec<String>,
         json: bool,
         capacity: Option<usize>,
+        repeat: usize,
         files: Vec<PathBuf>,
     }
 
@@ -103,7 +107,7 @@ options:
         for trace in &traces {
             let results: Vec<ReplayResult> = configs
                 .iter()
-                .map(|(label, config)| run(&args, trace, label, config.clone()))
+                .map(|(label, config)| run(&args, trace, label, config))
                 .collect();
             print_results(&args, trace, &results);
         }
@@ -124,7 +128,20 @@ options:
         }
     }
 
-    fn run(args: &Args, trace: &Trace, label: &str, config: Config) -> ReplayResult {
+    /// Replays `trace` `args.repeat` times; the first run's result with the
+    /// median ns/op of all runs.
+    fn run(args: &Args, trace: &Trace, label: &str, config: &Config) -> ReplayResult {
+        let mut runs: Vec<ReplayResult> = (0..args.repeat)
+            .map(|_| run_once(args, trace, label, config.clone()))
+            .collect();
+        let mut ns: Vec<f64> = runs.iter().map(|r| r.ns_per_op).collect();
+        ns.sort_by(f64::total_cmp);
+        let mut result = runs.swap_remove(0);
+        result.ns_per_op = ns[ns.len() / 2];
+        result
+    }
+
+    fn run_once(args: &Args, trace: &Trace, label: &str, config: Config) -> ReplayResult {
         match args.backend {
             Backend::Sim => {
                 let capacity = args.capacity.unwrap_or(DEFAULT_CAPACITY);
@@ -184,6 +201,7 @@ options:
             configs: Vec::new(),
             json: false,
             capacity: None,
+            repeat: 1,
             files: Vec::new(),
         };
         let mut it = argv.into_iter();
@@ -207,6 +225,7 @@ options:
                     "an ALLOC_CONF string such as expandable_segments:False",
                 )?),
                 "--capacity" => args.capacity = Some(parse_bytes(&value("bytes such as 80GiB")?)?),
+                "--repeat" => args.repeat = parse_repeat(&value("a number of runs such as 5")?)?,
                 "--" => args.files.extend(it.by_ref().map(PathBuf::from)),
                 flag if flag.starts_with('-') && flag.len() > 1 => {
                     return Err(format!("unknown option `{arg}`"));
@@ -224,6 +243,15 @@ options:
             );
         }
         Ok(Parsed::Run(args))
+    }
+
+    fn parse_repeat(text: &str) -> Result<usize, String> {
+        match text.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "--repeat `{text}` is not a number of runs; expected an integer from 1 to 1000"
+            )),
+        }
     }
 
     fn parse_backend(text: &str) -> Result<Backend, String> {
