@@ -421,3 +421,62 @@ fn trace_from_events_checks_slots() {
     .unwrap_err();
     assert_eq!(err.to_string(), "event 2: slot 0 is freed twice");
 }
+
+#[test]
+fn snapshot_blocks_without_address_count_from_their_segment() {
+    let block =
+        |size: i64, state: &str| dict(vec![("size", Value::I64(size)), ("state", s(state))]);
+    let segment = |address: Option<i64>| {
+        let mut pairs = vec![
+            ("device", Value::I64(0)),
+            ("stream", Value::I64(0)),
+            (
+                "blocks",
+                Value::List(vec![
+                    block(512, "inactive"),
+                    block(1024, "active_allocated"),
+                ]),
+            ),
+        ];
+        if let Some(a) = address {
+            pairs.push(("address", Value::I64(a)));
+        }
+        dict(pairs)
+    };
+    let with = |address| {
+        dict(vec![
+            ("segments", Value::List(vec![segment(address)])),
+            (
+                "device_traces",
+                Value::List(vec![Value::List(vec![entry(
+                    "alloc",
+                    0x9000,
+                    Value::I64(64),
+                )])]),
+            ),
+        ])
+    };
+    // The live block at 0x1200 (no `requested_size`: its `size` is used).
+    let bytes = serde_pickle::value_to_vec(&with(Some(0x1000)), SerOptions::new()).unwrap();
+    let traces = replay::parse_snapshot("snap.pickle", &bytes).unwrap();
+    assert_eq!(
+        traces[0].events(),
+        &[
+            Event::Alloc {
+                slot: 0,
+                bytes: 1024,
+                stream: 0
+            },
+            Event::Alloc {
+                slot: 1,
+                bytes: 64,
+                stream: 0
+            }
+        ]
+    );
+    assert_eq!(
+        snap_err(&with(None)),
+        "snap.pickle: `segments[0].blocks[0]` has no key `address`; expected a block with keys `size`, `state` and \
+         `address` (or a segment `address` to count from)"
+    );
+}

@@ -44,8 +44,11 @@ const SNAPSHOT_KEYS: &str =
     "a dict from torch.cuda.memory._snapshot() with keys `segments` and `device_traces`";
 /// What a trace entry should hold.
 const ENTRY_KEYS: &str = "a trace entry with keys `action`, `addr`, `size`, `stream`";
+/// What a segment should hold.
+const SEGMENT_KEYS: &str = "a segment dict with keys `device`, `address`, `stream`, `blocks`";
 /// What a segment block should hold.
-const BLOCK_KEYS: &str = "a block with keys `address`, `size`, `state`";
+const BLOCK_KEYS: &str =
+    "a block with keys `size`, `state` and `address` (or a segment `address` to count from)";
 /// What a snapshot with no allocation lacks.
 const EXPECTED: &str = "`alloc` entries in `device_traces`: call torch.cuda.memory._record_memory_history() before running the code and dumping the snapshot";
 
@@ -125,13 +128,9 @@ fn live_segment_blocks(
     let mut by_device: HashMap<usize, Vec<LiveBlock>> = HashMap::new();
     for (i, segment) in segments.iter().enumerate() {
         let at = format!("segments[{i}]");
-        let segment = as_dict(
-            segment,
-            &at,
-            "a segment dict with keys `device`, `stream`, `blocks`",
-        )?;
+        let segment = as_dict(segment, &at, SEGMENT_KEYS)?;
         let device = match segment.get(&key("device")) {
-            Some(v) => usize::try_from(as_u64(v, &format!("{at}.device"))?).unwrap_or(usize::MAX),
+            Some(v) => as_usize(v, &format!("{at}.device"))?,
             None => 0,
         };
         let stream = match segment.get(&key("stream")) {
@@ -141,32 +140,58 @@ fn live_segment_blocks(
         let Some(blocks) = segment.get(&key("blocks")) else {
             continue;
         };
-        for (j, block) in as_list(blocks, &format!("{at}.blocks"))?.iter().enumerate() {
-            let at = format!("{at}.blocks[{j}]");
-            let block = as_dict(block, &at, BLOCK_KEYS)?;
-            let state = required(block, &at, "state", BLOCK_KEYS)?;
-            if as_str(state, &format!("{at}.state"))? != "active_allocated" {
-                continue;
-            }
-            let addr = as_u64(
-                required(block, &at, "address", BLOCK_KEYS)?,
-                &format!("{at}.address"),
-            )?;
-            let size = match block.get(&key("requested_size")) {
-                Some(v) => as_usize(v, &format!("{at}.requested_size"))?,
-                None => as_usize(
-                    required(block, &at, "size", BLOCK_KEYS)?,
-                    &format!("{at}.size"),
-                )?,
-            };
-            by_device.entry(device).or_default().push(LiveBlock {
-                addr,
-                bytes: size,
-                stream,
-            });
-        }
+        // Blocks tile their segment: older torch versions give no block
+        // `address`, so count from the segment's.
+        let start = match segment.get(&key("address")) {
+            Some(v) => Some(as_u64(v, &format!("{at}.address"))?),
+            None => None,
+        };
+        let blocks = as_list(blocks, &format!("{at}.blocks"))?;
+        let live = by_device.entry(device).or_default();
+        push_live_blocks(blocks, &at, start, stream, live)?;
     }
     Ok(by_device)
+}
+
+/// Appends the `active_allocated` blocks of one segment to `live`.
+fn push_live_blocks(
+    blocks: &[Value],
+    segment_at: &str,
+    mut next_addr: Option<u64>,
+    stream: u64,
+    live: &mut Vec<LiveBlock>,
+) -> Result<(), SnapshotProblem> {
+    for (j, block) in blocks.iter().enumerate() {
+        let at = format!("{segment_at}.blocks[{j}]");
+        let block = as_dict(block, &at, BLOCK_KEYS)?;
+        let size = as_u64(
+            required(block, &at, "size", BLOCK_KEYS)?,
+            &format!("{at}.size"),
+        )?;
+        let addr = match block.get(&key("address")) {
+            Some(v) => as_u64(v, &format!("{at}.address"))?,
+            None => next_addr.ok_or_else(|| SnapshotProblem::MissingKey {
+                at: at.clone(),
+                key: "address",
+                expected: BLOCK_KEYS,
+            })?,
+        };
+        next_addr = addr.checked_add(size);
+        let state = required(block, &at, "state", BLOCK_KEYS)?;
+        if as_str(state, &format!("{at}.state"))? != "active_allocated" {
+            continue;
+        }
+        let bytes = match block.get(&key("requested_size")) {
+            Some(v) => as_usize(v, &format!("{at}.requested_size"))?,
+            None => to_usize(size, &format!("{at}.size"))?,
+        };
+        live.push(LiveBlock {
+            addr,
+            bytes,
+            stream,
+        });
+    }
+    Ok(())
 }
 
 /// Turns one device's entries into events, matching frees to allocs by
@@ -405,7 +430,10 @@ fn as_u64(value: &Value, at: &str) -> Result<u64, SnapshotProblem> {
 }
 
 fn as_usize(value: &Value, at: &str) -> Result<usize, SnapshotProblem> {
-    let n = as_u64(value, at)?;
+    to_usize(as_u64(value, at)?, at)
+}
+
+fn to_usize(n: u64, at: &str) -> Result<usize, SnapshotProblem> {
     usize::try_from(n).map_err(|_| SnapshotProblem::OutOfRange {
         at: at.to_owned(),
         value: n.to_string(),
