@@ -142,10 +142,6 @@ impl BlockSlab {
         b.size += n.size;
         b.next = n.next;
     }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (BlockId, &Block)> {
-        self.slots.iter().enumerate().filter_map(|(i, b)| Some((i as BlockId, b.as_ref()?)))
-    }
 }
 
 #[cold]

@@ -346,12 +346,16 @@ impl<B: DeviceBackend> State<B> {
             Pool::Large if expandable => rest >= MIN_BLOCK,
             Pool::Large => rest > LARGE_SPLIT_REMAINDER && size < max_split,
         };
-        if split && let Some(r) = self.blocks.split(id, rounded) {
-            self.index_insert(r);
-        }
+        let rest = if split { self.blocks.split(id, rounded) } else { None };
         let b = self.blocks.at_mut(id);
         b.state = BlockState::InUse;
         b.requested = requested;
+        if let Some(r) = rest {
+            // merges only after a cross-stream reuse put `id` next to a free
+            // block of its new stream
+            self.merge_and_index(r);
+        }
+        let b = self.blocks.at(id);
         let (ptr, size, slot) = (b.ptr, b.size, b.stream);
         let s = &mut self.stats;
         s.allocation.add(pool, 1);

@@ -6,6 +6,8 @@ pub mod scope;
 pub mod replay;
 
 #[cfg(not(loom))]
+pub mod adaptors;
+#[cfg(not(loom))]
 pub mod backend;
 #[cfg(not(loom))]
 pub mod backends;
@@ -22,15 +24,21 @@ pub mod error;
 #[cfg(not(loom))]
 pub(crate) mod free_index;
 #[cfg(not(loom))]
+pub mod ops;
+#[cfg(not(loom))]
 pub(crate) mod reclaim;
 #[cfg(not(loom))]
 pub(crate) mod segment;
 #[cfg(not(loom))]
 pub mod size_class;
 #[cfg(not(loom))]
+pub mod snapshot;
+#[cfg(not(loom))]
 pub mod stats;
 #[cfg(not(loom))]
 pub mod trace;
+#[cfg(not(loom))]
+pub mod validate;
 
 #[cfg(not(loom))]
 pub use backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};

@@ -57,8 +57,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         {
             return Ok(id);
         }
-        if self.release_cached(st, Release::All, true)
-            && let Some(id) = st
+        self.release_cached(st, Release::All, true);
+        if let Some(id) = st
                 .take_fit(slot, pool, rounded, self.config.max_split_size)
                 .map_or_else(|| self.grow(st, slot, pool, rounded), |id| Ok(Some(id)))?
         {
@@ -270,6 +270,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.process_pending(&self.backend, true);
         }
         let idle: Vec<bool> = (0..st.streams.len() as u16).map(|s| wait || self.stream_idle(st, s)).collect();
+        st.coalesce_idle(&idle);
         let min = match which {
             Release::Oversize => self.config.max_split_size,
             Release::All => 0,
@@ -433,6 +434,34 @@ impl<B: DeviceBackend> State<B> {
         };
         self.blocks.at_mut(bid).seg = sid;
         Some((sid, bid))
+    }
+
+    /// Merges adjacent free blocks of different streams when both streams
+    /// are idle (a block of an idle stream is safe on any stream), so that
+    /// whole segments and pages become releasable.
+    fn coalesce_idle(&mut self, idle: &[bool]) {
+        let heads: Vec<BlockId> = self.segs.iter().map(|(_, s)| s.head).collect();
+        let is_idle = |slot: u16| idle.get(slot as usize).copied().unwrap_or(false);
+        for head in heads {
+            let mut id = head;
+            while id != NIL {
+                let b = self.blocks.at(id);
+                let next = b.next;
+                let joinable = b.state == BlockState::Free
+                    && is_idle(b.stream)
+                    && self.blocks.get(next).is_some_and(|n| n.state == BlockState::Free && is_idle(n.stream));
+                if joinable {
+                    let slot = b.stream;
+                    self.index_remove(id);
+                    self.index_remove(next);
+                    self.blocks.at_mut(next).stream = slot;
+                    self.blocks.absorb_next(id);
+                    self.index_insert(id);
+                    continue;
+                }
+                id = next;
+            }
+        }
     }
 
     /// Merges unmapped block `id` with unmapped neighbours (S3).

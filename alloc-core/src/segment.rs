@@ -62,8 +62,4 @@ impl SegmentTable {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Segment)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len() - self.vacant.len()
-    }
 }

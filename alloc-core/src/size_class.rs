@@ -21,8 +21,10 @@ pub const ROUNDUP_INTERVALS: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Pool {
     /// Rounded sizes of at most [`SMALL_SIZE`].
+    #[serde(rename = "small_pool")]
     Small,
     /// Rounded sizes above [`SMALL_SIZE`].
+    #[serde(rename = "large_pool")]
     Large,
 }
 

@@ -13,8 +13,8 @@ use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SimStream(pub u32);
 
-/// An event on a simulated stream: completes when the test completes the
-/// stream's work up to it (or at once in auto-complete mode).
+/// An event on a simulated stream: completes when the work launched on the
+/// stream before it was recorded completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SimEvent {
     stream: u32,
@@ -36,7 +36,7 @@ struct SimState {
     obtain_calls: u64,
     fail_at: Vec<u64>,
     mem_info: Option<MemInfo>,
-    /// Per stream: (events recorded, events completed).
+    /// Per stream: (work launched, work completed), counted in launches.
     streams: BTreeMap<u32, (u64, u64)>,
     auto_complete: bool,
     syncs: u64,
@@ -90,13 +90,30 @@ impl SimBackend {
         self.lock().mem_info = info;
     }
 
-    /// When on (the default), events complete as soon as they are recorded;
-    /// when off, only [`complete`](Self::complete) completes them.
+    /// When on (the default), work completes as soon as it is launched; when
+    /// off, only [`complete`](Self::complete) completes it.
     pub fn set_auto_complete(&self, on: bool) {
         self.lock().auto_complete = on;
     }
 
-    /// Completes the work issued so far on `stream`.
+    /// Launches simulated work on `stream`: events recorded from now on
+    /// complete only when this work does.
+    pub fn launch(&self, stream: SimStream) {
+        let mut s = self.lock();
+        let auto = s.auto_complete;
+        let e = s.streams.entry(stream.0).or_default();
+        e.0 += 1;
+        if auto {
+            e.1 = e.0;
+        }
+    }
+
+    /// Whether `stream` has work launched and not completed.
+    pub fn busy(&self, stream: SimStream) -> bool {
+        self.lock().streams.get(&stream.0).is_some_and(|&(l, c)| c < l)
+    }
+
+    /// Completes the work launched so far on `stream`.
     pub fn complete(&self, stream: SimStream) {
         let mut s = self.lock();
         let e = s.streams.entry(stream.0).or_default();
@@ -214,18 +231,13 @@ unsafe impl DeviceBackend for SimBackend {
     }
 
     fn record_event(&self, stream: SimStream) -> Result<SimEvent, BackendError> {
-        let mut s = self.lock();
-        let auto = s.auto_complete;
-        let e = s.streams.entry(stream.0).or_default();
-        e.0 += 1;
-        if auto {
-            e.1 = e.0;
-        }
-        Ok(SimEvent { stream: stream.0, seq: e.0 })
+        let s = self.lock();
+        let seq = s.streams.get(&stream.0).map_or(0, |e| e.0);
+        Ok(SimEvent { stream: stream.0, seq })
     }
 
     fn event_done(&self, event: &SimEvent) -> bool {
-        self.lock().streams.get(&event.stream).is_some_and(|&(_, done)| done >= event.seq)
+        self.lock().streams.get(&event.stream).map_or(event.seq == 0, |&(_, done)| done >= event.seq)
     }
 
     fn wait_event(&self, event: &SimEvent) {

@@ -1,0 +1,97 @@
+//! A snapshot of every segment and block with its state, serializable to JSON
+//! (in the spirit of `torch.cuda.memory_snapshot()`).
+
+use crate::backend::DeviceBackend;
+use crate::block::{BlockState, NIL};
+use crate::cache::CachingAllocator;
+use crate::size_class::Pool;
+use crate::stats::Stats;
+
+/// One block of a segment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BlockSnapshot {
+    /// Start address.
+    pub address: usize,
+    /// Bytes.
+    pub size: usize,
+    /// Bytes the user asked for (0 unless in use or pending).
+    pub requested_size: usize,
+    /// Free, in use, pending or unmapped.
+    pub state: BlockState,
+    /// The block's stream, as its `Debug` text.
+    pub stream: String,
+}
+
+/// One segment with its blocks in address order.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentSnapshot {
+    /// Base address.
+    pub address: usize,
+    /// Bytes of the allocation or reservation.
+    pub total_size: usize,
+    /// Bytes held from the backend.
+    pub mapped_size: usize,
+    /// `small_pool` or `large_pool`.
+    pub pool: Pool,
+    /// Whether this is an expandable segment.
+    pub expandable: bool,
+    /// The stream it was created for, as its `Debug` text.
+    pub stream: String,
+    /// Its blocks.
+    pub blocks: Vec<BlockSnapshot>,
+}
+
+/// Every segment and the statistics at one moment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Snapshot {
+    /// The backend's name.
+    pub backend: String,
+    /// The segments, by address.
+    pub segments: Vec<SegmentSnapshot>,
+    /// The statistics.
+    pub stats: Stats,
+}
+
+impl Snapshot {
+    /// The snapshot as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}
+
+impl<B: DeviceBackend> CachingAllocator<B> {
+    /// A snapshot of every segment and block.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        let stream = |slot: u16| st.streams.get(slot as usize).map_or_else(String::new, |s| format!("{s:?}"));
+        let mut segments: Vec<SegmentSnapshot> = st
+            .segs
+            .iter()
+            .map(|(_, seg)| {
+                let mut blocks = Vec::new();
+                let mut id = seg.head;
+                while let Some(b) = st.blocks.get(id) {
+                    blocks.push(BlockSnapshot {
+                        address: b.ptr,
+                        size: b.size,
+                        requested_size: b.requested,
+                        state: b.state,
+                        stream: stream(b.stream),
+                    });
+                    id = if b.next == NIL { NIL } else { b.next };
+                }
+                SegmentSnapshot {
+                    address: seg.base,
+                    total_size: seg.size,
+                    mapped_size: seg.mapped,
+                    pool: seg.pool,
+                    expandable: seg.expandable,
+                    stream: stream(seg.stream),
+                    blocks,
+                }
+            })
+            .collect();
+        segments.sort_by_key(|s| s.address);
+        Snapshot { backend: self.backend.name().to_string(), segments, stats: st.stats }
+    }
+}

@@ -1,0 +1,143 @@
+//! The invariant checker: verifies S1–S4, F1, T1, T2 and A1 (see `block`,
+//! `segment`, `free_index` and `cache`) and names the one that failed, with
+//! the values involved. Tests and fuzzers call it after every step.
+
+use crate::backend::DeviceBackend;
+use crate::block::{BlockState, NIL};
+use crate::cache::{CachingAllocator, State};
+use crate::size_class::{MIN_BLOCK, Pool};
+
+/// A broken invariant: its id (`"S2"`) and the values that break it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invariant {id} violated: {detail}")]
+pub struct InvariantViolation {
+    /// The invariant's id, as numbered in the module docs.
+    pub id: &'static str,
+    /// What was found, with the values.
+    pub detail: String,
+}
+
+fn fail(id: &'static str, detail: String) -> Result<(), InvariantViolation> {
+    Err(InvariantViolation { id, detail })
+}
+
+impl<B: DeviceBackend> CachingAllocator<B> {
+    /// Checks every invariant of the engine's structures and statistics.
+    pub fn validate(&self) -> Result<(), InvariantViolation> {
+        let st = self.lock();
+        validate_state(&st, self.page)
+    }
+}
+
+#[derive(Default)]
+struct Sums {
+    in_use: [i64; 2],
+    in_use_n: [i64; 2],
+    active: [i64; 2],
+    requested: [i64; 2],
+    reserved: [i64; 2],
+    segments: [i64; 2],
+    split_free: [i64; 2],
+    split_free_n: [i64; 2],
+    free_n: usize,
+}
+
+fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), InvariantViolation> {
+    let mut sums = Sums::default();
+    for (sid, seg) in st.segs.iter() {
+        let p = seg.pool.index();
+        sums.segments[p] += 1;
+        sums.reserved[p] += seg.mapped as i64;
+        let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) = (seg.head, seg.base, NIL, 0usize, 0usize);
+        let mut last: Option<(BlockState, u16)> = None;
+        while id != NIL {
+            let Some(b) = st.blocks.get(id) else {
+                return fail("S1", format!("segment {sid} links to dead block {id}"));
+            };
+            if b.seg != sid || b.ptr != expect_ptr || b.prev != prev || b.size == 0 {
+                return fail("S1", format!(
+                    "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
+                    seg.base, b.seg, b.ptr, b.size, b.prev
+                ));
+            }
+            if b.ptr % MIN_BLOCK != 0 {
+                return fail("A1", format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr));
+            }
+            match (last, b.state) {
+                (Some((BlockState::Free, s)), BlockState::Free) if s == b.stream => {
+                    return fail("S2", format!("free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged", b.ptr));
+                }
+                (Some((BlockState::Unmapped, _)), BlockState::Unmapped) => {
+                    return fail("S3", format!("unmapped blocks adjacent at {:#x}", b.ptr));
+                }
+                _ => {}
+            }
+            if b.state == BlockState::Unmapped && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0) {
+                return fail("S3", format!("unmapped block at {:#x} size {} (expandable: {}, page {page})", b.ptr, b.size, seg.expandable));
+            }
+            if b.state != BlockState::Unmapped {
+                mapped += b.size;
+            }
+            let sz = b.size as i64;
+            match b.state {
+                BlockState::InUse => {
+                    sums.in_use[p] += sz;
+                    sums.in_use_n[p] += 1;
+                    sums.active[p] += sz;
+                    sums.requested[p] += b.requested as i64;
+                }
+                BlockState::Pending => sums.active[p] += sz,
+                BlockState::Free => {
+                    sums.free_n += 1;
+                    if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
+                        return fail("F1", format!("free block {id} at {:#x} ({} B, stream slot {}) is not in the free index", b.ptr, b.size, b.stream));
+                    }
+                    if b.is_split() {
+                        sums.split_free[p] += sz;
+                        sums.split_free_n[p] += 1;
+                    }
+                }
+                BlockState::Unmapped => {}
+            }
+            last = Some((b.state, b.stream));
+            total += b.size;
+            expect_ptr = b.end();
+            prev = id;
+            id = b.next;
+        }
+        if total != seg.size {
+            return fail("S1", format!("segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B", seg.base, seg.size));
+        }
+        if mapped != seg.mapped {
+            return fail("S4", format!("segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B", seg.base, seg.mapped));
+        }
+    }
+    if st.index.len() != sums.free_n {
+        return fail("F1", format!("the free index holds {} keys, the segments {} free blocks", st.index.len(), sums.free_n));
+    }
+    let s = &st.stats;
+    for pool in [Pool::Small, Pool::Large] {
+        let p = pool.index();
+        let checks: [(&'static str, &str, i64, i64); 8] = [
+            ("T1", "allocated_bytes", s.allocated_bytes.pool(pool).current, sums.in_use[p]),
+            ("T1", "allocation", s.allocation.pool(pool).current, sums.in_use_n[p]),
+            ("T1", "active_bytes", s.active_bytes.pool(pool).current, sums.active[p]),
+            ("T1", "requested_bytes", s.requested_bytes.pool(pool).current, sums.requested[p]),
+            ("T1", "reserved_bytes", s.reserved_bytes.pool(pool).current, sums.reserved[p]),
+            ("T1", "segment", s.segment.pool(pool).current, sums.segments[p]),
+            ("T2", "inactive_split_bytes", s.inactive_split_bytes.pool(pool).current, sums.split_free[p]),
+            ("T2", "inactive_split", s.inactive_split.pool(pool).current, sums.split_free_n[p]),
+        ];
+        for (id, name, stat, actual) in checks {
+            if stat != actual {
+                return fail(id, format!("{name}.{}.current is {stat}, the blocks say {actual}", pool.key()));
+            }
+        }
+    }
+    for (name, a) in [("allocated_bytes", &s.allocated_bytes), ("reserved_bytes", &s.reserved_bytes), ("requested_bytes", &s.requested_bytes)] {
+        if a.all.current != a.small_pool.current + a.large_pool.current || a.all.peak < a.all.current {
+            return fail("T1", format!("{name}: all {:?} vs small {:?} + large {:?}", a.all, a.small_pool, a.large_pool));
+        }
+    }
+    Ok(())
+}
