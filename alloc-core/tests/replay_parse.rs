@@ -317,7 +317,7 @@ fn snapshot_of_wrong_structure_is_a_clear_error() {
         ),
         (
             snapshot(vec![entry("segment_alloc", 4096, Value::I64(5))]),
-            "snap.pickle: `device_traces` has no key `alloc`; expected `alloc` entries in `device_traces`: call torch.cuda.memory._record_memory_history() before running the code and dumping the snapshot",
+            "snap.pickle: no `alloc` entry in `device_traces` and no live block in `segments`; expected a snapshot taken after torch.cuda.memory._record_memory_history() and some allocations",
         ),
     ];
     for (value, expected) in cases {

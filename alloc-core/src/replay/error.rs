@@ -166,6 +166,12 @@ pub enum SnapshotProblem {
         /// The range expected.
         expected: &'static str,
     },
+    /// No device has an allocation to replay.
+    #[error(
+        "no `alloc` entry in `device_traces` and no live block in `segments`; expected a snapshot taken after \
+         torch.cuda.memory._record_memory_history() and some allocations"
+    )]
+    NoAllocations,
     /// An alloc names an address that is still allocated.
     #[error(
         "`{at}` allocates address {addr:#x}, which is still allocated (by `{first_at}`); expected a free_completed or free_requested entry for it first"
