@@ -48,7 +48,9 @@ fn replay(events: &[Ev], config: &Config) -> Result<(alloc_core::Stats, f64), St
     for e in events {
         match *e {
             Ev::Alloc { id, bytes, stream } => {
-                let b = alloc.allocate(bytes, sim.stream_for_id(stream)).map_err(|e| e.to_string())?;
+                let b = alloc
+                    .allocate(bytes, sim.stream_for_id(stream))
+                    .map_err(|e| e.to_string())?;
                 live.insert(id, b);
             }
             Ev::Free { id } => {
@@ -77,14 +79,19 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
     files.sort();
-    println!("| trace | config | peak requested MiB | peak reserved MiB | efficiency | segment allocs | maps (pages) | unmaps | obtains | ns/op |");
+    println!(
+        "| trace | config | peak requested MiB | peak reserved MiB | efficiency | segment allocs | maps (pages) | unmaps | obtains | ns/op |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let events = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for c in &configs {
             let config = Config::parse(c).unwrap_or_else(|e| panic!("{e}"));
-            let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = f
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match replay(&events, &config) {
                 Ok((s, ns)) => println!(
                     "| {name} | `{}` | {:.1} | {:.1} | {:.3} | {} | {} ({}) | {} | {} | {ns:.0} |",

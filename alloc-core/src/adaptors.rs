@@ -54,7 +54,11 @@ pub struct LimitBackend<B> {
 impl<B: DeviceBackend> LimitBackend<B> {
     /// Wraps `inner` with a cap of `limit` bytes.
     pub fn new(inner: B, limit: usize) -> Self {
-        LimitBackend { inner, limit, used: AtomicUsize::new(0) }
+        LimitBackend {
+            inner,
+            limit,
+            used: AtomicUsize::new(0),
+        }
     }
 
     /// Bytes obtained through this adaptor and not returned.
@@ -69,7 +73,9 @@ impl<B: DeviceBackend> LimitBackend<B> {
 
     fn take(&self, bytes: usize) -> Result<(), BackendError> {
         self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_add(bytes).filter(|&n| n <= self.limit))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
             .map(|_| ())
             .map_err(|_| BackendError::OutOfMemory)
     }
@@ -101,9 +107,15 @@ unsafe impl<B: DeviceBackend> DeviceBackend for LimitBackend<B> {
 
     fn mem_info(&self) -> Option<MemInfo> {
         let used = self.used();
-        let own = MemInfo { free: self.limit.saturating_sub(used), total: self.limit };
+        let own = MemInfo {
+            free: self.limit.saturating_sub(used),
+            total: self.limit,
+        };
         Some(match self.inner.mem_info() {
-            Some(m) => MemInfo { free: own.free.min(m.free), total: own.total.min(m.total) },
+            Some(m) => MemInfo {
+                free: own.free.min(m.free),
+                total: own.total.min(m.total),
+            },
             None => own,
         })
     }
@@ -173,11 +185,19 @@ impl<B: DeviceBackend> FaultInjectingBackend<B> {
 
     fn check(&self) -> Result<(), BackendError> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        let dec = |a: &AtomicU64| a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1)).is_ok();
+        let dec = |a: &AtomicU64| {
+            a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+                .is_ok()
+        };
         if dec(&self.other) {
             return Err(BackendError::Other("injected failure".into()));
         }
-        if dec(&self.fail_next) || self.fail_at.compare_exchange(n, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        if dec(&self.fail_next)
+            || self
+                .fail_at
+                .compare_exchange(n, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             return Err(BackendError::OutOfMemory);
         }
         Ok(())
@@ -242,7 +262,11 @@ pub struct LoggingBackend<B> {
 impl<B: DeviceBackend> LoggingBackend<B> {
     /// Wraps `inner`, keeping the last `capacity` calls.
     pub fn new(inner: B, capacity: usize) -> Self {
-        LoggingBackend { inner, capacity, log: Mutex::new(Default::default()) }
+        LoggingBackend {
+            inner,
+            capacity,
+            log: Mutex::new(Default::default()),
+        }
     }
 
     /// The wrapped backend.
@@ -252,7 +276,12 @@ impl<B: DeviceBackend> LoggingBackend<B> {
 
     /// The calls recorded, oldest first.
     pub fn calls(&self) -> Vec<BackendCall> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn push(&self, c: BackendCall) {

@@ -109,7 +109,11 @@ impl BlockSlab {
     /// when the slab is full.
     pub(crate) fn split(&mut self, id: BlockId, first: usize) -> Option<BlockId> {
         let b = self.at(id);
-        debug_assert!(first > 0 && first < b.size, "split of {} B block at {first}", b.size);
+        debug_assert!(
+            first > 0 && first < b.size,
+            "split of {} B block at {first}",
+            b.size
+        );
         let rest = Block {
             ptr: b.ptr + first,
             size: b.size - first,

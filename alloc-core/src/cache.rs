@@ -77,7 +77,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// used when the config asks for them (or leaves them to the default) and
     /// the backend can map pages.
     pub fn new(backend: B, config: Config) -> Self {
-        let page = backend.page_size().filter(|p| p.is_power_of_two() && *p >= MIN_BLOCK);
+        let page = backend
+            .page_size()
+            .filter(|p| p.is_power_of_two() && *p >= MIN_BLOCK);
         let expandable = page.is_some() && config.expandable_segments.unwrap_or(true);
         let limit = compute_limit(&config, backend.mem_info().map(|m| m.total));
         let state = State {
@@ -131,9 +133,17 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// Allocates `bytes` bytes for use on `stream`.
     #[inline]
-    pub fn allocate(&self, bytes: usize, stream: B::Stream) -> Result<DeviceBuffer<'_, B>, AllocError> {
-        let rounded = round_size(bytes, &self.config.roundup_power2_divisions)
-            .ok_or(AllocError::TooLarge { requested: bytes, max: usize::MAX - MIN_BLOCK })?;
+    pub fn allocate(
+        &self,
+        bytes: usize,
+        stream: B::Stream,
+    ) -> Result<DeviceBuffer<'_, B>, AllocError> {
+        let rounded = round_size(bytes, &self.config.roundup_power2_divisions).ok_or(
+            AllocError::TooLarge {
+                requested: bytes,
+                max: usize::MAX - MIN_BLOCK,
+            },
+        )?;
         let pool = Pool::of(rounded);
         let mut st = self.lock();
         let slot = st.stream_slot(stream);
@@ -155,12 +165,24 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size, expandable);
         drop(st);
         let owner = crate::scope::charge_device_alloc(size as u64);
-        Ok(DeviceBuffer { alloc: self, block: id, ptr: DevicePtr(ptr), size, requested: bytes, stream, owner })
+        Ok(DeviceBuffer {
+            alloc: self,
+            block: id,
+            ptr: DevicePtr(ptr),
+            size,
+            requested: bytes,
+            stream,
+            owner,
+        })
     }
 
     #[inline]
     fn expandable_seg(&self, st: &State<B>, id: BlockId) -> bool {
-        self.expandable && st.segs.get(st.blocks.at(id).seg).is_some_and(|s| s.expandable)
+        self.expandable
+            && st
+                .segs
+                .get(st.blocks.at(id).seg)
+                .is_some_and(|s| s.expandable)
     }
 
     /// Returns block `id` (a dropped buffer) to the cache.
@@ -199,12 +221,19 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Registers a callback run when an allocation fails with out of memory
     /// (outside the engine's lock, so it may call the engine).
     pub fn add_oom_observer(&self, f: impl Fn(&OutOfMemory) + Send + Sync + 'static) {
-        self.observers.write().unwrap_or_else(|e| e.into_inner()).push(Arc::new(f));
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
     }
 
     fn notify_oom(&self, e: &AllocError) {
         let Some(oom) = e.as_oom() else { return };
-        let observers = self.observers.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for f in observers {
             f(oom);
         }
@@ -231,7 +260,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         format!(
             "{} allocator ({} segments{})\n{}",
             self.backend.name(),
-            if self.expandable { "expandable" } else { "fixed" },
+            if self.expandable {
+                "expandable"
+            } else {
+                "fixed"
+            },
             match st.limit {
                 Some(l) => format!(", cap {}", crate::stats::format_size(l)),
                 None => String::new(),
@@ -299,14 +332,26 @@ impl<B: DeviceBackend> State<B> {
     /// Best fit for `rounded` bytes among the free blocks of (slot, pool),
     /// removed from the index. Fixed-segment blocks follow the oversize rule.
     #[inline]
-    pub(crate) fn take_fit(&mut self, slot: u16, pool: Pool, rounded: usize, max_split: usize) -> Option<BlockId> {
+    pub(crate) fn take_fit(
+        &mut self,
+        slot: u16,
+        pool: Pool,
+        rounded: usize,
+        max_split: usize,
+    ) -> Option<BlockId> {
         let key = self.find_fit(slot, pool, rounded, max_split)?;
         self.index_remove_key(slot, pool, key);
         Some(key.2)
     }
 
     #[inline]
-    pub(crate) fn find_fit(&self, slot: u16, pool: Pool, rounded: usize, max_split: usize) -> Option<(usize, usize, BlockId)> {
+    pub(crate) fn find_fit(
+        &self,
+        slot: u16,
+        pool: Pool,
+        rounded: usize,
+        max_split: usize,
+    ) -> Option<(usize, usize, BlockId)> {
         for &key in self.index.at_least(slot, pool, rounded) {
             let (size, _, id) = key;
             if pool == Pool::Small || size < max_split && rounded < max_split {
@@ -335,7 +380,14 @@ impl<B: DeviceBackend> State<B> {
     /// Splits the free block `id` (out of the index) to `rounded` bytes if the
     /// remainder is worth keeping, marks it in use and counts it.
     #[inline]
-    pub(crate) fn hand_out(&mut self, id: BlockId, rounded: usize, requested: usize, max_split: usize, expandable: bool) -> (usize, usize) {
+    pub(crate) fn hand_out(
+        &mut self,
+        id: BlockId,
+        rounded: usize,
+        requested: usize,
+        max_split: usize,
+        expandable: bool,
+    ) -> (usize, usize) {
         let (size, pool) = {
             let b = self.blocks.at(id);
             (b.size, self.pool_of(b))
@@ -346,7 +398,11 @@ impl<B: DeviceBackend> State<B> {
             Pool::Large if expandable => rest >= MIN_BLOCK,
             Pool::Large => rest > LARGE_SPLIT_REMAINDER && size < max_split,
         };
-        let rest = if split { self.blocks.split(id, rounded) } else { None };
+        let rest = if split {
+            self.blocks.split(id, rounded)
+        } else {
+            None
+        };
         let b = self.blocks.at_mut(id);
         b.state = BlockState::InUse;
         b.requested = requested;
@@ -371,7 +427,13 @@ impl<B: DeviceBackend> State<B> {
     #[inline]
     pub(crate) fn index_insert(&mut self, id: BlockId) {
         let b = self.blocks.at(id);
-        debug_assert_eq!(b.state, BlockState::Free, "block {id} at {:#x} indexed while {:?}", b.ptr, b.state);
+        debug_assert_eq!(
+            b.state,
+            BlockState::Free,
+            "block {id} at {:#x} indexed while {:?}",
+            b.ptr,
+            b.state
+        );
         let pool = self.pool_of(b);
         let (key, slot, split) = ((b.size, b.ptr, id), b.stream, b.is_split());
         self.index.insert(slot, pool, key);
@@ -442,14 +504,20 @@ impl<B: DeviceBackend> State<B> {
         let mut events = Vec::with_capacity(streams.len());
         let mut needs_sync = false;
         for slot in streams {
-            let Some(&s) = self.streams.get(slot as usize) else { continue };
+            let Some(&s) = self.streams.get(slot as usize) else {
+                continue;
+            };
             match backend.record_event(s) {
                 Ok(e) => events.push(e),
                 Err(_) => needs_sync = true,
             }
         }
         self.blocks.at_mut(id).state = BlockState::Pending;
-        self.pending.push(PendingFree { block: id, events, needs_sync });
+        self.pending.push(PendingFree {
+            block: id,
+            events,
+            needs_sync,
+        });
     }
 
     /// Frees pending blocks whose events completed (all of them after a

@@ -117,7 +117,11 @@ pub enum ConfigError {
 }
 
 fn bad(key: &str, value: &str, rule: impl Into<String>) -> ConfigError {
-    ConfigError::BadValue { key: key.to_string(), value: value.to_string(), rule: rule.into() }
+    ConfigError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        rule: rule.into(),
+    }
 }
 
 impl Config {
@@ -140,7 +144,9 @@ impl Config {
                 continue;
             }
             let Some((key, value)) = entry.split_once(':') else {
-                return Err(ConfigError::Syntax { entry: entry.to_string() });
+                return Err(ConfigError::Syntax {
+                    entry: entry.to_string(),
+                });
             };
             c.set(key.trim(), value.trim())?;
         }
@@ -153,15 +159,25 @@ impl Config {
             "max_split_size_mb" => {
                 let mb = parse_uint(key, value)?;
                 if mb < MIN_MAX_SPLIT_MB {
-                    return Err(bad(key, value, format!(
-                        "must be at least {MIN_MAX_SPLIT_MB} (MiB, the large-segment size)"
-                    )));
+                    return Err(bad(
+                        key,
+                        value,
+                        format!(
+                            "must be at least {MIN_MAX_SPLIT_MB} (MiB, the large-segment size)"
+                        ),
+                    ));
                 }
                 self.max_split_size = mb.checked_mul(1 << 20).ok_or_else(|| {
-                    bad(key, value, "must fit in the address space when multiplied by 1 MiB")
+                    bad(
+                        key,
+                        value,
+                        "must fit in the address space when multiplied by 1 MiB",
+                    )
                 })?;
             }
-            "roundup_power2_divisions" => self.roundup_power2_divisions = parse_divisions(key, value)?,
+            "roundup_power2_divisions" => {
+                self.roundup_power2_divisions = parse_divisions(key, value)?
+            }
             "garbage_collection_threshold" => {
                 let t = parse_f64(key, value)?;
                 if !(t > 0.0 && t < 1.0) {
@@ -175,7 +191,9 @@ impl Config {
                     return Err(bad(key, value, "only `native` (this engine) is supported"));
                 }
             }
-            "release_lock_on_cudamalloc" => self.release_lock_on_device_alloc = parse_bool(key, value)?,
+            "release_lock_on_cudamalloc" => {
+                self.release_lock_on_device_alloc = parse_bool(key, value)?
+            }
             "per_process_memory_fraction" => {
                 let f = parse_f64(key, value)?;
                 if !(f > 0.0 && f <= 1.0) {
@@ -186,7 +204,11 @@ impl Config {
             "max_reserved_mb" => {
                 let mb = parse_uint(key, value)?;
                 let b = mb.checked_mul(1 << 20).filter(|&b| b > 0).ok_or_else(|| {
-                    bad(key, value, "must be a positive number of MiB that fits in the address space")
+                    bad(
+                        key,
+                        value,
+                        "must be a positive number of MiB that fits in the address space",
+                    )
                 })?;
                 self.max_reserved_bytes = Some(b);
             }
@@ -199,7 +221,10 @@ impl Config {
                 self.max_cached_fraction = f;
             }
             _ => {
-                return Err(ConfigError::UnknownKey { key: key.to_string(), value: value.to_string() });
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                });
             }
         }
         Ok(())
@@ -226,11 +251,15 @@ fn split_entries(s: &str) -> Vec<&str> {
 }
 
 fn parse_uint(key: &str, value: &str) -> Result<usize, ConfigError> {
-    value.parse::<usize>().map_err(|_| bad(key, value, "must be a non-negative integer"))
+    value
+        .parse::<usize>()
+        .map_err(|_| bad(key, value, "must be a non-negative integer"))
 }
 
 fn parse_f64(key: &str, value: &str) -> Result<f64, ConfigError> {
-    value.parse::<f64>().map_err(|_| bad(key, value, "must be a number"))
+    value
+        .parse::<f64>()
+        .map_err(|_| bad(key, value, "must be a number"))
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -243,9 +272,16 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
 
 fn parse_divisions(key: &str, value: &str) -> Result<[u32; ROUNDUP_INTERVALS], ConfigError> {
     let check = |d: &str| -> Result<u32, ConfigError> {
-        let n = d.trim().parse::<u32>().map_err(|_| bad(key, value, "divisions must be integers"))?;
+        let n = d
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| bad(key, value, "divisions must be integers"))?;
         if n > 1 && !n.is_power_of_two() {
-            return Err(bad(key, value, format!("divisions must be 0, 1 or a power of two, got {n}")));
+            return Err(bad(
+                key,
+                value,
+                format!("divisions must be 0, 1 or a power of two, got {n}"),
+            ));
         }
         Ok(n)
     };
@@ -255,17 +291,30 @@ fn parse_divisions(key: &str, value: &str) -> Result<[u32; ROUNDUP_INTERVALS], C
     let mut out = [0u32; ROUNDUP_INTERVALS];
     let mut last = 0usize;
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (size, d) = item
-            .split_once(':')
-            .ok_or_else(|| bad(key, value, "list items are size_mb:divisions or >:divisions"))?;
+        let (size, d) = item.split_once(':').ok_or_else(|| {
+            bad(
+                key,
+                value,
+                "list items are size_mb:divisions or >:divisions",
+            )
+        })?;
         let d = check(d)?;
         if size.trim() == ">" {
             out[last..].fill(d);
             continue;
         }
-        let mb = size.trim().parse::<usize>().ok().filter(|m| m.is_power_of_two()).ok_or_else(|| {
-            bad(key, value, format!("interval `{size}` must be a power-of-two number of MiB"))
-        })?;
+        let mb = size
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|m| m.is_power_of_two())
+            .ok_or_else(|| {
+                bad(
+                    key,
+                    value,
+                    format!("interval `{size}` must be a power-of-two number of MiB"),
+                )
+            })?;
         let idx = (mb.trailing_zeros() as usize).min(ROUNDUP_INTERVALS - 1);
         if idx < last && last > 0 {
             return Err(bad(key, value, "intervals must be in increasing order"));
@@ -282,7 +331,10 @@ mod tests {
 
     #[test]
     fn parses_pytorch_syntax() {
-        let c = Config::parse("max_split_size_mb:128, expandable_segments:false,garbage_collection_threshold:0.6").unwrap();
+        let c = Config::parse(
+            "max_split_size_mb:128, expandable_segments:false,garbage_collection_threshold:0.6",
+        )
+        .unwrap();
         assert_eq!(c.max_split_size, 128 << 20);
         assert_eq!(c.expandable_segments, Some(false));
         assert_eq!(c.garbage_collection_threshold, Some(0.6));
@@ -295,11 +347,18 @@ mod tests {
 
     #[test]
     fn errors_name_key_value_rule() {
-        let e = Config::parse("max_split_size_mb:4").unwrap_err().to_string();
-        assert!(e.contains("max_split_size_mb") && e.contains('4') && e.contains("at least 20"), "{e}");
+        let e = Config::parse("max_split_size_mb:4")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_split_size_mb") && e.contains('4') && e.contains("at least 20"),
+            "{e}"
+        );
         let e = Config::parse("nope:1").unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("known keys"), "{e}");
-        let e = Config::parse("roundup_power2_divisions:3").unwrap_err().to_string();
+        let e = Config::parse("roundup_power2_divisions:3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("power of two"), "{e}");
         assert!(Config::parse("expandable_segments").is_err());
         assert!(Config::parse("garbage_collection_threshold:1.5").is_err());

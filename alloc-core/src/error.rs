@@ -66,7 +66,9 @@ pub enum AllocError {
         source: BackendError,
     },
     /// The request does not fit in the address space after rounding.
-    #[error("requested {requested} bytes: too large to round to a block size; request at most {max} bytes")]
+    #[error(
+        "requested {requested} bytes: too large to round to a block size; request at most {max} bytes"
+    )]
     TooLarge {
         /// Bytes the caller asked for.
         requested: usize,

@@ -42,22 +42,38 @@ impl FreeIndex {
 
     #[inline]
     pub(crate) fn remove(&mut self, stream: u16, pool: Pool, key: Key) -> bool {
-        self.sets.get_mut(slot_of(stream, pool)).is_some_and(|s| s.remove(&key))
+        self.sets
+            .get_mut(slot_of(stream, pool))
+            .is_some_and(|s| s.remove(&key))
     }
 
     /// The free blocks of (stream, pool) of at least `size` bytes, smallest first.
     #[inline]
-    pub(crate) fn at_least(&self, stream: u16, pool: Pool, size: usize) -> impl Iterator<Item = &Key> {
-        self.sets.get(slot_of(stream, pool)).into_iter().flat_map(move |s| s.range((size, 0, 0)..))
+    pub(crate) fn at_least(
+        &self,
+        stream: u16,
+        pool: Pool,
+        size: usize,
+    ) -> impl Iterator<Item = &Key> {
+        self.sets
+            .get(slot_of(stream, pool))
+            .into_iter()
+            .flat_map(move |s| s.range((size, 0, 0)..))
     }
 
     pub(crate) fn is_empty(&self, stream: u16, pool: Pool) -> bool {
-        self.sets.get(slot_of(stream, pool)).is_none_or(BTreeSet::is_empty)
+        self.sets
+            .get(slot_of(stream, pool))
+            .is_none_or(BTreeSet::is_empty)
     }
 
     /// The largest free block of any stream and pool.
     pub(crate) fn largest(&self) -> usize {
-        self.sets.iter().filter_map(|s| s.last().map(|k| k.0)).max().unwrap_or(0)
+        self.sets
+            .iter()
+            .filter_map(|s| s.last().map(|k| k.0))
+            .max()
+            .unwrap_or(0)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -65,7 +81,9 @@ impl FreeIndex {
     }
 
     pub(crate) fn contains(&self, stream: u16, pool: Pool, key: &Key) -> bool {
-        self.sets.get(slot_of(stream, pool)).is_some_and(|s| s.contains(key))
+        self.sets
+            .get(slot_of(stream, pool))
+            .is_some_and(|s| s.contains(key))
     }
 
     /// Every key with its (stream, pool).

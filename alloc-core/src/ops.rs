@@ -164,9 +164,14 @@ pub fn run<B: DeviceBackend>(
     backend.fail_next(0);
     harness.complete_all();
     alloc.empty_cache();
-    alloc.validate().map_err(|e| format!("after empty_cache: {e}"))?;
+    alloc
+        .validate()
+        .map_err(|e| format!("after empty_cache: {e}"))?;
     let s = alloc.stats();
-    if s.reserved_bytes.all.current != 0 || s.active_bytes.all.current != 0 || s.segment.all.current != 0 {
+    if s.reserved_bytes.all.current != 0
+        || s.active_bytes.all.current != 0
+        || s.segment.all.current != 0
+    {
         return Err(format!(
             "after freeing everything and empty_cache: reserved {} B, active {} B, {} segments",
             s.reserved_bytes.all.current, s.active_bytes.all.current, s.segment.all.current
@@ -175,28 +180,42 @@ pub fn run<B: DeviceBackend>(
     Ok(summary)
 }
 
-fn check_new<B: DeviceBackend>(live: &[DeviceBuffer<'_, B>], b: &DeviceBuffer<'_, B>) -> Result<(), String> {
+fn check_new<B: DeviceBackend>(
+    live: &[DeviceBuffer<'_, B>],
+    b: &DeviceBuffer<'_, B>,
+) -> Result<(), String> {
     let (p, end) = (b.ptr().0, b.ptr().0 + b.capacity());
     if p % MIN_BLOCK != 0 || b.capacity() < b.len() || b.capacity() % MIN_BLOCK != 0 {
-        return Err(format!("block at {p:#x} of {} B for {} B is misaligned or short", b.capacity(), b.len()));
+        return Err(format!(
+            "block at {p:#x} of {} B for {} B is misaligned or short",
+            b.capacity(),
+            b.len()
+        ));
     }
     for o in live {
         let (q, qend) = (o.ptr().0, o.ptr().0 + o.capacity());
         if p < qend && q < end {
-            return Err(format!("new block [{p:#x}, {end:#x}) overlaps live block [{q:#x}, {qend:#x})"));
+            return Err(format!(
+                "new block [{p:#x}, {end:#x}) overlaps live block [{q:#x}, {qend:#x})"
+            ));
         }
     }
     Ok(())
 }
 
-fn check_model<B: DeviceBackend>(alloc: &CachingAllocator<B>, live: &[DeviceBuffer<'_, B>]) -> Result<(), String> {
+fn check_model<B: DeviceBackend>(
+    alloc: &CachingAllocator<B>,
+    live: &[DeviceBuffer<'_, B>],
+) -> Result<(), String> {
     let s = alloc.stats();
     let requested: usize = live.iter().map(DeviceBuffer::len).sum();
     let by_ptr: BTreeMap<usize, usize> = live.iter().map(|b| (b.ptr().0, b.capacity())).collect();
     if by_ptr.len() != live.len() {
         return Err("two live buffers share an address".into());
     }
-    if s.allocation.all.current != live.len() as i64 || s.requested_bytes.all.current != requested as i64 {
+    if s.allocation.all.current != live.len() as i64
+        || s.requested_bytes.all.current != requested as i64
+    {
         return Err(format!(
             "stats say {} allocations / {} B requested, the model {} / {requested} B",
             s.allocation.all.current,
@@ -204,8 +223,13 @@ fn check_model<B: DeviceBackend>(alloc: &CachingAllocator<B>, live: &[DeviceBuff
             live.len()
         ));
     }
-    if s.reserved_bytes.all.current < s.active_bytes.all.current || s.reserved_bytes.all.peak < s.reserved_bytes.all.current {
-        return Err(format!("reserved {:?} below active {:?}", s.reserved_bytes.all, s.active_bytes.all));
+    if s.reserved_bytes.all.current < s.active_bytes.all.current
+        || s.reserved_bytes.all.peak < s.reserved_bytes.all.current
+    {
+        return Err(format!(
+            "reserved {:?} below active {:?}",
+            s.reserved_bytes.all, s.active_bytes.all
+        ));
     }
     Ok(())
 }

@@ -40,7 +40,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// The slow path of [`allocate`](Self::allocate): the reclaim ladder.
     #[cold]
     #[inline(never)]
-    pub(crate) fn alloc_slow(&self, st: &mut State<B>, slot: u16, pool: Pool, bytes: usize, rounded: usize) -> Result<BlockId, AllocError> {
+    pub(crate) fn alloc_slow(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        pool: Pool,
+        bytes: usize,
+        rounded: usize,
+    ) -> Result<BlockId, AllocError> {
         if self.over_gc_threshold(st, rounded) {
             self.release_cached(st, Release::All, false);
         }
@@ -59,8 +66,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
         self.release_cached(st, Release::All, true);
         if let Some(id) = st
-                .take_fit(slot, pool, rounded, self.config.max_split_size)
-                .map_or_else(|| self.grow(st, slot, pool, rounded), |id| Ok(Some(id)))?
+            .take_fit(slot, pool, rounded, self.config.max_split_size)
+            .map_or_else(|| self.grow(st, slot, pool, rounded), |id| Ok(Some(id)))?
         {
             return Ok(id);
         }
@@ -81,12 +88,20 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// A free block of another, idle stream (every event recorded on it now
     /// has completed), moved to stream `slot`.
-    fn reuse_idle_cache(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Option<BlockId> {
+    fn reuse_idle_cache(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        pool: Pool,
+        rounded: usize,
+    ) -> Option<BlockId> {
         for other in 0..st.streams.len() as u16 {
             if other == slot || st.index.is_empty(other, pool) {
                 continue;
             }
-            let Some(key) = st.find_fit(other, pool, rounded, self.config.max_split_size) else { continue };
+            let Some(key) = st.find_fit(other, pool, rounded, self.config.max_split_size) else {
+                continue;
+            };
             if !self.stream_idle(st, other) {
                 continue;
             }
@@ -100,17 +115,29 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// Whether every event recorded now on the stream of `slot` has completed.
     pub(crate) fn stream_idle(&self, st: &State<B>, slot: u16) -> bool {
-        let Some(&s) = st.streams.get(slot as usize) else { return false };
-        self.backend.record_event(s).is_ok_and(|e| self.backend.event_done(&e))
+        let Some(&s) = st.streams.get(slot as usize) else {
+            return false;
+        };
+        self.backend
+            .record_event(s)
+            .is_ok_and(|e| self.backend.event_done(&e))
     }
 
     /// Obtains memory for `rounded` bytes on (slot, pool): `Ok(None)` when the
     /// backend or the cap says out of memory.
-    fn grow(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Result<Option<BlockId>, AllocError> {
+    fn grow(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        pool: Pool,
+        rounded: usize,
+    ) -> Result<Option<BlockId>, AllocError> {
         if self.expandable {
             return self.grow_expandable(st, slot, pool, rounded);
         }
-        let Some(size) = segment_size(rounded) else { return Ok(None) };
+        let Some(size) = segment_size(rounded) else {
+            return Ok(None);
+        };
         if !within_limit(st, size) {
             return Ok(None);
         }
@@ -118,7 +145,15 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             Ok(p) => p,
             Err(e) => return self.backend_failure(e, "allocating a segment"),
         };
-        let seg = Segment { base: ptr.0, size, mapped: size, pool, stream: slot, expandable: false, head: NIL };
+        let seg = Segment {
+            base: ptr.0,
+            size,
+            mapped: size,
+            pool,
+            stream: slot,
+            expandable: false,
+            head: NIL,
+        };
         let Some((sid, bid)) = st.add_segment(seg, BlockState::Free) else {
             // SAFETY: `ptr`/`size` is the segment just obtained; nothing used it.
             unsafe { self.backend.deallocate(ptr, size) };
@@ -132,16 +167,30 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         Ok(Some(bid))
     }
 
-    fn backend_failure(&self, e: BackendError, action: &'static str) -> Result<Option<BlockId>, AllocError> {
+    fn backend_failure(
+        &self,
+        e: BackendError,
+        action: &'static str,
+    ) -> Result<Option<BlockId>, AllocError> {
         match e {
             BackendError::OutOfMemory => Ok(None),
-            source => Err(AllocError::Backend { backend: self.backend.name().to_string(), action, source }),
+            source => Err(AllocError::Backend {
+                backend: self.backend.name().to_string(),
+                action,
+                source,
+            }),
         }
     }
 
     /// Maps pages of the expandable segment of (slot, pool) so that a free
     /// block of at least `rounded` bytes exists; returns it, out of the index.
-    fn grow_expandable(&self, st: &mut State<B>, slot: u16, pool: Pool, rounded: usize) -> Result<Option<BlockId>, AllocError> {
+    fn grow_expandable(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        pool: Pool,
+        rounded: usize,
+    ) -> Result<Option<BlockId>, AllocError> {
         let si = slot as usize * 2 + pool.index();
         let mut seg = st.expandable.get(si).copied().unwrap_or(u32::MAX);
         if seg == u32::MAX {
@@ -156,7 +205,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         // mapped is mapped at once, to keep map calls few.
         let page = self.page;
         let mapped = st.segs.get(seg).map_or(0, |s| s.mapped);
-        let chunk = MIN_MAP_CHUNK.max(mapped / MAP_GROWTH_DIVISOR).next_multiple_of(page);
+        let chunk = MIN_MAP_CHUNK
+            .max(mapped / MAP_GROWTH_DIVISOR)
+            .next_multiple_of(page);
         let mut best: Option<(usize, BlockId)> = None;
         let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
         while id != NIL {
@@ -166,7 +217,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                     Some(p) if p.state == BlockState::Free && p.stream == slot => p.size,
                     _ => 0,
                 };
-                if let Some(need) = rounded.checked_sub(left).map(|n| n.next_multiple_of(page).max(page))
+                if let Some(need) = rounded
+                    .checked_sub(left)
+                    .map(|n| n.next_multiple_of(page).max(page))
                     && need <= b.size
                     && let need = need.max(chunk).min(b.size)
                     && best.is_none_or(|(n, _)| need < n)
@@ -176,7 +229,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             }
             id = b.next;
         }
-        let Some((bytes, uid)) = best else { return Ok(None) };
+        let Some((bytes, uid)) = best else {
+            return Ok(None);
+        };
         if !within_limit(st, bytes) {
             return Ok(None);
         }
@@ -214,14 +269,17 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             let reserved = st.stats.reserved_bytes.all.current.max(0) as f64 + rounded as f64;
             (reserved * self.config.max_cached_fraction) as i64
         };
-        let cached = |st: &State<B>| st.stats.reserved_bytes.all.current - st.stats.active_bytes.all.current;
+        let cached =
+            |st: &State<B>| st.stats.reserved_bytes.all.current - st.stats.active_bytes.all.current;
         if cached(st) <= allowed(st) {
             return;
         }
         let mut free: Vec<(usize, u16, BlockId)> = st
             .index
             .all()
-            .filter(|&(_, _, (size, _, id))| size >= self.page && st.is_expandable(st.blocks.at(id)))
+            .filter(|&(_, _, (size, _, id))| {
+                size >= self.page && st.is_expandable(st.blocks.at(id))
+            })
             .map(|(s, _, (size, _, id))| (size, s, id))
             .collect();
         free.sort_unstable_by(|a, b| b.cmp(a));
@@ -230,24 +288,48 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if cached(st) <= allowed(st) {
                 break;
             }
-            let Some(known) = idle.get_mut(slot as usize) else { continue };
+            let Some(known) = idle.get_mut(slot as usize) else {
+                continue;
+            };
             if *known.get_or_insert_with(|| self.stream_idle(st, slot)) {
                 self.release_block(st, id);
             }
         }
     }
 
-    fn reserve_expandable(&self, st: &mut State<B>, slot: u16, pool: Pool) -> Result<Option<u32>, AllocError> {
-        let total = st.limit.or(self.backend.mem_info().map(|m| m.total)).unwrap_or(1 << 40);
-        let Some(size) = total.checked_next_multiple_of(self.page) else { return Ok(None) };
+    fn reserve_expandable(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        pool: Pool,
+    ) -> Result<Option<u32>, AllocError> {
+        let total = st
+            .limit
+            .or(self.backend.mem_info().map(|m| m.total))
+            .unwrap_or(1 << 40);
+        let Some(size) = total.checked_next_multiple_of(self.page) else {
+            return Ok(None);
+        };
         let ptr = match self.backend.reserve(size) {
             Ok(p) => p,
             Err(BackendError::OutOfMemory) => return Ok(None),
             Err(source) => {
-                return Err(AllocError::Backend { backend: self.backend.name().to_string(), action: "reserving address space", source });
+                return Err(AllocError::Backend {
+                    backend: self.backend.name().to_string(),
+                    action: "reserving address space",
+                    source,
+                });
             }
         };
-        let seg = Segment { base: ptr.0, size, mapped: 0, pool, stream: slot, expandable: true, head: NIL };
+        let seg = Segment {
+            base: ptr.0,
+            size,
+            mapped: 0,
+            pool,
+            stream: slot,
+            expandable: true,
+            head: NIL,
+        };
         let Some((sid, _)) = st.add_segment(seg, BlockState::Unmapped) else {
             // SAFETY: the reservation was just made and has nothing mapped.
             unsafe { self.backend.release(ptr, size) };
@@ -269,7 +351,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.stats.num_sync_all_streams += 1;
             st.process_pending(&self.backend, true);
         }
-        let idle: Vec<bool> = (0..st.streams.len() as u16).map(|s| wait || self.stream_idle(st, s)).collect();
+        let idle: Vec<bool> = (0..st.streams.len() as u16)
+            .map(|s| wait || self.stream_idle(st, s))
+            .collect();
         st.coalesce_idle(&idle);
         let min = match which {
             Release::Oversize => self.config.max_split_size,
@@ -278,12 +362,18 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let candidates: Vec<BlockId> = st
             .index
             .all()
-            .filter(|&(s, _, (size, _, _))| size >= min && idle.get(s as usize).copied().unwrap_or(false))
+            .filter(|&(s, _, (size, _, _))| {
+                size >= min && idle.get(s as usize).copied().unwrap_or(false)
+            })
             .map(|(_, _, (_, _, id))| id)
             .collect();
         let before = st.stats.reserved_bytes.all.current;
         for id in candidates {
-            if st.blocks.get(id).is_some_and(|b| b.state == BlockState::Free) {
+            if st
+                .blocks
+                .get(id)
+                .is_some_and(|b| b.state == BlockState::Free)
+            {
                 self.release_block(st, id);
             }
         }
@@ -295,7 +385,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// unmapped.
     fn release_block(&self, st: &mut State<B>, id: BlockId) {
         let b = st.blocks.at(id).clone();
-        let Some(seg) = st.segs.get(b.seg).cloned() else { return };
+        let Some(seg) = st.segs.get(b.seg).cloned() else {
+            return;
+        };
         if !seg.expandable {
             if b.is_split() {
                 return;
@@ -309,7 +401,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.stats.num_device_free += 1;
             st.stats.segment.sub(seg.pool, 1);
             st.stats.reserved_bytes.sub(seg.pool, seg.size);
-            st.trace.push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
+            st.trace
+                .push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
             return;
         }
         let start = b.ptr.next_multiple_of(self.page);
@@ -349,7 +442,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
         st.stats.num_device_unmap += 1;
         st.stats.reserved_bytes.sub(seg.pool, end - start);
-        st.trace.push(TraceAction::Unmap, start, end - start, b.stream);
+        st.trace
+            .push(TraceAction::Unmap, start, end - start, b.stream);
         st.merge_unmapped(mid);
     }
 
@@ -371,9 +465,16 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     fn release_empty_reservations(&self, st: &mut State<B>) {
-        let empty: Vec<u32> = st.segs.iter().filter(|(_, s)| s.expandable && s.mapped == 0).map(|(i, _)| i).collect();
+        let empty: Vec<u32> = st
+            .segs
+            .iter()
+            .filter(|(_, s)| s.expandable && s.mapped == 0)
+            .map(|(i, _)| i)
+            .collect();
         for sid in empty {
-            let Some(seg) = st.segs.remove(sid) else { continue };
+            let Some(seg) = st.segs.remove(sid) else {
+                continue;
+            };
             st.blocks.remove(seg.head);
             for e in st.expandable.iter_mut().filter(|e| **e == sid) {
                 *e = u32::MAX;
@@ -386,17 +487,27 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Builds the out-of-memory error and counts it.
-    fn out_of_memory(&self, st: &mut State<B>, slot: u16, requested: usize, rounded: usize) -> AllocError {
+    fn out_of_memory(
+        &self,
+        st: &mut State<B>,
+        slot: u16,
+        requested: usize,
+        rounded: usize,
+    ) -> AllocError {
         st.stats.num_ooms += 1;
         st.trace.push(TraceAction::Oom, 0, rounded, slot);
         let in_use = st.stats.allocated_bytes.all.current.max(0) as usize;
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
         let info = self.backend.mem_info();
         let remedy = if !self.expandable && self.backend.page_size().is_some() {
-            "try expandable_segments:true (cached memory is fragmented into fixed segments)".to_string()
+            "try expandable_segments:true (cached memory is fragmented into fixed segments)"
+                .to_string()
         } else if st.limit.is_some() {
             "raise per_process_memory_fraction or max_reserved_mb, or free buffers you no longer need".to_string()
-        } else if self.config.max_split_size == usize::MAX && !self.expandable && reserved > in_use + rounded {
+        } else if self.config.max_split_size == usize::MAX
+            && !self.expandable
+            && reserved > in_use + rounded
+        {
             "try max_split_size_mb:<size> to stop large cached blocks from being split".to_string()
         } else {
             "free buffers you no longer need or reduce the batch size; the device has no room for this request".to_string()
@@ -404,7 +515,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         AllocError::OutOfMemory(Box::new(OutOfMemory {
             requested,
             rounded,
-            stream: st.streams.get(slot as usize).map_or_else(String::new, |s| format!("{s:?}")),
+            stream: st
+                .streams
+                .get(slot as usize)
+                .map_or_else(String::new, |s| format!("{s:?}")),
             in_use,
             cached: reserved.saturating_sub(in_use),
             largest_free_block: st.index.largest(),
@@ -418,14 +532,28 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
 fn within_limit<B: DeviceBackend>(st: &State<B>, bytes: usize) -> bool {
     let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
-    st.limit.is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
+    st.limit
+        .is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
 }
 
 impl<B: DeviceBackend> State<B> {
     /// Adds `seg` with one block of `state` covering it; `None` when a table
     /// is full.
-    pub(crate) fn add_segment(&mut self, mut seg: Segment, state: BlockState) -> Option<(u32, BlockId)> {
-        let block = Block { ptr: seg.base, size: seg.size, requested: 0, seg: 0, prev: NIL, next: NIL, state, stream: seg.stream };
+    pub(crate) fn add_segment(
+        &mut self,
+        mut seg: Segment,
+        state: BlockState,
+    ) -> Option<(u32, BlockId)> {
+        let block = Block {
+            ptr: seg.base,
+            size: seg.size,
+            requested: 0,
+            seg: 0,
+            prev: NIL,
+            next: NIL,
+            state,
+            stream: seg.stream,
+        };
         let bid = self.blocks.insert(block)?;
         seg.head = bid;
         let Some(sid) = self.segs.insert(seg) else {
@@ -449,7 +577,10 @@ impl<B: DeviceBackend> State<B> {
                 let next = b.next;
                 let joinable = b.state == BlockState::Free
                     && is_idle(b.stream)
-                    && self.blocks.get(next).is_some_and(|n| n.state == BlockState::Free && is_idle(n.stream));
+                    && self
+                        .blocks
+                        .get(next)
+                        .is_some_and(|n| n.state == BlockState::Free && is_idle(n.stream));
                 if joinable {
                     let slot = b.stream;
                     self.index_remove(id);

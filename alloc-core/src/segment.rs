@@ -38,7 +38,9 @@ impl SegmentTable {
             self.slots[id as usize] = Some(s);
             return Some(id);
         }
-        let id = u32::try_from(self.slots.len()).ok().filter(|&i| i != u32::MAX)?;
+        let id = u32::try_from(self.slots.len())
+            .ok()
+            .filter(|&i| i != u32::MAX)?;
         self.slots.push(Some(s));
         Some(id)
     }
@@ -60,6 +62,9 @@ impl SegmentTable {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Segment)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
     }
 }

@@ -41,7 +41,11 @@ impl Pool {
     /// The pool a rounded size belongs to.
     #[inline]
     pub const fn of(rounded: usize) -> Pool {
-        if rounded <= SMALL_SIZE { Pool::Small } else { Pool::Large }
+        if rounded <= SMALL_SIZE {
+            Pool::Small
+        } else {
+            Pool::Large
+        }
     }
 
     /// The name used in statistics keys.
@@ -88,7 +92,11 @@ fn round_power2_division(bytes: usize, divisions: usize) -> Option<usize> {
         return floor.checked_mul(2);
     }
     let down = bytes & !(step - 1);
-    if down == bytes { Some(bytes) } else { down.checked_add(step) }
+    if down == bytes {
+        Some(bytes)
+    } else {
+        down.checked_add(step)
+    }
 }
 
 /// The size of a fixed (non-expandable) segment for a rounded request.

@@ -63,7 +63,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// A snapshot of every segment and block.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
-        let stream = |slot: u16| st.streams.get(slot as usize).map_or_else(String::new, |s| format!("{s:?}"));
+        let stream = |slot: u16| {
+            st.streams
+                .get(slot as usize)
+                .map_or_else(String::new, |s| format!("{s:?}"))
+        };
         let mut segments: Vec<SegmentSnapshot> = st
             .segs
             .iter()
@@ -92,6 +96,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             })
             .collect();
         segments.sort_by_key(|s| s.address);
-        Snapshot { backend: self.backend.name().to_string(), segments, stats: st.stats }
+        Snapshot {
+            backend: self.backend.name().to_string(),
+            segments,
+            stats: st.stats,
+        }
     }
 }

@@ -135,7 +135,11 @@ impl Stats {
     /// Peak requested ÷ peak reserved (1.0 when nothing was reserved).
     pub fn efficiency(&self) -> f64 {
         let r = self.reserved_bytes.all.peak;
-        if r == 0 { 1.0 } else { self.requested_bytes.all.peak as f64 / r as f64 }
+        if r == 0 {
+            1.0
+        } else {
+            self.requested_bytes.all.peak as f64 / r as f64
+        }
     }
 
     fn arrays_mut(&mut self) -> [&mut StatArray; 9] {
@@ -201,8 +205,17 @@ impl Stats {
     pub fn to_map(&self) -> BTreeMap<String, i64> {
         let mut m = BTreeMap::new();
         for (name, a) in self.arrays() {
-            for (pool, s) in [("all", &a.all), ("small_pool", &a.small_pool), ("large_pool", &a.large_pool)] {
-                for (field, v) in [("current", s.current), ("peak", s.peak), ("allocated", s.allocated), ("freed", s.freed)] {
+            for (pool, s) in [
+                ("all", &a.all),
+                ("small_pool", &a.small_pool),
+                ("large_pool", &a.large_pool),
+            ] {
+                for (field, v) in [
+                    ("current", s.current),
+                    ("peak", s.peak),
+                    ("allocated", s.allocated),
+                    ("freed", s.freed),
+                ] {
                     m.insert(format!("{name}.{pool}.{field}"), v);
                 }
             }
@@ -227,19 +240,39 @@ impl Stats {
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let line = "|---------------------------|------------|------------|------------|------------|\n";
+        let line =
+            "|---------------------------|------------|------------|------------|------------|\n";
         s.push_str(line);
-        s.push_str("| Metric                    | Cur Usage  | Peak Usage | Tot Alloc  | Tot Freed  |\n");
+        s.push_str(
+            "| Metric                    | Cur Usage  | Peak Usage | Tot Alloc  | Tot Freed  |\n",
+        );
         s.push_str(line);
         for (name, a) in self.arrays() {
             let bytes = name.ends_with("_bytes");
-            for (pool, st) in [("all", &a.all), ("small_pool", &a.small_pool), ("large_pool", &a.large_pool)] {
-                let f = |v: i64| if bytes { format_size(v.max(0) as usize) } else { v.to_string() };
-                let label = if pool == "all" { name.to_string() } else { format!("  from {pool}") };
+            for (pool, st) in [
+                ("all", &a.all),
+                ("small_pool", &a.small_pool),
+                ("large_pool", &a.large_pool),
+            ] {
+                let f = |v: i64| {
+                    if bytes {
+                        format_size(v.max(0) as usize)
+                    } else {
+                        v.to_string()
+                    }
+                };
+                let label = if pool == "all" {
+                    name.to_string()
+                } else {
+                    format!("  from {pool}")
+                };
                 let _ = writeln!(
                     s,
                     "| {label:<25} | {:>10} | {:>10} | {:>10} | {:>10} |",
-                    f(st.current), f(st.peak), f(st.allocated), f(st.freed)
+                    f(st.current),
+                    f(st.peak),
+                    f(st.allocated),
+                    f(st.freed)
                 );
             }
             s.push_str(line);
@@ -247,8 +280,14 @@ impl Stats {
         let _ = writeln!(
             s,
             "| device allocs: {}  frees: {}  maps: {} ({} pages)  unmaps: {}  retries: {}  OOMs: {}  syncs: {}",
-            self.num_device_alloc, self.num_device_free, self.num_device_map, self.num_pages_mapped,
-            self.num_device_unmap, self.num_alloc_retries, self.num_ooms, self.num_sync_all_streams
+            self.num_device_alloc,
+            self.num_device_free,
+            self.num_device_map,
+            self.num_pages_mapped,
+            self.num_device_unmap,
+            self.num_alloc_retries,
+            self.num_ooms,
+            self.num_sync_all_streams
         );
         s
     }

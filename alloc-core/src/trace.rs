@@ -48,7 +48,11 @@ pub(crate) struct TraceRing {
 
 impl TraceRing {
     pub(crate) fn new(cap: usize) -> Self {
-        TraceRing { buf: Vec::with_capacity(cap), cap, seq: 0 }
+        TraceRing {
+            buf: Vec::with_capacity(cap),
+            cap,
+            seq: 0,
+        }
     }
 
     #[inline]
@@ -56,7 +60,13 @@ impl TraceRing {
         if self.cap == 0 {
             return;
         }
-        let e = TraceEntry { seq: self.seq, action, addr, size, stream };
+        let e = TraceEntry {
+            seq: self.seq,
+            action,
+            addr,
+            size,
+            stream,
+        };
         let at = (self.seq % self.cap as u64) as usize;
         self.seq += 1;
         match self.buf.get_mut(at) {

@@ -48,32 +48,53 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
         let p = seg.pool.index();
         sums.segments[p] += 1;
         sums.reserved[p] += seg.mapped as i64;
-        let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) = (seg.head, seg.base, NIL, 0usize, 0usize);
+        let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) =
+            (seg.head, seg.base, NIL, 0usize, 0usize);
         let mut last: Option<(BlockState, u16)> = None;
         while id != NIL {
             let Some(b) = st.blocks.get(id) else {
                 return fail("S1", format!("segment {sid} links to dead block {id}"));
             };
             if b.seg != sid || b.ptr != expect_ptr || b.prev != prev || b.size == 0 {
-                return fail("S1", format!(
-                    "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
-                    seg.base, b.seg, b.ptr, b.size, b.prev
-                ));
+                return fail(
+                    "S1",
+                    format!(
+                        "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
+                        seg.base, b.seg, b.ptr, b.size, b.prev
+                    ),
+                );
             }
             if b.ptr % MIN_BLOCK != 0 {
-                return fail("A1", format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr));
+                return fail(
+                    "A1",
+                    format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr),
+                );
             }
             match (last, b.state) {
                 (Some((BlockState::Free, s)), BlockState::Free) if s == b.stream => {
-                    return fail("S2", format!("free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged", b.ptr));
+                    return fail(
+                        "S2",
+                        format!(
+                            "free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged",
+                            b.ptr
+                        ),
+                    );
                 }
                 (Some((BlockState::Unmapped, _)), BlockState::Unmapped) => {
                     return fail("S3", format!("unmapped blocks adjacent at {:#x}", b.ptr));
                 }
                 _ => {}
             }
-            if b.state == BlockState::Unmapped && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0) {
-                return fail("S3", format!("unmapped block at {:#x} size {} (expandable: {}, page {page})", b.ptr, b.size, seg.expandable));
+            if b.state == BlockState::Unmapped
+                && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0)
+            {
+                return fail(
+                    "S3",
+                    format!(
+                        "unmapped block at {:#x} size {} (expandable: {}, page {page})",
+                        b.ptr, b.size, seg.expandable
+                    ),
+                );
             }
             if b.state != BlockState::Unmapped {
                 mapped += b.size;
@@ -90,7 +111,13 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
                 BlockState::Free => {
                     sums.free_n += 1;
                     if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
-                        return fail("F1", format!("free block {id} at {:#x} ({} B, stream slot {}) is not in the free index", b.ptr, b.size, b.stream));
+                        return fail(
+                            "F1",
+                            format!(
+                                "free block {id} at {:#x} ({} B, stream slot {}) is not in the free index",
+                                b.ptr, b.size, b.stream
+                            ),
+                        );
                     }
                     if b.is_split() {
                         sums.split_free[p] += sz;
@@ -106,37 +133,114 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
             id = b.next;
         }
         if total != seg.size {
-            return fail("S1", format!("segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B", seg.base, seg.size));
+            return fail(
+                "S1",
+                format!(
+                    "segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B",
+                    seg.base, seg.size
+                ),
+            );
         }
         if mapped != seg.mapped {
-            return fail("S4", format!("segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B", seg.base, seg.mapped));
+            return fail(
+                "S4",
+                format!(
+                    "segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B",
+                    seg.base, seg.mapped
+                ),
+            );
         }
     }
     if st.index.len() != sums.free_n {
-        return fail("F1", format!("the free index holds {} keys, the segments {} free blocks", st.index.len(), sums.free_n));
+        return fail(
+            "F1",
+            format!(
+                "the free index holds {} keys, the segments {} free blocks",
+                st.index.len(),
+                sums.free_n
+            ),
+        );
     }
     let s = &st.stats;
     for pool in [Pool::Small, Pool::Large] {
         let p = pool.index();
         let checks: [(&'static str, &str, i64, i64); 8] = [
-            ("T1", "allocated_bytes", s.allocated_bytes.pool(pool).current, sums.in_use[p]),
-            ("T1", "allocation", s.allocation.pool(pool).current, sums.in_use_n[p]),
-            ("T1", "active_bytes", s.active_bytes.pool(pool).current, sums.active[p]),
-            ("T1", "requested_bytes", s.requested_bytes.pool(pool).current, sums.requested[p]),
-            ("T1", "reserved_bytes", s.reserved_bytes.pool(pool).current, sums.reserved[p]),
-            ("T1", "segment", s.segment.pool(pool).current, sums.segments[p]),
-            ("T2", "inactive_split_bytes", s.inactive_split_bytes.pool(pool).current, sums.split_free[p]),
-            ("T2", "inactive_split", s.inactive_split.pool(pool).current, sums.split_free_n[p]),
+            (
+                "T1",
+                "allocated_bytes",
+                s.allocated_bytes.pool(pool).current,
+                sums.in_use[p],
+            ),
+            (
+                "T1",
+                "allocation",
+                s.allocation.pool(pool).current,
+                sums.in_use_n[p],
+            ),
+            (
+                "T1",
+                "active_bytes",
+                s.active_bytes.pool(pool).current,
+                sums.active[p],
+            ),
+            (
+                "T1",
+                "requested_bytes",
+                s.requested_bytes.pool(pool).current,
+                sums.requested[p],
+            ),
+            (
+                "T1",
+                "reserved_bytes",
+                s.reserved_bytes.pool(pool).current,
+                sums.reserved[p],
+            ),
+            (
+                "T1",
+                "segment",
+                s.segment.pool(pool).current,
+                sums.segments[p],
+            ),
+            (
+                "T2",
+                "inactive_split_bytes",
+                s.inactive_split_bytes.pool(pool).current,
+                sums.split_free[p],
+            ),
+            (
+                "T2",
+                "inactive_split",
+                s.inactive_split.pool(pool).current,
+                sums.split_free_n[p],
+            ),
         ];
         for (id, name, stat, actual) in checks {
             if stat != actual {
-                return fail(id, format!("{name}.{}.current is {stat}, the blocks say {actual}", pool.key()));
+                return fail(
+                    id,
+                    format!(
+                        "{name}.{}.current is {stat}, the blocks say {actual}",
+                        pool.key()
+                    ),
+                );
             }
         }
     }
-    for (name, a) in [("allocated_bytes", &s.allocated_bytes), ("reserved_bytes", &s.reserved_bytes), ("requested_bytes", &s.requested_bytes)] {
-        if a.all.current != a.small_pool.current + a.large_pool.current || a.all.peak < a.all.current {
-            return fail("T1", format!("{name}: all {:?} vs small {:?} + large {:?}", a.all, a.small_pool, a.large_pool));
+    for (name, a) in [
+        ("allocated_bytes", &s.allocated_bytes),
+        ("reserved_bytes", &s.reserved_bytes),
+        ("requested_bytes", &s.requested_bytes),
+    ] {
+        if a.all.current != a.small_pool.current + a.large_pool.current
+            || a.all.peak < a.all.current
+        {
+            return fail(
+                "T1",
+                format!(
+                    "{name}: all {:?} vs small {:?} + large {:?}",
+                    a.all, a.small_pool, a.large_pool
+                ),
+            );
         }
     }
     Ok(())

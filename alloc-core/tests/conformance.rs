@@ -21,9 +21,15 @@ fn program(seed: u64, n: usize) -> Vec<Op> {
             let r = next();
             let (a, b) = ((r >> 8) as u32, (r >> 40) as u8);
             match r % 100 {
-                0..=54 => Op::Alloc { bytes: a, stream: b },
+                0..=54 => Op::Alloc {
+                    bytes: a,
+                    stream: b,
+                },
                 55..=84 => Op::Free { slot: a as u16 },
-                85..=88 => Op::RecordStream { slot: a as u16, stream: b },
+                85..=88 => Op::RecordStream {
+                    slot: a as u16,
+                    stream: b,
+                },
                 89..=91 => Op::Launch { stream: b },
                 92..=94 => Op::CompleteStream { stream: b },
                 95 => Op::EmptyCache,
@@ -36,25 +42,29 @@ fn program(seed: u64, n: usize) -> Vec<Op> {
 }
 
 fn check<B: DeviceBackend + CloneBackend>(backend: B, harness: &dyn Harness<B>, label: &str) {
-    for cfg in ["", "expandable_segments:false", "expandable_segments:false,max_split_size_mb:20", "roundup_power2_divisions:4"] {
+    for cfg in [
+        "",
+        "expandable_segments:false",
+        "expandable_segments:false,max_split_size_mb:20",
+        "roundup_power2_divisions:4",
+    ] {
         for seed in 1..=4u64 {
-            let a = CachingAllocator::new(FaultInjectingBackend::new(backend_clone(&backend)), Config::parse(cfg).unwrap());
+            let a = CachingAllocator::new(
+                FaultInjectingBackend::new(backend.clone_backend()),
+                Config::parse(cfg).unwrap(),
+            );
             let ops = program(seed * 7919, 600);
             let r = ops::run(&a, harness, &ops);
             assert!(r.is_ok(), "{label} `{cfg}` seed {seed}: {}", r.unwrap_err());
-            assert!(r.unwrap().allocs > 0, "{label} `{cfg}` seed {seed}: nothing allocated");
+            assert!(
+                r.unwrap().allocs > 0,
+                "{label} `{cfg}` seed {seed}: nothing allocated"
+            );
         }
     }
 }
 
 /// Backends here are cheap handles (Sim shares its device, Host is a unit).
-fn backend_clone<B: DeviceBackend>(b: &B) -> B
-where
-    B: CloneBackend,
-{
-    b.clone_backend()
-}
-
 trait CloneBackend {
     fn clone_backend(&self) -> Self;
 }
@@ -93,7 +103,10 @@ fn host() {
 /// Adaptor stacks wrap a fresh backend per run.
 fn check_stack<B: DeviceBackend>(make: impl Fn() -> B, label: &str) {
     for cfg in ["", "expandable_segments:false"] {
-        let a = CachingAllocator::new(FaultInjectingBackend::new(make()), Config::parse(cfg).unwrap());
+        let a = CachingAllocator::new(
+            FaultInjectingBackend::new(make()),
+            Config::parse(cfg).unwrap(),
+        );
         let r = ops::run(&a, &NoStreams, &program(42, 800));
         assert!(r.is_ok(), "{label} `{cfg}`: {}", r.unwrap_err());
     }
@@ -102,20 +115,32 @@ fn check_stack<B: DeviceBackend>(make: impl Fn() -> B, label: &str) {
 #[test]
 fn limit_over_sim() {
     // a tight cap so the reclaim ladder and OOM paths run
-    check_stack(|| LimitBackend::new(SimBackend::new(2 << 30), 160 << 20), "limit<sim>");
+    check_stack(
+        || LimitBackend::new(SimBackend::new(2 << 30), 160 << 20),
+        "limit<sim>",
+    );
 }
 
 #[test]
 fn logging_over_limit_over_sim() {
-    check_stack(|| LoggingBackend::new(LimitBackend::new(SimBackend::new(2 << 30), 1 << 30), 64), "logging<limit<sim>>");
+    check_stack(
+        || LoggingBackend::new(LimitBackend::new(SimBackend::new(2 << 30), 1 << 30), 64),
+        "logging<limit<sim>>",
+    );
 }
 
 #[test]
 fn logging_over_host() {
-    check_stack(|| LoggingBackend::new(HostBackend::new(), 16), "logging<host>");
+    check_stack(
+        || LoggingBackend::new(HostBackend::new(), 16),
+        "logging<host>",
+    );
 }
 
 #[test]
 fn limit_over_host() {
-    check_stack(|| LimitBackend::new(HostBackend::new(), 256 << 20), "limit<host>");
+    check_stack(
+        || LimitBackend::new(HostBackend::new(), 256 << 20),
+        "limit<host>",
+    );
 }

@@ -1,7 +1,10 @@
 //! Behaviour of the caching engine on the simulated and host backends.
 
 use alloc_core::adaptors::FaultInjectingBackend;
-use alloc_core::{AllocError, CachingAllocator, Config, DeviceBackend, HostBackend, MemInfo, SimBackend, SimStream};
+use alloc_core::{
+    AllocError, CachingAllocator, Config, DeviceBackend, HostBackend, MemInfo, SimBackend,
+    SimStream,
+};
 
 const S0: SimStream = SimStream(0);
 const S1: SimStream = SimStream(1);
@@ -22,7 +25,11 @@ fn cache_hit_reuses_the_block_and_counts_exactly() {
         b.ptr()
     };
     let b = a.allocate(700, S0).unwrap();
-    assert_eq!(b.ptr(), p, "a freed small block is reused by the same stream");
+    assert_eq!(
+        b.ptr(),
+        p,
+        "a freed small block is reused by the same stream"
+    );
     let s = a.stats();
     assert_eq!(s.num_device_alloc, 1);
     assert_eq!(s.segment.small_pool.current, 1);
@@ -45,7 +52,10 @@ fn segment_sizes_follow_the_pytorch_rule() {
     let _s = a.allocate(100, S0).unwrap();
     let _l = a.allocate(11 * MIB + 1, S0).unwrap();
     let _m = a.allocate(3 * MIB, S0).unwrap();
-    assert_eq!(a.stats().reserved_bytes.all.current as usize, 2 * MIB + 20 * MIB + 12 * MIB);
+    assert_eq!(
+        a.stats().reserved_bytes.all.current as usize,
+        2 * MIB + 20 * MIB + 12 * MIB
+    );
     assert_eq!(sim.used(), 34 * MIB);
 }
 
@@ -54,26 +64,45 @@ fn split_blocks_merge_back_on_free() {
     let a = CachingAllocator::new(SimBackend::new(1 << 30), fixed());
     let x = a.allocate(4 * MIB, S0).unwrap();
     let y = a.allocate(4 * MIB, S0).unwrap();
-    assert_eq!(y.ptr().0, x.ptr().0 + 4 * MIB, "the second block is split from the same segment");
+    assert_eq!(
+        y.ptr().0,
+        x.ptr().0 + 4 * MIB,
+        "the second block is split from the same segment"
+    );
     drop(x);
     drop(y);
     a.validate().unwrap();
     let snap = a.snapshot();
     assert_eq!(snap.segments.len(), 1);
-    assert_eq!(snap.segments[0].blocks.len(), 1, "free neighbours merged: {:?}", snap.segments[0].blocks);
+    assert_eq!(
+        snap.segments[0].blocks.len(),
+        1,
+        "free neighbours merged: {:?}",
+        snap.segments[0].blocks
+    );
     assert!(snap.to_json().contains("\"state\": \"free\""));
 }
 
 #[test]
 fn max_split_size_keeps_oversize_blocks_whole() {
-    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::parse("expandable_segments:false,max_split_size_mb:20").unwrap());
+    let a = CachingAllocator::new(
+        SimBackend::new(1 << 30),
+        Config::parse("expandable_segments:false,max_split_size_mb:20").unwrap(),
+    );
     drop(a.allocate(64 * MIB, S0).unwrap());
     let small = a.allocate(2 * MIB, S0).unwrap();
     let s = a.stats();
-    assert_eq!(s.num_device_alloc, 2, "a 2 MiB request must not split the 64 MiB oversize block");
+    assert_eq!(
+        s.num_device_alloc, 2,
+        "a 2 MiB request must not split the 64 MiB oversize block"
+    );
     drop(small);
     let big = a.allocate(60 * MIB, S0).unwrap();
-    assert_eq!(big.capacity(), 64 * MIB, "an oversize request takes the whole oversize block");
+    assert_eq!(
+        big.capacity(),
+        64 * MIB,
+        "an oversize request takes the whole oversize block"
+    );
     a.validate().unwrap();
 }
 
@@ -84,7 +113,11 @@ fn expandable_segments_map_pages_and_unmap_on_empty_cache() {
     assert!(a.uses_expandable_segments());
     let x = a.allocate(30 * MIB, S0).unwrap();
     let y = a.allocate(30 * MIB, S0).unwrap();
-    assert_eq!(y.ptr().0, x.ptr().0 + 30 * MIB, "expandable segments grow in place");
+    assert_eq!(
+        y.ptr().0,
+        x.ptr().0 + 30 * MIB,
+        "expandable segments grow in place"
+    );
     let s = a.stats();
     assert_eq!(s.num_device_alloc, 0);
     assert!(s.num_device_map >= 1 && s.reserved_bytes.all.current as usize >= 60 * MIB);
@@ -115,7 +148,12 @@ fn oom_error_states_the_numbers_and_a_remedy() {
     assert_eq!(o.in_use, 30 * MIB);
     assert_eq!(o.device_total, Some(64 * MIB));
     let msg = e.to_string();
-    assert!(msg.contains("requested 100.00 MiB") && msg.contains("30.00 MiB in use") && msg.contains("free of 64.00 MiB"), "{msg}");
+    assert!(
+        msg.contains("requested 100.00 MiB")
+            && msg.contains("30.00 MiB in use")
+            && msg.contains("free of 64.00 MiB"),
+        "{msg}"
+    );
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     let s = a.stats();
     assert_eq!(s.num_ooms, 1);
@@ -132,7 +170,10 @@ fn reclaim_ladder_releases_cache_before_failing() {
     let b = a.allocate(50 * MIB, S0).unwrap();
     assert_eq!(b.capacity(), 50 * MIB);
     let s = a.stats();
-    assert_eq!((s.num_device_alloc, s.num_device_free, s.num_ooms), (2, 1, 0));
+    assert_eq!(
+        (s.num_device_alloc, s.num_device_free, s.num_ooms),
+        (2, 1, 0)
+    );
     assert_eq!(s.num_sync_all_streams, 1);
 }
 
@@ -141,7 +182,9 @@ fn injected_backend_failure_is_recovered_or_reported() {
     let sim = SimBackend::new(1 << 30);
     let a = CachingAllocator::new(FaultInjectingBackend::new(sim.clone()), Config::default());
     a.backend().fail_next(1);
-    let b = a.allocate(5 * MIB, S0).expect("the ladder retries after one injected failure");
+    let b = a
+        .allocate(5 * MIB, S0)
+        .expect("the ladder retries after one injected failure");
     drop(b);
     a.backend().fail_next_other(1);
     match a.allocate(500 * MIB, S0) {
@@ -172,7 +215,11 @@ fn record_stream_defers_reuse_until_the_other_stream_completes() {
     assert_ne!(c.ptr(), p, "a pending block is not reused");
     sim.complete(S1);
     let d = a.allocate(4096, S0).unwrap();
-    assert_eq!(d.ptr(), p, "after stream 1 completes the block is free again");
+    assert_eq!(
+        d.ptr(),
+        p,
+        "after stream 1 completes the block is free again"
+    );
     a.validate().unwrap();
 }
 
@@ -184,13 +231,20 @@ fn idle_cache_of_another_stream_is_reused_only_when_idle() {
     drop(a.allocate(8 * MIB, S0).unwrap());
     sim.launch(S0);
     let x = a.allocate(8 * MIB, S1).unwrap();
-    assert_eq!(a.stats().num_device_alloc, 2, "stream 0 is busy: its cache is not taken");
+    assert_eq!(
+        a.stats().num_device_alloc,
+        2,
+        "stream 0 is busy: its cache is not taken"
+    );
     drop(x);
     drop(a.allocate(4 * MIB, S0).unwrap());
     sim.complete(S0);
     let _y = a.allocate(12 * MIB, SimStream(2)).unwrap();
     let s = a.stats();
-    assert_eq!(s.num_device_alloc, 2, "stream 0 idle: its cached segment is reused");
+    assert_eq!(
+        s.num_device_alloc, 2,
+        "stream 0 idle: its cached segment is reused"
+    );
     assert_eq!(s.num_cross_stream_reuse, 1);
     a.validate().unwrap();
 }
@@ -203,7 +257,11 @@ fn trim_skips_busy_streams_and_empty_cache_waits() {
     drop(a.allocate(8 * MIB, S0).unwrap());
     sim.launch(S0);
     a.trim();
-    assert_eq!(a.stats().reserved_bytes.all.current, 20 * MIB as i64, "trim does not wait for stream 0");
+    assert_eq!(
+        a.stats().reserved_bytes.all.current,
+        20 * MIB as i64,
+        "trim does not wait for stream 0"
+    );
     a.empty_cache();
     assert_eq!(a.stats().reserved_bytes.all.current, 0);
     assert_eq!(sim.syncs(), 1);
@@ -211,13 +269,22 @@ fn trim_skips_busy_streams_and_empty_cache_waits() {
 
 #[test]
 fn byte_cap_and_memory_fraction_bound_reserved() {
-    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::parse("max_reserved_mb:64").unwrap());
+    let a = CachingAllocator::new(
+        SimBackend::new(1 << 30),
+        Config::parse("max_reserved_mb:64").unwrap(),
+    );
     let _x = a.allocate(40 * MIB, S0).unwrap();
     let e = a.allocate(40 * MIB, S0).unwrap_err();
     assert!(e.to_string().contains("cap 64.00 MiB"), "{e}");
     let sim = SimBackend::new(1 << 30);
-    sim.set_mem_info(Some(MemInfo { free: 100 * MIB, total: 100 * MIB }));
-    let b = CachingAllocator::new(sim, Config::parse("per_process_memory_fraction:0.5").unwrap());
+    sim.set_mem_info(Some(MemInfo {
+        free: 100 * MIB,
+        total: 100 * MIB,
+    }));
+    let b = CachingAllocator::new(
+        sim,
+        Config::parse("per_process_memory_fraction:0.5").unwrap(),
+    );
     assert!(b.allocate(60 * MIB, S0).is_err());
     assert!(b.allocate(40 * MIB, S0).is_ok());
 }
@@ -237,11 +304,17 @@ fn reset_peak_and_accumulated() {
 
 #[test]
 fn trace_ring_records_events_when_on() {
-    let a = CachingAllocator::new(SimBackend::without_vm(1 << 30), Config::parse("trace_buffer_entries:4").unwrap());
+    let a = CachingAllocator::new(
+        SimBackend::without_vm(1 << 30),
+        Config::parse("trace_buffer_entries:4").unwrap(),
+    );
     drop(a.allocate(100, S0).unwrap());
     let t = a.trace();
     let kinds: Vec<_> = t.iter().map(|e| format!("{:?}", e.action)).collect();
-    assert_eq!(kinds, ["SegmentAlloc", "Alloc", "FreeRequested", "FreeCompleted"]);
+    assert_eq!(
+        kinds,
+        ["SegmentAlloc", "Alloc", "FreeRequested", "FreeCompleted"]
+    );
     let off = CachingAllocator::new(SimBackend::new(1 << 30), Config::default());
     drop(off.allocate(100, S0).unwrap());
     assert!(off.trace().is_empty());
@@ -265,7 +338,10 @@ fn device_bytes_are_charged_to_the_scope() {
 fn host_backend_memory_is_usable_in_both_modes() {
     for cfg in ["", "expandable_segments:false"] {
         let a = CachingAllocator::new(HostBackend::new(), Config::parse(cfg).unwrap());
-        let bufs: Vec<_> = [100usize, 5 * MIB, 30 * MIB].iter().map(|&n| a.allocate(n, ()).unwrap()).collect();
+        let bufs: Vec<_> = [100usize, 5 * MIB, 30 * MIB]
+            .iter()
+            .map(|&n| a.allocate(n, ()).unwrap())
+            .collect();
         for b in &bufs {
             let p = b.ptr().0 as *mut u8;
             // SAFETY: the block is ours and holds `len()` writable host bytes.
@@ -295,7 +371,10 @@ fn engine_is_send_sync_and_shared_across_threads() {
             s.spawn(move || {
                 let mut v = Vec::new();
                 for i in 0..2000usize {
-                    v.push(a.allocate((i * 7919 + t as usize) % (3 * MIB), SimStream(t)).unwrap());
+                    v.push(
+                        a.allocate((i * 7919 + t as usize) % (3 * MIB), SimStream(t))
+                            .unwrap(),
+                    );
                     if v.len() > 64 {
                         drop(v.swap_remove(i % v.len()));
                     }
@@ -311,7 +390,12 @@ fn engine_is_send_sync_and_shared_across_threads() {
 fn config_from_env_and_errors() {
     // the only test touching ALLOC_CONF
     // SAFETY: no other test of this binary reads or writes the environment.
-    unsafe { std::env::set_var("ALLOC_CONF", "expandable_segments:false,garbage_collection_threshold:0.8") };
+    unsafe {
+        std::env::set_var(
+            "ALLOC_CONF",
+            "expandable_segments:false,garbage_collection_threshold:0.8",
+        )
+    };
     let c = Config::from_env().unwrap();
     assert_eq!(c.expandable_segments, Some(false));
     // SAFETY: as above.

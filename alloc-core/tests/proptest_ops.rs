@@ -12,7 +12,10 @@ fn run(bytes: &[u8], cfg: &str) -> Result<(), String> {
     let ops: Vec<Op> = Vec::<Op>::arbitrary(&mut u).map_err(|e| e.to_string())?;
     let sim = SimBackend::new(1 << 30);
     sim.set_auto_complete(false);
-    let a = CachingAllocator::new(FaultInjectingBackend::new(sim.clone()), Config::parse(cfg).unwrap());
+    let a = CachingAllocator::new(
+        FaultInjectingBackend::new(sim.clone()),
+        Config::parse(cfg).unwrap(),
+    );
     ops::run(&a, &sim, &ops)?;
     if !sim.violations().is_empty() {
         return Err(format!("backend contract breaches: {:?}", sim.violations()));

@@ -31,13 +31,28 @@ fn mmap_error(what: &str) -> BackendError {
     }
 }
 
-fn anon_map(bytes: usize, prot: libc::c_int, extra: libc::c_int) -> Result<*mut libc::c_void, BackendError> {
+fn anon_map(
+    bytes: usize,
+    prot: libc::c_int,
+    extra: libc::c_int,
+) -> Result<*mut libc::c_void, BackendError> {
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing touches no existing memory; the result is checked below.
     let p = unsafe {
-        libc::mmap(core::ptr::null_mut(), bytes, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra, -1, 0)
+        libc::mmap(
+            core::ptr::null_mut(),
+            bytes,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+            -1,
+            0,
+        )
     };
-    if p == libc::MAP_FAILED { Err(mmap_error("mmap")) } else { Ok(p) }
+    if p == libc::MAP_FAILED {
+        Err(mmap_error("mmap"))
+    } else {
+        Ok(p)
+    }
 }
 
 // SAFETY: every region comes from a fresh anonymous mmap, which overlaps no
@@ -56,7 +71,9 @@ unsafe impl DeviceBackend for HostBackend {
 
     fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
         if bytes == 0 {
-            return Err(BackendError::Other("allocate(0): segments are never empty".into()));
+            return Err(BackendError::Other(
+                "allocate(0): segments are never empty".into(),
+            ));
         }
         anon_map(bytes, libc::PROT_READ | libc::PROT_WRITE, 0).map(|p| DevicePtr(p as usize))
     }
@@ -98,9 +115,13 @@ unsafe impl DeviceBackend for HostBackend {
 
     fn reserve(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
         if bytes == 0 || bytes % HOST_PAGE != 0 {
-            return Err(BackendError::Other(format!("reserve({bytes}): not a positive multiple of {HOST_PAGE}")));
+            return Err(BackendError::Other(format!(
+                "reserve({bytes}): not a positive multiple of {HOST_PAGE}"
+            )));
         }
-        let over = bytes.checked_add(HOST_PAGE).ok_or(BackendError::OutOfMemory)?;
+        let over = bytes
+            .checked_add(HOST_PAGE)
+            .ok_or(BackendError::OutOfMemory)?;
         let p = anon_map(over, libc::PROT_NONE, libc::MAP_NORESERVE)? as usize;
         let start = p.next_multiple_of(HOST_PAGE);
         let (head, tail) = (start - p, p + over - (start + bytes));
@@ -119,8 +140,18 @@ unsafe impl DeviceBackend for HostBackend {
     unsafe fn map(&self, ptr: DevicePtr, bytes: usize) -> Result<(), BackendError> {
         // SAFETY: the caller passes page-aligned unmapped pages of one live
         // reservation of ours, so no other mapping changes.
-        let r = unsafe { libc::mprotect(ptr.0 as *mut libc::c_void, bytes, libc::PROT_READ | libc::PROT_WRITE) };
-        if r != 0 { Err(mmap_error("mprotect")) } else { Ok(()) }
+        let r = unsafe {
+            libc::mprotect(
+                ptr.0 as *mut libc::c_void,
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if r != 0 {
+            Err(mmap_error("mprotect"))
+        } else {
+            Ok(())
+        }
     }
 
     unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {

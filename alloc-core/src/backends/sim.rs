@@ -69,8 +69,18 @@ impl SimBackend {
     }
 
     fn build(capacity: usize, page: Option<usize>) -> Self {
-        let state = SimState { next_addr: BASE_ADDR, auto_complete: true, ..SimState::default() };
-        SimBackend { inner: Arc::new(SimInner { capacity, page, state: Mutex::new(state) }) }
+        let state = SimState {
+            next_addr: BASE_ADDR,
+            auto_complete: true,
+            ..SimState::default()
+        };
+        SimBackend {
+            inner: Arc::new(SimInner {
+                capacity,
+                page,
+                state: Mutex::new(state),
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SimState> {
@@ -110,7 +120,10 @@ impl SimBackend {
 
     /// Whether `stream` has work launched and not completed.
     pub fn busy(&self, stream: SimStream) -> bool {
-        self.lock().streams.get(&stream.0).is_some_and(|&(l, c)| c < l)
+        self.lock()
+            .streams
+            .get(&stream.0)
+            .is_some_and(|&(l, c)| c < l)
     }
 
     /// Completes the work launched so far on `stream`.
@@ -177,7 +190,12 @@ impl SimBackend {
     }
 
     /// The reservation holding `[ptr, ptr + bytes)` and the page range.
-    fn pages(&self, s: &SimState, ptr: usize, bytes: usize) -> Option<(usize, core::ops::Range<usize>)> {
+    fn pages(
+        &self,
+        s: &SimState,
+        ptr: usize,
+        bytes: usize,
+    ) -> Option<(usize, core::ops::Range<usize>)> {
         let page = self.inner.page?;
         let (&base, &(size, _)) = s.reservations.range(..=ptr).next_back()?;
         let end = ptr.checked_add(bytes)?;
@@ -224,20 +242,32 @@ unsafe impl DeviceBackend for SimBackend {
             Some(b) if b == bytes => s.used -= b,
             Some(b) => {
                 s.used -= b;
-                s.violations.push(format!("deallocate({:#x}, {bytes}) of a {b}-byte segment", ptr.0));
+                s.violations.push(format!(
+                    "deallocate({:#x}, {bytes}) of a {b}-byte segment",
+                    ptr.0
+                ));
             }
-            None => s.violations.push(format!("deallocate({:#x}, {bytes}) of no live segment", ptr.0)),
+            None => s.violations.push(format!(
+                "deallocate({:#x}, {bytes}) of no live segment",
+                ptr.0
+            )),
         }
     }
 
     fn record_event(&self, stream: SimStream) -> Result<SimEvent, BackendError> {
         let s = self.lock();
         let seq = s.streams.get(&stream.0).map_or(0, |e| e.0);
-        Ok(SimEvent { stream: stream.0, seq })
+        Ok(SimEvent {
+            stream: stream.0,
+            seq,
+        })
     }
 
     fn event_done(&self, event: &SimEvent) -> bool {
-        self.lock().streams.get(&event.stream).map_or(event.seq == 0, |&(_, done)| done >= event.seq)
+        self.lock()
+            .streams
+            .get(&event.stream)
+            .map_or(event.seq == 0, |&(_, done)| done >= event.seq)
     }
 
     fn wait_event(&self, event: &SimEvent) {
@@ -256,7 +286,10 @@ unsafe impl DeviceBackend for SimBackend {
 
     fn mem_info(&self) -> Option<MemInfo> {
         let s = self.lock();
-        Some(s.mem_info.unwrap_or(MemInfo { free: self.inner.capacity.saturating_sub(s.used), total: self.inner.capacity }))
+        Some(s.mem_info.unwrap_or(MemInfo {
+            free: self.inner.capacity.saturating_sub(s.used),
+            total: self.inner.capacity,
+        }))
     }
 
     fn page_size(&self) -> Option<usize> {
@@ -268,7 +301,9 @@ unsafe impl DeviceBackend for SimBackend {
             return Err(BackendError::Other("sim backend built without_vm".into()));
         };
         if bytes == 0 || bytes % page != 0 {
-            return Err(BackendError::Other(format!("reserve({bytes}): not a positive multiple of the {page}-byte page")));
+            return Err(BackendError::Other(format!(
+                "reserve({bytes}): not a positive multiple of the {page}-byte page"
+            )));
         }
         let mut s = self.lock();
         let a = Self::take_addr(&mut s, bytes, page)?;
@@ -279,12 +314,19 @@ unsafe impl DeviceBackend for SimBackend {
     unsafe fn map(&self, ptr: DevicePtr, bytes: usize) -> Result<(), BackendError> {
         let mut s = self.lock();
         let Some((base, range)) = self.pages(&s, ptr.0, bytes) else {
-            s.violations.push(format!("map({:#x}, {bytes}) outside any reservation or unaligned", ptr.0));
+            s.violations.push(format!(
+                "map({:#x}, {bytes}) outside any reservation or unaligned",
+                ptr.0
+            ));
             return Err(BackendError::Other("map outside a reservation".into()));
         };
-        let already = s.reservations.get(&base).is_some_and(|(_, m)| m[range.clone()].iter().any(|&x| x));
+        let already = s
+            .reservations
+            .get(&base)
+            .is_some_and(|(_, m)| m[range.clone()].iter().any(|&x| x));
         if already {
-            s.violations.push(format!("map({:#x}, {bytes}) of a mapped page", ptr.0));
+            s.violations
+                .push(format!("map({:#x}, {bytes}) of a mapped page", ptr.0));
             return Err(BackendError::Other("page already mapped".into()));
         }
         self.obtain(&mut s, bytes)?;
@@ -297,12 +339,19 @@ unsafe impl DeviceBackend for SimBackend {
     unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
         let mut s = self.lock();
         let Some((base, range)) = self.pages(&s, ptr.0, bytes) else {
-            s.violations.push(format!("unmap({:#x}, {bytes}) outside any reservation or unaligned", ptr.0));
+            s.violations.push(format!(
+                "unmap({:#x}, {bytes}) outside any reservation or unaligned",
+                ptr.0
+            ));
             return;
         };
-        let all_mapped = s.reservations.get(&base).is_some_and(|(_, m)| m[range.clone()].iter().all(|&x| x));
+        let all_mapped = s
+            .reservations
+            .get(&base)
+            .is_some_and(|(_, m)| m[range.clone()].iter().all(|&x| x));
         if !all_mapped {
-            s.violations.push(format!("unmap({:#x}, {bytes}) of an unmapped page", ptr.0));
+            s.violations
+                .push(format!("unmap({:#x}, {bytes}) of an unmapped page", ptr.0));
             return;
         }
         if let Some((_, m)) = s.reservations.get_mut(&base) {

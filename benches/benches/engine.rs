@@ -1,0 +1,107 @@
+//! The caching engine: cache-hit alloc+free pairs (small and large pool) and
+//! RMM's random_allocations workload (73 % allocate, uniform sizes, a memory
+//! cap), on 1 and 2 threads, over the simulated backend.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use alloc_core::{CachingAllocator, Config, DeviceBuffer, SimBackend, SimStream};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const MIB: usize = 1 << 20;
+
+fn cache_hit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/cache_hit_pair");
+    for (name, size) in [("small_4KiB", 4096usize), ("large_8MiB", 8 * MIB)] {
+        let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::default());
+        drop(a.allocate(size, SimStream(0)).unwrap());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                drop(black_box(
+                    a.allocate(black_box(size), SimStream(0)).unwrap(),
+                ))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// RMM's random_allocations: `n` ops, 73 % allocate (uniform size up to
+/// `max`), 27 % free a random live buffer; allocations that would pass `cap`
+/// free first.
+fn random_allocations(
+    a: &CachingAllocator<SimBackend>,
+    stream: SimStream,
+    seed: u64,
+    n: usize,
+    max: usize,
+    cap: usize,
+) {
+    let mut x = seed | 1;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut live: Vec<DeviceBuffer<'_, SimBackend>> = Vec::with_capacity(n);
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        let r = rnd();
+        if r % 100 < 73 {
+            let size = (rnd() as usize % max) + 1;
+            while bytes + size > cap && !live.is_empty() {
+                let b = live.swap_remove(rnd() as usize % live.len());
+                bytes -= b.len();
+            }
+            if let Ok(b) = a.allocate(size, stream) {
+                bytes += b.len();
+                live.push(b);
+            }
+        } else if !live.is_empty() {
+            let b = live.swap_remove(rnd() as usize % live.len());
+            bytes -= b.len();
+        }
+    }
+}
+
+fn random(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/random_allocations");
+    g.sample_size(20);
+    const OPS: usize = 10_000;
+    for threads in [1usize, 2] {
+        g.bench_function(
+            format!("{threads}_threads_10k_ops_max_4MiB_cap_1GiB"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::default());
+                        let t = Instant::now();
+                        std::thread::scope(|s| {
+                            for th in 0..threads {
+                                let a = &a;
+                                s.spawn(move || {
+                                    random_allocations(
+                                        a,
+                                        SimStream(th as u32),
+                                        i * 31 + th as u64,
+                                        OPS,
+                                        4 * MIB,
+                                        (1 << 30) / threads,
+                                    )
+                                });
+                            }
+                        });
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cache_hit, random);
+criterion_main!(benches);

@@ -1,0 +1,27 @@
+//! Drives the engine with arbitrary Op programs on the simulated device, in a
+//! config chosen by the first byte; the interpreter checks every invariant.
+#![no_main]
+
+use alloc_core::adaptors::FaultInjectingBackend;
+use alloc_core::ops::{self, Op};
+use alloc_core::{CachingAllocator, Config, SimBackend};
+use libfuzzer_sys::fuzz_target;
+
+const CONFIGS: [&str; 4] = [
+    "",
+    "expandable_segments:false",
+    "expandable_segments:false,max_split_size_mb:40",
+    "roundup_power2_divisions:4,max_cached_fraction:0",
+];
+
+fuzz_target!(|input: (u8, bool, Vec<Op>)| {
+    let (cfg, vm, program) = input;
+    let sim = if vm { SimBackend::new(1 << 30) } else { SimBackend::without_vm(1 << 30) };
+    sim.set_auto_complete(false);
+    let config = Config::parse(CONFIGS[cfg as usize % CONFIGS.len()]).expect("fixed configs parse");
+    let a = CachingAllocator::new(FaultInjectingBackend::new(sim.clone()), config);
+    if let Err(e) = ops::run(&a, &sim, &program) {
+        panic!("{e}");
+    }
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+});
