@@ -24,6 +24,7 @@ fn main() {
 
 #[cfg(not(loom))]
 mod cli {
+    use std::io::{self, Write as _};
     use std::path::PathBuf;
 
     use alloc_core::replay::{self, ReplayResult, Trace};
@@ -109,7 +110,15 @@ options:
                 .iter()
                 .map(|(label, config)| run(&args, trace, label, config))
                 .collect();
-            print_results(&args, trace, &results);
+            match print_results(&args, trace, &results) {
+                Ok(()) => {}
+                // The reader went away (`alloc-replay ... | head`): stop quietly.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return 0,
+                Err(e) => {
+                    eprintln!("alloc-replay: cannot write the report: {e}");
+                    return 1;
+                }
+            }
         }
         0
     }
@@ -161,15 +170,15 @@ options:
         replay::replay(trace, &allocator, label)
     }
 
-    fn print_results(args: &Args, trace: &Trace, results: &[ReplayResult]) {
+    /// Writes the results of one trace: JSON lines or a table.
+    fn print_results(args: &Args, trace: &Trace, results: &[ReplayResult]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
         if args.json {
             for r in results {
-                match serde_json::to_string(r) {
-                    Ok(line) => println!("{line}"),
-                    Err(e) => eprintln!("alloc-replay: cannot write JSON for {}: {e}", r.trace),
-                }
+                let line = serde_json::to_string(r).map_err(io::Error::other)?;
+                writeln!(out, "{line}")?;
             }
-            return;
+            return out.flush();
         }
         let backend = match args.backend {
             Backend::Sim => {
@@ -178,11 +187,10 @@ options:
             }
             Backend::Host => "backend host".to_owned(),
         };
-        println!(
-            "{}; {backend}",
-            replay::trace_header(trace.name(), &trace.stats())
-        );
-        println!("{}", replay::table(results));
+        let header = replay::trace_header(trace.name(), &trace.stats());
+        writeln!(out, "{header}; {backend}")?;
+        writeln!(out, "{}", replay::table(results))?;
+        out.flush()
     }
 
     /// Bytes in GiB, without decimals when whole: `80 GiB`, `1.50 GiB`.
