@@ -70,7 +70,6 @@ struct CallbackEntry {
     fired: bool,
 }
 
-static NAMES: Mutex<Vec<Option<Arc<str>>>> = Mutex::new(Vec::new());
 static CALLBACKS: Mutex<Vec<CallbackEntry>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,15 +83,13 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 /// The name a slot was opened with.
-pub(crate) fn name_of(slot: u32) -> Arc<str> {
+pub(crate) fn name_of(slot: u32) -> String {
     match slot {
-        0 => Arc::from("process"),
-        1 => Arc::from("unattributed"),
-        s => lock(&NAMES)
-            .get(s as usize)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| Arc::from("?")),
+        0 => "process".to_owned(),
+        1 => "unattributed".to_owned(),
+        s => REGISTRY
+            .record(s)
+            .map_or_else(|| "?".to_owned(), |r| r.name.0.load()),
     }
 }
 
@@ -183,13 +180,7 @@ impl ScopeBuilder {
                 capacity: super::registry::CAPACITY,
             });
         };
-        {
-            let mut names = lock(&NAMES);
-            if names.len() <= slot as usize {
-                names.resize(slot as usize + 1, None);
-            }
-            names[slot as usize] = Some(Arc::from(self.name.as_str()));
-        }
+        r.name.0.store(&self.name);
         let parent_rec = REGISTRY.record(parent.slot());
         let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
         r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
@@ -278,7 +269,7 @@ impl ScopeHandle {
 
     /// The name it was opened with.
     pub fn name(&self) -> String {
-        name_of(self.id.slot()).to_string()
+        name_of(self.id.slot())
     }
 
     /// Enters the scope on the calling thread until the guard drops.
@@ -418,7 +409,7 @@ fn due_callbacks() -> Vec<(Callback, SoftLimitExceeded)> {
                     e.callback.clone(),
                     SoftLimitExceeded {
                         scope: e.scope,
-                        name: name_of(e.scope.slot()).to_string(),
+                        name: name_of(e.scope.slot()),
                         limit: r.meta.0.soft_limit.load(Relaxed),
                         live_bytes: over,
                     },

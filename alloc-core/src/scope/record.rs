@@ -55,11 +55,46 @@ pub(crate) struct Meta {
     pub closed_children_device_peak: AtomicI64,
 }
 
+/// A scope's name, stored inline so that opening a scope and reading a report
+/// take no lock (a lock held by another thread at `fork` would deadlock the
+/// child): byte 0 is the length, then up to [`NAME_MAX`] bytes of UTF-8.
+pub(crate) struct Name(pub [AtomicU64; 8]);
+
+/// Longest name kept; longer names are cut at a character boundary.
+pub const NAME_MAX: usize = 63;
+
+impl Name {
+    pub(crate) fn store(&self, name: &str) {
+        let mut end = name.len().min(NAME_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; 64];
+        bytes[0] = end as u8;
+        bytes[1..=end].copy_from_slice(&name.as_bytes()[..end]);
+        for (w, chunk) in self.0.iter().zip(bytes.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(word), Relaxed);
+        }
+    }
+
+    pub(crate) fn load(&self) -> String {
+        let mut bytes = [0u8; 64];
+        for (w, chunk) in self.0.iter().zip(bytes.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        let len = (bytes[0] as usize).min(NAME_MAX);
+        String::from_utf8_lossy(&bytes[1..=len]).into_owned()
+    }
+}
+
 /// A registry slot.
 pub(crate) struct Record {
     pub host: Line<Counters>,
     pub device: Line<Counters>,
     pub meta: Line<Meta>,
+    pub name: Line<Name>,
 }
 
 macro_rules! meta_new {
@@ -93,6 +128,7 @@ impl Record {
             host: Line(Counters::new()),
             device: Line(Counters::new()),
             meta: Line(meta_new!()),
+            name: Line(Name([const { AtomicU64::new(0) }; 8])),
         }
     }
 
@@ -102,6 +138,7 @@ impl Record {
             host: Line(Counters::new()),
             device: Line(Counters::new()),
             meta: Line(meta_new!()),
+            name: Line(Name(core::array::from_fn(|_| AtomicU64::new(0)))),
         }
     }
 

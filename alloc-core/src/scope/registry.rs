@@ -17,7 +17,7 @@ use super::record::{CLOSED, FREE, REF, Record};
 use super::sync::{AtomicU32, AtomicU64, Ordering::*};
 
 /// Scopes that can exist at once (open, or closed but still owning memory).
-/// 16,384 records of 192 B: 3 MiB of zeroed address space, touched on use.
+/// 16,384 records of 256 B: 4 MiB of zeroed address space, touched on use.
 pub const CAPACITY: usize = 16_384;
 /// Slots 0 and 1 (G2).
 pub(crate) const FIXED: u32 = 2;

@@ -102,7 +102,7 @@ impl ScopeStats {
         let generation = m.generation.load(Relaxed);
         ScopeStats {
             id: super::ScopeId::new(slot, generation).to_bits(),
-            name: name_of(slot).to_string(),
+            name: name_of(slot),
             allocations: h.allocations,
             frees: h.frees,
             reallocs: h.reallocs,

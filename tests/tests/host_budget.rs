@@ -1,0 +1,121 @@
+//! Budgets: a hard limit makes allocations fail (try_reserve gets Err), a soft
+//! limit records the overshoot and runs its callback outside the allocator.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use alloc_host::{ScopeBuilder, TrackingAllocator};
+
+#[global_allocator]
+static A: TrackingAllocator = TrackingAllocator::new();
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn a_hard_budget_makes_try_reserve_fail_and_loses_nothing() {
+    let g = ScopeBuilder::new("capped")
+        .hard_limit(MIB as u64)
+        .enter()
+        .unwrap();
+    let mut v: Vec<u8> = Vec::new();
+    assert!(
+        v.try_reserve_exact(2 * MIB).is_err(),
+        "2 MiB under a 1 MiB budget"
+    );
+    // mimalloc alone would grant this; the budget refuses it at once.
+    assert!(v.try_reserve_exact(64 << 40).is_err());
+    assert!(v.try_reserve_exact(MIB / 2).is_ok());
+    v.extend(std::iter::repeat_n(1u8, MIB / 2));
+    let mut w: Vec<u8> = Vec::new();
+    assert!(
+        w.try_reserve_exact(MIB / 2 + 1).is_err(),
+        "would exceed by 1 byte"
+    );
+    assert!(w.try_reserve_exact(MIB / 2).is_ok(), "exactly at the limit");
+    // Growth of an existing block is refused too, and the block stays intact.
+    assert!(v.try_reserve_exact(MIB).is_err());
+    assert!(v.iter().all(|&b| b == 1));
+    let s = g.stats();
+    assert_eq!(s.refused_allocations, 4);
+    assert_eq!(s.live_bytes, MIB as u64);
+    assert_eq!(s.peak_bytes, MIB as u64);
+    assert_eq!(s.allocations, 2);
+    assert_eq!(s.hard_limit, Some(MIB as u64));
+}
+
+#[test]
+fn a_parents_hard_budget_binds_its_children() {
+    let _p = ScopeBuilder::new("parent")
+        .hard_limit(MIB as u64)
+        .enter()
+        .unwrap();
+    let c = alloc_host::scope("child");
+    let mut v: Vec<u8> = Vec::new();
+    assert!(v.try_reserve_exact(MIB + 1).is_err());
+    assert_eq!(c.stats().allocations, 0);
+}
+
+#[test]
+fn a_hard_budget_holds_across_threads() {
+    let h = ScopeBuilder::new("shared-cap")
+        .hard_limit(MIB as u64)
+        .build()
+        .unwrap();
+    let granted = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (h, granted) = (h.clone(), granted.clone());
+            std::thread::spawn(move || {
+                let _in = h.enter();
+                let mut v: Vec<u8> = Vec::new();
+                if v.try_reserve_exact(300 * 1024).is_ok() {
+                    granted.fetch_add(1, Ordering::SeqCst);
+                }
+                v
+            })
+        })
+        .collect();
+    let kept: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        granted.load(Ordering::SeqCst),
+        3,
+        "3 × 300 KiB fit in 1 MiB, 4 do not"
+    );
+    assert!(h.stats().peak_bytes <= MIB as u64);
+    drop(kept);
+}
+
+#[test]
+fn a_soft_budget_records_the_overshoot_and_calls_back_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
+    let (c, s) = (calls.clone(), seen.clone());
+    let g = ScopeBuilder::new("soft")
+        .soft_limit(10_000)
+        .on_soft_limit(move |e| {
+            c.fetch_add(1, Ordering::SeqCst);
+            s.store(e.live_bytes, Ordering::SeqCst);
+            assert_eq!(e.name, "soft");
+            assert_eq!(e.limit, 10_000);
+        })
+        .enter()
+        .unwrap();
+    let a = black_box(vec![0u8; 8_000]);
+    assert_eq!(g.stats().soft_limit_exceeded_at, None);
+    let b = black_box(vec![0u8; 4_000]);
+    assert_eq!(g.stats().soft_limit_exceeded_at, Some(12_000));
+    let c2 = black_box(vec![0u8; 1_000]);
+    drop((a, b, c2));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "callbacks never run inside the allocator"
+    );
+    alloc_host::run_budget_callbacks();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.load(Ordering::SeqCst), 13_000);
+    drop(g);
+    alloc_host::run_budget_callbacks();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "once per scope");
+}
