@@ -480,3 +480,50 @@ fn snapshot_blocks_without_address_count_from_their_segment() {
          `address` (or a segment `address` to count from)"
     );
 }
+
+// ---- no panics on arbitrary input ----------------------------------------
+
+mod arbitrary_input {
+    use alloc_core::replay;
+    use proptest::prelude::*;
+
+    use super::FIXTURES;
+
+    fn fixture() -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/snapshot_small.pickle")).unwrap()
+    }
+
+    /// Parsing returns a trace or an error naming the file; it never panics.
+    fn parses_or_names_the_file(name: &str, bytes: &[u8]) {
+        if let Err(e) = replay::parse(name, bytes) {
+            assert!(e.to_string().starts_with(name), "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_bytes(pickle in any::<bool>(), mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if pickle {
+                bytes.insert(0, replay::PICKLE_MAGIC);
+            }
+            parses_or_names_the_file("x.bin", &bytes);
+        }
+
+        #[test]
+        fn mutated_snapshot(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = fixture();
+            for (at, byte) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            parses_or_names_the_file("m.pickle", &bytes);
+        }
+
+        #[test]
+        fn csv_like_text(text in "[af,0-9#\\- \n]{0,200}") {
+            parses_or_names_the_file("t.csv", text.as_bytes());
+        }
+    }
+}
