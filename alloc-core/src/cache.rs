@@ -1,6 +1,16 @@
 //! [`CachingAllocator`]: the block-caching engine. The fast path (best fit in
 //! the free index of the request's stream and pool, split, hand out) lives
-//! here; growing, reclaiming and out-of-memory are in [`reclaim`](crate::reclaim).
+//! here; growing, reclaiming and out-of-memory are in `reclaim.rs`.
+//!
+//! # Type map
+//! | word | type |
+//! |---|---|
+//! | segment | memory held from the backend: one allocation, or an expandable reservation (`segment.rs`) |
+//! | block | a free, in-use, pending or unmapped sub-range of a segment (`block.rs`) |
+//! | pool | small (≤ 1 MiB) or large blocks ([`Pool`]) |
+//! | stream | the backend's queue of work; each block belongs to one |
+//! | reserved / in use / cached | held from the backend / handed out / reserved − in use ([`Stats`]) |
+//! | release | give memory back to the backend (`empty_cache`, `trim`, the reclaim ladder) |
 //!
 //! # Invariants
 //! - T1 `allocated_bytes` = Σ in-use block sizes; `active_bytes` = Σ in-use and
@@ -197,7 +207,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.stats.allocated_bytes.sub(pool, size);
         st.stats.requested_bytes.sub(pool, requested);
         st.trace.push(TraceAction::FreeRequested, ptr, size, slot);
-        match st.uses.remove(&id) {
+        let uses = if st.uses.is_empty() { None } else { st.uses.remove(&id) };
+        match uses {
             Some(streams) => st.defer_free(&self.backend, id, streams),
             None => {
                 st.complete_free(id);

@@ -1,22 +1,135 @@
-//! The free index: the free blocks of each (stream, pool), ordered by size
-//! then address, for best-fit search.
+//! The free index: the free blocks of each (stream, pool), for best-fit
+//! search in (size, address) order.
+//!
+//! Blocks are kept in size bins (one bin per 512 B step up to 1 MiB, then 16
+//! bins per power of two), each a short vector sorted by (size, address), with
+//! a bitmap of non-empty bins; the best fit is the first key ≥ the request in
+//! its own bin, else the first key of the next non-empty bin. Insert and
+//! remove are a binary search and a short move, so a cache hit never walks a
+//! tree.
 //!
 //! # Invariants
 //! - F1 the index holds exactly the free blocks, each under its stream and its
 //!   segment's pool, keyed by its current size and address.
 
-use std::collections::BTreeSet;
-
 use crate::block::BlockId;
-use crate::size_class::Pool;
+use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE};
 
 /// (size, address, block) — ordered so that the first key ≥ (n, 0, 0) is the
 /// best fit for n bytes (lowest address among equals).
 pub(crate) type Key = (usize, usize, BlockId);
 
+/// Exact bins: one per 512 B step up to [`SMALL_SIZE`].
+const EXACT_BINS: usize = SMALL_SIZE / MIN_BLOCK;
+/// Bins per power of two above [`SMALL_SIZE`].
+const SUB_BINS: usize = 16;
+const SUB_SHIFT: u32 = SUB_BINS.trailing_zeros();
+/// Powers of two above 1 MiB (2^20) that a `usize` size can reach.
+const LOG_BINS: usize = (usize::BITS as usize - 20) * SUB_BINS;
+const BINS: usize = EXACT_BINS + LOG_BINS;
+const WORDS: usize = BINS.div_ceil(64);
+
+/// The bin of a size (a multiple of 512, at least 512).
+#[inline]
+fn bin_of(size: usize) -> usize {
+    if size <= SMALL_SIZE {
+        return (size / MIN_BLOCK).saturating_sub(1);
+    }
+    let e = usize::BITS - 1 - size.leading_zeros(); // ≥ 20
+    let sub = (size >> (e - SUB_SHIFT)) & (SUB_BINS - 1);
+    (EXACT_BINS + (e as usize - 20) * SUB_BINS + sub).min(BINS - 1)
+}
+
+/// The free blocks of one (stream, pool).
+struct Bins {
+    bins: Vec<Vec<Key>>,
+    nonempty: [u64; WORDS],
+    len: usize,
+}
+
+impl Bins {
+    fn new() -> Self {
+        Bins { bins: Vec::new(), nonempty: [0; WORDS], len: 0 }
+    }
+
+    #[inline]
+    fn insert(&mut self, key: Key) {
+        let b = bin_of(key.0);
+        if self.bins.len() <= b {
+            self.bins.resize_with(b + 1, Vec::new);
+        }
+        let v = &mut self.bins[b];
+        let at = v.partition_point(|k| *k < key);
+        if v.get(at) == Some(&key) {
+            return;
+        }
+        v.insert(at, key);
+        self.nonempty[b / 64] |= 1 << (b % 64);
+        self.len += 1;
+    }
+
+    #[inline]
+    fn remove(&mut self, key: Key) -> bool {
+        let b = bin_of(key.0);
+        let Some(v) = self.bins.get_mut(b) else { return false };
+        let at = v.partition_point(|k| *k < key);
+        if v.get(at) != Some(&key) {
+            return false;
+        }
+        v.remove(at);
+        if v.is_empty() {
+            self.nonempty[b / 64] &= !(1 << (b % 64));
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// The first non-empty bin at or after `b`.
+    #[inline]
+    fn next_nonempty(&self, b: usize) -> Option<usize> {
+        let mut w = b / 64;
+        let mut bits = *self.nonempty.get(w)? & (!0u64 << (b % 64));
+        loop {
+            if bits != 0 {
+                return Some(w * 64 + bits.trailing_zeros() as usize);
+            }
+            w += 1;
+            bits = *self.nonempty.get(w)?;
+        }
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.bins.get(bin_of(key.0)).is_some_and(|v| v.binary_search(key).is_ok())
+    }
+}
+
+/// Keys ≥ a size in (size, address) order.
+pub(crate) struct AtLeast<'a> {
+    bins: Option<&'a Bins>,
+    bin: usize,
+    pos: usize,
+}
+
+impl<'a> Iterator for AtLeast<'a> {
+    type Item = &'a Key;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a Key> {
+        let bins = self.bins?;
+        loop {
+            if let Some(k) = bins.bins.get(self.bin).and_then(|v| v.get(self.pos)) {
+                self.pos += 1;
+                return Some(k);
+            }
+            self.bin = bins.next_nonempty(self.bin + 1)?;
+            self.pos = 0;
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct FreeIndex {
-    sets: Vec<BTreeSet<Key>>,
+    sets: Vec<Bins>,
 }
 
 #[inline]
@@ -28,8 +141,8 @@ impl FreeIndex {
     /// Makes room for stream slot `stream`.
     pub(crate) fn ensure_stream(&mut self, stream: u16) {
         let need = slot_of(stream, Pool::Large) + 1;
-        if self.sets.len() < need {
-            self.sets.resize_with(need, BTreeSet::new);
+        while self.sets.len() < need {
+            self.sets.push(Bins::new());
         }
     }
 
@@ -42,55 +155,76 @@ impl FreeIndex {
 
     #[inline]
     pub(crate) fn remove(&mut self, stream: u16, pool: Pool, key: Key) -> bool {
-        self.sets
-            .get_mut(slot_of(stream, pool))
-            .is_some_and(|s| s.remove(&key))
+        self.sets.get_mut(slot_of(stream, pool)).is_some_and(|s| s.remove(key))
     }
 
-    /// The free blocks of (stream, pool) of at least `size` bytes, smallest first.
+    /// The free blocks of (stream, pool) of at least `size` bytes, smallest
+    /// first (lowest address among equals).
     #[inline]
-    pub(crate) fn at_least(
-        &self,
-        stream: u16,
-        pool: Pool,
-        size: usize,
-    ) -> impl Iterator<Item = &Key> {
-        self.sets
-            .get(slot_of(stream, pool))
-            .into_iter()
-            .flat_map(move |s| s.range((size, 0, 0)..))
+    pub(crate) fn at_least(&self, stream: u16, pool: Pool, size: usize) -> AtLeast<'_> {
+        let Some(bins) = self.sets.get(slot_of(stream, pool)) else {
+            return AtLeast { bins: None, bin: 0, pos: 0 };
+        };
+        let b = bin_of(size);
+        let pos = bins.bins.get(b).map_or(0, |v| v.partition_point(|k| k.0 < size));
+        AtLeast { bins: Some(bins), bin: b, pos }
     }
 
     pub(crate) fn is_empty(&self, stream: u16, pool: Pool) -> bool {
-        self.sets
-            .get(slot_of(stream, pool))
-            .is_none_or(BTreeSet::is_empty)
+        self.sets.get(slot_of(stream, pool)).is_none_or(|s| s.len == 0)
     }
 
     /// The largest free block of any stream and pool.
     pub(crate) fn largest(&self) -> usize {
-        self.sets
-            .iter()
-            .filter_map(|s| s.last().map(|k| k.0))
-            .max()
-            .unwrap_or(0)
+        self.all().map(|(_, _, k)| k.0).max().unwrap_or(0)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.sets.iter().map(BTreeSet::len).sum()
+        self.sets.iter().map(|s| s.len).sum()
     }
 
     pub(crate) fn contains(&self, stream: u16, pool: Pool, key: &Key) -> bool {
-        self.sets
-            .get(slot_of(stream, pool))
-            .is_some_and(|s| s.contains(key))
+        self.sets.get(slot_of(stream, pool)).is_some_and(|s| s.contains(key))
     }
 
     /// Every key with its (stream, pool).
     pub(crate) fn all(&self) -> impl Iterator<Item = (u16, Pool, Key)> + '_ {
         self.sets.iter().enumerate().flat_map(|(i, s)| {
             let pool = if i % 2 == 0 { Pool::Small } else { Pool::Large };
-            s.iter().map(move |k| ((i / 2) as u16, pool, *k))
+            s.bins.iter().flatten().map(move |k| ((i / 2) as u16, pool, *k))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_are_ordered_by_size() {
+        let mut last = 0;
+        for size in (512..(64 << 20)).step_by(512 * 7) {
+            let b = bin_of(size);
+            assert!(b >= last, "bin of {size} is {b}, below {last}");
+            last = b;
+        }
+        assert_eq!(bin_of(usize::MAX & !511), BINS - 1);
+    }
+
+    #[test]
+    fn best_fit_is_smallest_then_lowest_address() {
+        let mut ix = FreeIndex::default();
+        ix.ensure_stream(0);
+        for (i, &(size, addr)) in [(4096, 9), (2048, 5), (4096, 3), (3 << 20, 1), (5 << 20, 2)].iter().enumerate() {
+            ix.insert(0, Pool::Large, (size, addr, i as u32));
+        }
+        let got: Vec<_> = ix.at_least(0, Pool::Large, 3000).map(|k| (k.0, k.1)).collect();
+        assert_eq!(got, [(4096, 3), (4096, 9), (3 << 20, 1), (5 << 20, 2)]);
+        assert_eq!(ix.at_least(0, Pool::Large, 4 << 20).next().map(|k| k.0), Some(5 << 20));
+        assert!(ix.remove(0, Pool::Large, (4096, 3, 2)));
+        assert!(!ix.remove(0, Pool::Large, (4096, 3, 2)));
+        assert_eq!(ix.len(), 4);
+        assert_eq!(ix.largest(), 5 << 20);
+        assert!(ix.at_least(0, Pool::Large, 6 << 20).next().is_none());
     }
 }

@@ -72,6 +72,21 @@ impl Op {
     }
 }
 
+/// Decodes a program from raw bytes: one `Op` after another until the bytes
+/// run out (every byte string is a program, so fuzzers and proptest explore
+/// long programs, not the one or two ops a length-prefixed `Vec` yields).
+pub fn program_from_bytes(bytes: &[u8]) -> Vec<Op> {
+    let mut u = arbitrary::Unstructured::new(bytes);
+    let mut ops = Vec::new();
+    while !u.is_empty() {
+        match <Op as arbitrary::Arbitrary>::arbitrary(&mut u) {
+            Ok(op) => ops.push(op),
+            Err(_) => break,
+        }
+    }
+    ops
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSummary {
