@@ -1,1 +1,5 @@
-//! Benchmarks of the workspace (see RESULTS.md).
+//! Benchmarks of the workspace: criterion benches in `benches/`, and the
+//! whole-process comparison (`src/bin/wp_*.rs`: one binary per global allocator,
+//! all running [`workload::run`]). Figures and commands: `RESULTS.md`.
+
+pub mod workload;

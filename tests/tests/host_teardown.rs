@@ -28,7 +28,7 @@ impl Drop for AllocatesOnDrop {
 }
 
 thread_local! {
-    static NOISY: AllocatesOnDrop = AllocatesOnDrop(RefCell::new(Vec::new()));
+    static NOISY: AllocatesOnDrop = const { AllocatesOnDrop(RefCell::new(Vec::new())) };
 }
 
 fn main() {
