@@ -21,9 +21,13 @@ use crate::segment::Segment;
 use crate::size_class::{Pool, segment_size};
 use crate::trace::TraceAction;
 
-/// Expandable segments map at least this much at once (PyTorch's large
-/// segment size), so that growing by small steps costs few map calls.
+/// Expandable segments of the large pool map at least this much at once
+/// (PyTorch's large segment size), so that growing by small steps costs few
+/// map calls. Chosen with [`MIN_MAP_CHUNK_SMALL`], [`MAP_GROWTH_DIVISOR`] and
+/// `max_cached_fraction` by replaying the shipped traces (benches/RESULTS.md).
 pub const MIN_MAP_CHUNK: usize = 20 << 20;
+/// Expandable segments of the small pool map at least this much at once.
+pub const MIN_MAP_CHUNK_SMALL: usize = 4 << 20;
 /// ... and at least 1/16 of what the segment has mapped (≤ 6.25 % more).
 pub const MAP_GROWTH_DIVISOR: usize = 16;
 
@@ -201,11 +205,15 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
         self.unmap_excess_cache(st, rounded);
         // The unmapped range needing the fewest new pages (lowest address
-        // first); at least MIN_MAP_CHUNK or 1/MAP_GROWTH_DIVISOR of what is
+        // first); at least the pool's minimum chunk or 1/MAP_GROWTH_DIVISOR of what is
         // mapped is mapped at once, to keep map calls few.
         let page = self.page;
         let mapped = st.segs.get(seg).map_or(0, |s| s.mapped);
-        let chunk = MIN_MAP_CHUNK
+        let min_chunk = match pool {
+            Pool::Small => MIN_MAP_CHUNK_SMALL,
+            Pool::Large => MIN_MAP_CHUNK,
+        };
+        let chunk = min_chunk
             .max(mapped / MAP_GROWTH_DIVISOR)
             .next_multiple_of(page);
         let mut best: Option<(usize, BlockId)> = None;
