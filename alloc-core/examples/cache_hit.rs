@@ -7,7 +7,10 @@ use std::time::Instant;
 use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
 
 fn main() {
-    let pairs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let pairs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5_000_000);
     for (name, size) in [("small 4 KiB", 4096usize), ("large 8 MiB", 8 << 20)] {
         let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::default());
         drop(a.allocate(size, SimStream(0)).expect("the device has room"));
@@ -15,7 +18,10 @@ fn main() {
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..pairs {
-                drop(black_box(a.allocate(black_box(size), SimStream(0)).expect("cache hit")));
+                drop(black_box(
+                    a.allocate(black_box(size), SimStream(0))
+                        .expect("cache hit"),
+                ));
             }
             best = best.min(t.elapsed().as_nanos() as f64 / pairs as f64);
         }

@@ -10,6 +10,8 @@
 //!   boundaries and occur only in expandable segments.
 //! - A1 every block starts at a multiple of [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
 
+use crate::size_class::Pool;
+
 /// Index of a block in the slab.
 pub(crate) type BlockId = u32;
 /// "No block" in a link.
@@ -41,6 +43,10 @@ pub(crate) struct Block {
     pub(crate) state: BlockState,
     /// Slot of the stream this block belongs to.
     pub(crate) stream: u16,
+    /// The segment's pool (copied here so the hot path reads one struct).
+    pub(crate) pool: Pool,
+    /// Whether the segment is expandable (copied likewise).
+    pub(crate) expandable: bool,
 }
 
 impl Block {
@@ -123,6 +129,8 @@ impl BlockSlab {
             next: b.next,
             state: b.state,
             stream: b.stream,
+            pool: b.pool,
+            expandable: b.expandable,
         };
         let old_next = b.next;
         let rid = self.insert(rest)?;

@@ -188,11 +188,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     #[inline]
     fn expandable_seg(&self, st: &State<B>, id: BlockId) -> bool {
-        self.expandable
-            && st
-                .segs
-                .get(st.blocks.at(id).seg)
-                .is_some_and(|s| s.expandable)
+        st.blocks.at(id).expandable
     }
 
     /// Returns block `id` (a dropped buffer) to the cache.
@@ -207,7 +203,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.stats.allocated_bytes.sub(pool, size);
         st.stats.requested_bytes.sub(pool, requested);
         st.trace.push(TraceAction::FreeRequested, ptr, size, slot);
-        let uses = if st.uses.is_empty() { None } else { st.uses.remove(&id) };
+        let uses = if st.uses.is_empty() {
+            None
+        } else {
+            st.uses.remove(&id)
+        };
         match uses {
             Some(streams) => st.defer_free(&self.backend, id, streams),
             None => {
@@ -332,12 +332,12 @@ impl<B: DeviceBackend> State<B> {
 
     #[inline]
     pub(crate) fn pool_of(&self, b: &Block) -> Pool {
-        self.segs.get(b.seg).map_or(Pool::Large, |s| s.pool)
+        b.pool
     }
 
     #[inline]
     pub(crate) fn is_expandable(&self, b: &Block) -> bool {
-        self.segs.get(b.seg).is_some_and(|s| s.expandable)
+        b.expandable
     }
 
     /// Best fit for `rounded` bytes among the free blocks of (slot, pool),

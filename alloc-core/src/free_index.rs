@@ -28,6 +28,10 @@ const SUB_SHIFT: u32 = SUB_BINS.trailing_zeros();
 const LOG_BINS: usize = (usize::BITS as usize - 20) * SUB_BINS;
 const BINS: usize = EXACT_BINS + LOG_BINS;
 const WORDS: usize = BINS.div_ceil(64);
+const _: () = assert!(
+    WORDS <= 64,
+    "the summary word covers at most 64 bitmap words"
+);
 
 /// The bin of a size (a multiple of 512, at least 512).
 #[inline]
@@ -44,12 +48,19 @@ fn bin_of(size: usize) -> usize {
 struct Bins {
     bins: Vec<Vec<Key>>,
     nonempty: [u64; WORDS],
+    /// Bit w set when `nonempty[w]` is non-zero.
+    summary: u64,
     len: usize,
 }
 
 impl Bins {
     fn new() -> Self {
-        Bins { bins: Vec::new(), nonempty: [0; WORDS], len: 0 }
+        Bins {
+            bins: Vec::new(),
+            nonempty: [0; WORDS],
+            summary: 0,
+            len: 0,
+        }
     }
 
     #[inline]
@@ -65,13 +76,16 @@ impl Bins {
         }
         v.insert(at, key);
         self.nonempty[b / 64] |= 1 << (b % 64);
+        self.summary |= 1 << (b / 64);
         self.len += 1;
     }
 
     #[inline]
     fn remove(&mut self, key: Key) -> bool {
         let b = bin_of(key.0);
-        let Some(v) = self.bins.get_mut(b) else { return false };
+        let Some(v) = self.bins.get_mut(b) else {
+            return false;
+        };
         let at = v.partition_point(|k| *k < key);
         if v.get(at) != Some(&key) {
             return false;
@@ -79,6 +93,9 @@ impl Bins {
         v.remove(at);
         if v.is_empty() {
             self.nonempty[b / 64] &= !(1 << (b % 64));
+            if self.nonempty[b / 64] == 0 {
+                self.summary &= !(1 << (b / 64));
+            }
         }
         self.len -= 1;
         true
@@ -87,19 +104,24 @@ impl Bins {
     /// The first non-empty bin at or after `b`.
     #[inline]
     fn next_nonempty(&self, b: usize) -> Option<usize> {
-        let mut w = b / 64;
-        let mut bits = *self.nonempty.get(w)? & (!0u64 << (b % 64));
-        loop {
-            if bits != 0 {
-                return Some(w * 64 + bits.trailing_zeros() as usize);
-            }
-            w += 1;
-            bits = *self.nonempty.get(w)?;
+        let w = b / 64;
+        let bits = *self.nonempty.get(w)? & (!0u64 << (b % 64));
+        if bits != 0 {
+            return Some(w * 64 + bits.trailing_zeros() as usize);
         }
+        let later = self.summary & (!0u64).checked_shl(w as u32 + 1).unwrap_or(0);
+        if later == 0 {
+            return None;
+        }
+        let w = later.trailing_zeros() as usize;
+        let bits = *self.nonempty.get(w)?;
+        Some(w * 64 + bits.trailing_zeros() as usize)
     }
 
     fn contains(&self, key: &Key) -> bool {
-        self.bins.get(bin_of(key.0)).is_some_and(|v| v.binary_search(key).is_ok())
+        self.bins
+            .get(bin_of(key.0))
+            .is_some_and(|v| v.binary_search(key).is_ok())
     }
 }
 
@@ -155,7 +177,9 @@ impl FreeIndex {
 
     #[inline]
     pub(crate) fn remove(&mut self, stream: u16, pool: Pool, key: Key) -> bool {
-        self.sets.get_mut(slot_of(stream, pool)).is_some_and(|s| s.remove(key))
+        self.sets
+            .get_mut(slot_of(stream, pool))
+            .is_some_and(|s| s.remove(key))
     }
 
     /// The free blocks of (stream, pool) of at least `size` bytes, smallest
@@ -163,15 +187,28 @@ impl FreeIndex {
     #[inline]
     pub(crate) fn at_least(&self, stream: u16, pool: Pool, size: usize) -> AtLeast<'_> {
         let Some(bins) = self.sets.get(slot_of(stream, pool)) else {
-            return AtLeast { bins: None, bin: 0, pos: 0 };
+            return AtLeast {
+                bins: None,
+                bin: 0,
+                pos: 0,
+            };
         };
         let b = bin_of(size);
-        let pos = bins.bins.get(b).map_or(0, |v| v.partition_point(|k| k.0 < size));
-        AtLeast { bins: Some(bins), bin: b, pos }
+        let pos = bins
+            .bins
+            .get(b)
+            .map_or(0, |v| v.partition_point(|k| k.0 < size));
+        AtLeast {
+            bins: Some(bins),
+            bin: b,
+            pos,
+        }
     }
 
     pub(crate) fn is_empty(&self, stream: u16, pool: Pool) -> bool {
-        self.sets.get(slot_of(stream, pool)).is_none_or(|s| s.len == 0)
+        self.sets
+            .get(slot_of(stream, pool))
+            .is_none_or(|s| s.len == 0)
     }
 
     /// The largest free block of any stream and pool.
@@ -184,14 +221,19 @@ impl FreeIndex {
     }
 
     pub(crate) fn contains(&self, stream: u16, pool: Pool, key: &Key) -> bool {
-        self.sets.get(slot_of(stream, pool)).is_some_and(|s| s.contains(key))
+        self.sets
+            .get(slot_of(stream, pool))
+            .is_some_and(|s| s.contains(key))
     }
 
     /// Every key with its (stream, pool).
     pub(crate) fn all(&self) -> impl Iterator<Item = (u16, Pool, Key)> + '_ {
         self.sets.iter().enumerate().flat_map(|(i, s)| {
             let pool = if i % 2 == 0 { Pool::Small } else { Pool::Large };
-            s.bins.iter().flatten().map(move |k| ((i / 2) as u16, pool, *k))
+            s.bins
+                .iter()
+                .flatten()
+                .map(move |k| ((i / 2) as u16, pool, *k))
         })
     }
 }
@@ -215,12 +257,21 @@ mod tests {
     fn best_fit_is_smallest_then_lowest_address() {
         let mut ix = FreeIndex::default();
         ix.ensure_stream(0);
-        for (i, &(size, addr)) in [(4096, 9), (2048, 5), (4096, 3), (3 << 20, 1), (5 << 20, 2)].iter().enumerate() {
+        for (i, &(size, addr)) in [(4096, 9), (2048, 5), (4096, 3), (3 << 20, 1), (5 << 20, 2)]
+            .iter()
+            .enumerate()
+        {
             ix.insert(0, Pool::Large, (size, addr, i as u32));
         }
-        let got: Vec<_> = ix.at_least(0, Pool::Large, 3000).map(|k| (k.0, k.1)).collect();
+        let got: Vec<_> = ix
+            .at_least(0, Pool::Large, 3000)
+            .map(|k| (k.0, k.1))
+            .collect();
         assert_eq!(got, [(4096, 3), (4096, 9), (3 << 20, 1), (5 << 20, 2)]);
-        assert_eq!(ix.at_least(0, Pool::Large, 4 << 20).next().map(|k| k.0), Some(5 << 20));
+        assert_eq!(
+            ix.at_least(0, Pool::Large, 4 << 20).next().map(|k| k.0),
+            Some(5 << 20)
+        );
         assert!(ix.remove(0, Pool::Large, (4096, 3, 2)));
         assert!(!ix.remove(0, Pool::Large, (4096, 3, 2)));
         assert_eq!(ix.len(), 4);

@@ -561,6 +561,8 @@ impl<B: DeviceBackend> State<B> {
             next: NIL,
             state,
             stream: seg.stream,
+            pool: seg.pool,
+            expandable: seg.expandable,
         };
         let bid = self.blocks.insert(block)?;
         seg.head = bid;

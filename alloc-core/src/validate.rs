@@ -55,7 +55,13 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
             let Some(b) = st.blocks.get(id) else {
                 return fail("S1", format!("segment {sid} links to dead block {id}"));
             };
-            if b.seg != sid || b.ptr != expect_ptr || b.prev != prev || b.size == 0 {
+            if b.seg != sid
+                || b.ptr != expect_ptr
+                || b.prev != prev
+                || b.size == 0
+                || b.pool != seg.pool
+                || b.expandable != seg.expandable
+            {
                 return fail(
                     "S1",
                     format!(

@@ -38,7 +38,9 @@ proptest! {
 /// The generated programs are long enough to matter.
 #[test]
 fn programs_are_not_trivial() {
-    let bytes: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let ops = ops::program_from_bytes(&bytes);
     assert!(ops.len() >= 100, "only {} ops from 3000 bytes", ops.len());
     assert!(ops.iter().any(|o| matches!(o, Op::Alloc { .. })));
