@@ -28,6 +28,8 @@ mod report;
 mod stats;
 #[cfg(not(loom))]
 mod thread;
+#[cfg(not(loom))]
+mod validate;
 
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -50,3 +52,5 @@ pub use thread::{
     charge_device_free, charge_host_alloc, charge_host_free, charge_host_realloc, current, flush,
     untracked,
 };
+#[cfg(not(loom))]
+pub use validate::{ScopeInvariantViolation, validate};

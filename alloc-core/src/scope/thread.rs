@@ -49,6 +49,8 @@ pub(crate) struct ThreadState {
     /// The current chain has a budget: charge unbatched.
     pub(crate) direct: Cell<bool>,
     mode: Cell<u8>,
+    /// `mode == NORMAL && !direct`, kept in one flag for the fast path.
+    fast: Cell<bool>,
     hooked: Cell<bool>,
     batch: UnsafeCell<Delta>,
 }
@@ -59,6 +61,7 @@ impl ThreadState {
             current: Cell::new(ScopeId::ROOT),
             direct: Cell::new(false),
             mode: Cell::new(NORMAL),
+            fast: Cell::new(true),
             hooked: Cell::new(false),
             batch: UnsafeCell::new(Delta::EMPTY),
         }
@@ -66,7 +69,17 @@ impl ThreadState {
 
     #[inline]
     fn batched(&self) -> bool {
-        self.mode.get() == NORMAL && !self.direct.get()
+        self.fast.get()
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.set(mode);
+        self.fast.set(mode == NORMAL && !self.direct.get());
+    }
+
+    fn set_direct(&self, direct: bool) {
+        self.direct.set(direct);
+        self.fast.set(self.mode.get() == NORMAL && !direct);
     }
 
     /// Runs `f` on this thread's batch.
@@ -91,7 +104,7 @@ impl Drop for ExitHook {
     fn drop(&mut self) {
         STATE.with(|s| {
             flush_state(s);
-            s.mode.set(TORN_DOWN);
+            s.set_mode(TORN_DOWN);
             s.current.set(ScopeId::UNATTRIBUTED);
         });
     }
@@ -107,9 +120,9 @@ pub(crate) fn flush_state(s: &ThreadState) {
         s.hooked.set(true);
         // Registering the exit hook may allocate (std's fallback list): those
         // allocations are charged unbatched while the mode says REENTRANT.
-        s.mode.set(REENTRANT);
+        s.set_mode(REENTRANT);
         let _ = EXIT_HOOK.try_with(|_| ());
-        s.mode.set(NORMAL);
+        s.set_mode(NORMAL);
     }
 }
 
@@ -127,14 +140,14 @@ pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(u8);
     impl Drop for Restore {
         fn drop(&mut self) {
-            STATE.with(|s| s.mode.set(self.0));
+            STATE.with(|s| s.set_mode(self.0));
         }
     }
     let prev = STATE.with(|s| {
         let prev = s.mode.get();
         if prev == NORMAL {
             flush_state(s);
-            s.mode.set(SUSPENDED);
+            s.set_mode(SUSPENDED);
         }
         prev
     });
@@ -316,7 +329,7 @@ pub(crate) fn switch_to(id: ScopeId, direct: bool) -> (ScopeId, bool) {
         let prev = (s.current.get(), s.direct.get());
         if s.mode.get() != TORN_DOWN {
             s.current.set(id);
-            s.direct.set(direct);
+            s.set_direct(direct);
         }
         prev
     })
