@@ -107,8 +107,8 @@ fn parse_value(file: &str, bytes: &[u8]) -> Result<Vec<Trace>, SnapshotProblem> 
         .collect())
 }
 
-/// A block that was live when the snapshot was taken: device, address, bytes,
-/// stream.
+/// A block that was live when the snapshot was taken: its address, requested
+/// bytes and stream.
 struct LiveBlock {
     addr: u64,
     bytes: usize,
