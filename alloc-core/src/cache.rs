@@ -403,7 +403,11 @@ impl<B: DeviceBackend> State<B> {
             let b = self.blocks.at(id);
             (b.size, self.pool_of(b))
         };
-        let rest = size - rounded;
+        debug_assert!(
+            size >= rounded,
+            "block of {size} B handed out for {rounded} B"
+        );
+        let rest = size.saturating_sub(rounded);
         let split = match pool {
             Pool::Small => rest >= MIN_BLOCK,
             Pool::Large if expandable => rest >= MIN_BLOCK,

@@ -22,6 +22,8 @@ pub mod config;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]
+pub(crate) mod expandable;
+#[cfg(not(loom))]
 pub(crate) mod free_index;
 #[cfg(not(loom))]
 pub mod ops;

@@ -1,6 +1,7 @@
 //! The slow path: reuse of other streams' idle cache, growing (a new fixed
-//! segment, or more mapped pages of an expandable segment), releasing cached
-//! memory, `empty_cache`, `trim`, and the out-of-memory error.
+//! segment, or more mapped pages of an expandable segment, see
+//! `expandable.rs`), releasing cached memory, `empty_cache`, `trim`, and the
+//! out-of-memory error.
 //!
 //! The reclaim ladder, in order: reuse idle cache of other streams → grow →
 //! release oversize cached blocks and grow → release all releasable cached
@@ -20,16 +21,6 @@ use crate::error::{AllocError, OutOfMemory};
 use crate::segment::Segment;
 use crate::size_class::{Pool, segment_size};
 use crate::trace::TraceAction;
-
-/// Expandable segments of the large pool map at least this much at once
-/// (PyTorch's large segment size), so that growing by small steps costs few
-/// map calls. Chosen with [`MIN_MAP_CHUNK_SMALL`], [`MAP_GROWTH_DIVISOR`] and
-/// `max_cached_fraction` by replaying the shipped traces (benches/RESULTS.md).
-pub const MIN_MAP_CHUNK: usize = 20 << 20;
-/// Expandable segments of the small pool map at least this much at once.
-pub const MIN_MAP_CHUNK_SMALL: usize = 4 << 20;
-/// ... and at least 1/16 of what the segment has mapped (≤ 6.25 % more).
-pub const MAP_GROWTH_DIVISOR: usize = 16;
 
 /// Which cached memory a release gives back.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -171,7 +162,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         Ok(Some(bid))
     }
 
-    fn backend_failure(
+    pub(crate) fn backend_failure(
         &self,
         e: BackendError,
         action: &'static str,
@@ -184,170 +175,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 source,
             }),
         }
-    }
-
-    /// Maps pages of the expandable segment of (slot, pool) so that a free
-    /// block of at least `rounded` bytes exists; returns it, out of the index.
-    fn grow_expandable(
-        &self,
-        st: &mut State<B>,
-        slot: u16,
-        pool: Pool,
-        rounded: usize,
-    ) -> Result<Option<BlockId>, AllocError> {
-        let si = slot as usize * 2 + pool.index();
-        let mut seg = st.expandable.get(si).copied().unwrap_or(u32::MAX);
-        if seg == u32::MAX {
-            match self.reserve_expandable(st, slot, pool)? {
-                Some(s) => seg = s,
-                None => return Ok(None),
-            }
-        }
-        self.unmap_excess_cache(st, rounded);
-        // The unmapped range needing the fewest new pages (lowest address
-        // first); at least the pool's minimum chunk or 1/MAP_GROWTH_DIVISOR of what is
-        // mapped is mapped at once, to keep map calls few.
-        let page = self.page;
-        let mapped = st.segs.get(seg).map_or(0, |s| s.mapped);
-        let min_chunk = match pool {
-            Pool::Small => MIN_MAP_CHUNK_SMALL,
-            Pool::Large => MIN_MAP_CHUNK,
-        };
-        let chunk = min_chunk
-            .max(mapped / MAP_GROWTH_DIVISOR)
-            .next_multiple_of(page);
-        let mut best: Option<(usize, BlockId)> = None;
-        let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
-        while id != NIL {
-            let b = st.blocks.at(id);
-            if b.state == BlockState::Unmapped {
-                let left = match st.blocks.get(b.prev) {
-                    Some(p) if p.state == BlockState::Free && p.stream == slot => p.size,
-                    _ => 0,
-                };
-                if let Some(need) = rounded
-                    .checked_sub(left)
-                    .map(|n| n.next_multiple_of(page).max(page))
-                    && need <= b.size
-                    && let need = need.max(chunk).min(b.size)
-                    && best.is_none_or(|(n, _)| need < n)
-                {
-                    best = Some((need, id));
-                }
-            }
-            id = b.next;
-        }
-        let Some((bytes, uid)) = best else {
-            return Ok(None);
-        };
-        if !within_limit(st, bytes) {
-            return Ok(None);
-        }
-        let ptr = st.blocks.at(uid).ptr;
-        // SAFETY: `[ptr, ptr + bytes)` lies in unmapped block `uid` of a live
-        // reservation (S3: unmapped blocks are page-aligned and never mapped).
-        if let Err(e) = unsafe { self.backend.map(DevicePtr(ptr), bytes) } {
-            return self.backend_failure(e, "mapping pages of an expandable segment");
-        }
-        if bytes < st.blocks.at(uid).size && st.blocks.split(uid, bytes).is_none() {
-            // SAFETY: the pages were mapped just above and nothing uses them.
-            unsafe { self.backend.unmap(DevicePtr(ptr), bytes) };
-            return Ok(None);
-        }
-        let b = st.blocks.at_mut(uid);
-        b.state = BlockState::Free;
-        b.stream = slot;
-        if let Some(s) = st.segs.get_mut(seg) {
-            s.mapped += bytes;
-        }
-        st.stats.num_device_map += 1;
-        st.stats.num_pages_mapped += (bytes / page) as i64;
-        st.stats.reserved_bytes.add(pool, bytes);
-        st.trace.push(TraceAction::Map, ptr, bytes, slot);
-        let id = st.merge_and_index(uid);
-        st.index_remove(id);
-        Ok(Some(id))
-    }
-
-    /// Before mapping pages for `rounded` bytes: unmaps free pages of idle
-    /// streams, largest blocks first, until cached memory is at most
-    /// `max_cached_fraction` of reserved memory.
-    fn unmap_excess_cache(&self, st: &mut State<B>, rounded: usize) {
-        let allowed = |st: &State<B>| {
-            let reserved = st.stats.reserved_bytes.all.current.max(0) as f64 + rounded as f64;
-            (reserved * self.config.max_cached_fraction) as i64
-        };
-        let cached =
-            |st: &State<B>| st.stats.reserved_bytes.all.current - st.stats.active_bytes.all.current;
-        if cached(st) <= allowed(st) {
-            return;
-        }
-        let mut free: Vec<(usize, u16, BlockId)> = st
-            .index
-            .all()
-            .filter(|&(_, _, (size, _, id))| {
-                size >= self.page && st.is_expandable(st.blocks.at(id))
-            })
-            .map(|(s, _, (size, _, id))| (size, s, id))
-            .collect();
-        free.sort_unstable_by(|a, b| b.cmp(a));
-        let mut idle: Vec<Option<bool>> = vec![None; st.streams.len()];
-        for (_, slot, id) in free {
-            if cached(st) <= allowed(st) {
-                break;
-            }
-            let Some(known) = idle.get_mut(slot as usize) else {
-                continue;
-            };
-            if *known.get_or_insert_with(|| self.stream_idle(st, slot)) {
-                self.release_block(st, id);
-            }
-        }
-    }
-
-    fn reserve_expandable(
-        &self,
-        st: &mut State<B>,
-        slot: u16,
-        pool: Pool,
-    ) -> Result<Option<u32>, AllocError> {
-        let total = st
-            .limit
-            .or(self.backend.mem_info().map(|m| m.total))
-            .unwrap_or(1 << 40);
-        let Some(size) = total.checked_next_multiple_of(self.page) else {
-            return Ok(None);
-        };
-        let ptr = match self.backend.reserve(size) {
-            Ok(p) => p,
-            Err(BackendError::OutOfMemory) => return Ok(None),
-            Err(source) => {
-                return Err(AllocError::Backend {
-                    backend: self.backend.name().to_string(),
-                    action: "reserving address space",
-                    source,
-                });
-            }
-        };
-        let seg = Segment {
-            base: ptr.0,
-            size,
-            mapped: 0,
-            pool,
-            stream: slot,
-            expandable: true,
-            head: NIL,
-        };
-        let Some((sid, _)) = st.add_segment(seg, BlockState::Unmapped) else {
-            // SAFETY: the reservation was just made and has nothing mapped.
-            unsafe { self.backend.release(ptr, size) };
-            return Ok(None);
-        };
-        if let Some(e) = st.expandable.get_mut(slot as usize * 2 + pool.index()) {
-            *e = sid;
-        }
-        st.stats.segment.add(pool, 1);
-        Ok(Some(sid))
     }
 
     /// Releases cached memory of `which` kind; waits for every stream first
@@ -391,7 +218,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Gives the memory of free block `id` back: a whole fixed segment is
     /// deallocated; the whole pages inside a block of an expandable segment are
     /// unmapped.
-    fn release_block(&self, st: &mut State<B>, id: BlockId) {
+    pub(crate) fn release_block(&self, st: &mut State<B>, id: BlockId) {
         let b = st.blocks.at(id).clone();
         let Some(seg) = st.segs.get(b.seg).cloned() else {
             return;
@@ -413,46 +240,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 .push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
             return;
         }
-        let start = b.ptr.next_multiple_of(self.page);
-        let end = b.end() / self.page * self.page;
-        if end <= start {
-            return;
-        }
-        st.index_remove(id);
-        let mut mid = id;
-        if start > b.ptr {
-            match st.blocks.split(id, start - b.ptr) {
-                Some(m) => {
-                    st.index_insert(id);
-                    mid = m;
-                }
-                None => {
-                    st.index_insert(id);
-                    return;
-                }
-            }
-        }
-        if end < b.end() {
-            match st.blocks.split(mid, end - start) {
-                Some(tail) => st.index_insert(tail),
-                None => {
-                    st.merge_and_index(mid);
-                    return;
-                }
-            }
-        }
-        // SAFETY: `[start, end)` is whole pages of free block `mid`, all mapped
-        // (S3/S4), and the caller checked its stream is idle or synchronized.
-        unsafe { self.backend.unmap(DevicePtr(start), end - start) };
-        st.blocks.at_mut(mid).state = BlockState::Unmapped;
-        if let Some(s) = st.segs.get_mut(b.seg) {
-            s.mapped -= end - start;
-        }
-        st.stats.num_device_unmap += 1;
-        st.stats.reserved_bytes.sub(seg.pool, end - start);
-        st.trace
-            .push(TraceAction::Unmap, start, end - start, b.stream);
-        st.merge_unmapped(mid);
+        self.unmap_pages(st, id, &b, seg.pool);
     }
 
     /// Releases every cached block, waiting for pending events first, and
@@ -470,28 +258,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.process_pending(&self.backend, false);
         self.release_cached(&mut st, Release::All, false);
         self.release_empty_reservations(&mut st);
-    }
-
-    fn release_empty_reservations(&self, st: &mut State<B>) {
-        let empty: Vec<u32> = st
-            .segs
-            .iter()
-            .filter(|(_, s)| s.expandable && s.mapped == 0)
-            .map(|(i, _)| i)
-            .collect();
-        for sid in empty {
-            let Some(seg) = st.segs.remove(sid) else {
-                continue;
-            };
-            st.blocks.remove(seg.head);
-            for e in st.expandable.iter_mut().filter(|e| **e == sid) {
-                *e = u32::MAX;
-            }
-            // SAFETY: the reservation has nothing mapped (mapped == 0) and is
-            // no longer reachable from the engine.
-            unsafe { self.backend.release(DevicePtr(seg.base), seg.size) };
-            st.stats.segment.sub(seg.pool, 1);
-        }
     }
 
     /// Builds the out-of-memory error and counts it.
@@ -538,7 +304,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 }
 
-fn within_limit<B: DeviceBackend>(st: &State<B>, bytes: usize) -> bool {
+pub(crate) fn within_limit<B: DeviceBackend>(st: &State<B>, bytes: usize) -> bool {
     let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
     st.limit
         .is_none_or(|l| reserved.checked_add(bytes).is_some_and(|r| r <= l))
@@ -603,19 +369,5 @@ impl<B: DeviceBackend> State<B> {
                 id = next;
             }
         }
-    }
-
-    /// Merges unmapped block `id` with unmapped neighbours (S3).
-    fn merge_unmapped(&mut self, mut id: BlockId) {
-        let next = self.blocks.at(id).next;
-        if next != NIL && self.blocks.at(next).state == BlockState::Unmapped {
-            self.blocks.absorb_next(id);
-        }
-        let prev = self.blocks.at(id).prev;
-        if prev != NIL && self.blocks.at(prev).state == BlockState::Unmapped {
-            self.blocks.absorb_next(prev);
-            id = prev;
-        }
-        let _ = id;
     }
 }

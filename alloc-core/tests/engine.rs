@@ -364,6 +364,9 @@ fn engine_is_send_sync_and_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<CachingAllocator<SimBackend>>();
     assert_send_sync::<CachingAllocator<HostBackend>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<alloc_core::DeviceBuffer<'static, SimBackend>>();
+    assert_send::<alloc_core::DeviceBuffer<'static, HostBackend>>();
     let a = CachingAllocator::new(SimBackend::new(4 << 30), Config::default());
     std::thread::scope(|s| {
         for t in 0..2u32 {
