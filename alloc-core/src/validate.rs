@@ -5,6 +5,7 @@
 use crate::backend::DeviceBackend;
 use crate::block::{BlockState, NIL};
 use crate::cache::{CachingAllocator, State};
+use crate::segment::Segment;
 use crate::size_class::{MIN_BLOCK, Pool};
 
 /// A broken invariant: its id (`"S2"`) and the values that break it.
@@ -45,118 +46,135 @@ struct Sums {
 fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), InvariantViolation> {
     let mut sums = Sums::default();
     for (sid, seg) in st.segs.iter() {
-        let p = seg.pool.index();
-        sums.segments[p] += 1;
-        sums.reserved[p] += seg.mapped as i64;
-        let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) =
-            (seg.head, seg.base, NIL, 0usize, 0usize);
-        let mut last: Option<(BlockState, u16)> = None;
-        while id != NIL {
-            let Some(b) = st.blocks.get(id) else {
-                return fail("S1", format!("segment {sid} links to dead block {id}"));
-            };
-            if b.seg != sid
-                || b.ptr != expect_ptr
-                || b.prev != prev
-                || b.size == 0
-                || b.pool != seg.pool
-                || b.expandable != seg.expandable
-            {
-                return fail(
-                    "S1",
-                    format!(
-                        "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
-                        seg.base, b.seg, b.ptr, b.size, b.prev
-                    ),
-                );
-            }
-            if b.ptr % MIN_BLOCK != 0 {
-                return fail(
-                    "A1",
-                    format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr),
-                );
-            }
-            match (last, b.state) {
-                (Some((BlockState::Free, s)), BlockState::Free) if s == b.stream => {
-                    return fail(
-                        "S2",
-                        format!(
-                            "free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged",
-                            b.ptr
-                        ),
-                    );
-                }
-                (Some((BlockState::Unmapped, _)), BlockState::Unmapped) => {
-                    return fail("S3", format!("unmapped blocks adjacent at {:#x}", b.ptr));
-                }
-                _ => {}
-            }
-            if b.state == BlockState::Unmapped
-                && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0)
-            {
-                return fail(
-                    "S3",
-                    format!(
-                        "unmapped block at {:#x} size {} (expandable: {}, page {page})",
-                        b.ptr, b.size, seg.expandable
-                    ),
-                );
-            }
-            if b.state != BlockState::Unmapped {
-                mapped += b.size;
-            }
-            let sz = b.size as i64;
-            match b.state {
-                BlockState::InUse => {
-                    sums.in_use[p] += sz;
-                    sums.in_use_n[p] += 1;
-                    sums.active[p] += sz;
-                    sums.requested[p] += b.requested as i64;
-                }
-                BlockState::Pending => sums.active[p] += sz,
-                BlockState::Free => {
-                    sums.free_n += 1;
-                    if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
-                        return fail(
-                            "F1",
-                            format!(
-                                "free block {id} at {:#x} ({} B, stream slot {}) is not in the free index",
-                                b.ptr, b.size, b.stream
-                            ),
-                        );
-                    }
-                    if b.is_split() {
-                        sums.split_free[p] += sz;
-                        sums.split_free_n[p] += 1;
-                    }
-                }
-                BlockState::Unmapped => {}
-            }
-            last = Some((b.state, b.stream));
-            total += b.size;
-            expect_ptr = b.end();
-            prev = id;
-            id = b.next;
-        }
-        if total != seg.size {
+        check_segment(st, sid, seg, page, &mut sums)?;
+    }
+    check_totals(st, &sums)
+}
+
+/// S1–S4, A1 and F1 for one segment, adding its blocks to `sums`.
+fn check_segment<B: DeviceBackend>(
+    st: &State<B>,
+    sid: u32,
+    seg: &Segment,
+    page: usize,
+    sums: &mut Sums,
+) -> Result<(), InvariantViolation> {
+    let p = seg.pool.index();
+    sums.segments[p] += 1;
+    sums.reserved[p] += seg.mapped as i64;
+    let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) =
+        (seg.head, seg.base, NIL, 0usize, 0usize);
+    let mut last: Option<(BlockState, u16)> = None;
+    while id != NIL {
+        let Some(b) = st.blocks.get(id) else {
+            return fail("S1", format!("segment {sid} links to dead block {id}"));
+        };
+        if b.seg != sid
+            || b.ptr != expect_ptr
+            || b.prev != prev
+            || b.size == 0
+            || b.pool != seg.pool
+            || b.expandable != seg.expandable
+        {
             return fail(
                 "S1",
                 format!(
-                    "segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B",
-                    seg.base, seg.size
+                    "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
+                    seg.base, b.seg, b.ptr, b.size, b.prev
                 ),
             );
         }
-        if mapped != seg.mapped {
+        if b.ptr % MIN_BLOCK != 0 {
             return fail(
-                "S4",
+                "A1",
+                format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr),
+            );
+        }
+        match (last, b.state) {
+            (Some((BlockState::Free, s)), BlockState::Free) if s == b.stream => {
+                return fail(
+                    "S2",
+                    format!(
+                        "free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged",
+                        b.ptr
+                    ),
+                );
+            }
+            (Some((BlockState::Unmapped, _)), BlockState::Unmapped) => {
+                return fail("S3", format!("unmapped blocks adjacent at {:#x}", b.ptr));
+            }
+            _ => {}
+        }
+        if b.state == BlockState::Unmapped
+            && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0)
+        {
+            return fail(
+                "S3",
                 format!(
-                    "segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B",
-                    seg.base, seg.mapped
+                    "unmapped block at {:#x} size {} (expandable: {}, page {page})",
+                    b.ptr, b.size, seg.expandable
                 ),
             );
         }
+        if b.state != BlockState::Unmapped {
+            mapped += b.size;
+        }
+        let sz = b.size as i64;
+        match b.state {
+            BlockState::InUse => {
+                sums.in_use[p] += sz;
+                sums.in_use_n[p] += 1;
+                sums.active[p] += sz;
+                sums.requested[p] += b.requested as i64;
+            }
+            BlockState::Pending => sums.active[p] += sz,
+            BlockState::Free => {
+                sums.free_n += 1;
+                if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
+                    return fail(
+                        "F1",
+                        format!(
+                            "free block {id} at {:#x} ({} B, stream slot {}) is not in the free index",
+                            b.ptr, b.size, b.stream
+                        ),
+                    );
+                }
+                if b.is_split() {
+                    sums.split_free[p] += sz;
+                    sums.split_free_n[p] += 1;
+                }
+            }
+            BlockState::Unmapped => {}
+        }
+        last = Some((b.state, b.stream));
+        total += b.size;
+        expect_ptr = b.end();
+        prev = id;
+        id = b.next;
     }
+    if total != seg.size {
+        return fail(
+            "S1",
+            format!(
+                "segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B",
+                seg.base, seg.size
+            ),
+        );
+    }
+    if mapped != seg.mapped {
+        return fail(
+            "S4",
+            format!(
+                "segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B",
+                seg.base, seg.mapped
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// F1 (count) and T1/T2: the statistics against the sums over the blocks.
+fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), InvariantViolation> {
     if st.index.len() != sums.free_n {
         return fail(
             "F1",
