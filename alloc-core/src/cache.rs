@@ -26,7 +26,7 @@ use crate::block::{Block, BlockId, BlockSlab, BlockState, NIL};
 use crate::buffer::DeviceBuffer;
 use crate::config::Config;
 use crate::error::{AllocError, OutOfMemory};
-use crate::free_index::FreeIndex;
+use crate::free_index::{FreeIndex, Key, Verdict};
 use crate::segment::SegmentTable;
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE, round_size};
 use crate::stats::Stats;
@@ -301,6 +301,36 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 }
 
+/// Whether free block `key` may serve `rounded` bytes of `pool`: the
+/// oversize rule of fixed segments (below `max_split` only blocks below it;
+/// at or above, only blocks at most one large segment bigger). Blocks of
+/// expandable segments always fit.
+#[inline]
+fn fit_verdict(
+    blocks: &BlockSlab,
+    pool: Pool,
+    rounded: usize,
+    max_split: usize,
+    key: &Key,
+) -> Verdict {
+    let (size, _, id) = *key;
+    if pool == Pool::Small || size < max_split && rounded < max_split || blocks.at(id).expandable {
+        return Verdict::Take;
+    }
+    if rounded < max_split {
+        return if size < max_split {
+            Verdict::Take
+        } else {
+            Verdict::Skip
+        };
+    }
+    if size <= rounded.saturating_add(crate::size_class::LARGE_SEGMENT) {
+        Verdict::Take
+    } else {
+        Verdict::Stop
+    }
+}
+
 /// The cap on reserved bytes from the memory fraction and the byte cap.
 fn compute_limit(config: &Config, total: Option<usize>) -> Option<usize> {
     let by_fraction = match (config.memory_fraction, total) {
@@ -350,8 +380,14 @@ impl<B: DeviceBackend> State<B> {
         rounded: usize,
         max_split: usize,
     ) -> Option<BlockId> {
-        let key = self.find_fit(slot, pool, rounded, max_split)?;
-        self.index_remove_key(slot, pool, key);
+        let State { index, blocks, .. } = self;
+        let key = index.take_first(slot, pool, rounded, |k| {
+            fit_verdict(blocks, pool, rounded, max_split, k)
+        })?;
+        if self.blocks.at(key.2).is_split() {
+            self.stats.inactive_split.sub(pool, 1);
+            self.stats.inactive_split_bytes.sub(pool, key.0);
+        }
         Some(key.2)
     }
 
@@ -363,27 +399,12 @@ impl<B: DeviceBackend> State<B> {
         rounded: usize,
         max_split: usize,
     ) -> Option<(usize, usize, BlockId)> {
-        for &key in self.index.at_least(slot, pool, rounded) {
-            let (size, _, id) = key;
-            if pool == Pool::Small || size < max_split && rounded < max_split {
-                return Some(key);
+        for key in self.index.at_least(slot, pool, rounded) {
+            match fit_verdict(&self.blocks, pool, rounded, max_split, key) {
+                Verdict::Take => return Some(*key),
+                Verdict::Skip => continue,
+                Verdict::Stop => return None,
             }
-            let b = self.blocks.at(id);
-            if self.is_expandable(b) {
-                return Some(key);
-            }
-            // oversize rule: below max_split only blocks below it; at or above,
-            // only blocks at most one large segment bigger.
-            if rounded < max_split {
-                if size < max_split {
-                    return Some(key);
-                }
-                continue;
-            }
-            if size <= rounded.saturating_add(crate::size_class::LARGE_SEGMENT) {
-                return Some(key);
-            }
-            return None;
         }
         None
     }

@@ -83,14 +83,21 @@ impl Bins {
     #[inline]
     fn remove(&mut self, key: Key) -> bool {
         let b = bin_of(key.0);
-        let Some(v) = self.bins.get_mut(b) else {
+        let Some(v) = self.bins.get(b) else {
             return false;
         };
         let at = v.partition_point(|k| *k < key);
-        if v.get(at) != Some(&key) {
-            return false;
+        v.get(at) == Some(&key) && self.remove_at(b, at).is_some()
+    }
+
+    /// Removes the key at position `pos` of bin `b`.
+    #[inline]
+    fn remove_at(&mut self, b: usize, pos: usize) -> Option<Key> {
+        let v = self.bins.get_mut(b)?;
+        if pos >= v.len() {
+            return None;
         }
-        v.remove(at);
+        let key = v.remove(pos);
         if v.is_empty() {
             self.nonempty[b / 64] &= !(1 << (b % 64));
             if self.nonempty[b / 64] == 0 {
@@ -98,7 +105,31 @@ impl Bins {
             }
         }
         self.len -= 1;
-        true
+        Some(key)
+    }
+
+    /// Removes and returns the first key ≥ `size` (in (size, address) order)
+    /// that `verdict` takes, skipping those it skips, giving up at a stop.
+    #[inline]
+    fn take_first(&mut self, size: usize, mut verdict: impl FnMut(&Key) -> Verdict) -> Option<Key> {
+        let mut b = bin_of(size);
+        let mut pos = self
+            .bins
+            .get(b)
+            .map_or(0, |v| v.partition_point(|k| k.0 < size));
+        loop {
+            match self.bins.get(b).and_then(|v| v.get(pos)) {
+                Some(k) => match verdict(k) {
+                    Verdict::Take => return self.remove_at(b, pos),
+                    Verdict::Skip => pos += 1,
+                    Verdict::Stop => return None,
+                },
+                None => {
+                    b = self.next_nonempty(b + 1)?;
+                    pos = 0;
+                }
+            }
+        }
     }
 
     /// The first non-empty bin at or after `b`.
@@ -123,6 +154,17 @@ impl Bins {
             .get(bin_of(key.0))
             .is_some_and(|v| v.binary_search(key).is_ok())
     }
+}
+
+/// What a search does with a candidate key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Use it.
+    Take,
+    /// Look at the next one.
+    Skip,
+    /// No later key can be used either.
+    Stop,
 }
 
 /// Keys ≥ a size in (size, address) order.
@@ -180,6 +222,21 @@ impl FreeIndex {
         self.sets
             .get_mut(slot_of(stream, pool))
             .is_some_and(|s| s.remove(key))
+    }
+
+    /// Removes and returns the best fit of at least `size` bytes in (stream,
+    /// pool) that `verdict` accepts.
+    #[inline]
+    pub(crate) fn take_first(
+        &mut self,
+        stream: u16,
+        pool: Pool,
+        size: usize,
+        verdict: impl FnMut(&Key) -> Verdict,
+    ) -> Option<Key> {
+        self.sets
+            .get_mut(slot_of(stream, pool))?
+            .take_first(size, verdict)
     }
 
     /// The free blocks of (stream, pool) of at least `size` bytes, smallest
