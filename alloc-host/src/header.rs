@@ -28,22 +28,50 @@ use core::alloc::Layout;
 /// Bytes of the owner word.
 pub(crate) const WORD: usize = 8;
 
-/// The inner layout for a user layout and the header size `h`, or `None` when
-/// `size + h` overflows or exceeds `isize::MAX` once rounded to the alignment.
-#[inline]
-pub(crate) fn outer(layout: Layout) -> Option<(Layout, usize)> {
-    let align = layout.align();
-    let h = if align <= WORD { WORD } else { align };
-    let size = layout.size().checked_add(h)?;
-    let outer = Layout::from_size_align(size, align.max(WORD)).ok()?;
-    Some((outer, h))
+/// Header bytes for a block of alignment `align` (a power of two).
+#[inline(always)]
+pub(crate) const fn header_size(align: usize) -> usize {
+    if align <= WORD { WORD } else { align }
 }
 
-/// The inner size for a user size, with the same checks as [`outer`].
-#[inline]
+/// The inner layout for a user layout and the header size `h`, or `None` when
+/// `size + h` overflows or exceeds `isize::MAX` once rounded to the alignment.
+#[inline(always)]
+pub(crate) fn outer(layout: Layout) -> Option<(Layout, usize)> {
+    let align = layout.align();
+    let h = header_size(align);
+    let size = outer_size(layout.size(), h, align)?;
+    // SAFETY: `align.max(WORD)` is a power of two (both are), and `outer_size`
+    // checked that `size` rounded up to it does not exceed `isize::MAX`.
+    Some((
+        unsafe { Layout::from_size_align_unchecked(size, align.max(WORD)) },
+        h,
+    ))
+}
+
+/// The inner layout of a block that [`outer`] accepted at allocation: no checks
+/// needed (the `GlobalAlloc` caller passes the same layout back).
+#[inline(always)]
+pub(crate) fn outer_unchecked(layout: Layout) -> (Layout, usize) {
+    let align = layout.align();
+    let h = header_size(align);
+    // SAFETY: this layout's outer form was valid when the block was allocated
+    // (same size and alignment), so the same values are valid now.
+    (
+        unsafe { Layout::from_size_align_unchecked(layout.size() + h, align.max(WORD)) },
+        h,
+    )
+}
+
+/// The inner size for a user size, or `None` when `size + h` rounded up to
+/// `max(8, align)` would exceed `isize::MAX` (the `Layout` rule).
+#[inline(always)]
 pub(crate) fn outer_size(size: usize, h: usize, align: usize) -> Option<usize> {
     let size = size.checked_add(h)?;
-    Layout::from_size_align(size, align.max(WORD)).ok()?;
+    let a = align.max(WORD);
+    if size > isize::MAX as usize - (a - 1) {
+        return None;
+    }
     Some(size)
 }
 

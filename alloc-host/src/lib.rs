@@ -2,9 +2,13 @@
 #![deny(missing_docs)]
 
 mod header;
+#[cfg(feature = "mimalloc")]
+mod mimalloc_inner;
 pub mod testing;
 mod tracking;
 
+#[cfg(feature = "mimalloc")]
+pub use mimalloc_inner::Mimalloc;
 pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};
 
 pub use alloc_core::scope::{

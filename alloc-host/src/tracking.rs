@@ -14,12 +14,13 @@ use alloc_core::scope::{
     charge_host_realloc,
 };
 
-use crate::header::{WORD, outer, outer_size};
+use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
-/// The inner allocator used when none is named: mimalloc with the `mimalloc`
-/// feature (default), the system allocator without it.
+/// The inner allocator used when none is named: mimalloc (through its C API,
+/// see [`Mimalloc`](crate::Mimalloc)) with the `mimalloc` feature (default), the
+/// system allocator without it.
 #[cfg(feature = "mimalloc")]
-pub type DefaultInner = mimalloc::MiMalloc;
+pub type DefaultInner = crate::Mimalloc;
 /// The inner allocator used when none is named: mimalloc with the `mimalloc`
 /// feature (default), the system allocator without it.
 #[cfg(not(feature = "mimalloc"))]
@@ -69,11 +70,11 @@ pub struct TrackingAllocator<A: GlobalAlloc = DefaultInner> {
 }
 
 #[cfg(feature = "mimalloc")]
-impl TrackingAllocator<mimalloc::MiMalloc> {
+impl TrackingAllocator<crate::Mimalloc> {
     /// Tracking over mimalloc.
     pub const fn new() -> Self {
         TrackingAllocator {
-            inner: mimalloc::MiMalloc,
+            inner: crate::Mimalloc,
         }
     }
 }
@@ -161,9 +162,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((outer, h)) = outer(layout) else {
-            return; // cannot happen: alloc refused this layout
-        };
+        let (outer, h) = outer_unchecked(layout);
         // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
         // so the owner word sits at `ptr - 8` and the inner block starts at
         // `ptr - h` with layout `outer` (H1, H2).
@@ -176,9 +175,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some((outer, h)) = outer(layout) else {
-            return null_mut();
-        };
+        let (outer, h) = outer_unchecked(layout);
         let Some(new_outer) = outer_size(new_size, h, layout.align()) else {
             return null_mut();
         };
