@@ -410,3 +410,121 @@ fn config_from_env_and_errors() {
     assert!(CachingAllocator::from_env(SimBackend::new(1 << 20)).is_ok());
     let _ = SimBackend::new(1).stream_for_id(3);
 }
+
+#[test]
+fn garbage_collection_threshold_releases_cache_before_growing() {
+    let cfg = "expandable_segments:false,max_reserved_mb:100,garbage_collection_threshold:0.5";
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::parse(cfg).unwrap());
+    drop(a.allocate(40 * MIB, S0).unwrap());
+    let _b = a.allocate(45 * MIB, S0).unwrap();
+    let s = a.stats();
+    assert_eq!(
+        s.reserved_bytes.all.current,
+        46 * MIB as i64,
+        "the cached 40 MiB segment was released first"
+    );
+    assert_eq!(s.num_device_free, 1);
+    let plain = CachingAllocator::new(
+        SimBackend::new(1 << 30),
+        Config::parse("expandable_segments:false,max_reserved_mb:100").unwrap(),
+    );
+    drop(plain.allocate(40 * MIB, S0).unwrap());
+    let _c = plain.allocate(45 * MIB, S0).unwrap();
+    assert_eq!(
+        plain.stats().reserved_bytes.all.current,
+        86 * MIB as i64,
+        "without the threshold the cache is kept"
+    );
+}
+
+#[test]
+fn expandable_oom_recovers_after_free() {
+    let sim = SimBackend::new(64 * MIB);
+    let a = CachingAllocator::new(sim.clone(), Config::default());
+    let x = a.allocate(30 * MIB, S0).unwrap();
+    let e = a.allocate(100 * MIB, S0).unwrap_err();
+    let o = e.as_oom().expect("out of memory");
+    assert_eq!((o.in_use, o.device_total), (30 * MIB, Some(64 * MIB)));
+    a.validate().unwrap();
+    drop(x);
+    let y = a
+        .allocate(60 * MIB, S0)
+        .expect("after the free, 60 MiB fit by unmapping and remapping");
+    assert_eq!(y.capacity(), 60 * MIB);
+    a.validate().unwrap();
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+#[test]
+fn snapshot_shows_unmapped_pages_and_stats_export_every_torch_key() {
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::default());
+    let keep = a.allocate(3 * MIB, S0).unwrap();
+    drop(a.allocate(30 * MIB, S0).unwrap());
+    a.trim();
+    let snap = a.snapshot();
+    let json = snap.to_json();
+    assert!(
+        json.contains("\"state\": \"unmapped\"") && json.contains("\"large_pool\""),
+        "{json}"
+    );
+    assert!(snap.segments.iter().all(|s| s.expandable));
+    drop(keep);
+    let m = a.stats().to_map();
+    assert_eq!(m.len(), 9 * 3 * 4 + 9);
+    for k in [
+        "allocation",
+        "segment",
+        "active",
+        "inactive_split",
+        "allocated_bytes",
+        "reserved_bytes",
+        "active_bytes",
+        "inactive_split_bytes",
+        "requested_bytes",
+    ] {
+        for p in ["all", "small_pool", "large_pool"] {
+            for f in ["current", "peak", "allocated", "freed"] {
+                assert!(m.contains_key(&format!("{k}.{p}.{f}")), "{k}.{p}.{f}");
+            }
+        }
+    }
+    for k in [
+        "num_alloc_retries",
+        "num_ooms",
+        "num_sync_all_streams",
+        "num_device_alloc",
+        "num_device_free",
+    ] {
+        assert!(m.contains_key(k), "{k}");
+    }
+}
+
+#[test]
+fn expandable_segments_with_max_split_size_stay_bounded() {
+    // pytorch#123548: with max_split_size, an oversize free block is never
+    // split for smaller requests, so memory grows. Here the oversize block's
+    // pages are split or unmapped and reused instead.
+    let run = |cfg: &str| {
+        let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::parse(cfg).unwrap());
+        for i in 0..20usize {
+            drop(a.allocate((100 + 10 * i) * MIB, S0).unwrap());
+            let small: Vec<_> = (0..8).map(|_| a.allocate(10 * MIB, S0).unwrap()).collect();
+            drop(small);
+        }
+        a.validate().unwrap();
+        a.stats().reserved_bytes.all.peak as usize
+    };
+    let largest = 290 * MIB;
+    let expandable = run("max_split_size_mb:20");
+    assert!(
+        expandable <= largest + 40 * MIB,
+        "reserved peak {} MiB",
+        expandable / MIB
+    );
+    let fixed = run("expandable_segments:false,max_split_size_mb:20");
+    assert!(
+        fixed > 2 * largest,
+        "fixed segments keep every oversize block: {} MiB",
+        fixed / MIB
+    );
+}
