@@ -3,7 +3,9 @@
 //! instructions per pair (the difference between two N cancels start-up), a
 //! figure the machine's noise does not move.
 //! VARIANT: system | mimalloc | ours-off | ours-root | ours-scope (DEPTH nested
-//! scopes, default 1).
+//! scopes, default 1) | side-table (bare mimalloc plus the cheapest side table
+//! that could record owners: a fixed open-addressing table of atomics, one CAS
+//! to insert and one to remove per block; the alternative to the owner header).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -23,9 +25,61 @@ fn pairs<A: GlobalAlloc>(a: &A, n: u64, layout: Layout) {
     }
 }
 
+/// The side-table alternative: owner ids keyed by address, lock-free.
+mod side_table {
+    use std::sync::atomic::{AtomicU64, Ordering::*};
+
+    const SLOTS: usize = 1 << 16;
+    static KEYS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+    static OWNERS: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+
+    fn hash(p: usize) -> usize {
+        (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize >> (64 - 16)
+    }
+
+    pub fn insert(p: usize, owner: u64) {
+        let mut i = hash(p);
+        loop {
+            if KEYS[i]
+                .compare_exchange(0, p as u64, AcqRel, Relaxed)
+                .is_ok()
+            {
+                OWNERS[i].store(owner, Release);
+                return;
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+    }
+
+    pub fn remove(p: usize) -> u64 {
+        let mut i = hash(p);
+        loop {
+            if KEYS[i].load(Acquire) == p as u64 {
+                let o = OWNERS[i].load(Acquire);
+                KEYS[i].store(0, Release);
+                return o;
+            }
+            i = (i + 1) & (SLOTS - 1);
+        }
+    }
+}
+
+fn side_table_pairs(n: u64, layout: Layout) {
+    for _ in 0..n {
+        // SAFETY: non-zero layout, freed once with the same layout.
+        unsafe {
+            let p = mimalloc::MiMalloc.alloc(layout);
+            side_table::insert(p as usize, 1);
+            black_box(side_table::remove(p as usize));
+            mimalloc::MiMalloc.dealloc(p, layout);
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pairs system|mimalloc|ours-off|ours-root|ours-scope N SIZE [DEPTH]";
+    let usage =
+        "usage: pairs system|mimalloc|ours-off|ours-root|ours-scope|side-table N SIZE [DEPTH]";
     let (Some(variant), Some(n), Some(size)) = (
         args.get(1),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
@@ -48,6 +102,7 @@ fn main() {
             pairs(&TRACK, n, layout)
         }
         "ours-root" => pairs(&TRACK, n, layout),
+        "side-table" => side_table_pairs(n, layout),
         "ours-scope" => {
             for i in 0..depth {
                 guards.push(ScopeBuilder::new(&format!("d{i}")).enter().expect("scope"));
