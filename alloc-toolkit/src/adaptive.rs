@@ -1,0 +1,216 @@
+//! [`AdaptiveBatch`]: a batch size that grows while measured peaks leave room
+//! under the budget, shrinks when they do not, and halves on out of memory.
+
+use serde::Serialize;
+
+use crate::error::ToolkitError;
+use crate::estimator::Estimator;
+
+/// What the last call did to the batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Adjustment {
+    /// Grew from the first value to the second.
+    Grew(usize, usize),
+    /// Shrank from the first value to the second.
+    Shrank(usize, usize),
+    /// Stayed.
+    Kept(usize),
+}
+
+/// Budgets and limits of an [`AdaptiveBatch`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BatchLimits {
+    /// Host bytes a batch may peak at (`None` = no host budget).
+    pub host_budget: Option<u64>,
+    /// Device bytes a batch may peak at (`None` = no device budget).
+    pub device_budget: Option<u64>,
+    /// Fraction of each budget to aim for, in (0, 1] (headroom for noise).
+    pub target: f64,
+    /// Smallest batch (≥ 1).
+    pub min: usize,
+    /// Largest batch.
+    pub max: usize,
+    /// Most a batch may grow by in one step (≥ 1.0; 2.0 = at most double).
+    pub max_growth: f64,
+}
+
+/// A batch size steered by the peaks of the batches run so far.
+#[derive(Clone, Debug)]
+pub struct AdaptiveBatch {
+    size: usize,
+    limits: BatchLimits,
+    estimator: Estimator,
+    ooms: u64,
+}
+
+impl AdaptiveBatch {
+    /// Starts at `initial` (clamped to `[min, max]`). Refuses zero budgets, a
+    /// target outside (0, 1], `min` of 0, `min > max` and growth below 1.
+    pub fn new(initial: usize, limits: BatchLimits) -> Result<Self, ToolkitError> {
+        if limits.host_budget == Some(0) {
+            return Err(ToolkitError::ZeroBudget {
+                what: "AdaptiveBatch host_budget",
+            });
+        }
+        if limits.device_budget == Some(0) {
+            return Err(ToolkitError::ZeroBudget {
+                what: "AdaptiveBatch device_budget",
+            });
+        }
+        if !(limits.target > 0.0 && limits.target <= 1.0) {
+            return Err(ToolkitError::BadFraction {
+                what: "AdaptiveBatch target",
+                value: limits.target,
+            });
+        }
+        if limits.min == 0 || limits.max < limits.min {
+            return Err(ToolkitError::Zero {
+                what: "AdaptiveBatch min (and max must be >= min)",
+            });
+        }
+        if limits.max_growth.is_nan() || limits.max_growth < 1.0 || limits.max_growth.is_infinite()
+        {
+            return Err(ToolkitError::BadSafetyFactor {
+                factor: limits.max_growth,
+            });
+        }
+        Ok(AdaptiveBatch {
+            size: initial.clamp(limits.min, limits.max),
+            limits,
+            estimator: Estimator::new(),
+            ooms: 0,
+        })
+    }
+
+    /// The batch size to use next.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &BatchLimits {
+        &self.limits
+    }
+
+    /// The estimator fed by [`record`](Self::record).
+    pub fn estimator(&self) -> &Estimator {
+        &self.estimator
+    }
+
+    /// Out-of-memory events seen.
+    pub fn ooms(&self) -> u64 {
+        self.ooms
+    }
+
+    /// Records that a batch of `items` items peaked at `host_peak` and
+    /// `device_peak` bytes, and moves the size toward the most items whose
+    /// predicted peaks fit `target × budget`.
+    pub fn record(&mut self, items: usize, host_peak: u64, device_peak: u64) -> Adjustment {
+        self.estimator.observe(items as u64, host_peak, device_peak);
+        let l = self.limits;
+        let scale = |b: Option<u64>| b.map(|b| ((b as f64) * l.target) as u64);
+        let Some(fit) = self
+            .estimator
+            .max_items(scale(l.host_budget), scale(l.device_budget))
+        else {
+            return Adjustment::Kept(self.size);
+        };
+        let grow_cap = ((self.size as f64) * l.max_growth).floor() as usize;
+        let want = usize::try_from(fit)
+            .unwrap_or(usize::MAX)
+            .min(grow_cap.max(self.size))
+            .clamp(l.min, l.max);
+        self.set(want)
+    }
+
+    /// Halves the size (not below `min`) after an out-of-memory error.
+    pub fn on_oom(&mut self) -> Adjustment {
+        self.ooms += 1;
+        self.set((self.size / 2).max(self.limits.min))
+    }
+
+    fn set(&mut self, new: usize) -> Adjustment {
+        let old = self.size;
+        self.size = new;
+        match new.cmp(&old) {
+            std::cmp::Ordering::Greater => Adjustment::Grew(old, new),
+            std::cmp::Ordering::Less => Adjustment::Shrank(old, new),
+            std::cmp::Ordering::Equal => Adjustment::Kept(old),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            host_budget: None,
+            device_budget: Some(100 << 20),
+            target: 0.9,
+            min: 1,
+            max: 256,
+            max_growth: 2.0,
+        }
+    }
+
+    /// A simulated workload: 1 MiB fixed + 1 MiB per item on the device.
+    fn peak(items: usize) -> u64 {
+        (1 << 20) + (items as u64) * (1 << 20)
+    }
+
+    #[test]
+    fn grows_to_the_budget_then_holds() {
+        let mut b = AdaptiveBatch::new(4, limits()).unwrap();
+        let mut sizes = vec![];
+        for _ in 0..10 {
+            let n = b.size();
+            b.record(n, 0, peak(n));
+            sizes.push(b.size());
+        }
+        // doubling while far from the budget, then the most that fits 90 MiB
+        assert_eq!(&sizes[..3], &[8, 16, 32]);
+        let last = *sizes.last().unwrap();
+        assert_eq!(last, 89, "{sizes:?}");
+        assert!(peak(last) <= (100 << 20) * 9 / 10);
+    }
+
+    #[test]
+    fn shrinks_when_items_get_heavier_and_halves_on_oom() {
+        let mut b = AdaptiveBatch::new(64, limits()).unwrap();
+        assert_eq!(b.record(64, 0, 64 * (2 << 20)), Adjustment::Shrank(64, 45));
+        assert_eq!(b.on_oom(), Adjustment::Shrank(45, 22));
+        for _ in 0..10 {
+            b.on_oom();
+        }
+        assert_eq!(b.size(), 1);
+        assert_eq!(b.ooms(), 11);
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        let bad = [
+            BatchLimits {
+                device_budget: Some(0),
+                ..limits()
+            },
+            BatchLimits {
+                target: 0.0,
+                ..limits()
+            },
+            BatchLimits {
+                target: f64::NAN,
+                ..limits()
+            },
+            BatchLimits { min: 0, ..limits() },
+            BatchLimits {
+                max_growth: 0.5,
+                ..limits()
+            },
+        ];
+        for l in bad {
+            assert!(AdaptiveBatch::new(4, l).is_err(), "{l:?}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! [`cleanup_all`]: empty every registered device cache, release every buffer
+//! pool, and ask mimalloc to return its free pages; says what it released.
+
+use serde::Serialize;
+
+use crate::device::devices;
+use crate::info::process_memory;
+use crate::pool::release_all_pools;
+
+/// What [`cleanup_all`] released.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Bytes released by each registered device's cache.
+    pub devices: Vec<(String, u64)>,
+    /// Sum over devices.
+    pub device_bytes: u64,
+    /// Buffer pools released.
+    pub pools: usize,
+    /// Bytes freed from buffer pools.
+    pub pool_bytes: u64,
+    /// Resident set before.
+    pub rss_before: u64,
+    /// Resident set after (`mi_collect(true)` included).
+    pub rss_after: u64,
+}
+
+impl CleanupReport {
+    /// `rss_before − rss_after` (0 if it grew).
+    pub fn rss_released(&self) -> u64 {
+        self.rss_before.saturating_sub(self.rss_after)
+    }
+}
+
+impl std::fmt::Display for CleanupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use alloc_host::format_bytes as b;
+        for (name, bytes) in &self.devices {
+            writeln!(f, "device `{name}`: {} released from its cache", b(*bytes))?;
+        }
+        writeln!(
+            f,
+            "buffer pools: {} released from {} pool(s)",
+            b(self.pool_bytes),
+            self.pools
+        )?;
+        write!(
+            f,
+            "resident set: {} -> {} ({} returned to the OS)",
+            b(self.rss_before),
+            b(self.rss_after),
+            b(self.rss_released())
+        )
+    }
+}
+
+/// Empties the cache of every registered device; returns (name, bytes).
+pub fn empty_device_caches() -> Vec<(String, u64)> {
+    devices()
+        .into_iter()
+        .map(|(name, d)| {
+            let bytes = d.empty_cache();
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// Asks mimalloc to free the memory it caches (`mi_collect(true)`). Harmless
+/// when mimalloc is not the allocator in use.
+pub fn collect_host_heap() {
+    // SAFETY: `mi_collect` has no preconditions; it may be called from any
+    // thread at any time and only returns unused pages to the OS.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// Empties every device cache, releases every buffer pool, then runs
+/// `mi_collect(true)`.
+pub fn cleanup_all() -> CleanupReport {
+    let rss_before = process_memory().rss;
+    let devices = empty_device_caches();
+    let (pools, pool_bytes) = release_all_pools();
+    collect_host_heap();
+    CleanupReport {
+        device_bytes: devices.iter().map(|d| d.1).sum(),
+        devices,
+        pools,
+        pool_bytes,
+        rss_before,
+        rss_after: process_memory().rss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{register_device, unregister_device};
+    use crate::pool::BufferPool;
+    use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
+    use std::sync::Arc;
+
+    #[test]
+    fn releases_devices_and_pools() {
+        let engine = Arc::new(CachingAllocator::new(
+            SimBackend::new(64 << 20),
+            Config::default(),
+        ));
+        register_device("cleanup-test", engine.clone());
+        drop(engine.allocate(6 << 20, SimStream(0)).unwrap());
+        let pool = BufferPool::<u64>::new("cleanup-test", 1 << 20).unwrap();
+        pool.put(Vec::with_capacity(1000));
+        let r = cleanup_all();
+        let mine = r.devices.iter().find(|d| d.0 == "cleanup-test").unwrap();
+        assert!(mine.1 >= 6 << 20, "{r:?}");
+        assert!(r.pool_bytes >= 8000, "{r:?}");
+        assert_eq!(pool.stats().pooled_bytes, 0);
+        assert!(r.to_string().contains("cleanup-test"));
+        unregister_device("cleanup-test");
+    }
+}

@@ -1,0 +1,192 @@
+//! [`memory_info`]: one snapshot of the system, the container, the process,
+//! the tracked host heap and every registered device.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cgroup::{CgroupLimit, cgroup_limit_at};
+use crate::device::{DeviceInfo, device_infos};
+
+/// `/proc/meminfo` figures, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SystemMemory {
+    /// `MemTotal`.
+    pub total: u64,
+    /// `MemAvailable` (what can be allocated without swapping).
+    pub available: u64,
+    /// `MemFree`.
+    pub free: u64,
+}
+
+/// `/proc/self/status` figures, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessMemory {
+    /// Resident set size now (`VmRSS`).
+    pub rss: u64,
+    /// Highest resident set size (`VmHWM`).
+    pub peak_rss: u64,
+}
+
+/// Host bytes counted by `alloc_host::TrackingAllocator` (zero when it is not
+/// the global allocator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackedHost {
+    /// Whether the tracking allocator is installed.
+    pub installed: bool,
+    /// Live bytes.
+    pub live: u64,
+    /// Highest live bytes since start (or the last `reset_peak`).
+    pub peak: u64,
+    /// Live blocks.
+    pub live_allocations: u64,
+}
+
+/// Everything [`memory_info`] reads.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryInfo {
+    /// The machine.
+    pub system: SystemMemory,
+    /// The container's limit, if the process is in a memory cgroup.
+    pub cgroup: Option<CgroupLimit>,
+    /// This process.
+    pub process: ProcessMemory,
+    /// The tracked host heap.
+    pub tracked: TrackedHost,
+    /// Every registered device.
+    pub devices: Vec<DeviceInfo>,
+}
+
+impl MemoryInfo {
+    /// Host bytes this process can still use: the system's available memory,
+    /// lowered to the cgroup's headroom when that is smaller. Returns the
+    /// figure and where it came from.
+    pub fn host_available(&self) -> (u64, &'static str) {
+        match self.cgroup.as_ref().and_then(CgroupLimit::headroom) {
+            Some(h) if h < self.system.available => (h, "cgroup limit - cgroup usage"),
+            _ => (self.system.available, "/proc/meminfo MemAvailable"),
+        }
+    }
+
+    /// The effective host limit: the cgroup limit when below the system total.
+    pub fn host_limit(&self) -> u64 {
+        match self.cgroup.as_ref().and_then(|c| c.limit) {
+            Some(l) if l < self.system.total => l,
+            _ => self.system.total,
+        }
+    }
+}
+
+/// Where [`memory_info_from`] reads; [`Default`] is the running process.
+#[derive(Clone, Debug)]
+pub struct MemorySources {
+    /// `/proc/meminfo`.
+    pub meminfo: PathBuf,
+    /// `/proc/self/status`.
+    pub status: PathBuf,
+    /// The cgroup mount, `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+    /// `/proc/self/cgroup`.
+    pub proc_cgroup: PathBuf,
+}
+
+impl Default for MemorySources {
+    fn default() -> Self {
+        MemorySources {
+            meminfo: "/proc/meminfo".into(),
+            status: "/proc/self/status".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            proc_cgroup: "/proc/self/cgroup".into(),
+        }
+    }
+}
+
+/// The value of `key:   N kB` in a /proc text, in bytes.
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        let mut parts = rest.split_whitespace();
+        let n: u64 = parts.next()?.parse().ok()?;
+        Some(match parts.next() {
+            Some("kB") => n * 1024,
+            _ => n,
+        })
+    })
+}
+
+/// Parses `/proc/meminfo` text.
+pub fn parse_meminfo(text: &str) -> SystemMemory {
+    let free = kb_field(text, "MemFree").unwrap_or(0);
+    SystemMemory {
+        total: kb_field(text, "MemTotal").unwrap_or(0),
+        available: kb_field(text, "MemAvailable").unwrap_or(free),
+        free,
+    }
+}
+
+/// Parses `/proc/self/status` text.
+pub fn parse_status(text: &str) -> ProcessMemory {
+    let rss = kb_field(text, "VmRSS").unwrap_or(0);
+    ProcessMemory {
+        rss,
+        peak_rss: kb_field(text, "VmHWM").unwrap_or(rss),
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// The tracked host heap now (flushes the calling thread's pending charges).
+pub fn tracked_host() -> TrackedHost {
+    let s = alloc_host::process_stats();
+    TrackedHost {
+        installed: alloc_host::is_installed(),
+        live: s.live_bytes,
+        peak: s.peak_bytes,
+        live_allocations: s.live_allocations,
+    }
+}
+
+/// This process's resident set (`/proc/self/status`).
+pub fn process_memory() -> ProcessMemory {
+    parse_status(&read(Path::new("/proc/self/status")))
+}
+
+/// System, container, process, tracked host and device memory now.
+pub fn memory_info() -> MemoryInfo {
+    memory_info_from(&MemorySources::default())
+}
+
+/// [`memory_info`] reading the /proc and cgroup files named in `sources`.
+/// Missing files give zeros (system, process) or `None` (cgroup).
+pub fn memory_info_from(sources: &MemorySources) -> MemoryInfo {
+    MemoryInfo {
+        system: parse_meminfo(&read(&sources.meminfo)),
+        cgroup: cgroup_limit_at(&sources.cgroup_root, &read(&sources.proc_cgroup)),
+        process: parse_status(&read(&sources.status)),
+        tracked: tracked_host(),
+        devices: device_infos(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let info = memory_info();
+        assert!(info.system.total > 0, "{info:?}");
+        assert!(info.system.available <= info.system.total);
+        assert!(info.process.rss > 0 && info.process.peak_rss >= info.process.rss);
+        assert!(info.host_available().0 <= info.system.total);
+    }
+
+    #[test]
+    fn kb_fields_need_the_exact_key() {
+        let t = "MemTotalX: 5 kB\nMemTotal:  2 kB\n";
+        assert_eq!(kb_field(t, "MemTotal"), Some(2048));
+        assert_eq!(kb_field(t, "Missing"), None);
+    }
+}
