@@ -23,6 +23,10 @@ pub const MIN_MAX_SPLIT_MB: usize = 20;
 /// see `benches/RESULTS.md`).
 pub const DEFAULT_MAX_CACHED_FRACTION: f64 = 0.05;
 
+/// The longest trace ring buffer `trace_buffer_entries` may ask for (16 Mi
+/// entries, 640 MiB).
+pub const MAX_TRACE_ENTRIES: usize = 1 << 24;
+
 /// The keys [`Config::parse`] accepts.
 pub const KEYS: &[&str] = &[
     "max_split_size_mb",
@@ -212,7 +216,17 @@ impl Config {
                 })?;
                 self.max_reserved_bytes = Some(b);
             }
-            "trace_buffer_entries" => self.trace_entries = parse_uint(key, value)?,
+            "trace_buffer_entries" => {
+                let n = parse_uint(key, value)?;
+                if n > MAX_TRACE_ENTRIES {
+                    return Err(bad(
+                        key,
+                        value,
+                        format!("must be at most {MAX_TRACE_ENTRIES}"),
+                    ));
+                }
+                self.trace_entries = n;
+            }
             "max_cached_fraction" => {
                 let f = parse_f64(key, value)?;
                 if !(0.0..=1.0).contains(&f) {

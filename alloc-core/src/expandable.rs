@@ -27,6 +27,10 @@ pub const MIN_MAP_CHUNK_SMALL: usize = 4 << 20;
 /// ... and at least 1/16 of what the segment has mapped (≤ 6.25 % more).
 pub const MAP_GROWTH_DIVISOR: usize = 16;
 
+/// Address space reserved per expandable segment when neither the device
+/// total nor a cap is known (1 TiB; nothing is mapped until needed).
+pub const DEFAULT_RESERVATION: usize = 1 << 40;
+
 impl<B: DeviceBackend> CachingAllocator<B> {
     /// Maps pages of the expandable segment of (slot, pool) so that a free
     /// block of at least `rounded` bytes exists; returns it, out of the index.
@@ -166,10 +170,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         slot: u16,
         pool: Pool,
     ) -> Result<Option<u32>, AllocError> {
-        let total = st
-            .limit
-            .or(self.backend.mem_info().map(|m| m.total))
-            .unwrap_or(1 << 40);
+        // The whole device (or the cap, if smaller): address space only.
+        let device = self.backend.mem_info().map(|m| m.total);
+        let total = match (st.limit, device) {
+            (Some(l), Some(d)) => l.min(d),
+            (l, d) => l.or(d).unwrap_or(DEFAULT_RESERVATION),
+        };
         let Some(size) = total.checked_next_multiple_of(self.page) else {
             return Ok(None);
         };

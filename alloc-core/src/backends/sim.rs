@@ -4,7 +4,7 @@
 //! also checks the engine's side of the backend contract (double frees,
 //! unmapping unmapped pages) and records every breach.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
@@ -30,8 +30,8 @@ struct SimState {
     /// Bytes of segments and mapped pages.
     used: usize,
     segments: BTreeMap<usize, usize>,
-    /// Reservation base → (size, mapped flag per page).
-    reservations: BTreeMap<usize, (usize, Vec<bool>)>,
+    /// Reservation base → (size, indices of its mapped pages).
+    reservations: BTreeMap<usize, (usize, BTreeSet<usize>)>,
     /// Calls that obtain memory (allocate + map), counted from 1.
     obtain_calls: u64,
     fail_at: Vec<u64>,
@@ -307,7 +307,7 @@ unsafe impl DeviceBackend for SimBackend {
         }
         let mut s = self.lock();
         let a = Self::take_addr(&mut s, bytes, page)?;
-        s.reservations.insert(a, (bytes, vec![false; bytes / page]));
+        s.reservations.insert(a, (bytes, BTreeSet::new()));
         Ok(DevicePtr(a))
     }
 
@@ -323,7 +323,7 @@ unsafe impl DeviceBackend for SimBackend {
         let already = s
             .reservations
             .get(&base)
-            .is_some_and(|(_, m)| m[range.clone()].iter().any(|&x| x));
+            .is_some_and(|(_, m)| m.range(range.clone()).next().is_some());
         if already {
             s.violations
                 .push(format!("map({:#x}, {bytes}) of a mapped page", ptr.0));
@@ -331,7 +331,7 @@ unsafe impl DeviceBackend for SimBackend {
         }
         self.obtain(&mut s, bytes)?;
         if let Some((_, m)) = s.reservations.get_mut(&base) {
-            m[range].fill(true);
+            m.extend(range);
         }
         Ok(())
     }
@@ -348,14 +348,16 @@ unsafe impl DeviceBackend for SimBackend {
         let all_mapped = s
             .reservations
             .get(&base)
-            .is_some_and(|(_, m)| m[range.clone()].iter().all(|&x| x));
+            .is_some_and(|(_, m)| m.range(range.clone()).count() == range.len());
         if !all_mapped {
             s.violations
                 .push(format!("unmap({:#x}, {bytes}) of an unmapped page", ptr.0));
             return;
         }
         if let Some((_, m)) = s.reservations.get_mut(&base) {
-            m[range].fill(false);
+            for p in range {
+                m.remove(&p);
+            }
         }
         s.used -= bytes;
     }
@@ -363,7 +365,7 @@ unsafe impl DeviceBackend for SimBackend {
     unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
         let mut s = self.lock();
         match s.reservations.remove(&ptr.0) {
-            Some((size, m)) if size == bytes && !m.iter().any(|&x| x) => {}
+            Some((size, m)) if size == bytes && m.is_empty() => {}
             Some((size, _)) => s.violations.push(format!("release({:#x}, {bytes}) of a {size}-byte reservation with pages mapped or wrong size", ptr.0)),
             None => s.violations.push(format!("release({:#x}, {bytes}) of no reservation", ptr.0)),
         }
