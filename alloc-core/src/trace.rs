@@ -49,7 +49,8 @@ pub(crate) struct TraceRing {
 impl TraceRing {
     pub(crate) fn new(cap: usize) -> Self {
         TraceRing {
-            buf: Vec::with_capacity(cap),
+            // grows as entries arrive: a long ring costs nothing up front
+            buf: Vec::new(),
             cap,
             seq: 0,
         }
