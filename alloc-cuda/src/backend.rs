@@ -1,0 +1,292 @@
+//! [`CudaBackend`]: segments from `cuMemAlloc`, pooled events on CUDA
+//! streams, `cuMemGetInfo`, and expandable segments on CUDA virtual memory
+//! where the driver and device offer it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaStream, sys};
+
+use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+
+use crate::driver::{backend_error, check, cuda_available};
+use crate::error::CudaError;
+use crate::event::{EventPool, PooledEvent};
+use crate::stream::StreamHandle;
+use crate::vm::Vm;
+
+/// Alignment the engine relies on for every segment (the driver aligns
+/// `cuMemAlloc` results to at least this; a result that is not is refused).
+pub const SEGMENT_ALIGN: usize = 512;
+
+/// The memory of one CUDA device, for [`alloc_core::CachingAllocator`].
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    ordinal: usize,
+    name: String,
+    events: Arc<EventPool>,
+    vm: Result<Vm, String>,
+    /// Streams created for trace replay (`stream_for_id`), by id.
+    replay_streams: Mutex<HashMap<u32, Arc<CudaStream>>>,
+    /// Driver calls in paths that cannot return an error (free, unmap,
+    /// release) that failed.
+    driver_errors: AtomicU64,
+}
+
+/// Retains the primary context of device `ordinal` (after the probe, so a
+/// missing driver is an error, not a panic).
+pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, CudaError> {
+    if !cuda_available() {
+        return Err(CudaError::Unavailable);
+    }
+    let count = CudaContext::device_count().map_err(|e| {
+        CudaError::driver(
+            "cuDeviceGetCount",
+            e,
+            "check that the NVIDIA driver is loaded (nvidia-smi)",
+        )
+    })?;
+    if ordinal >= count.max(0) as usize {
+        return Err(CudaError::NoDevice {
+            device: ordinal,
+            count: count.max(0) as usize,
+        });
+    }
+    CudaContext::new(ordinal).map_err(|e| {
+        CudaError::driver(
+            "cuDevicePrimaryCtxRetain",
+            e,
+            "check CUDA_VISIBLE_DEVICES and that no other process holds the device exclusively",
+        )
+    })
+}
+
+impl CudaBackend {
+    /// The backend of device `ordinal`: retains its primary context, fills
+    /// the event pool, and probes virtual memory.
+    pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
+        let ctx = open_context(ordinal)?;
+        let events = EventPool::new(Arc::clone(&ctx)).map_err(|e| CudaError::Driver {
+            call: "cuEventCreate",
+            code: "error".into(),
+            text: e.to_string(),
+            hint: "the device may be out of resources",
+        })?;
+        let vm = Vm::probe(ctx.cu_device(), ordinal as i32);
+        Ok(CudaBackend {
+            ctx,
+            ordinal,
+            name: format!("cuda:{ordinal}"),
+            events,
+            vm,
+            replay_streams: Mutex::new(HashMap::new()),
+            driver_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The device's (primary) context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Why expandable segments are unavailable, or `None` when they are.
+    pub fn vm_unavailable_reason(&self) -> Option<&str> {
+        self.vm.as_ref().err().map(String::as_str)
+    }
+
+    /// Pages of expandable segments mapped now.
+    pub fn mapped_pages(&self) -> usize {
+        self.vm.as_ref().map_or(0, Vm::mapped_pages)
+    }
+
+    /// Events waiting in the pool.
+    pub fn pooled_events(&self) -> usize {
+        self.events.free_len()
+    }
+
+    /// Driver calls that failed where no error can be returned (free, unmap,
+    /// release of a reservation); `0` on a healthy device.
+    pub fn driver_errors(&self) -> u64 {
+        self.driver_errors.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn bind(&self) -> Result<(), BackendError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| backend_error("cuCtxSetCurrent", e))
+    }
+
+    #[cold]
+    fn note_failure(&self, n: u64) {
+        self.driver_errors.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: (1) segments come from `cuMemAlloc`, which returns fresh device
+// memory overlapping no live allocation, and a result not aligned to
+// SEGMENT_ALIGN is freed and refused; (2) reservations come from
+// `cuMemAddressReserve` aligned to the page size, and `map` backs exactly the
+// named pages; (3) events are recorded with `cuEventRecord` and reported done
+// only when `cuEventQuery` returns CUDA_SUCCESS; `synchronize` is
+// `cuCtxSynchronize`, which returns when every stream of the context is idle.
+unsafe impl DeviceBackend for CudaBackend {
+    type Stream = StreamHandle;
+    type Event = PooledEvent;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn alignment(&self) -> usize {
+        SEGMENT_ALIGN
+    }
+
+    fn stream_for_id(&self, id: u32) -> StreamHandle {
+        if id == 0 {
+            return StreamHandle::DEFAULT;
+        }
+        let mut streams = self
+            .replay_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = streams.get(&id) {
+            return StreamHandle::of(s);
+        }
+        match self.ctx.new_stream() {
+            Ok(s) => {
+                let h = StreamHandle::of(&s);
+                streams.insert(id, s);
+                h
+            }
+            // No stream to be had: the default stream orders everything.
+            Err(_) => StreamHandle::DEFAULT,
+        }
+    }
+
+    fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
+        self.bind()?;
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: `ptr` is a valid out-pointer; the context is current.
+        check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) })
+            .map_err(|e| backend_error("cuMemAlloc_v2", e))?;
+        if ptr as usize % SEGMENT_ALIGN != 0 {
+            // SAFETY: `ptr` was just allocated and nothing uses it.
+            let _ = unsafe { sys::cuMemFree_v2(ptr) };
+            return Err(BackendError::Other(format!(
+                "cuMemAlloc_v2 returned {ptr:#x}, not aligned to {SEGMENT_ALIGN} B"
+            )));
+        }
+        Ok(DevicePtr(ptr as usize))
+    }
+
+    unsafe fn deallocate(&self, ptr: DevicePtr, _bytes: usize) {
+        let ok = self.bind().is_ok()
+            // SAFETY: the caller passes one live segment from `allocate` that
+            // no pending work uses.
+            && check(unsafe { sys::cuMemFree_v2(ptr.0 as sys::CUdeviceptr) }).is_ok();
+        if !ok {
+            self.note_failure(1);
+        }
+    }
+
+    fn record_event(&self, stream: StreamHandle) -> Result<PooledEvent, BackendError> {
+        self.bind()?;
+        self.events.record(stream.as_raw())
+    }
+
+    fn event_done(&self, event: &PooledEvent) -> bool {
+        event.is_done()
+    }
+
+    fn wait_event(&self, event: &PooledEvent) {
+        if !event.wait() {
+            self.note_failure(1);
+        }
+    }
+
+    fn synchronize(&self) {
+        if self.ctx.synchronize().is_err() {
+            self.note_failure(1);
+        }
+    }
+
+    fn mem_info(&self) -> Option<MemInfo> {
+        self.bind().ok()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: both are valid out-pointers; the context is current.
+        check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }).ok()?;
+        Some(MemInfo { free, total })
+    }
+
+    fn page_size(&self) -> Option<usize> {
+        self.vm.as_ref().ok().map(|vm| vm.page)
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
+        match &self.vm {
+            Ok(vm) => {
+                self.bind()?;
+                vm.reserve(bytes)
+            }
+            Err(why) => Err(BackendError::Other(format!(
+                "{}: no expandable segments: {why}",
+                self.name
+            ))),
+        }
+    }
+
+    unsafe fn map(&self, ptr: DevicePtr, bytes: usize) -> Result<(), BackendError> {
+        let Ok(vm) = &self.vm else {
+            return Err(BackendError::Other(format!(
+                "{}: map without virtual memory",
+                self.name
+            )));
+        };
+        self.bind()?;
+        // SAFETY: forwarded from the caller (unmapped pages of one live
+        // reservation of this backend).
+        unsafe { vm.map(ptr, bytes) }
+    }
+
+    unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
+        let Ok(vm) = &self.vm else { return };
+        // Unmapping while a kernel may still touch the pages faults the
+        // device: wait for every stream first, as PyTorch does.
+        if self.bind().is_err() || self.ctx.synchronize().is_err() {
+            self.note_failure(1);
+            return;
+        }
+        // SAFETY: forwarded from the caller (mapped pages no work uses), and
+        // the device is idle.
+        let failed = unsafe { vm.unmap(ptr, bytes) };
+        if failed > 0 {
+            self.note_failure(failed as u64);
+        }
+    }
+
+    unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
+        let Ok(vm) = &self.vm else { return };
+        // SAFETY: forwarded from the caller (one live reservation with
+        // nothing mapped).
+        if self.bind().is_err() || !unsafe { vm.release(ptr, bytes) } {
+            self.note_failure(1);
+        }
+    }
+}
+
+impl core::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("device", &self.ordinal)
+            .field("page_size", &self.page_size())
+            .field("vm_unavailable", &self.vm_unavailable_reason())
+            .finish()
+    }
+}

@@ -1,0 +1,72 @@
+//! Access to the driver library: the probe that keeps cudarc from panicking
+//! when libcuda is missing, the optional-symbol check for virtual memory, and
+//! conversions of driver results.
+//!
+//! cudarc (with `dynamic-loading`) resolves each driver symbol on first use
+//! and panics when the library or the symbol is missing. Every entry point of
+//! this crate calls [`cuda_available`] first, and the virtual-memory calls are
+//! made only after `has_symbols` found all of them.
+
+use cudarc::driver::{DriverError, sys};
+
+use alloc_core::BackendError;
+
+/// The virtual-memory functions expandable segments need; drivers before
+/// CUDA 10.2 lack them.
+pub(crate) const VM_SYMBOLS: [&str; 8] = [
+    "cuMemGetAllocationGranularity",
+    "cuMemAddressReserve",
+    "cuMemAddressFree",
+    "cuMemCreate",
+    "cuMemRelease",
+    "cuMemMap",
+    "cuMemUnmap",
+    "cuMemSetAccess",
+];
+
+/// Whether a CUDA driver library can be loaded (never panics).
+pub fn cuda_available() -> bool {
+    // SAFETY: `is_culib_present` only tries to dlopen the candidate names;
+    // loading the driver library runs no code of ours.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether the loaded driver exports every one of `names`.
+///
+/// Call only after [`cuda_available`] returned `true`.
+pub(crate) fn has_symbols(names: &[&str]) -> bool {
+    names.iter().all(|name| {
+        // SAFETY: the caller checked `cuda_available`, so `culib` finds the
+        // library instead of panicking; the symbol is looked up, not called,
+        // so its type is irrelevant.
+        unsafe {
+            sys::culib()
+                .get::<unsafe extern "C" fn()>(name.as_bytes())
+                .is_ok()
+        }
+    })
+}
+
+/// The driver's description of `err`.
+pub(crate) fn error_text(err: DriverError) -> String {
+    match err.error_string() {
+        Ok(s) => s.to_string_lossy().into_owned(),
+        Err(_) => "no description".to_string(),
+    }
+}
+
+/// `Ok` for `CUDA_SUCCESS`, the error otherwise.
+#[inline]
+pub(crate) fn check(r: sys::CUresult) -> Result<(), DriverError> {
+    r.result()
+}
+
+/// A backend error for a failed driver call: out of memory enters the
+/// engine's reclaim ladder, every other code is reported with its name.
+#[cold]
+pub(crate) fn backend_error(call: &str, err: DriverError) -> BackendError {
+    match err.0 {
+        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory,
+        code => BackendError::Other(format!("{call} failed with {code:?} ({})", error_text(err))),
+    }
+}
