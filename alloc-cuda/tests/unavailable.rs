@@ -1,6 +1,15 @@
 //! Without a CUDA driver every entry point returns the clear error, and
 //! nothing panics. On a machine with a driver this is reported as SKIPPED.
 
+/// Writes to stderr past the test harness's output capture, so a skip is
+/// seen in every `cargo test` run, not only when a test fails.
+macro_rules! skipped {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use alloc_cuda::{CudaAllocator, CudaError, PinnedPool, c_abi};
 
 fn driver_present() -> bool {
@@ -69,7 +78,7 @@ fn cuda_info_example_exits_with_the_error() {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let example = dir.join("examples").join("cuda_info");
     if !example.exists() {
-        eprintln!("SKIPPED: {} not built", example.display());
+        skipped!("SKIPPED: {} not built", example.display());
         return;
     }
     let out = std::process::Command::new(&example)
