@@ -5,6 +5,7 @@
 //! void   alloc_cuda_free(void* ptr, ssize_t size, int device, cudaStream_t stream);
 //! size_t alloc_cuda_stats_json(int device, char* buf, size_t cap);
 //! size_t alloc_cuda_snapshot_json(int device, char* buf, size_t cap);
+//! void   alloc_cuda_record_stream(void* ptr, cudaStream_t stream);
 //! void   alloc_cuda_empty_cache(int device);
 //! void   alloc_cuda_reset_peak(int device);
 //! size_t alloc_cuda_last_error(char* buf, size_t cap);
@@ -122,6 +123,24 @@ pub extern "C" fn alloc_cuda_free(
     };
     if std::panic::catch_unwind(run).is_err() {
         set_error(format!("alloc_cuda_free({ptr:p}) panicked"));
+    }
+}
+
+/// Marks `ptr` (live, from [`alloc_cuda_malloc`]) as used on `stream`: after
+/// its free, it is reused only once the work queued there completes.
+#[unsafe(no_mangle)]
+pub extern "C" fn alloc_cuda_record_stream(ptr: *mut c_void, stream: *mut c_void) {
+    let run = || {
+        let map = live();
+        match map.as_ref().and_then(|m| m.get(&(ptr as usize))) {
+            Some(buf) => buf.record_stream(StreamHandle(stream as usize)),
+            None => set_error(format!(
+                "alloc_cuda_record_stream({ptr:p}): not a live allocation of this allocator"
+            )),
+        }
+    };
+    if std::panic::catch_unwind(run).is_err() {
+        set_error(format!("alloc_cuda_record_stream({ptr:p}) panicked"));
     }
 }
 

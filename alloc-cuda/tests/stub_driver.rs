@@ -449,7 +449,12 @@ fn c_abi_allocates_frees_and_reports() {
     alloc_cuda_free(p, 1 << 20, 0, s2.cu_stream() as *mut core::ffi::c_void);
     let p2 = alloc_cuda_malloc(1 << 20, 0, core::ptr::null_mut());
     assert_ne!(p2, p);
+    // and so is one recorded on another stream before its free
+    alloc_cuda_record_stream(p2, s2.cu_stream() as *mut core::ffi::c_void);
     alloc_cuda_free(p2, 1 << 20, 0, core::ptr::null_mut());
+    let p3 = alloc_cuda_malloc(1 << 20, 0, core::ptr::null_mut());
+    assert!(p3 != p && p3 != p2);
+    alloc_cuda_free(p3, 1 << 20, 0, core::ptr::null_mut());
     stub.complete_all();
     alloc_cuda_empty_cache(0);
     assert_eq!(g.stats().reserved_bytes.all.current, 0);
