@@ -7,12 +7,19 @@ pub mod cleanup;
 pub mod device;
 pub mod error;
 pub mod estimator;
+pub mod export;
 pub mod guards;
 pub mod info;
+#[cfg(feature = "criterion")]
+pub mod measurement;
 pub mod monitor;
 pub mod plan;
 pub mod pool;
+pub mod report;
 pub mod retry;
+pub mod svg;
+#[cfg(feature = "tracing")]
+pub mod tracing_layer;
 
 pub use adaptive::{AdaptiveBatch, Adjustment, BatchLimits};
 pub use cgroup::{CgroupLimit, CgroupVersion, cgroup_limit, cgroup_limit_at};
@@ -22,6 +29,7 @@ pub use device::{
 };
 pub use error::ToolkitError;
 pub use estimator::{Estimator, Fit};
+pub use export::{json, json_text, prometheus, prometheus_text};
 pub use guards::{
     BudgetScope, DEFAULT_SAFETY_FACTOR, ensure_available, ensure_available_in,
     ensure_device_available, ensure_device_available_in,
@@ -30,10 +38,16 @@ pub use info::{
     MemoryInfo, MemorySources, ProcessMemory, SystemMemory, TrackedHost, memory_info,
     memory_info_from,
 };
+#[cfg(feature = "criterion")]
+pub use measurement::HostAllocs;
 pub use monitor::{
     MemoryMonitor, Metric, MonitorConfig, MonitorGuard, MonitorSummary, ProcessSource, Sample,
     SampleSource, ThresholdEvent,
 };
 pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
+pub use report::{render_report, report};
 pub use retry::{Attempts, OomError, RetryError, RetryPolicy, retry_on_oom, retry_on_oom_or};
+pub use svg::plot_svg;
+#[cfg(feature = "tracing")]
+pub use tracing_layer::ScopeLayer;

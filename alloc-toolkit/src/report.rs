@@ -1,0 +1,117 @@
+//! A report a person reads at a glance: memory of the machine, the container,
+//! the process and each device in two tables, then the scope tree.
+
+use std::fmt::Write as _;
+
+use alloc_host::{ScopeTree, format_bytes as b};
+
+use crate::info::{MemoryInfo, memory_info};
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), b)
+}
+
+/// The tables for `info` and, when given, the scope tree.
+pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
+    let mut out = String::new();
+    let (avail, from) = info.host_available();
+    let _ = writeln!(out, "{:<22} {:>12} {:>12}  note", "host", "used", "limit");
+    let _ = writeln!(out, "{}", "-".repeat(64));
+    let sys_used = info.system.total.saturating_sub(info.system.available);
+    let _ = writeln!(
+        out,
+        "{:<22} {:>12} {:>12}  {} available ({from})",
+        "system",
+        b(sys_used),
+        b(info.system.total),
+        b(avail)
+    );
+    if let Some(c) = &info.cgroup {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>12} {:>12}  cgroup {:?} at {}",
+            "container",
+            opt(c.usage),
+            opt(c.limit),
+            c.version,
+            c.dir.display()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<22} {:>12} {:>12}  peak RSS {}",
+        "process RSS",
+        b(info.process.rss),
+        b(info.host_limit()),
+        b(info.process.peak_rss)
+    );
+    let t = &info.tracked;
+    let note = if t.installed {
+        format!("peak {}, {} live blocks", b(t.peak), t.live_allocations)
+    } else {
+        "TrackingAllocator not installed".to_owned()
+    };
+    let _ = writeln!(
+        out,
+        "{:<22} {:>12} {:>12}  {note}",
+        "tracked heap",
+        b(t.live),
+        "-"
+    );
+    if !info.devices.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>5}",
+            "device",
+            "allocated",
+            "peak alloc",
+            "reserved",
+            "peak rsvd",
+            "free",
+            "total",
+            "effic",
+            "ooms"
+        );
+        let _ = writeln!(out, "{}", "-".repeat(100));
+        for d in &info.devices {
+            let _ = writeln!(
+                out,
+                "{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6.3} {:>5}",
+                format!("{} ({})", d.name, d.backend),
+                b(d.allocated),
+                b(d.peak_allocated),
+                b(d.reserved),
+                b(d.peak_reserved),
+                opt(d.free),
+                opt(d.total),
+                d.efficiency,
+                d.num_ooms
+            );
+        }
+    }
+    if let Some(tree) = scopes {
+        let _ = writeln!(out, "\n{}", tree.render());
+    }
+    out
+}
+
+/// [`render_report`] of the process now, scopes included.
+pub fn report() -> String {
+    alloc_host::untracked(|| render_report(&memory_info(), Some(&alloc_host::snapshot())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_a_row_per_part() {
+        let text = render_report(&memory_info(), None);
+        for row in ["system", "process RSS", "tracked heap"] {
+            assert!(
+                text.lines().any(|l| l.starts_with(row)),
+                "{row} missing:\n{text}"
+            );
+        }
+    }
+}
