@@ -6,8 +6,8 @@
 //! instructions per 2 KiB alloc+free pair against 126 for 1 KiB). mimalloc
 //! aligns every block of 16 bytes or more to 16 bytes and smaller ones to 8, so
 //! for alignments up to 16 (nearly all Rust layouts) this adaptor calls the
-//! plain `mi_malloc` / `mi_zalloc` / `mi_realloc` and keeps the aligned calls for
-//! larger alignments.
+//! plain `mi_malloc_small` (up to 1 KiB) / `mi_malloc` / `mi_zalloc` /
+//! `mi_realloc` and keeps the aligned calls for larger alignments.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_void;
@@ -34,10 +34,15 @@ fn plain(layout: Layout) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: mimalloc's allocation functions accept any size.
+        // SAFETY: mimalloc's allocation functions accept any size; the `_small`
+        // ones only sizes up to MI_SMALL_SIZE_MAX, which the branch checks.
         unsafe {
             if plain(layout) {
-                ffi::mi_malloc(layout.size()).cast()
+                if layout.size() <= ffi::MI_SMALL_SIZE_MAX {
+                    ffi::mi_malloc_small(layout.size()).cast()
+                } else {
+                    ffi::mi_malloc(layout.size()).cast()
+                }
             } else {
                 ffi::mi_malloc_aligned(layout.size(), layout.align()).cast()
             }
@@ -49,7 +54,11 @@ unsafe impl GlobalAlloc for Mimalloc {
         // SAFETY: as `alloc`; mimalloc zeroes (fresh OS pages are not touched).
         unsafe {
             if plain(layout) {
-                ffi::mi_zalloc(layout.size()).cast()
+                if layout.size() <= ffi::MI_SMALL_SIZE_MAX {
+                    ffi::mi_zalloc_small(layout.size()).cast()
+                } else {
+                    ffi::mi_zalloc(layout.size()).cast()
+                }
             } else {
                 ffi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
             }

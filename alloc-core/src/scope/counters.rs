@@ -16,6 +16,9 @@
 
 use super::sync::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+/// Operations a thread may hold back before applying its batch.
+pub(crate) const OPS_PER_BATCH: u32 = 256;
+
 /// A batch of changes to one scope chain, made by one thread.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub(crate) struct Delta {
@@ -28,8 +31,9 @@ pub(crate) struct Delta {
     pub live: i64,
     /// Highest value `live` reached since the batch began (never below 0).
     pub max_prefix: i64,
-    /// Operations since the batch began.
-    pub ops: u32,
+    /// Operations left before the batch must be applied: counts down from
+    /// [`OPS_PER_BATCH`] (one `sub` that sets the zero flag on the fast path).
+    pub left: u32,
 }
 
 impl Delta {
@@ -41,7 +45,7 @@ impl Delta {
         bytes_freed: 0,
         live: 0,
         max_prefix: 0,
-        ops: 0,
+        left: OPS_PER_BATCH,
     };
 
     #[inline]
@@ -63,7 +67,7 @@ impl Delta {
     #[inline]
     pub(crate) fn alloc(&mut self, bytes: u64) {
         self.allocations = self.allocations.wrapping_add(1);
-        self.ops = self.ops.wrapping_add(1);
+        self.left = self.left.wrapping_sub(1);
         self.grow(bytes);
     }
 
@@ -71,7 +75,7 @@ impl Delta {
     #[inline]
     pub(crate) fn free(&mut self, bytes: u64) {
         self.frees = self.frees.wrapping_add(1);
-        self.ops = self.ops.wrapping_add(1);
+        self.left = self.left.wrapping_sub(1);
         self.shrink(bytes);
     }
 
@@ -80,7 +84,7 @@ impl Delta {
     #[inline]
     pub(crate) fn realloc(&mut self, old: u64, new: u64) {
         self.reallocs = self.reallocs.wrapping_add(1);
-        self.ops = self.ops.wrapping_add(1);
+        self.left = self.left.wrapping_sub(1);
         if new >= old {
             self.grow(new - old);
         } else {
@@ -117,7 +121,7 @@ impl Delta {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.ops == 0
+        self.left == OPS_PER_BATCH
     }
 }
 

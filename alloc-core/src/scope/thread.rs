@@ -34,7 +34,7 @@ use super::registry::REGISTRY;
 /// Net live bytes a thread may hold back before applying its batch.
 pub const BATCH_BYTES: i64 = 256 << 10;
 /// Operations a thread may hold back before applying its batch.
-pub const BATCH_OPS: u32 = 256;
+pub const BATCH_OPS: u32 = super::counters::OPS_PER_BATCH;
 
 const NORMAL: u8 = 0;
 /// Inside our own bookkeeping (registering the exit hook): charge unbatched.
@@ -174,7 +174,7 @@ pub fn charge_host_alloc(bytes: usize) -> Option<ScopeId> {
         }
         let flush = s.with_batch(|b| {
             b.alloc(bytes as u64);
-            b.live > BATCH_BYTES || b.ops >= BATCH_OPS
+            b.left == 0 || b.live > BATCH_BYTES
         });
         if flush {
             flush_state(s);
@@ -208,7 +208,7 @@ pub fn charge_host_free(owner: ScopeId, bytes: usize) {
         if s.batched() && owner == s.current.get() {
             let flush = s.with_batch(|b| {
                 b.free(bytes as u64);
-                b.live < -BATCH_BYTES || b.ops >= BATCH_OPS
+                b.left == 0 || b.live < -BATCH_BYTES
             });
             if flush {
                 flush_state(s);
@@ -245,7 +245,7 @@ pub fn charge_host_realloc(owner: ScopeId, old: usize, new: usize) -> bool {
         if s.batched() && owner == s.current.get() {
             let flush = s.with_batch(|b| {
                 b.realloc(old as u64, new as u64);
-                b.live > BATCH_BYTES || b.live < -BATCH_BYTES || b.ops >= BATCH_OPS
+                b.live > BATCH_BYTES || b.left == 0 || b.live < -BATCH_BYTES
             });
             if flush {
                 flush_state(s);
