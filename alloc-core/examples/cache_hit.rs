@@ -51,19 +51,25 @@ fn main() {
             pct(&mut one, 0.5),
             pct(&mut one, 0.9)
         );
+        let barrier = std::sync::Barrier::new(2);
+        let start = Instant::now();
         let mut two: Vec<f64> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..2u32)
                 .map(|t| {
-                    let a = &a;
-                    s.spawn(move || batches(a, size, SimStream(t), n))
+                    let (a, barrier) = (&a, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        batches(a, size, SimStream(t), n)
+                    })
                 })
                 .collect();
             hs.into_iter()
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
         });
+        let wall = start.elapsed().as_nanos() as f64 / (2 * n * BATCH) as f64;
         println!(
-            "{name}, 2 threads: p50 {:.1} ns, p90 {:.1} ns per alloc+free pair (per thread)",
+            "{name}, 2 threads: p50 {:.1} ns, p90 {:.1} ns per pair per thread; {wall:.1} ns of wall time per pair in all",
             pct(&mut two, 0.5),
             pct(&mut two, 0.9)
         );
