@@ -10,7 +10,7 @@ use cudarc::driver::{CudaContext, CudaStream, sys};
 
 use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo};
 
-use crate::driver::{backend_error, check, cuda_available};
+use crate::driver::{CurrentContext, backend_error, check, cuda_available};
 use crate::error::CudaError;
 use crate::event::{EventPool, PooledEvent};
 use crate::stream::StreamHandle;
@@ -53,6 +53,9 @@ pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, CudaError
             count: count.max(0) as usize,
         });
     }
+    // cudarc makes the new context current and leaves it so; restore the
+    // caller's.
+    let _saved = CurrentContext::save();
     CudaContext::new(ordinal).map_err(|e| {
         CudaError::driver(
             "cuDevicePrimaryCtxRetain",
@@ -116,11 +119,10 @@ impl CudaBackend {
         self.driver_errors.load(Ordering::Relaxed)
     }
 
+    /// Makes the device's context current until the guard drops.
     #[inline]
-    fn bind(&self) -> Result<(), BackendError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| backend_error("cuCtxSetCurrent", e))
+    fn bind(&self) -> Result<CurrentContext, BackendError> {
+        CurrentContext::enter(self.ctx.cu_ctx())
     }
 
     #[cold]
@@ -159,6 +161,9 @@ unsafe impl DeviceBackend for CudaBackend {
         if let Some(s) = streams.get(&id) {
             return StreamHandle::of(s);
         }
+        // cudarc makes the context current without restoring; the guard
+        // restores the caller's.
+        let _cur = self.bind();
         match self.ctx.new_stream() {
             Ok(s) => {
                 let h = StreamHandle::of(&s);
@@ -171,7 +176,7 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
-        self.bind()?;
+        let _cur = self.bind()?;
         let mut ptr: sys::CUdeviceptr = 0;
         // SAFETY: `ptr` is a valid out-pointer; the context is current.
         check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) })
@@ -187,17 +192,19 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     unsafe fn deallocate(&self, ptr: DevicePtr, _bytes: usize) {
-        let ok = self.bind().is_ok()
+        let cur = self.bind();
+        let ok = cur.is_ok()
             // SAFETY: the caller passes one live segment from `allocate` that
             // no pending work uses.
             && check(unsafe { sys::cuMemFree_v2(ptr.0 as sys::CUdeviceptr) }).is_ok();
+        drop(cur);
         if !ok {
             self.note_failure(1);
         }
     }
 
     fn record_event(&self, stream: StreamHandle) -> Result<PooledEvent, BackendError> {
-        self.bind()?;
+        let _cur = self.bind()?;
         self.events.record(stream.as_raw())
     }
 
@@ -212,13 +219,13 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     fn synchronize(&self) {
-        if self.ctx.synchronize().is_err() {
+        if !self.bind().is_ok_and(|cur| cur.synchronize()) {
             self.note_failure(1);
         }
     }
 
     fn mem_info(&self) -> Option<MemInfo> {
-        self.bind().ok()?;
+        let _cur = self.bind().ok()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: both are valid out-pointers; the context is current.
         check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }).ok()?;
@@ -232,7 +239,7 @@ unsafe impl DeviceBackend for CudaBackend {
     fn reserve(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
         match &self.vm {
             Ok(vm) => {
-                self.bind()?;
+                let _cur = self.bind()?;
                 vm.reserve(bytes)
             }
             Err(why) => Err(BackendError::Other(format!(
@@ -249,7 +256,7 @@ unsafe impl DeviceBackend for CudaBackend {
                 self.name
             )));
         };
-        self.bind()?;
+        let _cur = self.bind()?;
         // SAFETY: forwarded from the caller (unmapped pages of one live
         // reservation of this backend).
         unsafe { vm.map(ptr, bytes) }
@@ -259,13 +266,17 @@ unsafe impl DeviceBackend for CudaBackend {
         let Ok(vm) = &self.vm else { return };
         // Unmapping while a kernel may still touch the pages faults the
         // device: wait for every stream first, as PyTorch does.
-        if self.bind().is_err() || self.ctx.synchronize().is_err() {
-            self.note_failure(1);
-            return;
-        }
+        let cur = match self.bind() {
+            Ok(cur) if cur.synchronize() => cur,
+            _ => {
+                self.note_failure(1);
+                return;
+            }
+        };
         // SAFETY: forwarded from the caller (mapped pages no work uses), and
         // the device is idle.
         let failed = unsafe { vm.unmap(ptr, bytes) };
+        drop(cur);
         if failed > 0 {
             self.note_failure(failed as u64);
         }
@@ -273,11 +284,13 @@ unsafe impl DeviceBackend for CudaBackend {
 
     unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
         let Ok(vm) = &self.vm else { return };
+        let cur = self.bind();
         // SAFETY: forwarded from the caller (one live reservation with
         // nothing mapped).
-        if self.bind().is_err() || !unsafe { vm.release(ptr, bytes) } {
+        if cur.is_err() || !unsafe { vm.release(ptr, bytes) } {
             self.note_failure(1);
         }
+        drop(cur);
     }
 }
 

@@ -70,3 +70,55 @@ pub(crate) fn backend_error(call: &str, err: DriverError) -> BackendError {
         code => BackendError::Other(format!("{call} failed with {code:?} ({})", error_text(err))),
     }
 }
+
+/// Makes a context current on this thread for the guard's life and restores
+/// the thread's previous context on drop, so calls from code that manages
+/// its own current device (PyTorch through the C ABI) find it unchanged.
+pub(crate) struct CurrentContext {
+    prev: Option<sys::CUcontext>,
+}
+
+impl CurrentContext {
+    /// Makes `ctx` current (a no-op when it already is).
+    pub(crate) fn enter(ctx: sys::CUcontext) -> Result<CurrentContext, BackendError> {
+        let mut cur: sys::CUcontext = core::ptr::null_mut();
+        // SAFETY: `cur` is a valid out-pointer.
+        check(unsafe { sys::cuCtxGetCurrent(&mut cur) })
+            .map_err(|e| backend_error("cuCtxGetCurrent", e))?;
+        if cur == ctx {
+            return Ok(CurrentContext { prev: None });
+        }
+        // SAFETY: `ctx` is a live context (the caller holds its owner).
+        check(unsafe { sys::cuCtxSetCurrent(ctx) })
+            .map_err(|e| backend_error("cuCtxSetCurrent", e))?;
+        Ok(CurrentContext { prev: Some(cur) })
+    }
+
+    /// A guard that restores the thread's current context (possibly none) on
+    /// drop, around calls that change it without restoring (cudarc's).
+    pub(crate) fn save() -> CurrentContext {
+        let mut cur: sys::CUcontext = core::ptr::null_mut();
+        // SAFETY: `cur` is a valid out-pointer.
+        match check(unsafe { sys::cuCtxGetCurrent(&mut cur) }) {
+            Ok(()) => CurrentContext { prev: Some(cur) },
+            Err(_) => CurrentContext { prev: None },
+        }
+    }
+
+    /// Waits until every stream of the current context is idle.
+    pub(crate) fn synchronize(&self) -> bool {
+        // SAFETY: a context is current (this guard).
+        check(unsafe { sys::cuCtxSynchronize() }).is_ok()
+    }
+}
+
+impl Drop for CurrentContext {
+    fn drop(&mut self) {
+        if let Some(prev) = self.prev {
+            // SAFETY: `prev` was current on this thread when the guard was
+            // made (possibly null: no context), so it is still valid to
+            // restore.
+            let _ = unsafe { sys::cuCtxSetCurrent(prev) };
+        }
+    }
+}

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaContext, sys};
 
 use alloc_core::BackendError;
 
-use crate::driver::{backend_error, check};
+use crate::driver::{CurrentContext, backend_error, check};
 
 /// Events created when the pool runs dry (one driver call each, off the hot
 /// path: the pool is filled when the backend is created).
@@ -44,9 +44,7 @@ impl EventPool {
     #[cold]
     #[inline(never)]
     fn create_batch(&self) -> Result<Vec<usize>, BackendError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| backend_error("cuCtxSetCurrent", e))?;
+        let _cur = CurrentContext::enter(self.ctx.cu_ctx())?;
         let mut out = Vec::with_capacity(EVENT_BATCH);
         for _ in 0..EVENT_BATCH {
             let mut ev: sys::CUevent = core::ptr::null_mut();
@@ -96,7 +94,7 @@ impl EventPool {
 
 impl Drop for EventPool {
     fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
+        let _cur = CurrentContext::enter(self.ctx.cu_ctx());
         for raw in self.lock().drain(..) {
             // SAFETY: no `PooledEvent` is alive (each holds the pool), so the
             // pool owns every event in its list (E1).

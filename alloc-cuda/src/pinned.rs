@@ -16,7 +16,7 @@ use alloc_core::{
 };
 
 use crate::backend::open_context;
-use crate::driver::{backend_error, check};
+use crate::driver::{CurrentContext, backend_error, check};
 use crate::error::CudaError;
 use crate::event::{EventPool, PooledEvent};
 use crate::stream::StreamHandle;
@@ -49,10 +49,8 @@ impl PinnedHostBackend {
         Ok(PinnedHostBackend { ctx, events })
     }
 
-    fn bind(&self) -> Result<(), BackendError> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| backend_error("cuCtxSetCurrent", e))
+    fn bind(&self) -> Result<CurrentContext, BackendError> {
+        CurrentContext::enter(self.ctx.cu_ctx())
     }
 }
 
@@ -74,7 +72,7 @@ unsafe impl DeviceBackend for PinnedHostBackend {
     }
 
     fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
-        self.bind()?;
+        let _cur = self.bind()?;
         let mut p: *mut core::ffi::c_void = core::ptr::null_mut();
         let flags = sys::CU_MEMHOSTALLOC_PORTABLE;
         // SAFETY: `p` is a valid out-pointer; the context is current.
@@ -88,7 +86,7 @@ unsafe impl DeviceBackend for PinnedHostBackend {
     }
 
     unsafe fn deallocate(&self, ptr: DevicePtr, _bytes: usize) {
-        let _ = self.bind();
+        let _cur = self.bind();
         // SAFETY: the caller passes one live segment from `allocate` that no
         // pending work uses.
         let _ = unsafe { sys::cuMemFreeHost(ptr.0 as *mut core::ffi::c_void) };
@@ -98,7 +96,7 @@ unsafe impl DeviceBackend for PinnedHostBackend {
         if stream == StreamHandle::HOST {
             return Ok(PinnedEvent::Host);
         }
-        self.bind()?;
+        let _cur = self.bind()?;
         self.events.record(stream.as_raw()).map(PinnedEvent::Device)
     }
 
@@ -116,7 +114,9 @@ unsafe impl DeviceBackend for PinnedHostBackend {
     }
 
     fn synchronize(&self) {
-        let _ = self.ctx.synchronize();
+        if let Ok(cur) = self.bind() {
+            cur.synchronize();
+        }
     }
 
     fn mem_info(&self) -> Option<MemInfo> {

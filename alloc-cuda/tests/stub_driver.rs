@@ -499,3 +499,32 @@ fn backend_unmap_synchronises_first() {
     assert_eq!(b.driver_errors(), 0);
     assert_eq!(b.mapped_pages(), 0);
 }
+
+#[test]
+fn the_callers_current_context_is_left_unchanged() {
+    use alloc_cuda::c_abi::*;
+    use alloc_cuda::cudarc::driver::sys;
+    let (_stub, _g) = stub(false);
+    let current = || {
+        let mut c: sys::CUcontext = core::ptr::null_mut();
+        // SAFETY: `c` is a valid out-pointer.
+        unsafe { sys::cuCtxGetCurrent(&mut c) }
+            .result()
+            .expect("get");
+        c
+    };
+    // a thread with no current context, as a runtime-managed one may be
+    std::thread::spawn(move || {
+        assert!(current().is_null());
+        let p = alloc_cuda_malloc(3 << 20, 0, core::ptr::null_mut());
+        assert!(!p.is_null());
+        alloc_cuda_free(p, 3 << 20, 0, core::ptr::null_mut());
+        alloc_cuda_empty_cache(0);
+        assert!(
+            current().is_null(),
+            "the allocator left its context current"
+        );
+    })
+    .join()
+    .expect("thread");
+}
