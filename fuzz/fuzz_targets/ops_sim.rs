@@ -15,10 +15,16 @@ const CONFIGS: [&str; 4] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&head, rest)) = data.split_first() else { return };
+    let Some((&head, rest)) = data.split_first() else {
+        return;
+    };
     let (cfg, vm) = (head >> 1, head & 1 == 1);
     let program: Vec<Op> = ops::program_from_bytes(rest);
-    let sim = if vm { SimBackend::new(1 << 30) } else { SimBackend::without_vm(1 << 30) };
+    let sim = if vm {
+        SimBackend::new(1 << 30)
+    } else {
+        SimBackend::without_vm(1 << 30)
+    };
     sim.set_auto_complete(false);
     let config = Config::parse(CONFIGS[cfg as usize % CONFIGS.len()]).expect("fixed configs parse");
     let a = CachingAllocator::new(FaultInjectingBackend::new(sim.clone()), config);
