@@ -70,11 +70,10 @@ impl CudaBackend {
     /// the event pool, and probes virtual memory.
     pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
         let ctx = open_context(ordinal)?;
-        let events = EventPool::new(Arc::clone(&ctx)).map_err(|e| CudaError::Driver {
-            call: "cuEventCreate",
-            code: "error".into(),
-            text: e.to_string(),
-            hint: "the device may be out of resources",
+        let events = EventPool::new(Arc::clone(&ctx)).map_err(|source| CudaError::Setup {
+            device: ordinal,
+            action: "creating the event pool",
+            source,
         })?;
         let vm = Vm::probe(ctx.cu_device(), ordinal as i32);
         Ok(CudaBackend {

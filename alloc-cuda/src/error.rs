@@ -53,6 +53,16 @@ pub enum CudaError {
         /// The stream's device.
         stream_device: usize,
     },
+    /// Setting up a device's resources failed.
+    #[error("setting up CUDA device {device} failed while {action}: {source}")]
+    Setup {
+        /// The device ordinal.
+        device: usize,
+        /// What was being set up.
+        action: &'static str,
+        /// The driver's failure.
+        source: alloc_core::BackendError,
+    },
     /// The engine failed (out of memory after its reclaim ladder, or a
     /// backend failure).
     #[error(transparent)]

@@ -40,11 +40,10 @@ impl PinnedHostBackend {
     /// Pinned memory registered with the context of device `ordinal`.
     pub fn new(ordinal: usize) -> Result<PinnedHostBackend, CudaError> {
         let ctx = open_context(ordinal)?;
-        let events = EventPool::new(Arc::clone(&ctx)).map_err(|e| CudaError::Driver {
-            call: "cuEventCreate",
-            code: "error".into(),
-            text: e.to_string(),
-            hint: "the device may be out of resources",
+        let events = EventPool::new(Arc::clone(&ctx)).map_err(|source| CudaError::Setup {
+            device: ordinal,
+            action: "creating the event pool",
+            source,
         })?;
         Ok(PinnedHostBackend { ctx, events })
     }

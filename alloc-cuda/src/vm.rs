@@ -130,6 +130,12 @@ impl Vm {
     /// The range is page-aligned, inside one live reservation of this device,
     /// and none of its pages is mapped.
     pub(crate) unsafe fn map(&self, ptr: DevicePtr, bytes: usize) -> Result<(), BackendError> {
+        if bytes == 0 || bytes % self.page != 0 || ptr.0 % self.page != 0 {
+            return Err(BackendError::Other(format!(
+                "map({:#x}, {bytes}): not whole pages of {} B",
+                ptr.0, self.page
+            )));
+        }
         let mut done: Vec<(usize, sys::CUmemGenericAllocationHandle)> = Vec::new();
         let mut result = Ok(());
         for addr in (ptr.0..ptr.0 + bytes).step_by(self.page) {

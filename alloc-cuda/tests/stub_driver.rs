@@ -528,3 +528,30 @@ fn the_callers_current_context_is_left_unchanged() {
     .join()
     .expect("thread");
 }
+
+#[test]
+fn setup_failures_are_errors_naming_the_step() {
+    let (stub, _g) = stub(false);
+    stub.fail("cuEventCreate", 1, OOM);
+    let e = CudaBackend::new(0).expect_err("no events");
+    assert!(
+        matches!(
+            &e,
+            CudaError::Setup {
+                device: 0,
+                action: "creating the event pool",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    stub.fail("cuInit", 1, INVALID_VALUE);
+    let e = CudaAllocator::new(0).expect_err("cuInit fails");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("CUDA driver call cuDeviceGetCount failed with CUDA_ERROR_INVALID_VALUE"),
+        "{text}"
+    );
+    // and the next attempt, with a healthy driver, works
+    assert!(CudaAllocator::new(0).is_ok());
+}
