@@ -528,3 +528,49 @@ fn expandable_segments_with_max_split_size_stay_bounded() {
         fixed / MIB
     );
 }
+
+#[test]
+fn adaptors_limit_log_and_inject() {
+    use alloc_core::adaptors::{BackendCall, LimitBackend, LoggingBackend};
+    let stack = LoggingBackend::new(LimitBackend::new(SimBackend::new(1 << 30), 64 * MIB), 16);
+    let a = CachingAllocator::new(stack, Config::default());
+    let x = a.allocate(50 * MIB, S0).unwrap();
+    assert!(
+        a.allocate(50 * MIB, S0).is_err(),
+        "the limit adaptor caps the device at 64 MiB"
+    );
+    assert_eq!(
+        a.backend().inner().mem_info().map(|m| m.total),
+        Some(64 * MIB)
+    );
+    drop(x);
+    a.empty_cache();
+    assert_eq!(
+        a.backend().inner().used(),
+        0,
+        "everything obtained was given back"
+    );
+    let calls = a.backend().calls();
+    assert!(
+        matches!(calls.first(), Some(BackendCall::Map(_, _, true))),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| matches!(c, BackendCall::Unmap(..))),
+        "{calls:?}"
+    );
+
+    let f = CachingAllocator::new(
+        FaultInjectingBackend::new(SimBackend::without_vm(1 << 30)),
+        fixed(),
+    );
+    f.backend().fail_nth(2);
+    let _one = f.allocate(30 * MIB, S0).unwrap();
+    let two = f.allocate(30 * MIB, S0);
+    assert!(
+        two.is_ok(),
+        "the ladder retries after the injected failure: {two:?}"
+    );
+    assert_eq!(f.backend().calls(), 3);
+    assert_eq!(f.stats().num_alloc_retries, 1);
+}
