@@ -8,9 +8,8 @@
 //! ([`ScopeId`]) so that a free is charged back to the scope that allocated it,
 //! on whatever thread and in whatever scope the free happens.
 //!
-//! Host charges are batched per thread (see [`BATCH_BYTES`] for the exact error
-//! bound); device charges and charges to a chain with a budget are applied at
-//! once.
+//! Host and device charges are batched per thread (see [`BATCH_BYTES`] for the
+//! exact error bound); charges to a chain with a budget are applied at once.
 
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 

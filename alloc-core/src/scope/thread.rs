@@ -1,5 +1,5 @@
-//! Per-thread state: the scope this thread is in, and the batch of host charges
-//! not yet applied to the shared counters.
+//! Per-thread state: the scope this thread is in, and the batches of host and
+//! device charges not yet applied to the shared counters.
 //!
 //! # Exactness
 //! A thread applies its batch when the batch's net live bytes leave
@@ -53,6 +53,8 @@ pub(crate) struct ThreadState {
     fast: Cell<bool>,
     hooked: Cell<bool>,
     batch: UnsafeCell<Delta>,
+    /// Device charges, batched the same way.
+    device_batch: UnsafeCell<Delta>,
 }
 
 impl ThreadState {
@@ -64,6 +66,7 @@ impl ThreadState {
             fast: Cell::new(true),
             hooked: Cell::new(false),
             batch: UnsafeCell::new(Delta::EMPTY),
+            device_batch: UnsafeCell::new(Delta::EMPTY),
         }
     }
 
@@ -90,6 +93,13 @@ impl ThreadState {
         // while `f` runs.
         f(unsafe { &mut *self.batch.get() })
     }
+
+    /// Runs `f` on this thread's device batch.
+    #[inline]
+    fn with_device_batch<R>(&self, f: impl FnOnce(&mut Delta) -> R) -> R {
+        // SAFETY: as `with_batch`: thread-local, and `f` does not re-enter.
+        f(unsafe { &mut *self.device_batch.get() })
+    }
 }
 
 thread_local! {
@@ -115,6 +125,10 @@ pub(crate) fn flush_state(s: &ThreadState) {
     let d = s.with_batch(|b| core::mem::replace(b, Delta::EMPTY));
     if !d.is_empty() {
         REGISTRY.apply_batch(s.current.get().slot(), &d, false);
+    }
+    let d = s.with_device_batch(|b| core::mem::replace(b, Delta::EMPTY));
+    if !d.is_empty() {
+        REGISTRY.apply_batch(s.current.get().slot(), &d, true);
     }
     if !s.hooked.get() && s.mode.get() == NORMAL {
         s.hooked.set(true);
@@ -302,13 +316,26 @@ pub fn cancel_host_realloc(owner: ScopeId, old: usize, new: usize) {
 
 /// Charges `bytes` of device memory to the calling thread's scope chain and
 /// returns the owner; the device allocator keeps it with the buffer and passes it
-/// to [`charge_device_free`]. Never batched: device figures are exact.
+/// to [`charge_device_free`]. Batched per thread like host charges (same bounds),
+/// so a cache hit pays no shared atomic.
 pub fn charge_device_alloc(bytes: u64) -> ScopeId {
-    let owner = current();
-    let mut d = Delta::EMPTY;
-    d.alloc(bytes);
-    REGISTRY.charge(owner.slot(), &d, true);
-    owner
+    STATE.with(|s| {
+        let owner = s.current.get();
+        if s.batched() {
+            let flush = s.with_device_batch(|b| {
+                b.alloc(bytes);
+                b.left == 0 || b.live > BATCH_BYTES
+            });
+            if flush {
+                flush_state(s);
+            }
+        } else {
+            let mut d = Delta::EMPTY;
+            d.alloc(bytes);
+            REGISTRY.charge(owner.slot(), &d, true);
+        }
+        owner
+    })
 }
 
 /// Charges the release of `bytes` of device memory back to `owner`.
@@ -316,9 +343,24 @@ pub fn charge_device_free(owner: ScopeId, bytes: u64) {
     if !owner.is_tracked() {
         return;
     }
-    let mut d = Delta::EMPTY;
-    d.free(bytes);
-    REGISTRY.charge(owner.slot(), &d, true);
+    STATE.with(|s| {
+        if s.batched() && owner == s.current.get() {
+            let flush = s.with_device_batch(|b| {
+                b.free(bytes);
+                b.left == 0 || b.live < -BATCH_BYTES
+            });
+            if flush {
+                flush_state(s);
+            }
+        } else {
+            if s.mode.get() == NORMAL {
+                flush_state(s);
+            }
+            let mut d = Delta::EMPTY;
+            d.free(bytes);
+            REGISTRY.charge(owner.slot(), &d, true);
+        }
+    })
 }
 
 /// Makes `id` the calling thread's scope, flushing the batch of the previous
