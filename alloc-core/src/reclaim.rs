@@ -371,3 +371,12 @@ impl<B: DeviceBackend> State<B> {
         }
     }
 }
+
+/// Dropping the allocator gives all its memory back to the backend: no buffer
+/// can outlive it (each borrows it), so every segment is fully free; pending
+/// cross-stream uses are waited for first, as in `empty_cache`.
+impl<B: DeviceBackend> Drop for CachingAllocator<B> {
+    fn drop(&mut self) {
+        self.empty_cache();
+    }
+}

@@ -574,3 +574,22 @@ fn adaptors_limit_log_and_inject() {
     assert_eq!(f.backend().calls(), 3);
     assert_eq!(f.stats().num_alloc_retries, 1);
 }
+
+#[test]
+fn dropping_the_allocator_releases_every_segment() {
+    let backend = alloc_core::SimBackend::new(1 << 30);
+    for expandable in ["expandable_segments:true", "expandable_segments:false"] {
+        let cfg = alloc_core::Config::parse(expandable).unwrap();
+        let a = alloc_core::CachingAllocator::new(backend.clone(), cfg);
+        let s = alloc_core::SimStream(0);
+        let bufs: Vec<_> = [512, 3 << 20, 40 << 20]
+            .iter()
+            .map(|&n| a.allocate(n, s).unwrap())
+            .collect();
+        drop(bufs);
+        assert!(backend.used() > 0, "{expandable}: segments stay cached");
+        drop(a);
+        assert_eq!(backend.used(), 0, "{expandable}: released on drop");
+        assert_eq!(backend.live_regions(), 0);
+    }
+}
