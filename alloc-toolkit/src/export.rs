@@ -169,11 +169,18 @@ pub struct Export<'a> {
 
 /// `memory` and `tree` as one JSON document.
 pub fn json_text(memory: &MemoryInfo, tree: &ScopeTree) -> String {
-    serde_json::to_string(&Export {
-        memory,
-        scopes: tree,
-    })
-    .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    // About 700 bytes per scope: size the buffer once.
+    let mut out = Vec::with_capacity(4096 + tree.scopes.len() * 768);
+    match serde_json::to_writer(
+        &mut out,
+        &Export {
+            memory,
+            scopes: tree,
+        },
+    ) {
+        Ok(()) => String::from_utf8(out).unwrap_or_default(),
+        Err(e) => format!("{{\"error\":\"{e}\"}}"),
+    }
 }
 
 /// [`memory_info`] and every scope now, as JSON.

@@ -153,6 +153,33 @@ pub fn process_memory() -> ProcessMemory {
     parse_status(&read(Path::new("/proc/self/status")))
 }
 
+/// Resident set size now from `/proc/self/statm` (a short line, cheaper than
+/// `/proc/self/status`). 0 when it cannot be read.
+pub fn resident_bytes() -> u64 {
+    std::fs::File::open("/proc/self/statm").map_or(0, |f| resident_bytes_from(&f))
+}
+
+/// Resident set size read from an open `/proc/self/statm` (read at offset 0
+/// into a stack buffer: no allocation, no reopening), so a sampler can keep
+/// the file open.
+pub fn resident_bytes_from(statm: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 128];
+    let n = statm.read_at(&mut buf, 0).unwrap_or(0);
+    let pages = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * page_size()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
 /// System, container, process, tracked host and device memory now.
 pub fn memory_info() -> MemoryInfo {
     memory_info_from(&MemorySources::default())
@@ -181,6 +208,8 @@ mod tests {
         assert!(info.system.available <= info.system.total);
         assert!(info.process.rss > 0 && info.process.peak_rss >= info.process.rss);
         assert!(info.host_available().0 <= info.system.total);
+        let statm = resident_bytes();
+        assert!(statm > 0 && statm <= info.process.peak_rss * 2, "{statm}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use serde::Serialize;
 
 use crate::device::device_infos;
 use crate::error::ToolkitError;
-use crate::info::{process_memory, tracked_host};
+use crate::info::{resident_bytes, resident_bytes_from, tracked_host};
 
 /// One reading, bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -73,17 +74,32 @@ impl<F: FnMut() -> Sample + Send + 'static> SampleSource for F {
 }
 
 /// The process: tracked host bytes, RSS, and the sums over registered devices.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessSource;
+/// Keeps `/proc/self/statm` open between samples.
+#[derive(Debug, Default)]
+pub struct ProcessSource {
+    statm: Option<std::fs::File>,
+}
+
+impl ProcessSource {
+    /// A source of this process's figures.
+    pub fn new() -> Self {
+        ProcessSource {
+            statm: std::fs::File::open("/proc/self/statm").ok(),
+        }
+    }
+}
 
 impl SampleSource for ProcessSource {
     fn sample(&mut self) -> Sample {
+        let statm = &self.statm;
         alloc_host::untracked(|| {
             let devices = device_infos();
             Sample {
                 t: Duration::ZERO,
                 host_live: tracked_host().live,
-                rss: process_memory().rss,
+                rss: statm
+                    .as_ref()
+                    .map_or_else(resident_bytes, resident_bytes_from),
                 device_allocated: devices.iter().map(|d| d.allocated).sum(),
                 device_reserved: devices.iter().map(|d| d.reserved).sum(),
             }
@@ -166,7 +182,7 @@ pub struct MemoryMonitor {
 impl MemoryMonitor {
     /// A monitor of this process ([`ProcessSource`]).
     pub fn new(config: MonitorConfig) -> Result<Self, ToolkitError> {
-        Self::with_source(config, ProcessSource)
+        Self::with_source(config, ProcessSource::new())
     }
 
     /// A monitor reading `source`. Refuses a zero interval or capacity.
@@ -251,22 +267,30 @@ impl MemoryMonitor {
     /// Starts a thread that samples every interval until the guard drops.
     pub fn start(self) -> Result<MonitorGuard, ToolkitError> {
         let interval = lock(&self.core).config.interval;
-        let (stop, stopped) = mpsc::channel::<()>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
         let core = self.core.clone();
         let thread = std::thread::Builder::new()
             .name("memory-monitor".into())
             .spawn(move || {
                 let monitor = MemoryMonitor { core };
                 let start = Instant::now();
-                let mut next = interval;
+                let mut next = Duration::ZERO;
                 loop {
-                    monitor.tick_at(start.elapsed());
-                    let wait = next.saturating_sub(start.elapsed());
-                    next += interval;
-                    match stopped.recv_timeout(wait) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => break,
+                    // Sleep until the next sample is due; parking (a futex
+                    // wait) costs nothing while asleep, and `stop` unparks.
+                    loop {
+                        if stopping.load(Acquire) {
+                            return;
+                        }
+                        let now = start.elapsed();
+                        if now >= next {
+                            break;
+                        }
+                        std::thread::park_timeout(next - now);
                     }
+                    monitor.tick_at(start.elapsed());
+                    next += interval;
                 }
             })
             .map_err(|e| ToolkitError::Io {
@@ -275,7 +299,7 @@ impl MemoryMonitor {
             })?;
         Ok(MonitorGuard {
             monitor: self,
-            stop: Some(stop),
+            stop,
             thread: Some(thread),
         })
     }
@@ -324,7 +348,7 @@ impl Core {
 /// A running monitor; stops and joins its thread on drop.
 pub struct MonitorGuard {
     monitor: MemoryMonitor,
-    stop: Option<mpsc::Sender<()>>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -341,8 +365,9 @@ impl MonitorGuard {
     }
 
     fn halt(&mut self) {
-        drop(self.stop.take());
+        self.stop.store(true, Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
