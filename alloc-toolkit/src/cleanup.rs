@@ -1,6 +1,8 @@
 //! [`cleanup_all`]: empty every registered device cache, release every buffer
 //! pool, and ask mimalloc to return its free pages; says what it released.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use serde::Serialize;
 
 use crate::device::devices;
@@ -14,6 +16,9 @@ pub struct CleanupReport {
     pub devices: Vec<(String, u64)>,
     /// Sum over devices.
     pub device_bytes: u64,
+    /// Bytes released by each hook of [`register_cleanup`] (a pinned host
+    /// pool, a model cache, ...).
+    pub hooks: Vec<(String, u64)>,
     /// Buffer pools released.
     pub pools: usize,
     /// Bytes freed from buffer pools.
@@ -37,6 +42,9 @@ impl std::fmt::Display for CleanupReport {
         for (name, bytes) in &self.devices {
             writeln!(f, "device `{name}`: {} released from its cache", b(*bytes))?;
         }
+        for (name, bytes) in &self.hooks {
+            writeln!(f, "`{name}`: {} released", b(*bytes))?;
+        }
         writeln!(
             f,
             "buffer pools: {} released from {} pool(s)",
@@ -51,6 +59,31 @@ impl std::fmt::Display for CleanupReport {
             b(self.rss_released())
         )
     }
+}
+
+type Hook = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+static HOOKS: Mutex<Vec<(String, Hook)>> = Mutex::new(Vec::new());
+
+fn hooks_lock() -> MutexGuard<'static, Vec<(String, Hook)>> {
+    HOOKS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Adds `release` (returning the bytes it freed) to what [`cleanup_all`]
+/// runs, under `name` (replacing a hook of that name): for memory the toolkit
+/// does not know, such as a pinned host pool.
+pub fn register_cleanup(name: &str, release: impl Fn() -> u64 + Send + Sync + 'static) {
+    let mut h = hooks_lock();
+    h.retain(|(n, _)| n != name);
+    h.push((name.to_owned(), Arc::new(release)));
+}
+
+/// Removes the hook registered under `name`; returns whether there was one.
+pub fn unregister_cleanup(name: &str) -> bool {
+    let mut h = hooks_lock();
+    let before = h.len();
+    h.retain(|(n, _)| n != name);
+    h.len() != before
 }
 
 /// Empties the cache of every registered device; returns (name, bytes).
@@ -72,16 +105,19 @@ pub fn collect_host_heap() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
-/// Empties every device cache, releases every buffer pool, then runs
-/// `mi_collect(true)`.
+/// Empties every device cache, runs the hooks of [`register_cleanup`],
+/// releases every buffer pool, then runs `mi_collect(true)`.
 pub fn cleanup_all() -> CleanupReport {
     let rss_before = process_memory().rss;
     let devices = empty_device_caches();
+    let hooks: Vec<(String, Hook)> = hooks_lock().clone();
+    let hooks = hooks.into_iter().map(|(n, f)| (n, f())).collect();
     let (pools, pool_bytes) = release_all_pools();
     collect_host_heap();
     CleanupReport {
         device_bytes: devices.iter().map(|d| d.1).sum(),
         devices,
+        hooks,
         pools,
         pool_bytes,
         rss_before,
@@ -107,7 +143,10 @@ mod tests {
         drop(engine.allocate(6 << 20, SimStream(0)).unwrap());
         let pool = BufferPool::<u64>::new("cleanup-test", 1 << 20).unwrap();
         pool.put(Vec::with_capacity(1000));
+        register_cleanup("pinned-test", || 4096);
         let r = cleanup_all();
+        assert!(r.hooks.contains(&("pinned-test".to_owned(), 4096)), "{r:?}");
+        assert!(unregister_cleanup("pinned-test"));
         let mine = r.devices.iter().find(|d| d.0 == "cleanup-test").unwrap();
         assert!(mine.1 >= 6 << 20, "{r:?}");
         assert!(r.pool_bytes >= 8000, "{r:?}");

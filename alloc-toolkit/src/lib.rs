@@ -23,7 +23,10 @@ pub mod tracing_layer;
 
 pub use adaptive::{AdaptiveBatch, Adjustment, BatchLimits};
 pub use cgroup::{CgroupLimit, CgroupVersion, cgroup_limit, cgroup_limit_at};
-pub use cleanup::{CleanupReport, cleanup_all, collect_host_heap, empty_device_caches};
+pub use cleanup::{
+    CleanupReport, cleanup_all, collect_host_heap, empty_device_caches, register_cleanup,
+    unregister_cleanup,
+};
 pub use device::{
     DeviceInfo, DeviceMemory, device, device_infos, devices, register_device, unregister_device,
 };

@@ -4,7 +4,7 @@
 //! # Invariants
 //! - P1 every vector in class `c` has capacity ≥ 2^c elements, so any of them
 //!   serves a request of at most 2^c elements;
-//! - P2 `pooled_bytes` = Σ capacity × size_of::<T>() of the pooled vectors
+//! - P2 `pooled_bytes` = Σ capacity × `size_of::<T>()` of the pooled vectors
 //!   ≤ `max_pooled_bytes`.
 
 use std::ops::{Deref, DerefMut};
