@@ -20,6 +20,9 @@ pub struct DeviceInfo {
     pub free: Option<u64>,
     /// Bytes the device has in all, where it knows.
     pub total: Option<u64>,
+    /// The engine's cap on reserved bytes from its configuration
+    /// (`max_reserved_mb`, `per_process_memory_fraction` × total), if any.
+    pub limit: Option<u64>,
     /// Bytes the engine holds from the device.
     pub reserved: u64,
     /// Bytes handed out to users.
@@ -52,6 +55,20 @@ pub trait DeviceMemory: Send + Sync {
     }
 }
 
+/// The cap on reserved bytes a configuration sets (the smaller of the byte cap
+/// and the fraction of the device total).
+fn config_limit(c: &alloc_core::Config, total: Option<u64>) -> Option<u64> {
+    let by_fraction = match (c.memory_fraction, total) {
+        (Some(f), Some(t)) => Some((t as f64 * f.clamp(0.0, 1.0)) as u64),
+        _ => None,
+    };
+    let by_bytes = c.max_reserved_bytes.map(|b| b as u64);
+    match (by_fraction, by_bytes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn nonneg(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -67,6 +84,7 @@ impl<B: DeviceBackend> DeviceMemory for CachingAllocator<B> {
             backend: self.backend().name().to_owned(),
             free: mem.map(|m| m.free as u64),
             total: mem.map(|m| m.total as u64),
+            limit: config_limit(self.config(), mem.map(|m| m.total as u64)),
             reserved,
             allocated,
             peak_reserved: nonneg(s.reserved_bytes.all.peak),

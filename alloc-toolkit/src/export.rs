@@ -64,7 +64,7 @@ const SCOPE_METRICS: [(&str, &str, &str, ScopeField); 6] = [
 
 type DeviceField = fn(&DeviceInfo) -> Option<f64>;
 
-const DEVICE_METRICS: [(&str, &str, &str, DeviceField); 9] = [
+const DEVICE_METRICS: [(&str, &str, &str, DeviceField); 10] = [
     (
         "alloc_device_free_bytes",
         "gauge",
@@ -76,6 +76,12 @@ const DEVICE_METRICS: [(&str, &str, &str, DeviceField); 9] = [
         "gauge",
         "Bytes the device has in all.",
         |d| d.total.map(|v| v as f64),
+    ),
+    (
+        "alloc_device_limit_bytes",
+        "gauge",
+        "The caching engine's cap on reserved bytes.",
+        |d| d.limit.map(|v| v as f64),
     ),
     (
         "alloc_device_reserved_bytes",
@@ -219,6 +225,7 @@ mod tests {
             backend: "sim".into(),
             free: None,
             total: Some(1 << 30),
+            limit: None,
             reserved: 2 << 20,
             allocated: 1 << 20,
             peak_reserved: 2 << 20,

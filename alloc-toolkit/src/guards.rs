@@ -44,8 +44,8 @@ pub fn ensure_available_in(
 }
 
 /// Checks that `bytes × safety_factor` bytes can be had on the device
-/// registered as `name`: its free memory plus what its cache holds unused.
-/// Returns the bytes available.
+/// registered as `name`: its free memory (no more than the engine's cap leaves)
+/// plus what its cache holds unused. Returns the bytes available.
 pub fn ensure_device_available(
     name: &str,
     bytes: u64,
@@ -71,7 +71,12 @@ pub fn ensure_device_available_in(
     let free = match (info.free, info.total) {
         (Some(f), _) => f,
         (None, Some(t)) => t.saturating_sub(info.reserved),
-        (None, None) => return Ok(u64::MAX),
+        (None, None) if info.limit.is_none() => return Ok(u64::MAX),
+        (None, None) => u64::MAX,
+    };
+    let free = match info.limit {
+        Some(l) => free.min(l.saturating_sub(info.reserved)),
+        None => free,
     };
     let available = free.saturating_add(info.cached);
     if needed <= available {
@@ -227,6 +232,7 @@ mod tests {
             backend: "sim".into(),
             free: Some(100 << 20),
             total: Some(1 << 30),
+            limit: None,
             reserved: 300 << 20,
             allocated: 200 << 20,
             peak_reserved: 0,
@@ -246,6 +252,17 @@ mod tests {
             text.contains("gpu0") && text.contains("100.00 MiB missing"),
             "{text}"
         );
+        // An engine cap 50 MiB above what it reserves leaves 50 of the 100 MiB
+        // free: 50 + 100 cached.
+        let capped = DeviceInfo {
+            limit: Some(350 << 20),
+            ..d
+        };
+        assert_eq!(
+            ensure_device_available_in(&capped, 150 << 20, 1.0),
+            Ok(150 << 20)
+        );
+        assert!(ensure_device_available_in(&capped, 151 << 20, 1.0).is_err());
     }
 
     #[test]

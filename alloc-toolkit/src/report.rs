@@ -61,27 +61,29 @@ pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
     if !info.devices.is_empty() {
         let _ = writeln!(
             out,
-            "\n{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>5}",
+            "\n{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>5}",
             "device",
             "allocated",
             "peak alloc",
             "reserved",
             "peak rsvd",
+            "cap",
             "free",
             "total",
             "effic",
             "ooms"
         );
-        let _ = writeln!(out, "{}", "-".repeat(100));
+        let _ = writeln!(out, "{}", "-".repeat(112));
         for d in &info.devices {
             let _ = writeln!(
                 out,
-                "{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6.3} {:>5}",
+                "{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6.3} {:>5}",
                 format!("{} ({})", d.name, d.backend),
                 b(d.allocated),
                 b(d.peak_allocated),
                 b(d.reserved),
                 b(d.peak_reserved),
+                opt(d.limit),
                 opt(d.free),
                 opt(d.total),
                 d.efficiency,
@@ -113,5 +115,30 @@ mod tests {
                 "{row} missing:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn device_rows_line_up_with_the_header() {
+        let mut info = memory_info();
+        info.devices = vec![crate::device::DeviceInfo {
+            name: "gpu0".into(),
+            backend: "sim".into(),
+            free: Some(1 << 30),
+            total: Some(2 << 30),
+            limit: Some(1 << 30),
+            reserved: 4 << 20,
+            allocated: 3 << 20,
+            peak_reserved: 4 << 20,
+            peak_allocated: 3 << 20,
+            cached: 1 << 20,
+            efficiency: 0.75,
+            num_ooms: 2,
+            num_alloc_retries: 0,
+        }];
+        let text = render_report(&info, None);
+        let header = text.lines().find(|l| l.starts_with("device ")).unwrap();
+        let row = text.lines().find(|l| l.starts_with("gpu0 (sim)")).unwrap();
+        assert_eq!(header.len(), row.len(), "\n{header}\n{row}");
+        assert!(row.contains("1.00 GiB"), "the cap: {row}");
     }
 }
