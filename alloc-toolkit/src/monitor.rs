@@ -160,6 +160,9 @@ pub struct MonitorSummary {
     pub crossings: u64,
     /// Callbacks that panicked (caught; the monitor went on).
     pub callback_panics: u64,
+    /// Samples whose source panicked on the monitor thread (caught; the
+    /// sample was skipped and the monitor went on).
+    pub source_panics: u64,
 }
 
 struct Core {
@@ -171,6 +174,7 @@ struct Core {
     samples: u64,
     crossings: u64,
     callback_panics: u64,
+    source_panics: u64,
 }
 
 /// A sampler of memory figures. Drive it with [`tick_at`](Self::tick_at), or
@@ -208,6 +212,7 @@ impl MemoryMonitor {
                 samples: 0,
                 crossings: 0,
                 callback_panics: 0,
+                source_panics: 0,
             })),
         })
     }
@@ -261,6 +266,7 @@ impl MemoryMonitor {
             samples: c.samples,
             crossings: c.crossings,
             callback_panics: c.callback_panics,
+            source_panics: c.source_panics,
         }
     }
 
@@ -289,7 +295,10 @@ impl MemoryMonitor {
                         }
                         std::thread::park_timeout(next - now);
                     }
-                    monitor.tick_at(start.elapsed());
+                    let t = start.elapsed();
+                    if catch_unwind(AssertUnwindSafe(|| monitor.tick_at(t))).is_err() {
+                        lock(&monitor.core).source_panics += 1;
+                    }
                     next += interval;
                 }
             })
@@ -454,6 +463,33 @@ mod tests {
         assert!(MemoryMonitor::with_source(cfg(0), replay(vec![1])).is_err());
         let m = MemoryMonitor::with_source(cfg(1), replay(vec![1])).unwrap();
         assert!(m.on_threshold(Metric::Rss, 0, |_| {}).is_err());
+    }
+
+    #[test]
+    fn a_panicking_source_does_not_stop_the_thread() {
+        let mut n = 0u64;
+        let source = move || {
+            n += 1;
+            assert!(n % 2 == 0, "odd sample {n}");
+            Sample {
+                host_live: n,
+                ..Sample::default()
+            }
+        };
+        let cfg = MonitorConfig {
+            interval: Duration::from_millis(1),
+            capacity: 100,
+        };
+        let g = MemoryMonitor::with_source(cfg, source)
+            .unwrap()
+            .start()
+            .unwrap();
+        while g.summary().samples < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let s = g.stop();
+        assert!(s.source_panics >= 2, "{s:?}");
+        assert!(s.series.iter().all(|x| x.host_live % 2 == 0));
     }
 
     #[test]
