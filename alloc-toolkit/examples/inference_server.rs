@@ -11,7 +11,8 @@
 //! allocation that still runs out of memory goes through `retry_on_oom`, with a
 //! CPU fallback. Every request is a scope: its host allocations (through the
 //! tracking global allocator) and its device buffers (allocated while its scope
-//! is entered) are charged to it.
+//! is entered) are charged to it. Loading the model runs in a `tracing` span,
+//! which the toolkit's `ScopeLayer` turns into a scope.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -21,9 +22,10 @@ use alloc_core::{CachingAllocator, Config, DeviceBuffer, HostBackend};
 use alloc_host::{ScopeBuilder, ScopeHandle, TrackingAllocator, format_bytes as b};
 use alloc_toolkit::{
     AdaptiveBatch, BatchLimits, BufferPool, DEFAULT_SAFETY_FACTOR, MemoryMonitor, Metric,
-    MonitorConfig, Pooled, RetryPolicy, cleanup_all, ensure_available, ensure_device_available,
-    plot_svg, register_device, render_report, retry_on_oom_or,
+    MonitorConfig, Pooled, RetryPolicy, ScopeLayer, cleanup_all, ensure_available,
+    ensure_device_available, plot_svg, register_device, render_report, retry_on_oom_or,
 };
+use tracing_subscriber::prelude::*;
 
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator::new();
@@ -253,14 +255,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Load the model, checking first that it fits.
     ensure_available(HOST_WEIGHTS as u64, DEFAULT_SAFETY_FACTOR)?;
     ensure_device_available("device0", DEVICE_WEIGHTS as u64, DEFAULT_SAFETY_FACTOR)?;
-    let load = ScopeBuilder::new("load-model").enter()?;
+    // Code instrumented with `tracing` gets a scope per span: with the
+    // `ScopeLayer` installed, the span `load-model` is the scope that the
+    // weights are charged to.
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(ScopeLayer::new()),
+    )?;
+    let load = tracing::info_span!("load-model");
+    let _in = load.enter();
     let weights: Vec<f32> = (0..HOST_WEIGHTS / 4)
         .map(|i| (i % 97) as f32 * 1e-3)
         .collect();
     let device_weights = device.allocate(DEVICE_WEIGHTS, ())?;
     fill(&device_weights, 1);
-    let l = load.stats();
-    drop(load);
+    let l = ScopeHandle::current().stats();
+    drop(_in);
     println!(
         "model loaded: {} host weights, {} device weights (scope `load-model`: host peak {}, device peak {})",
         b(HOST_WEIGHTS as u64),
