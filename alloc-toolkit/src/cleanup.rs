@@ -124,34 +124,3 @@ pub fn cleanup_all() -> CleanupReport {
         rss_after: process_memory().rss,
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::device::{register_device, unregister_device};
-    use crate::pool::BufferPool;
-    use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
-    use std::sync::Arc;
-
-    #[test]
-    fn releases_devices_and_pools() {
-        let engine = Arc::new(CachingAllocator::new(
-            SimBackend::new(64 << 20),
-            Config::default(),
-        ));
-        register_device("cleanup-test", engine.clone());
-        drop(engine.allocate(6 << 20, SimStream(0)).unwrap());
-        let pool = BufferPool::<u64>::new("cleanup-test", 1 << 20).unwrap();
-        pool.put(Vec::with_capacity(1000));
-        register_cleanup("pinned-test", || 4096);
-        let r = cleanup_all();
-        assert!(r.hooks.contains(&("pinned-test".to_owned(), 4096)), "{r:?}");
-        assert!(unregister_cleanup("pinned-test"));
-        let mine = r.devices.iter().find(|d| d.0 == "cleanup-test").unwrap();
-        assert!(mine.1 >= 6 << 20, "{r:?}");
-        assert!(r.pool_bytes >= 8000, "{r:?}");
-        assert_eq!(pool.stats().pooled_bytes, 0);
-        assert!(r.to_string().contains("cleanup-test"));
-        unregister_device("cleanup-test");
-    }
-}
