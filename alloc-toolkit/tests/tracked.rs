@@ -19,7 +19,10 @@ fn memory_info_sees_the_tracked_heap() {
     let keep = vec![7u8; 4 << 20];
     let info = memory_info();
     assert!(info.tracked.installed);
-    assert!(info.tracked.live >= 4 << 20, "{:?}", info.tracked);
+    // Other test threads' pending batches can hide up to BATCH_BYTES each
+    // from the process figure; this thread's own charges are applied.
+    let slack = 4 * alloc_host::BATCH_BYTES as u64;
+    assert!(info.tracked.live + slack >= 4 << 20, "{:?}", info.tracked);
     assert!(info.tracked.peak >= info.tracked.live);
     drop(keep);
 }
