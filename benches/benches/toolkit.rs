@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
 use alloc_host::{ScopeNode, ScopeStats, ScopeTree, TrackingAllocator};
 use alloc_toolkit::{
-    DeviceInfo, HostAllocs, MemoryMonitor, MonitorConfig, ProcessSource, SampleSource, json_text,
-    memory_info, prometheus_text, register_device, render_report,
+    DeviceInfo, HostAllocs, MemoryMonitor, MonitorConfig, ProcessSource, Sample, SampleSource,
+    json_text, memory_info, prometheus_text, register_device, render_report,
 };
 use criterion::Criterion;
 
@@ -87,26 +87,36 @@ fn thread_cpu(name: &str) -> Option<Duration> {
 }
 
 /// The monitor thread's own CPU time over `secs` seconds of sampling every
-/// 10 ms, as a share of one core.
+/// 10 ms, as a share of one core: with the process source, and with a source
+/// that reads nothing (the cost of waking up alone).
 fn monitor_cpu_share(secs: u64) {
-    let guard = MemoryMonitor::new(MonitorConfig::default())
-        .unwrap()
-        .start()
-        .unwrap();
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    let cpu = thread_cpu("memory-monitor");
-    let wall = t0.elapsed();
-    let summary = guard.stop();
-    match cpu {
-        Some(cpu) => println!(
-            "toolkit/monitor_cpu_share: {} samples in {:.2} s at 10 ms; monitor thread CPU {:.2} ms = {:.3}% of a core",
-            summary.samples,
-            wall.as_secs_f64(),
-            cpu.as_secs_f64() * 1e3,
-            100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
+    let constant = || Sample::default();
+    for (label, monitor) in [
+        (
+            "process source",
+            MemoryMonitor::new(MonitorConfig::default()),
         ),
-        None => println!("toolkit/monitor_cpu_share: /proc/self/task/*/schedstat unavailable"),
+        (
+            "empty source (wake-ups alone)",
+            MemoryMonitor::with_source(MonitorConfig::default(), constant),
+        ),
+    ] {
+        let guard = monitor.unwrap().start().unwrap();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(secs));
+        let cpu = thread_cpu("memory-monitor");
+        let wall = t0.elapsed();
+        let summary = guard.stop();
+        match cpu {
+            Some(cpu) => println!(
+                "toolkit/monitor_cpu_share ({label}): {} samples in {:.2} s at 10 ms; monitor thread CPU {:.2} ms = {:.3}% of a core",
+                summary.samples,
+                wall.as_secs_f64(),
+                cpu.as_secs_f64() * 1e3,
+                100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
+            ),
+            None => println!("toolkit/monitor_cpu_share: /proc/self/task/*/schedstat unavailable"),
+        }
     }
 }
 
