@@ -188,6 +188,33 @@ mod tests {
         assert_eq!(b.ooms(), 11);
     }
 
+    proptest::proptest! {
+        /// Whatever the peaks, the size stays in [min, max], grows at most by
+        /// `max_growth` a step, and on a linear workload settles where the
+        /// predicted peak fits the target.
+        #[test]
+        fn size_stays_in_bounds(per_item in 1u64..(4 << 20), base in 0u64..(8 << 20), noise in proptest::collection::vec(0u64..(1 << 20), 1..40), ooms in proptest::collection::vec(proptest::bool::weighted(0.1), 40)) {
+            let l = limits();
+            let mut b = AdaptiveBatch::new(4, l).unwrap();
+            for (i, extra) in noise.iter().enumerate() {
+                let n = b.size();
+                if ooms[i] {
+                    b.on_oom();
+                    proptest::prop_assert_eq!(b.size(), (n / 2).max(l.min));
+                } else {
+                    b.record(n, 0, base + per_item * n as u64 + extra);
+                    proptest::prop_assert!(b.size() as f64 <= (n as f64 * l.max_growth).max(n as f64));
+                }
+                proptest::prop_assert!((l.min..=l.max).contains(&b.size()));
+            }
+            let target = (l.device_budget.unwrap() as f64 * l.target) as u64;
+            // Before any observation (every step an OOM) there is no fit.
+            if let (Some(fit), true) = (b.estimator().device(), b.size() > l.min) {
+                proptest::prop_assert!(fit.predict(b.size() as u64) <= target, "{:?} at {}", fit, b.size());
+            }
+        }
+    }
+
     #[test]
     fn bad_limits_are_refused() {
         let bad = [

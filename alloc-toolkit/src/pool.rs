@@ -323,6 +323,50 @@ mod tests {
         assert_eq!(pool.stats().pooled_buffers, 0);
     }
 
+    proptest::proptest! {
+        /// P1 and P2 over random programs of take / put / trim.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec((0u8..3, 1usize..5000), 1..60), cap in 1u64..40_000) {
+            let pool = BufferPool::<u32>::new("prop", cap).unwrap();
+            let mut held: Vec<Vec<u32>> = Vec::new();
+            for (op, n) in ops {
+                match op {
+                    0 => {
+                        let v = pool.get(n);
+                        proptest::prop_assert!(v.capacity() >= n && v.is_empty());
+                        held.push(v);
+                    }
+                    1 => {
+                        if let Some(v) = held.pop() {
+                            pool.put(v);
+                        }
+                    }
+                    _ => {
+                        let before = pool.stats().pooled_bytes;
+                        let freed = pool.trim(n as u64);
+                        let after = pool.stats().pooled_bytes;
+                        proptest::prop_assert_eq!(before - freed, after);
+                        proptest::prop_assert!(after <= n as u64, "trim({}) left {}", n, after);
+                    }
+                }
+                let s = pool.stats();
+                proptest::prop_assert!(s.pooled_bytes <= cap, "P2: {} > {}", s.pooled_bytes, cap);
+                let classes = pool.inner.lock();
+                let mut sum = 0u64;
+                let mut count = 0u64;
+                for (c, vs) in classes.iter().enumerate() {
+                    for v in vs {
+                        proptest::prop_assert!(v.capacity() >= 1 << c, "P1: class {} holds capacity {}", c, v.capacity());
+                        sum += bytes_of(v);
+                        count += 1;
+                    }
+                }
+                proptest::prop_assert_eq!(sum, s.pooled_bytes);
+                proptest::prop_assert_eq!(count, s.pooled_buffers);
+            }
+        }
+    }
+
     #[test]
     fn zero_cap_is_refused() {
         assert!(BufferPool::<u8>::new("t", 0).is_err());
