@@ -2,25 +2,23 @@
 """Whole-process comparison of global allocators, timed side by side.
 
 Builds nothing: run `cargo build --release -p alloc-benches --bins` first.
-Each round calls hyperfine once over every variant (so variants alternate
-within minutes of each other on a noisy machine); the report gives, per thread
-count, the median over all runs of every variant and its ratio to bare
-mimalloc (and stats_alloc's to the system allocator it wraps).
+Runs are interleaved one by one (round-robin over the variants, the order
+reversed every other round), so slow phases of a noisy machine hit every
+variant alike. Each run is timed for wall clock and for CPU time (user + sys,
+from wait4), and the report gives medians and their ratios to bare mimalloc
+(stats_alloc's also to the system allocator it wraps).
 
-Usage: benches/whole_process.py [--rounds N] [--runs-per-round N] [--threads 1,2]
+Usage: benches/whole_process.py [--rounds N] [--threads 1,2]
 """
 import argparse
-import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
+import time
 
 VARIANTS = [
     ("system", "System (glibc malloc)"),
-    ("mimalloc", "bare mimalloc"),
+    ("mimalloc", "bare mimalloc (`mimalloc` crate)"),
     ("tracking_off", "alloc-host, tracking off"),
     ("tracking_root", "alloc-host, on, no scope"),
     ("tracking_scope", "alloc-host, scope entered on every thread"),
@@ -29,39 +27,43 @@ VARIANTS = [
 ]
 
 
+def run_once(exe, threads):
+    start = time.perf_counter()
+    p = subprocess.Popen([exe, str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{exe} {threads} failed with status {status}")
+    return wall, ru.ru_utime + ru.ru_stime
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--runs-per-round", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--target", default=os.path.join(os.path.dirname(__file__), "..", "target", "release"))
     args = ap.parse_args()
-    if not shutil.which("hyperfine"):
-        sys.exit("hyperfine not found: apt-get install hyperfine")
     for threads in [int(t) for t in args.threads.split(",")]:
-        times = {v: [] for v, _ in VARIANTS}
+        wall = {v: [] for v, _ in VARIANTS}
+        cpu = {v: [] for v, _ in VARIANTS}
+        for v, _ in VARIANTS:  # warm-up: page cache, binaries
+            run_once(os.path.join(args.target, "wp_" + v), threads)
         for r in range(args.rounds):
             order = VARIANTS if r % 2 == 0 else list(reversed(VARIANTS))
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                cmd = ["hyperfine", "-N", "--style", "none", "--warmup", "1",
-                       "--runs", str(args.runs_per_round), "--export-json", out.name]
-                for v, _ in order:
-                    exe = os.path.join(args.target, "wp_" + v)
-                    cmd += ["-n", v, f"{exe} {threads}"]
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-                for res in json.load(open(out.name))["results"]:
-                    times[res["command"]] += res["times"]
-        base = statistics.median(times["mimalloc"])
-        system = statistics.median(times["system"])
-        print(f"\n### {threads} thread{'s' if threads > 1 else ''}: "
-              f"{args.rounds} rounds x {args.runs_per_round} runs per variant\n")
-        print("| variant | median s | min s | max s | ratio to bare mimalloc |")
+            for v, _ in order:
+                w, c = run_once(os.path.join(args.target, "wp_" + v), threads)
+                wall[v].append(w)
+                cpu[v].append(c)
+        bw, bc = statistics.median(wall["mimalloc"]), statistics.median(cpu["mimalloc"])
+        sw, sc = statistics.median(wall["system"]), statistics.median(cpu["system"])
+        print(f"\n### {threads} thread{'s' if threads > 1 else ''}: {args.rounds} interleaved runs per variant\n")
+        print("| variant | wall median s | wall ratio to bare mimalloc | CPU median s | CPU ratio to bare mimalloc |")
         print("|---|---:|---:|---:|---:|")
         for v, label in VARIANTS:
-            t = times[v]
-            med = statistics.median(t)
-            extra = f" ({med / system:.3f}x System)" if v == "stats_alloc" else ""
-            print(f"| {label} | {med:.3f} | {min(t):.3f} | {max(t):.3f} | {med / base:.3f}{extra} |")
+            w, c = statistics.median(wall[v]), statistics.median(cpu[v])
+            extra_w = f" ({w / sw:.3f}x System)" if v == "stats_alloc" else ""
+            extra_c = f" ({c / sc:.3f}x System)" if v == "stats_alloc" else ""
+            print(f"| {label} | {w:.3f} | {w / bw:.3f}{extra_w} | {c:.3f} | {c / bc:.3f}{extra_c} |")
 
 
 if __name__ == "__main__":
