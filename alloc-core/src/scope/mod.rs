@@ -47,9 +47,9 @@ pub use report::{ScopeNode, ScopeTree, format_bytes, report, snapshot};
 pub use stats::{DeviceScopeStats, ScopeStats, process_stats, reset_peak};
 #[cfg(not(loom))]
 pub use thread::{
-    BATCH_BYTES, BATCH_OPS, cancel_host_alloc, cancel_host_realloc, charge_device_alloc,
-    charge_device_free, charge_host_alloc, charge_host_free, charge_host_realloc, current, flush,
-    untracked,
+    BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, cancel_host_alloc, cancel_host_realloc,
+    charge_device_alloc, charge_device_free, charge_host_alloc, charge_host_free,
+    charge_host_realloc, current, flush, untracked,
 };
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

@@ -16,6 +16,8 @@
 //!   most `T × BATCH_OPS` operations, and live and peak bytes are within
 //!   `(T + 1) × BATCH_BYTES` of the true values; once the threads have left the
 //!   scope (or exited, or called [`flush`]) counts and live bytes are exact;
+//! - device charges are batched the same way, with [`DEVICE_BATCH_BYTES`] in
+//!   place of `BATCH_BYTES`;
 //! - a chain with a budget is never batched: its live bytes are exact at every
 //!   moment and a hard limit is never overshot.
 //!
@@ -33,6 +35,11 @@ use super::registry::REGISTRY;
 
 /// Net live bytes a thread may hold back before applying its batch.
 pub const BATCH_BYTES: i64 = 256 << 10;
+/// Net device bytes a thread may hold back before applying its device batch:
+/// larger than [`BATCH_BYTES`] because device buffers are large (a cache hit
+/// of an 8 MiB buffer should not touch shared counters); the cross-thread bound
+/// on device live and peak bytes is `(T + 1) × DEVICE_BATCH_BYTES`.
+pub const DEVICE_BATCH_BYTES: i64 = 64 << 20;
 /// Operations a thread may hold back before applying its batch.
 pub const BATCH_OPS: u32 = super::counters::OPS_PER_BATCH;
 
@@ -324,7 +331,7 @@ pub fn charge_device_alloc(bytes: u64) -> ScopeId {
         if s.batched() {
             let flush = s.with_device_batch(|b| {
                 b.alloc(bytes);
-                b.left == 0 || b.live > BATCH_BYTES
+                b.left == 0 || b.live > DEVICE_BATCH_BYTES
             });
             if flush {
                 flush_state(s);
@@ -347,7 +354,7 @@ pub fn charge_device_free(owner: ScopeId, bytes: u64) {
         if s.batched() && owner == s.current.get() {
             let flush = s.with_device_batch(|b| {
                 b.free(bytes);
-                b.left == 0 || b.live < -BATCH_BYTES
+                b.left == 0 || b.live < -DEVICE_BATCH_BYTES
             });
             if flush {
                 flush_state(s);
