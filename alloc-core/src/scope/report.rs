@@ -1,5 +1,6 @@
 //! The scope tree as a serde snapshot and as a table a person reads at a glance.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
@@ -54,36 +55,33 @@ fn snapshot_untracked() -> ScopeTree {
         }
         nodes.push((slot, REGISTRY.parent(slot), stats));
     }
-    let mut ordered = Vec::with_capacity(nodes.len());
+    // Depth-first from the root, children in slot order: one pass to index
+    // the nodes by slot and list each parent's children, then a walk.
+    let mut by_slot: HashMap<u32, (Option<u32>, ScopeStats)> = HashMap::with_capacity(nodes.len());
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (slot, parent, stats) in nodes {
+        if let Some(p) = parent {
+            children.entry(p).or_default().push(slot);
+        }
+        by_slot.insert(slot, (parent, stats));
+    }
+    let mut ids: HashMap<u32, u64> = HashMap::with_capacity(by_slot.len());
+    let mut ordered = Vec::with_capacity(by_slot.len());
     let mut stack = vec![0u32];
     while let Some(slot) = stack.pop() {
-        let Some(i) = nodes.iter().position(|n| n.0 == slot) else {
+        let Some((parent, stats)) = by_slot.remove(&slot) else {
             continue;
         };
-        let (s, parent, stats) = nodes.swap_remove(i);
-        let parent_id = parent.and_then(|p| {
-            ordered
-                .iter()
-                .find(|n: &&(u32, ScopeNode)| n.0 == p)
-                .map(|n| n.1.stats.id)
-        });
-        ordered.push((
-            s,
-            ScopeNode {
-                stats,
-                parent: parent_id,
-            },
-        ));
-        let mut kids: Vec<u32> = nodes
-            .iter()
-            .filter(|n| n.1 == Some(s))
-            .map(|n| n.0)
-            .collect();
-        kids.sort_unstable_by(|a, b| b.cmp(a));
-        stack.extend(kids);
+        ids.insert(slot, stats.id);
+        let parent = parent.and_then(|p| ids.get(&p).copied());
+        ordered.push(ScopeNode { stats, parent });
+        if let Some(kids) = children.get_mut(&slot) {
+            kids.sort_unstable_by(|a, b| b.cmp(a));
+            stack.extend(kids.iter().copied());
+        }
     }
     ScopeTree {
-        scopes: ordered.into_iter().map(|(_, n)| n).collect(),
+        scopes: ordered,
         scopes_not_created: REGISTRY.dropped.load(Relaxed),
         capacity: CAPACITY,
     }
