@@ -5,9 +5,11 @@
 //!
 //! `cargo run --release -p alloc-toolkit --example inference_server`
 //!
-//! Device memory comes from the caching engine over host memory
-//! (`CachingAllocator<HostBackend>`), capped at `DEVICE_CAP` so that the cap is
-//! felt: batches are sized by `AdaptiveBatch` against a device budget, and an
+//! Device memory comes from CUDA device 0 through alloc-cuda's
+//! `CudaAllocator` where a GPU is present (feature `cuda`, on by default), from
+//! the caching engine over host memory (`CachingAllocator<HostBackend>`)
+//! otherwise; the first line printed says which, and why. Either engine is
+//! capped at `DEVICE_CAP` so that the cap is felt: batches are sized by `AdaptiveBatch` against a device budget, and an
 //! allocation that still runs out of memory goes through `retry_on_oom`, with a
 //! CPU fallback. Every request is a scope: its host allocations (through the
 //! tracking global allocator) and its device buffers (allocated while its scope
@@ -18,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use alloc_core::{CachingAllocator, Config, DeviceBuffer, HostBackend};
+use alloc_core::{CachingAllocator, Config, DeviceBackend, DeviceBuffer, HostBackend};
 use alloc_host::{ScopeBuilder, ScopeHandle, TrackingAllocator, format_bytes as b};
 use alloc_toolkit::{
     AdaptiveBatch, BatchLimits, BufferPool, DEFAULT_SAFETY_FACTOR, MemoryMonitor, Metric,
@@ -38,12 +40,32 @@ const LAYERS: usize = 8;
 const KV_PER_TOKEN: usize = 2 * 2 * HIDDEN * LAYERS;
 const HOST_WEIGHTS: usize = 64 << 20;
 const DEVICE_WEIGHTS: usize = 128 << 20;
-const DEVICE_CAP: usize = 640 << 20; // the simulated device's memory
+const DEVICE_CAP: usize = 640 << 20; // the engine's cap on reserved bytes
 /// Device bytes one batch may peak at: the cap less the weights, shared by
 /// the workers.
 const BATCH_DEVICE_BUDGET: u64 = ((DEVICE_CAP - DEVICE_WEIGHTS) / WORKERS) as u64;
 
-type Device = CachingAllocator<HostBackend>;
+/// A backend the server runs on: what it can do with a buffer's memory.
+trait Memory: DeviceBackend + Sized {
+    /// Writes `byte` over `buf` where the host can reach its memory.
+    fn fill(buf: &DeviceBuffer<'_, Self>, byte: u8);
+}
+
+impl Memory for HostBackend {
+    fn fill(buf: &DeviceBuffer<'_, Self>, byte: u8) {
+        // SAFETY: the buffer is a live block of `capacity()` bytes of host
+        // memory (HostBackend segments are read-write anonymous mappings)
+        // that this thread owns until the buffer drops.
+        unsafe { std::ptr::write_bytes(buf.ptr().addr() as *mut u8, byte, buf.capacity()) };
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Memory for alloc_cuda::CudaBackend {
+    /// Device memory: never written through on the host; the simulated
+    /// kernels only hold it.
+    fn fill(_buf: &DeviceBuffer<'_, Self>, _byte: u8) {}
+}
 
 struct Request {
     id: usize,
@@ -77,28 +99,24 @@ fn requests() -> VecDeque<Request> {
         .collect()
 }
 
-/// Writes `byte` over a device buffer (the engine's host backend hands out
-/// ordinary host memory).
-fn fill(buf: &DeviceBuffer<'_, HostBackend>, byte: u8) {
-    // SAFETY: the buffer is a live block of `capacity()` bytes of host memory
-    // (HostBackend segments are read-write anonymous mappings) that this
-    // thread owns until the buffer drops.
-    unsafe { std::ptr::write_bytes(buf.ptr().addr() as *mut u8, byte, buf.capacity()) };
-}
-
 /// What a request holds while its batch runs.
-struct InFlight<'a> {
+struct InFlight<'a, B: Memory> {
     scope: ScopeHandle,
     tokens: Vec<u32>,
     act: Pooled<f32>,
-    kv: Option<DeviceBuffer<'a, HostBackend>>,
+    kv: Option<DeviceBuffer<'a, B>>,
     attempts: u32,
 }
 
 /// Admits a request to the batch: tokenize it, take host activations from the
 /// pool and a device KV cache (retrying on out of memory; a host KV cache,
 /// the CPU path, when the device stays full). Runs in the request's scope.
-fn admit<'a>(req: &Request, device: &'a Device, pool: &BufferPool<f32>) -> InFlight<'a> {
+fn admit<'a, B: Memory>(
+    req: &Request,
+    device: &'a CachingAllocator<B>,
+    stream: B::Stream,
+    pool: &BufferPool<f32>,
+) -> InFlight<'a, B> {
     let scope = ScopeBuilder::new(&format!("request {}", req.id))
         .build()
         .expect("scope");
@@ -113,7 +131,7 @@ fn admit<'a>(req: &Request, device: &'a Device, pool: &BufferPool<f32>) -> InFli
         ..RetryPolicy::default()
     };
     let (kv, attempts) = retry_on_oom_or(
-        |_| device.allocate(req.tokens * KV_PER_TOKEN, ()).map(Some),
+        |_| device.allocate(req.tokens * KV_PER_TOKEN, stream).map(Some),
         |_| Ok(None),
         &policy,
     )
@@ -129,7 +147,12 @@ fn admit<'a>(req: &Request, device: &'a Device, pool: &BufferPool<f32>) -> InFli
 }
 
 /// One forward pass over an admitted request, in its scope.
-fn forward(f: &mut InFlight<'_>, device: &Device, weights: &[f32]) -> (f32, bool) {
+fn forward<B: Memory>(
+    f: &mut InFlight<'_, B>,
+    device: &CachingAllocator<B>,
+    stream: B::Stream,
+    weights: &[f32],
+) -> (f32, bool) {
     let _in = f.scope.enter();
     let n = f.tokens.len();
     f.act.extend(
@@ -137,7 +160,7 @@ fn forward(f: &mut InFlight<'_>, device: &Device, weights: &[f32]) -> (f32, bool
     );
     let cpu = match &f.kv {
         Some(buf) => {
-            fill(buf, (n % 251) as u8);
+            B::fill(buf, (n % 251) as u8);
             false
         }
         None => {
@@ -145,7 +168,7 @@ fn forward(f: &mut InFlight<'_>, device: &Device, weights: &[f32]) -> (f32, bool
             true
         }
     };
-    let logits = device.allocate(n * 4 * 512, ()).ok();
+    let logits = device.allocate(n * 4 * 512, stream).ok();
     let reply: String = f.tokens.iter().take(64).map(|t| format!("{t} ")).collect();
     drop(logits);
     (
@@ -154,10 +177,12 @@ fn forward(f: &mut InFlight<'_>, device: &Device, weights: &[f32]) -> (f32, bool
     )
 }
 
-fn worker(
+#[allow(clippy::too_many_arguments)]
+fn worker<B: Memory>(
     queue: &Mutex<VecDeque<Request>>,
     batcher: &Mutex<AdaptiveBatch>,
-    device: &Device,
+    device: &CachingAllocator<B>,
+    stream: B::Stream,
     pool: &BufferPool<f32>,
     weights: &[f32],
     out: &Mutex<Vec<Served>>,
@@ -191,10 +216,13 @@ fn worker(
         let batch_scope = ScopeBuilder::new(&format!("batch {batch_no}"))
             .enter()
             .expect("scope");
-        let mut flights: Vec<InFlight<'_>> = batch.iter().map(|r| admit(r, device, pool)).collect();
+        let mut flights: Vec<InFlight<'_, B>> = batch
+            .iter()
+            .map(|r| admit(r, device, stream, pool))
+            .collect();
         let results: Vec<(f32, bool)> = flights
             .iter_mut()
-            .map(|f| forward(f, device, weights))
+            .map(|f| forward(f, device, stream, weights))
             .collect();
         let mut served = Vec::with_capacity(batch.len());
         for ((req, f), (checksum, cpu_fallback)) in batch.iter().zip(flights).zip(results) {
@@ -234,9 +262,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_reserved_bytes: Some(DEVICE_CAP),
         ..Config::default()
     };
-    let device = Arc::new(Device::new(HostBackend::new(), config));
+    #[cfg(feature = "cuda")]
+    let why = match alloc_cuda::CudaAllocator::with_config(0, config.clone()) {
+        Ok(gpu) => return serve_cuda(gpu, started),
+        Err(e) => e.to_string(),
+    };
+    #[cfg(not(feature = "cuda"))]
+    let why = "built without the `cuda` feature".to_owned();
+    println!("device: host memory ({why})");
+    let device = Arc::new(CachingAllocator::new(HostBackend::new(), config));
     register_device("device0", device.clone());
+    serve(&device, (), started)
+}
 
+/// Serves on CUDA device 0, on one stream shared by the workers; a pinned
+/// host pool is registered so that `cleanup_all` releases it too.
+#[cfg(feature = "cuda")]
+fn serve_cuda(
+    gpu: alloc_cuda::CudaAllocator,
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Arc::new(gpu);
+    println!(
+        "device: CUDA device {} (alloc-cuda, capped at {})",
+        gpu.ordinal(),
+        b(DEVICE_CAP as u64)
+    );
+    let stream = gpu.new_stream()?;
+    register_device("device0", gpu.clone());
+    alloc_toolkit::register_pinned_pool("pinned0", Arc::new(alloc_cuda::PinnedPool::new(0)?));
+    serve(gpu.engine(), alloc_cuda::StreamHandle::of(&stream), started)
+}
+
+/// Loads the model on `device`, serves every request, prints the reports.
+fn serve<B: Memory>(
+    device: &CachingAllocator<B>,
+    stream: B::Stream,
+    started: Instant,
+) -> Result<(), Box<dyn std::error::Error>> {
     let over = Arc::new(Mutex::new(Vec::new()));
     let seen = over.clone();
     let monitor = MemoryMonitor::new(MonitorConfig {
@@ -266,8 +329,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let weights: Vec<f32> = (0..HOST_WEIGHTS / 4)
         .map(|i| (i % 97) as f32 * 1e-3)
         .collect();
-    let device_weights = device.allocate(DEVICE_WEIGHTS, ())?;
-    fill(&device_weights, 1);
+    let device_weights = device.allocate(DEVICE_WEIGHTS, stream)?;
+    B::fill(&device_weights, 1);
     let l = ScopeHandle::current().stats();
     drop(_in);
     println!(
@@ -297,7 +360,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve_start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..WORKERS {
-            s.spawn(|| worker(&queue, &batcher, &device, &pool, &weights, &out, &batches));
+            s.spawn(|| {
+                worker(
+                    &queue, &batcher, device, stream, &pool, &weights, &out, &batches,
+                )
+            });
         }
     });
     let serve_time = serve_start.elapsed();

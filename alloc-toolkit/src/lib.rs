@@ -4,6 +4,8 @@
 pub mod adaptive;
 pub mod cgroup;
 pub mod cleanup;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod estimator;
@@ -27,6 +29,8 @@ pub use cleanup::{
     CleanupReport, cleanup_all, collect_host_heap, empty_device_caches, register_cleanup,
     unregister_cleanup,
 };
+#[cfg(feature = "cuda")]
+pub use cuda::{pinned_hook_name, register_pinned_pool};
 pub use device::{
     DeviceInfo, DeviceMemory, device, device_infos, devices, register_device, unregister_device,
 };
