@@ -72,6 +72,39 @@ impl Op {
     }
 }
 
+/// A deterministic pseudo-random program (xorshift) of `n` ops with a fixed
+/// mix (55 % allocations, 30 % frees, record-stream, launches, completions,
+/// empty-cache, trim, an injected backend failure, reset-peak): the program
+/// every conformance suite runs, on every backend.
+pub fn program(seed: u64, n: usize) -> Vec<Op> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b) = ((x >> 8) as u32, (x >> 40) as u8);
+            match x % 100 {
+                0..=54 => Op::Alloc {
+                    bytes: a,
+                    stream: b,
+                },
+                55..=84 => Op::Free { slot: a as u16 },
+                85..=88 => Op::RecordStream {
+                    slot: a as u16,
+                    stream: b,
+                },
+                89..=91 => Op::Launch { stream: b },
+                92..=94 => Op::CompleteStream { stream: b },
+                95 => Op::EmptyCache,
+                96 => Op::Trim,
+                97 => Op::FailNextBackendAlloc,
+                _ => Op::ResetPeak,
+            }
+        })
+        .collect()
+}
+
 /// Decodes a program from raw bytes: one `Op` after another until the bytes
 /// run out (every byte string is a program, so fuzzers and proptest explore
 /// long programs, not the one or two ops a length-prefixed `Vec` yields).

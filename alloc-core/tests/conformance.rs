@@ -4,42 +4,8 @@
 //! stats against a model, nothing reserved at the end).
 
 use alloc_core::adaptors::{FaultInjectingBackend, LimitBackend, LoggingBackend};
-use alloc_core::ops::{self, Harness, NoStreams, Op};
+use alloc_core::ops::{self, Harness, NoStreams};
 use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
-
-/// A deterministic pseudo-random program (xorshift) of `n` ops.
-fn program(seed: u64, n: usize) -> Vec<Op> {
-    let mut x = seed | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    (0..n)
-        .map(|_| {
-            let r = next();
-            let (a, b) = ((r >> 8) as u32, (r >> 40) as u8);
-            match r % 100 {
-                0..=54 => Op::Alloc {
-                    bytes: a,
-                    stream: b,
-                },
-                55..=84 => Op::Free { slot: a as u16 },
-                85..=88 => Op::RecordStream {
-                    slot: a as u16,
-                    stream: b,
-                },
-                89..=91 => Op::Launch { stream: b },
-                92..=94 => Op::CompleteStream { stream: b },
-                95 => Op::EmptyCache,
-                96 => Op::Trim,
-                97 => Op::FailNextBackendAlloc,
-                _ => Op::ResetPeak,
-            }
-        })
-        .collect()
-}
 
 fn check<B: DeviceBackend + CloneBackend>(backend: B, harness: &dyn Harness<B>, label: &str) {
     for cfg in [
@@ -53,8 +19,8 @@ fn check<B: DeviceBackend + CloneBackend>(backend: B, harness: &dyn Harness<B>, 
                 FaultInjectingBackend::new(backend.clone_backend()),
                 Config::parse(cfg).unwrap(),
             );
-            let ops = program(seed * 7919, 600);
-            let r = ops::run(&a, harness, &ops);
+            let program = ops::program(seed * 7919, 600);
+            let r = ops::run(&a, harness, &program);
             assert!(r.is_ok(), "{label} `{cfg}` seed {seed}: {}", r.unwrap_err());
             assert!(
                 r.unwrap().allocs > 0,
@@ -107,7 +73,7 @@ fn check_stack<B: DeviceBackend>(make: impl Fn() -> B, label: &str) {
             FaultInjectingBackend::new(make()),
             Config::parse(cfg).unwrap(),
         );
-        let r = ops::run(&a, &NoStreams, &program(42, 800));
+        let r = ops::run(&a, &NoStreams, &ops::program(42, 800));
         assert!(r.is_ok(), "{label} `{cfg}`: {}", r.unwrap_err());
     }
 }

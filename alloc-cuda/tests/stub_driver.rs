@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use alloc_core::adaptors::FaultInjectingBackend;
-use alloc_core::ops::{self, Harness, Op};
+use alloc_core::ops::{self, Harness};
 use alloc_core::{AllocError, BackendError, CachingAllocator, Config, DeviceBackend};
 use alloc_cuda::cudarc::driver::CudaStream;
 use alloc_cuda::{CudaAllocator, CudaBackend, CudaError, PinnedPool, StreamHandle};
@@ -340,36 +340,6 @@ impl<B: DeviceBackend> Harness<B> for StubStreams<'_> {
     }
 }
 
-/// A deterministic pseudo-random program (xorshift) of `n` ops.
-fn program(seed: u64, n: usize) -> Vec<Op> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let (a, b) = ((x >> 8) as u32, (x >> 40) as u8);
-            match x % 100 {
-                0..=54 => Op::Alloc {
-                    bytes: a,
-                    stream: b,
-                },
-                55..=84 => Op::Free { slot: a as u16 },
-                85..=88 => Op::RecordStream {
-                    slot: a as u16,
-                    stream: b,
-                },
-                89..=91 => Op::Launch { stream: b },
-                92..=94 => Op::CompleteStream { stream: b },
-                95 => Op::EmptyCache,
-                96 => Op::Trim,
-                97 => Op::FailNextBackendAlloc,
-                _ => Op::ResetPeak,
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn conformance_on_the_stub() {
     let (stub, _g) = stub(false);
@@ -390,7 +360,7 @@ fn conformance_on_the_stub() {
                 Config::parse(cfg).expect("config"),
             );
             let h = StubStreams { stub, streams };
-            let r = ops::run(&a, &h, &program(seed * 7919, 400));
+            let r = ops::run(&a, &h, &ops::program(seed * 7919, 400));
             let r = r.unwrap_or_else(|e| panic!("`{cfg}` seed {seed}: {e}"));
             assert!(r.allocs > 0);
             a.empty_cache();
