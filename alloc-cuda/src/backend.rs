@@ -34,6 +34,19 @@ pub struct CudaBackend {
     driver_errors: AtomicU64,
 }
 
+/// [`open_context`] and a filled event pool on that context.
+pub(crate) fn open_context_with_events(
+    ordinal: usize,
+) -> Result<(Arc<CudaContext>, Arc<EventPool>), CudaError> {
+    let ctx = open_context(ordinal)?;
+    let events = EventPool::new(Arc::clone(&ctx)).map_err(|source| CudaError::Setup {
+        device: ordinal,
+        action: "creating the event pool",
+        source,
+    })?;
+    Ok((ctx, events))
+}
+
 /// Retains the primary context of device `ordinal` (after the probe, so a
 /// missing driver is an error, not a panic).
 pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, CudaError> {
@@ -69,12 +82,7 @@ impl CudaBackend {
     /// The backend of device `ordinal`: retains its primary context, fills
     /// the event pool, and probes virtual memory.
     pub fn new(ordinal: usize) -> Result<CudaBackend, CudaError> {
-        let ctx = open_context(ordinal)?;
-        let events = EventPool::new(Arc::clone(&ctx)).map_err(|source| CudaError::Setup {
-            device: ordinal,
-            action: "creating the event pool",
-            source,
-        })?;
+        let (ctx, events) = open_context_with_events(ordinal)?;
         let vm = Vm::probe(ctx.cu_device(), ordinal as i32);
         Ok(CudaBackend {
             ctx,

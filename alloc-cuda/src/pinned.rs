@@ -15,7 +15,7 @@ use alloc_core::{
     BackendError, CachingAllocator, Config, DeviceBackend, DeviceBuffer, DevicePtr, MemInfo,
 };
 
-use crate::backend::open_context;
+use crate::backend::open_context_with_events;
 use crate::driver::{CurrentContext, backend_error, check};
 use crate::error::CudaError;
 use crate::event::{EventPool, PooledEvent};
@@ -39,12 +39,7 @@ pub enum PinnedEvent {
 impl PinnedHostBackend {
     /// Pinned memory registered with the context of device `ordinal`.
     pub fn new(ordinal: usize) -> Result<PinnedHostBackend, CudaError> {
-        let ctx = open_context(ordinal)?;
-        let events = EventPool::new(Arc::clone(&ctx)).map_err(|source| CudaError::Setup {
-            device: ordinal,
-            action: "creating the event pool",
-            source,
-        })?;
+        let (ctx, events) = open_context_with_events(ordinal)?;
         Ok(PinnedHostBackend { ctx, events })
     }
 

@@ -27,22 +27,6 @@ impl DeviceMemory for CudaAllocator {
     }
 }
 
-/// The process-wide allocator of a device, as [`CudaAllocator::global`]
-/// returns it.
-impl DeviceMemory for &'static CudaAllocator {
-    fn device_info(&self) -> DeviceInfo {
-        DeviceMemory::device_info(*self)
-    }
-
-    fn empty_cache(&self) -> u64 {
-        DeviceMemory::empty_cache(*self)
-    }
-
-    fn stats(&self) -> Option<Stats> {
-        DeviceMemory::stats(*self)
-    }
-}
-
 /// A pinned host pool's engine: reserved is page-locked host memory.
 impl DeviceMemory for PinnedPool {
     fn device_info(&self) -> DeviceInfo {

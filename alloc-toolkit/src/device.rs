@@ -55,6 +55,22 @@ pub trait DeviceMemory: Send + Sync {
     }
 }
 
+/// A shared reference to a device (the process-wide allocators of
+/// `alloc_cuda::CudaAllocator::global`, say) reports as the device itself.
+impl<T: DeviceMemory + ?Sized> DeviceMemory for &T {
+    fn device_info(&self) -> DeviceInfo {
+        (**self).device_info()
+    }
+
+    fn empty_cache(&self) -> u64 {
+        (**self).empty_cache()
+    }
+
+    fn stats(&self) -> Option<Stats> {
+        (**self).stats()
+    }
+}
+
 /// The cap on reserved bytes a configuration sets (the smaller of the byte cap
 /// and the fraction of the device total).
 fn config_limit(c: &alloc_core::Config, total: Option<u64>) -> Option<u64> {
