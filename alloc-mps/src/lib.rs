@@ -1,0 +1,1 @@
+//! The caching engine on Apple Metal devices (work in progress).
