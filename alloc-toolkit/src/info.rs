@@ -59,11 +59,12 @@ pub struct MemoryInfo {
 
 impl MemoryInfo {
     /// Host bytes this process can still use: the system's available memory,
-    /// lowered to the cgroup's headroom when that is smaller. Returns the
+    /// lowered to the cgroup's headroom (min over limited ancestors of limit
+    /// − working set) when that is smaller. Returns the
     /// figure and where it came from.
     pub fn host_available(&self) -> (u64, &'static str) {
         match self.cgroup.as_ref().and_then(CgroupLimit::headroom) {
-            Some(h) if h < self.system.available => (h, "cgroup limit - cgroup usage"),
+            Some(h) if h < self.system.available => (h, "cgroup limit - working set"),
             _ => (self.system.available, "/proc/meminfo MemAvailable"),
         }
     }

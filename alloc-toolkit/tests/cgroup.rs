@@ -34,7 +34,12 @@ fn v2_takes_the_smallest_limit_on_the_way_to_the_root() {
         Some(100 << 20),
         "usage of the process's own cgroup"
     );
-    assert_eq!(c.headroom(), Some(412 << 20));
+    assert_eq!(c.working_set(), Some(60 << 20), "100 MiB - 40 MiB inactive");
+    // pod1: 512 MiB limit - (450 MiB usage - 100 MiB inactive file): its
+    // other children use memory too, so the own cgroup's 100 MiB would
+    // overstate the room (412 MiB).
+    assert_eq!(c.headroom(), Some(162 << 20));
+    assert!(c.headroom_dir.as_ref().unwrap().ends_with("kubepods/pod1"));
 }
 
 #[test]
@@ -78,17 +83,17 @@ fn memory_info_from_samples_and_the_container_limit_wins() {
     // 8 GB available on the machine, but only 412 MiB left in the container.
     assert_eq!(
         info.host_available(),
-        (412 << 20, "cgroup limit - cgroup usage")
+        (162 << 20, "cgroup limit - working set")
     );
     assert_eq!(info.host_limit(), 512 << 20);
-    let err = ensure_available_in(&info, 400 << 20, 1.2)
+    let err = ensure_available_in(&info, 200 << 20, 1.2)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("cgroup") && err.contains("68.00 MiB missing"),
+        err.contains("cgroup") && err.contains("78.00 MiB missing"),
         "{err}"
     );
-    assert!(ensure_available_in(&info, 300 << 20, 1.2).is_ok());
+    assert!(ensure_available_in(&info, 130 << 20, 1.2).is_ok());
 }
 
 #[test]
@@ -102,4 +107,99 @@ fn missing_files_give_zeros_not_errors() {
     let info = memory_info_from(&sources);
     assert_eq!((info.system.total, info.process.rss), (0, 0));
     assert!(info.cgroup.is_none());
+}
+
+/// A cgroup v2 tree built in a temporary directory: `(relative dir, file,
+/// contents)` triples; returns the root.
+fn fake_tree(name: &str, files: &[(&str, &str, String)]) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("alloc-toolkit-cg-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for (dir, file, text) in files {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(file), text).unwrap();
+    }
+    root
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn page_cache_is_not_used_memory() {
+    // A container that mmap-loaded 3 GiB of weights: usage 3.5 GiB of a
+    // 4 GiB limit, 3 GiB of it inactive file pages the kernel can drop.
+    let root = fake_tree(
+        "cache",
+        &[
+            ("c", "memory.max", format!("{}", 4096 * MIB)),
+            ("c", "memory.current", format!("{}", 3584 * MIB)),
+            (
+                "c",
+                "memory.stat",
+                format!("anon {}\ninactive_file {}\n", 512 * MIB, 3072 * MIB),
+            ),
+        ],
+    );
+    let c = cgroup_limit_at(&root, "0::/c\n").unwrap();
+    assert_eq!(c.working_set(), Some(512 * MIB));
+    assert_eq!(
+        c.headroom(),
+        Some(3584 * MIB),
+        "4 GiB - 512 MiB working set"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn headroom_is_the_minimum_over_ancestors() {
+    // pod: 2 GiB limit, 1.9 GiB used by all its containers; our container:
+    // 1 GiB limit, 100 MiB used. The pod leaves 100 MiB, not 900 MiB.
+    let root = fake_tree(
+        "ancestors",
+        &[
+            ("pod", "memory.max", format!("{}", 2048 * MIB)),
+            ("pod", "memory.current", format!("{}", 1948 * MIB)),
+            ("pod/app", "memory.max", format!("{}", 1024 * MIB)),
+            ("pod/app", "memory.current", format!("{}", 100 * MIB)),
+            ("pod/other", "memory.current", format!("{}", 1848 * MIB)),
+        ],
+    );
+    let c = cgroup_limit_at(&root, "0::/pod/app\n").unwrap();
+    assert_eq!(c.limit, Some(1024 * MIB), "the smallest limit");
+    assert!(c.dir.ends_with("pod/app"));
+    assert_eq!(c.headroom(), Some(100 * MIB));
+    assert!(c.headroom_dir.as_ref().unwrap().ends_with("pod"));
+    // Unknown usage of an ancestor: the own working set stands in.
+    std::fs::remove_file(root.join("pod/memory.current")).unwrap();
+    let c = cgroup_limit_at(&root, "0::/pod/app\n").unwrap();
+    assert_eq!(c.headroom(), Some(924 * MIB));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn v1_subtracts_total_inactive_file() {
+    let root = fake_tree(
+        "v1",
+        &[
+            (
+                "memory/d",
+                "memory.limit_in_bytes",
+                format!("{}", 1024 * MIB),
+            ),
+            (
+                "memory/d",
+                "memory.usage_in_bytes",
+                format!("{}", 900 * MIB),
+            ),
+            (
+                "memory/d",
+                "memory.stat",
+                format!("inactive_file 1\ntotal_inactive_file {}\n", 500 * MIB),
+            ),
+        ],
+    );
+    let c = cgroup_limit_at(&root, "4:memory:/d\n").unwrap();
+    assert_eq!(c.version, CgroupVersion::V1);
+    assert_eq!(c.headroom(), Some(624 * MIB));
+    std::fs::remove_dir_all(root).unwrap();
 }
