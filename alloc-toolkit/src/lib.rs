@@ -23,7 +23,7 @@ pub mod svg;
 #[cfg(feature = "tracing")]
 pub mod tracing_layer;
 
-pub use adaptive::{AdaptiveBatch, Adjustment, BatchLimits};
+pub use adaptive::{AdaptiveBatch, Adjustment, BatchLimits, Ceiling, CeilingDecay};
 pub use cgroup::{CgroupLimit, CgroupVersion, cgroup_limit, cgroup_limit_at};
 pub use cleanup::{
     CleanupReport, cleanup_all, collect_host_heap, empty_device_caches, register_cleanup,
