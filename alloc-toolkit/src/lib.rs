@@ -20,6 +20,7 @@ pub mod pool;
 pub mod report;
 pub mod retry;
 pub mod svg;
+pub mod threshold;
 #[cfg(feature = "tracing")]
 pub mod tracing_layer;
 
@@ -49,12 +50,13 @@ pub use info::{
 pub use measurement::HostAllocs;
 pub use monitor::{
     MemoryMonitor, Metric, MonitorConfig, MonitorGuard, MonitorSummary, ProcessSource, Sample,
-    SampleSource, ThresholdEvent,
+    SampleSource,
 };
 pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
 pub use report::{render_report, report};
 pub use retry::{Attempts, OomError, RetryError, RetryPolicy, retry_on_oom, retry_on_oom_or};
 pub use svg::plot_svg;
+pub use threshold::{DeviceFigure, DeviceReading, Level, Threshold, ThresholdEvent, Watched};
 #[cfg(feature = "tracing")]
 pub use tracing_layer::ScopeLayer;

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::device::device_infos;
 use crate::error::ToolkitError;
 use crate::info::{resident_bytes, resident_bytes_from, tracked_host};
+use crate::threshold::{Callback, DeviceReading, Threshold, ThresholdEvent};
 
 /// One reading, bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -65,6 +66,12 @@ impl Metric {
 pub trait SampleSource: Send + 'static {
     /// Reads the figures now.
     fn sample(&mut self) -> Sample;
+
+    /// Each device's figures, read right after [`sample`](Self::sample)
+    /// (for per-device thresholds; none by default).
+    fn devices(&mut self) -> Vec<DeviceReading> {
+        Vec::new()
+    }
 }
 
 impl<F: FnMut() -> Sample + Send + 'static> SampleSource for F {
@@ -78,6 +85,7 @@ impl<F: FnMut() -> Sample + Send + 'static> SampleSource for F {
 #[derive(Debug, Default)]
 pub struct ProcessSource {
     statm: Option<std::fs::File>,
+    devices: Vec<DeviceReading>,
 }
 
 impl ProcessSource {
@@ -85,6 +93,7 @@ impl ProcessSource {
     pub fn new() -> Self {
         ProcessSource {
             statm: std::fs::File::open("/proc/self/statm").ok(),
+            devices: Vec::new(),
         }
     }
 }
@@ -92,8 +101,17 @@ impl ProcessSource {
 impl SampleSource for ProcessSource {
     fn sample(&mut self) -> Sample {
         let statm = &self.statm;
+        let readings = &mut self.devices;
         alloc_host::untracked(|| {
             let devices = device_infos();
+            readings.clear();
+            readings.extend(devices.iter().map(|d| DeviceReading {
+                name: d.name.clone(),
+                allocated: d.allocated,
+                reserved: d.reserved,
+                used: d.free.zip(d.total).map(|(f, t)| t.saturating_sub(f)),
+                capacity: d.limit.or(d.total),
+            }));
             Sample {
                 t: Duration::ZERO,
                 host_live: tracked_host().live,
@@ -105,26 +123,10 @@ impl SampleSource for ProcessSource {
             }
         })
     }
-}
 
-/// What a threshold callback is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ThresholdEvent {
-    /// The figure watched.
-    pub metric: Metric,
-    /// The threshold, bytes.
-    pub threshold: u64,
-    /// The sample that crossed it.
-    pub sample: Sample,
-}
-
-type Callback = Arc<dyn Fn(&ThresholdEvent) + Send + Sync>;
-
-struct Threshold {
-    metric: Metric,
-    bytes: u64,
-    callback: Callback,
-    above: bool,
+    fn devices(&mut self) -> Vec<DeviceReading> {
+        std::mem::take(&mut self.devices)
+    }
 }
 
 /// Settings of a [`MemoryMonitor`].
@@ -156,8 +158,10 @@ pub struct MonitorSummary {
     pub max: Sample,
     /// Samples taken in all (kept or not).
     pub samples: u64,
-    /// Threshold crossings (callbacks run).
+    /// Threshold crossings (upward; callbacks run).
     pub crossings: u64,
+    /// Recoveries (recovery callbacks run).
+    pub recoveries: u64,
     /// Callbacks that panicked (caught; the monitor went on).
     pub callback_panics: u64,
     /// Samples whose source panicked on the monitor thread (caught; the
@@ -173,6 +177,7 @@ struct Core {
     max: Sample,
     samples: u64,
     crossings: u64,
+    recoveries: u64,
     callback_panics: u64,
     source_panics: u64,
 }
@@ -211,31 +216,30 @@ impl MemoryMonitor {
                 max: Sample::default(),
                 samples: 0,
                 crossings: 0,
+                recoveries: 0,
                 callback_panics: 0,
                 source_panics: 0,
             })),
         })
     }
 
-    /// Calls `callback` each time `metric` rises to `bytes` or above (again
-    /// after it fell below). Refuses a zero threshold.
+    /// Calls `callback` each time the process-wide `metric` rises to `bytes`
+    /// or above (again after it fell below). Refuses a zero threshold.
     pub fn on_threshold(
         self,
         metric: Metric,
         bytes: u64,
         callback: impl Fn(&ThresholdEvent) + Send + Sync + 'static,
     ) -> Result<Self, ToolkitError> {
-        if bytes == 0 {
-            return Err(ToolkitError::ZeroBudget {
-                what: "monitor threshold",
-            });
-        }
-        lock(&self.core).thresholds.push(Threshold {
-            metric,
-            bytes,
-            callback: Arc::new(callback),
-            above: false,
-        });
+        self.with_threshold(Threshold::process(metric, bytes, callback))
+    }
+
+    /// Adds a threshold: process-wide or of one device, in bytes or a
+    /// fraction of the device's capacity, with an optional recovery callback
+    /// (see [`Threshold`]). Refuses bad levels.
+    pub fn with_threshold(self, threshold: Threshold) -> Result<Self, ToolkitError> {
+        threshold.validate()?;
+        lock(&self.core).thresholds.push(threshold);
         Ok(self)
     }
 
@@ -251,8 +255,10 @@ impl MemoryMonitor {
                 panics += 1;
             }
         }
+        let recoveries = due.iter().filter(|d| d.1.recovered).count() as u64;
         let mut c = lock(&self.core);
-        c.crossings += due.len() as u64;
+        c.crossings += due.len() as u64 - recoveries;
+        c.recoveries += recoveries;
         c.callback_panics += panics;
         sample
     }
@@ -265,6 +271,7 @@ impl MemoryMonitor {
             max: c.max,
             samples: c.samples,
             crossings: c.crossings,
+            recoveries: c.recoveries,
             callback_panics: c.callback_panics,
             source_panics: c.source_panics,
         }
@@ -322,6 +329,7 @@ impl Core {
     fn record(&mut self, t: Duration) -> (Sample, Vec<(Callback, ThresholdEvent)>) {
         let mut s = self.source.sample();
         s.t = t;
+        let devices = self.source.devices();
         self.samples += 1;
         if self.series.len() == self.config.capacity {
             self.series.pop_front();
@@ -335,21 +343,11 @@ impl Core {
         m.rss = m.rss.max(s.rss);
         m.device_allocated = m.device_allocated.max(s.device_allocated);
         m.device_reserved = m.device_reserved.max(s.device_reserved);
-        let mut due = Vec::new();
-        for th in &mut self.thresholds {
-            let above = th.metric.of(&s) >= th.bytes;
-            if above && !th.above {
-                due.push((
-                    th.callback.clone(),
-                    ThresholdEvent {
-                        metric: th.metric,
-                        threshold: th.bytes,
-                        sample: s,
-                    },
-                ));
-            }
-            th.above = above;
-        }
+        let due = self
+            .thresholds
+            .iter_mut()
+            .filter_map(|th| th.step(&s, &devices))
+            .collect();
         (s, due)
     }
 }
@@ -448,6 +446,81 @@ mod tests {
         assert_eq!(fired.load(Relaxed), 2);
         let s = m.summary();
         assert_eq!((s.crossings, s.callback_panics), (3, 1));
+    }
+
+    /// A source with one device whose `reserved` follows a list.
+    struct Dev(Vec<u64>, usize);
+
+    impl SampleSource for Dev {
+        fn sample(&mut self) -> Sample {
+            self.1 += 1;
+            Sample::default()
+        }
+        fn devices(&mut self) -> Vec<DeviceReading> {
+            let v = self.0[(self.1 - 1).min(self.0.len() - 1)];
+            vec![
+                DeviceReading {
+                    name: "gpu1".into(),
+                    reserved: v,
+                    capacity: Some(100),
+                    ..DeviceReading::default()
+                },
+                DeviceReading {
+                    name: "gpu0".into(),
+                    reserved: 99,
+                    capacity: Some(100),
+                    ..DeviceReading::default()
+                },
+            ]
+        }
+    }
+
+    #[test]
+    fn device_thresholds_cross_and_recover_with_hysteresis() {
+        use crate::threshold::{DeviceFigure, Level};
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (up, down) = (log.clone(), log.clone());
+        let th = Threshold::device(
+            "gpu1",
+            DeviceFigure::Reserved,
+            Level::Fraction(0.9),
+            move |e| {
+                up.lock().unwrap().push((e.value, e.recovered));
+            },
+        )
+        .recover_below(Level::Fraction(0.7))
+        .on_recover(move |e| down.lock().unwrap().push((e.value, e.recovered)));
+        // 85: below; 95: cross; 80: still above the recovery level; 60:
+        // recovered; 91: cross again. gpu0 sits at 99 throughout: per device,
+        // not summed.
+        let m = MemoryMonitor::with_source(cfg(10), Dev(vec![85, 95, 80, 60, 91], 0))
+            .unwrap()
+            .with_threshold(th)
+            .unwrap();
+        for i in 0..5 {
+            m.tick_at(Duration::from_millis(i));
+        }
+        let got = log.lock().unwrap().clone();
+        assert_eq!(got, vec![(95, false), (60, true), (91, false)]);
+        let s = m.summary();
+        assert_eq!((s.crossings, s.recoveries), (2, 1));
+    }
+
+    #[test]
+    fn bad_levels_are_refused() {
+        use crate::threshold::{DeviceFigure, Level};
+        let m = || MemoryMonitor::with_source(cfg(1), replay(vec![1])).unwrap();
+        let dev = |l| Threshold::device("d", DeviceFigure::Used, l, |_| {});
+        assert!(m().with_threshold(dev(Level::Fraction(1.5))).is_err());
+        assert!(m().with_threshold(dev(Level::Fraction(0.0))).is_err());
+        let inverted = dev(Level::Fraction(0.5)).recover_below(Level::Fraction(0.8));
+        assert!(m().with_threshold(inverted).is_err());
+        let host = Threshold::process(Metric::Rss, 10, |_| {}).recover_below(Level::Fraction(0.5));
+        assert!(m().with_threshold(host).is_err());
+        assert!(
+            m().with_threshold(dev(Level::Bytes(5)).recover_below(Level::Bytes(4)))
+                .is_ok()
+        );
     }
 
     #[test]
