@@ -19,6 +19,8 @@ pub mod plan;
 pub mod pool;
 pub mod report;
 pub mod retry;
+#[cfg(feature = "async")]
+pub mod retry_async;
 pub mod svg;
 pub mod threshold;
 #[cfg(feature = "tracing")]
@@ -56,6 +58,8 @@ pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
 pub use report::{render_report, report};
 pub use retry::{Attempts, OomError, RetryError, RetryPolicy, retry_on_oom, retry_on_oom_or};
+#[cfg(feature = "async")]
+pub use retry_async::retry_on_oom_async;
 pub use svg::plot_svg;
 pub use threshold::{DeviceFigure, DeviceReading, Level, Threshold, ThresholdEvent, Watched};
 #[cfg(feature = "tracing")]

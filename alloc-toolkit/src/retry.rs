@@ -52,6 +52,10 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Empty every registered device cache before each retry.
     pub empty_caches: bool,
+    /// Add a random share of each wait to it, so that many tasks that ran
+    /// out of memory together do not retry in lockstep
+    /// (`retry_on_oom_async` only; the blocking version waits exactly).
+    pub jitter: bool,
 }
 
 impl Default for RetryPolicy {
@@ -63,6 +67,7 @@ impl Default for RetryPolicy {
             backoff_multiplier: 2.0,
             max_backoff: Duration::from_secs(1),
             empty_caches: true,
+            jitter: true,
         }
     }
 }
@@ -94,7 +99,7 @@ pub struct RetryError<E: Display> {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let m = self.backoff_multiplier.max(1.0).powi(retry as i32);
         self.initial_backoff
             .mul_f64(m.min(1e6))
