@@ -1,8 +1,11 @@
 //! [`HostBackend`]: real host memory, the embedded default. Segments are
 //! anonymous mmaps; expandable segments reserve address space with
 //! `PROT_NONE` and map pages with `mprotect`, unmapping them with
-//! `madvise(MADV_DONTNEED)` + `mprotect(PROT_NONE)`, so they work on any
-//! Linux machine. Host memory has one stream, `()`, and its work is always
+//! `madvise(MADV_DONTNEED)` + `mprotect(PROT_NONE)` on Linux (on macOS, where
+//! `MADV_DONTNEED` keeps the pages, by mapping fresh `PROT_NONE` pages over
+//! them), so they work on any Linux or macOS machine. Free and total memory:
+//! `sysinfo(2)` on Linux, `hw.memsize` and `host_statistics64` on Apple
+//! systems. Host memory has one stream, `()`, and its work is always
 //! complete.
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
@@ -96,17 +99,7 @@ unsafe impl DeviceBackend for HostBackend {
     fn synchronize(&self) {}
 
     fn mem_info(&self) -> Option<MemInfo> {
-        // SAFETY: sysinfo only writes the struct passed to it.
-        let mut si: libc::sysinfo = unsafe { core::mem::zeroed() };
-        // SAFETY: `si` is a valid, writable sysinfo struct.
-        if unsafe { libc::sysinfo(&mut si) } != 0 {
-            return None;
-        }
-        let unit = si.mem_unit.max(1) as usize;
-        Some(MemInfo {
-            free: (si.freeram as usize).saturating_mul(unit),
-            total: (si.totalram as usize).saturating_mul(unit),
-        })
+        system_mem_info()
     }
 
     fn page_size(&self) -> Option<usize> {
@@ -157,14 +150,131 @@ unsafe impl DeviceBackend for HostBackend {
     unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
         // SAFETY: the caller passes mapped pages of one live reservation that
         // nothing uses any more; dropping their contents is what is asked.
-        unsafe {
-            libc::madvise(ptr.0 as *mut libc::c_void, bytes, libc::MADV_DONTNEED);
-            libc::mprotect(ptr.0 as *mut libc::c_void, bytes, libc::PROT_NONE);
-        }
+        unsafe { discard_pages(ptr.0 as *mut libc::c_void, bytes) };
     }
 
     unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
         // SAFETY: the caller passes one live reservation of ours.
         unsafe { libc::munmap(ptr.0 as *mut libc::c_void, bytes) };
     }
+}
+
+/// Returns the physical pages of `[p, p + bytes)` to the system and makes the
+/// range inaccessible again, keeping the reservation.
+///
+/// # Safety
+/// The range is page-aligned, inside one live reservation of ours, and
+/// nothing uses its contents any more.
+#[cfg(not(target_vendor = "apple"))]
+unsafe fn discard_pages(p: *mut libc::c_void, bytes: usize) {
+    // SAFETY: per this function's contract the range is ours and unused.
+    unsafe {
+        libc::madvise(p, bytes, libc::MADV_DONTNEED);
+        libc::mprotect(p, bytes, libc::PROT_NONE);
+    }
+}
+
+/// As above; on Apple systems `MADV_DONTNEED` leaves the pages resident, so
+/// fresh `PROT_NONE` pages are mapped over the range (`MAP_FIXED` replaces
+/// exactly the pages named, and the range stays reserved).
+///
+/// # Safety
+/// As above.
+#[cfg(target_vendor = "apple")]
+unsafe fn discard_pages(p: *mut libc::c_void, bytes: usize) {
+    // SAFETY: per this function's contract the range is ours and unused, so
+    // replacing its pages touches no other mapping.
+    let r = unsafe {
+        libc::mmap(
+            p,
+            bytes,
+            libc::PROT_NONE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        // SAFETY: as above; the range at least becomes inaccessible.
+        unsafe { libc::mprotect(p, bytes, libc::PROT_NONE) };
+    }
+}
+
+/// Free and total RAM from `sysinfo(2)`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn system_mem_info() -> Option<MemInfo> {
+    // SAFETY: an all-zero sysinfo struct is a valid value of it.
+    let mut si: libc::sysinfo = unsafe { core::mem::zeroed() };
+    // SAFETY: `si` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut si) } != 0 {
+        return None;
+    }
+    let unit = si.mem_unit.max(1) as usize;
+    Some(MemInfo {
+        free: (si.freeram as usize).saturating_mul(unit),
+        total: (si.totalram as usize).saturating_mul(unit),
+    })
+}
+
+/// Total RAM from `sysctl hw.memsize`; free RAM = (free + inactive pages) of
+/// `host_statistics64(HOST_VM_INFO64)` × the page size: what the kernel can
+/// hand out without compressing or swapping pages in use.
+#[cfg(target_vendor = "apple")]
+fn system_mem_info() -> Option<MemInfo> {
+    let mut total: u64 = 0;
+    let mut len = core::mem::size_of::<u64>();
+    // SAFETY: the name is NUL-terminated and `total`/`len` describe a valid,
+    // writable u64, which is what `hw.memsize` holds.
+    let r = unsafe {
+        libc::sysctlbyname(
+            c"hw.memsize".as_ptr(),
+            (&raw mut total).cast(),
+            &mut len,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if r != 0 || len != core::mem::size_of::<u64>() {
+        return None;
+    }
+    // SAFETY: an all-zero vm_statistics64 is a valid value of it.
+    let mut vm: libc::vm_statistics64 = unsafe { core::mem::zeroed() };
+    let mut count = libc::HOST_VM_INFO64_COUNT;
+    // SAFETY: `vm` is writable for `count` integers (HOST_VM_INFO64_COUNT is
+    // its size in integers); the kernel writes at most `count` of them.
+    let kr = unsafe {
+        libc::host_statistics64(
+            mach_host(),
+            libc::HOST_VM_INFO64,
+            (&raw mut vm).cast(),
+            &mut count,
+        )
+    };
+    if kr != libc::KERN_SUCCESS {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let free_pages = u64::from(vm.free_count) + u64::from(vm.inactive_count);
+    Some(MemInfo {
+        free: usize::try_from(free_pages.saturating_mul(page)).unwrap_or(usize::MAX),
+        total: usize::try_from(total).unwrap_or(usize::MAX),
+    })
+}
+
+/// The host port, asked for once: each `mach_host_self` call adds a
+/// reference to the port that would otherwise have to be released.
+#[cfg(target_vendor = "apple")]
+fn mach_host() -> libc::mach_port_t {
+    static HOST: std::sync::OnceLock<libc::mach_port_t> = std::sync::OnceLock::new();
+    // SAFETY: mach_host_self has no preconditions. libc marks it deprecated
+    // in favour of the mach2 crate, which would be a dependency for one call.
+    #[allow(deprecated)]
+    *HOST.get_or_init(|| unsafe { libc::mach_host_self() })
+}
+
+/// Systems with neither interface: the backend does not know.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn system_mem_info() -> Option<MemInfo> {
+    None
 }
