@@ -98,11 +98,15 @@ pub fn empty_device_caches() -> Vec<(String, u64)> {
 }
 
 /// Asks mimalloc to free the memory it caches (`mi_collect(true)`). Harmless
-/// when mimalloc is not the allocator in use.
+/// when mimalloc is not the allocator in use; nothing without the `mimalloc`
+/// feature.
 pub fn collect_host_heap() {
+    #[cfg(feature = "mimalloc")]
     // SAFETY: `mi_collect` has no preconditions; it may be called from any
     // thread at any time and only returns unused pages to the OS.
-    unsafe { libmimalloc_sys::mi_collect(true) };
+    unsafe {
+        libmimalloc_sys::mi_collect(true)
+    };
 }
 
 /// Empties every device cache, runs the hooks of [`register_cleanup`],

@@ -102,3 +102,93 @@ fn prometheus_covers_registered_devices_and_open_scopes() {
     drop(s);
     unregister_device("tracked-test-dev");
 }
+
+/// A layer that keeps the `u64` values recorded on spans after creation.
+#[derive(Clone, Default)]
+struct Recorded(Arc<std::sync::Mutex<Vec<(String, u64)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorded {
+    fn on_record(
+        &self,
+        _id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        struct V<'a>(&'a Recorded);
+        impl tracing::field::Visit for V<'_> {
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                self.0.0.lock().unwrap().push((f.name().to_owned(), v));
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        values.record(&mut V(self));
+    }
+}
+
+#[test]
+fn the_scope_peak_is_recorded_on_the_span() {
+    use tracing_subscriber::prelude::*;
+    let rec = Recorded::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(alloc_toolkit::ScopeLayer::new())
+        .with(rec.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let span = tracing::info_span!(
+            "decode",
+            alloc.host_peak_bytes = tracing::field::Empty,
+            alloc.device_peak_bytes = tracing::field::Empty
+        );
+        span.in_scope(|| {
+            let v = vec![1u8; 3 << 20];
+            std::hint::black_box(&v);
+        });
+    });
+    let got = rec.0.lock().unwrap().clone();
+    let host = got
+        .iter()
+        .find(|(f, _)| f == "alloc.host_peak_bytes")
+        .unwrap()
+        .1;
+    let device = got
+        .iter()
+        .find(|(f, _)| f == "alloc.device_peak_bytes")
+        .unwrap()
+        .1;
+    assert!((3 << 20..(3 << 20) + (64 << 10)).contains(&host), "{got:?}");
+    assert_eq!(device, 0);
+}
+
+#[test]
+fn an_instrumented_soft_limit_callback_does_not_panic() {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    use tracing_subscriber::prelude::*;
+    let fired = Arc::new(AtomicU32::new(0));
+    let f = fired.clone();
+    let budgeted = alloc_host::ScopeBuilder::new("soft-budgeted")
+        .soft_limit(1 << 20)
+        .on_soft_limit(move |_| {
+            // The callback is itself instrumented: it enters a span while
+            // the layer is leaving another.
+            let span = tracing::info_span!("in-callback");
+            let _g = span.enter();
+            f.fetch_add(1, Relaxed);
+        })
+        .build()
+        .unwrap();
+    let subscriber = tracing_subscriber::registry().with(alloc_toolkit::ScopeLayer::new());
+    tracing::subscriber::with_default(subscriber, || {
+        let _in = budgeted.enter();
+        let outer = tracing::info_span!("outer");
+        let _o = outer.enter();
+        let span = tracing::info_span!("work");
+        let g = span.enter();
+        let v = vec![1u8; 2 << 20]; // over the soft limit
+        std::hint::black_box(&v);
+        drop(g); // leaving `work` runs the callback
+        drop(v);
+        assert_eq!(fired.load(Relaxed), 1);
+        let outer_scope = alloc_host::current();
+        drop(_o);
+        assert_ne!(alloc_host::current(), outer_scope, "outer left");
+    });
+}
