@@ -125,6 +125,14 @@ pub enum ToolkitError {
         /// The OS's words.
         message: String,
     },
+    /// A device to observe could not be opened (no driver, no such device).
+    #[error("cannot observe device `{device}`: {reason}")]
+    CannotObserve {
+        /// The device asked for.
+        device: String,
+        /// Why, with what to check.
+        reason: String,
+    },
 }
 
 /// Checks a safety factor: finite and at least 1.0.

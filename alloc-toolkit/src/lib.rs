@@ -15,6 +15,7 @@ pub mod info;
 #[cfg(feature = "criterion")]
 pub mod measurement;
 pub mod monitor;
+pub mod observed;
 pub mod plan;
 pub mod pool;
 pub mod report;
@@ -54,6 +55,7 @@ pub use monitor::{
     MemoryMonitor, Metric, MonitorConfig, MonitorGuard, MonitorSummary, ProcessSource, Sample,
     SampleSource,
 };
+pub use observed::ObservedDevice;
 pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
 pub use report::{render_report, report};
