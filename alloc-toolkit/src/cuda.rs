@@ -25,6 +25,10 @@ impl DeviceMemory for CudaAllocator {
     fn stats(&self) -> Option<Stats> {
         DeviceMemory::stats(self.engine())
     }
+
+    fn config(&self) -> Option<alloc_core::Config> {
+        DeviceMemory::config(self.engine())
+    }
 }
 
 /// A pinned host pool's engine: reserved is page-locked host memory.
@@ -39,6 +43,10 @@ impl DeviceMemory for PinnedPool {
 
     fn stats(&self) -> Option<Stats> {
         DeviceMemory::stats(self.engine())
+    }
+
+    fn config(&self) -> Option<alloc_core::Config> {
+        DeviceMemory::config(self.engine())
     }
 }
 

@@ -53,6 +53,11 @@ pub trait DeviceMemory: Send + Sync {
     fn stats(&self) -> Option<Stats> {
         None
     }
+    /// The engine's configuration, where it has one (so advice never
+    /// repeats a setting already made).
+    fn config(&self) -> Option<alloc_core::Config> {
+        None
+    }
 }
 
 /// A shared reference to a device (the process-wide allocators of
@@ -68,6 +73,10 @@ impl<T: DeviceMemory + ?Sized> DeviceMemory for &T {
 
     fn stats(&self) -> Option<Stats> {
         (**self).stats()
+    }
+
+    fn config(&self) -> Option<alloc_core::Config> {
+        (**self).config()
     }
 }
 
@@ -121,6 +130,10 @@ impl<B: DeviceBackend> DeviceMemory for CachingAllocator<B> {
 
     fn stats(&self) -> Option<Stats> {
         Some(CachingAllocator::stats(self))
+    }
+
+    fn config(&self) -> Option<alloc_core::Config> {
+        Some(CachingAllocator::config(self).clone())
     }
 }
 

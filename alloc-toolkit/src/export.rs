@@ -7,7 +7,7 @@ use alloc_host::{ScopeNode, ScopeTree};
 use serde::Serialize;
 
 use crate::device::{DeviceInfo, device_infos};
-use crate::info::{MemoryInfo, memory_info};
+use crate::info::{MemoryInfo, memory_info_untracked};
 
 /// Escapes a Prometheus label value (`\`, `"`, newline).
 fn escape(v: &str, out: &mut String) {
@@ -189,9 +189,10 @@ pub fn json_text(memory: &MemoryInfo, tree: &ScopeTree) -> String {
     }
 }
 
-/// [`memory_info`] and every scope now, as JSON.
+/// [`memory_info`](crate::memory_info) and every scope now, as JSON.
 pub fn json() -> String {
-    alloc_host::untracked(|| json_text(&memory_info(), &alloc_host::snapshot()))
+    let info = memory_info_untracked();
+    alloc_host::untracked(|| json_text(&info, &alloc_host::snapshot()))
 }
 
 #[cfg(test)]

@@ -186,6 +186,16 @@ pub fn memory_info() -> MemoryInfo {
     memory_info_from(&MemorySources::default())
 }
 
+/// [`memory_info`] with its own allocations left uncharged. The
+/// installation probe runs first, outside `untracked` (inside, the probe's
+/// allocation would go uncounted and the allocator would look absent).
+pub(crate) fn memory_info_untracked() -> MemoryInfo {
+    let installed = alloc_host::is_installed();
+    let mut info = alloc_host::untracked(memory_info);
+    info.tracked.installed = installed;
+    info
+}
+
 /// [`memory_info`] reading the /proc and cgroup files named in `sources`.
 /// Missing files give zeros (system, process) or `None` (cgroup).
 pub fn memory_info_from(sources: &MemorySources) -> MemoryInfo {

@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod observed;
 pub mod plan;
 pub mod pool;
+pub mod recommend;
 pub mod report;
 pub mod retry;
 #[cfg(feature = "async")]
@@ -58,6 +59,7 @@ pub use monitor::{
 pub use observed::ObservedDevice;
 pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
+pub use recommend::{Facts, Recommendation, Severity, recommend, recommendations};
 pub use report::{render_report, report};
 pub use retry::{Attempts, OomError, RetryError, RetryPolicy, retry_on_oom, retry_on_oom_or};
 #[cfg(feature = "async")]

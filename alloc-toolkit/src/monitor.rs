@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::device::device_infos;
 use crate::error::ToolkitError;
-use crate::info::{resident_bytes, resident_bytes_from, tracked_host};
+use crate::info::{resident_bytes, resident_bytes_from};
 use crate::threshold::{Callback, DeviceReading, Threshold, ThresholdEvent};
 
 /// One reading, bytes.
@@ -114,7 +114,8 @@ impl SampleSource for ProcessSource {
             }));
             Sample {
                 t: Duration::ZERO,
-                host_live: tracked_host().live,
+                // Not `tracked_host()`: its installation probe opens a scope.
+                host_live: alloc_host::process_stats().live_bytes,
                 rss: statm
                     .as_ref()
                     .map_or_else(resident_bytes, resident_bytes_from),

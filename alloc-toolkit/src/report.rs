@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use alloc_host::{ScopeTree, format_bytes as b};
 
-use crate::info::{MemoryInfo, memory_info};
+use crate::info::{MemoryInfo, memory_info_untracked};
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), b)
@@ -99,7 +99,8 @@ pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
 
 /// [`render_report`] of the process now, scopes included.
 pub fn report() -> String {
-    alloc_host::untracked(|| render_report(&memory_info(), Some(&alloc_host::snapshot())))
+    let info = memory_info_untracked();
+    alloc_host::untracked(|| render_report(&info, Some(&alloc_host::snapshot())))
 }
 
 #[cfg(test)]
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn has_a_row_per_part() {
-        let text = render_report(&memory_info(), None);
+        let text = render_report(&crate::memory_info(), None);
         for row in ["system", "process RSS", "tracked heap"] {
             assert!(
                 text.lines().any(|l| l.starts_with(row)),
@@ -119,7 +120,7 @@ mod tests {
 
     #[test]
     fn device_rows_line_up_with_the_header() {
-        let mut info = memory_info();
+        let mut info = crate::memory_info();
         info.devices = vec![crate::device::DeviceInfo {
             name: "gpu0".into(),
             backend: "sim".into(),

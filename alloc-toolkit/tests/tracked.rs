@@ -192,3 +192,18 @@ fn an_instrumented_soft_limit_callback_does_not_panic() {
         assert_ne!(alloc_host::current(), outer_scope, "outer left");
     });
 }
+
+#[test]
+fn report_and_json_see_the_installed_allocator() {
+    let text = alloc_toolkit::report();
+    assert!(!text.contains("not installed"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&alloc_toolkit::json()).unwrap();
+    assert_eq!(v["memory"]["tracked"]["installed"], true);
+    let f = alloc_toolkit::Facts::now();
+    assert!(f.memory.tracked.installed);
+    assert!(
+        !alloc_toolkit::recommendations()
+            .iter()
+            .any(|r| r.rule == "tracking-off")
+    );
+}
