@@ -93,6 +93,7 @@ impl CudaAllocator {
                 stream_device: stream.context().ordinal(),
             });
         }
+        self.engine.backend().retain_stream(stream);
         let inner = self.engine.allocate(bytes, StreamHandle::of(stream))?;
         Ok(CudaBuffer::new(inner, Arc::clone(stream)))
     }

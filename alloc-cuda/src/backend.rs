@@ -1,6 +1,21 @@
 //! [`CudaBackend`]: segments from `cuMemAlloc`, pooled events on CUDA
 //! streams, `cuMemGetInfo`, and expandable segments on CUDA virtual memory
 //! where the driver and device offer it.
+//!
+//! Synchronisation: unmapping pages waits for no stream. The engine unmaps
+//! only free blocks whose stream it found idle (an event recorded and
+//! queried) or after [`DeviceBackend::synchronize`], and blocks used on
+//! other streams stay pending until those streams' events complete, so no
+//! queued work can use the pages (the `unmap` contract). A device-wide
+//! `cuCtxSynchronize` there would stall every unrelated stream.
+//!
+//! Graph capture: the driver calls of the slow path run in relaxed capture
+//! mode (allocating and mapping is legal while another stream captures), no
+//! event is recorded on a capturing stream (its work cannot be observed
+//! until the capture ends: the engine keeps such blocks until a later
+//! synchronise), `synchronize` waits only for the known streams that are not
+//! capturing, and `cuMemFree`/`cuMemAddressFree`, which conflict with a
+//! capture, are deferred until no known stream captures.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +25,12 @@ use cudarc::driver::{CudaContext, CudaStream, sys};
 
 use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo};
 
-use crate::driver::{CurrentContext, backend_error, check, cuda_available};
+use crate::driver::{
+    CurrentContext, RelaxedCapture, backend_error, capturing, check, cuda_available,
+};
 use crate::error::CudaError;
 use crate::event::{EventPool, PooledEvent};
-use crate::stream::StreamHandle;
+use crate::stream::{KnownStreams, StreamHandle};
 use crate::vm::Vm;
 
 /// Alignment the engine relies on for every segment (the driver aligns
@@ -29,9 +46,29 @@ pub struct CudaBackend {
     vm: Result<Vm, String>,
     /// Streams created for trace replay (`stream_for_id`), by id.
     replay_streams: Mutex<HashMap<u32, Arc<CudaStream>>>,
+    /// Streams allocated or recorded on.
+    known: KnownStreams,
+    /// The cudarc streams allocations were made on, kept alive so that a
+    /// stream the engine still keys blocks by is never destroyed (its handle
+    /// reused or dangling) while this backend lives.
+    retained: Mutex<Vec<Arc<CudaStream>>>,
+    /// Releases asked for while a stream captured a graph, done later.
+    deferred: Mutex<Vec<Deferred>>,
     /// Driver calls in paths that cannot return an error (free, unmap,
     /// release) that failed.
     driver_errors: AtomicU64,
+    /// `synchronize` calls made while a stream captured a graph (only the
+    /// streams not capturing were waited for).
+    capture_syncs: AtomicU64,
+}
+
+/// A release that would have broken a graph capture.
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    /// `cuMemFree` of a fixed segment.
+    Free(usize),
+    /// `cuMemAddressFree` of a reservation with nothing mapped.
+    AddressFree(usize, usize),
 }
 
 /// [`open_context`] and a filled event pool on that context.
@@ -91,7 +128,11 @@ impl CudaBackend {
             events,
             vm,
             replay_streams: Mutex::new(HashMap::new()),
+            known: KnownStreams::default(),
+            retained: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
             driver_errors: AtomicU64::new(0),
+            capture_syncs: AtomicU64::new(0),
         })
     }
 
@@ -126,6 +167,73 @@ impl CudaBackend {
         self.driver_errors.load(Ordering::Relaxed)
     }
 
+    /// `synchronize` calls made while a stream captured a CUDA graph.
+    pub fn capture_syncs(&self) -> u64 {
+        self.capture_syncs.load(Ordering::Relaxed)
+    }
+
+    /// Releases waiting for a graph capture to end.
+    pub fn deferred_releases(&self) -> usize {
+        lock(&self.deferred).len()
+    }
+
+    /// The streams this backend has seen (allocated or recorded on).
+    pub fn known_streams(&self) -> Vec<StreamHandle> {
+        self.known.list()
+    }
+
+    /// Notes a stream that allocations are made on (raw handles, from the C
+    /// ABI): [`synchronize`](DeviceBackend::synchronize) and the capture
+    /// checks look at the streams noted.
+    #[inline]
+    pub fn note_stream(&self, stream: StreamHandle) {
+        self.known.note(stream);
+    }
+
+    /// Notes a cudarc stream and keeps it alive as long as this backend, so
+    /// its handle stays valid while blocks are keyed by it.
+    #[inline]
+    pub fn retain_stream(&self, stream: &Arc<CudaStream>) {
+        if self.known.note(StreamHandle::of(stream)) {
+            lock(&self.retained).push(Arc::clone(stream));
+        }
+    }
+
+    /// Whether one of the known streams usable from this thread is capturing
+    /// a CUDA graph.
+    fn capture_under_way(&self) -> bool {
+        self.known
+            .list()
+            .into_iter()
+            .filter(|s| s.usable_here())
+            .any(|s| capturing(s.as_raw()).unwrap_or(false))
+    }
+
+    /// Does the releases deferred during a capture, once none is under way
+    /// (`force`: in any case, when the backend goes away). The context is
+    /// current.
+    fn flush_deferred(&self, force: bool) {
+        if lock(&self.deferred).is_empty() || (!force && self.capture_under_way()) {
+            return;
+        }
+        let list = std::mem::take(&mut *lock(&self.deferred));
+        for d in list {
+            let ok = match d {
+                // SAFETY: a live segment the engine gave back (deallocate's
+                // contract), not freed since.
+                Deferred::Free(ptr) => check(unsafe { sys::cuMemFree_v2(ptr as sys::CUdeviceptr) }),
+                // SAFETY: a live reservation with nothing mapped (release's
+                // contract), not freed since.
+                Deferred::AddressFree(ptr, bytes) => {
+                    check(unsafe { sys::cuMemAddressFree(ptr as sys::CUdeviceptr, bytes) })
+                }
+            };
+            if ok.is_err() {
+                self.note_failure(1);
+            }
+        }
+    }
+
     /// Makes the device's context current until the guard drops.
     #[inline]
     fn bind(&self) -> Result<CurrentContext, BackendError> {
@@ -138,13 +246,22 @@ impl CudaBackend {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // SAFETY: (1) segments come from `cuMemAlloc`, which returns fresh device
 // memory overlapping no live allocation, and a result not aligned to
-// SEGMENT_ALIGN is freed and refused; (2) reservations come from
+// SEGMENT_ALIGN is freed and refused; a free deferred during a capture keeps
+// its memory out of reach until it is done; (2) reservations come from
 // `cuMemAddressReserve` aligned to the page size, and `map` backs exactly the
 // named pages; (3) events are recorded with `cuEventRecord` and reported done
-// only when `cuEventQuery` returns CUDA_SUCCESS; `synchronize` is
-// `cuCtxSynchronize`, which returns when every stream of the context is idle.
+// only when `cuEventQuery` returns CUDA_SUCCESS; streams whose work cannot be
+// observed (capturing, another thread's per-thread stream) get no event but
+// an error, which the engine treats as busy until it synchronises;
+// `synchronize` is `cuCtxSynchronize`, which returns when every stream of the
+// context is idle, except while a graph is captured, when the streams that
+// capture have no work running that a synchronise could wait for.
 unsafe impl DeviceBackend for CudaBackend {
     type Stream = StreamHandle;
     type Event = PooledEvent;
@@ -184,6 +301,8 @@ unsafe impl DeviceBackend for CudaBackend {
 
     fn allocate(&self, bytes: usize) -> Result<DevicePtr, BackendError> {
         let _cur = self.bind()?;
+        let _relaxed = RelaxedCapture::enter();
+        self.flush_deferred(false);
         let mut ptr: sys::CUdeviceptr = 0;
         // SAFETY: `ptr` is a valid out-pointer; the context is current.
         check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) })
@@ -200,6 +319,10 @@ unsafe impl DeviceBackend for CudaBackend {
 
     unsafe fn deallocate(&self, ptr: DevicePtr, _bytes: usize) {
         let cur = self.bind();
+        if cur.is_ok() && self.capture_under_way() {
+            lock(&self.deferred).push(Deferred::Free(ptr.0));
+            return;
+        }
         let ok = cur.is_ok()
             // SAFETY: the caller passes one live segment from `allocate` that
             // no pending work uses.
@@ -211,8 +334,21 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     fn record_event(&self, stream: StreamHandle) -> Result<PooledEvent, BackendError> {
+        self.known.note(stream);
+        if !stream.usable_here() {
+            return Err(BackendError::Other(format!(
+                "{stream:?} is another thread's per-thread default stream; its work cannot be observed from this thread"
+            )));
+        }
         let _cur = self.bind()?;
-        self.events.record(stream.as_raw())
+        let _relaxed = RelaxedCapture::enter();
+        match capturing(stream.as_raw()) {
+            Ok(false) => self.events.record(stream.as_raw()),
+            Ok(true) => Err(BackendError::Other(format!(
+                "stream {stream:?} is capturing a CUDA graph; its work cannot be observed until the capture ends"
+            ))),
+            Err(e) => Err(backend_error("cuStreamIsCapturing", e)),
+        }
     }
 
     fn event_done(&self, event: &PooledEvent) -> bool {
@@ -226,8 +362,28 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     fn synchronize(&self) {
-        if !self.bind().is_ok_and(|cur| cur.synchronize()) {
+        let Ok(cur) = self.bind() else {
             self.note_failure(1);
+            return;
+        };
+        if !self.capture_under_way() {
+            if !cur.synchronize() {
+                self.note_failure(1);
+            }
+            self.flush_deferred(false);
+            return;
+        }
+        // A context-wide synchronise would break the capture: wait for the
+        // known streams that are not capturing.
+        self.capture_syncs.fetch_add(1, Ordering::Relaxed);
+        for s in self.known.list().into_iter().filter(|s| s.usable_here()) {
+            if capturing(s.as_raw()) == Ok(false) {
+                // SAFETY: a stream this backend was handed, usable on this
+                // thread, not capturing.
+                if check(unsafe { sys::cuStreamSynchronize(s.as_raw()) }).is_err() {
+                    self.note_failure(1);
+                }
+            }
         }
     }
 
@@ -247,6 +403,7 @@ unsafe impl DeviceBackend for CudaBackend {
         match &self.vm {
             Ok(vm) => {
                 let _cur = self.bind()?;
+                let _relaxed = RelaxedCapture::enter();
                 vm.reserve(bytes)
             }
             Err(why) => Err(BackendError::Other(format!(
@@ -264,6 +421,7 @@ unsafe impl DeviceBackend for CudaBackend {
             )));
         };
         let _cur = self.bind()?;
+        let _relaxed = RelaxedCapture::enter();
         // SAFETY: forwarded from the caller (unmapped pages of one live
         // reservation of this backend).
         unsafe { vm.map(ptr, bytes) }
@@ -271,18 +429,17 @@ unsafe impl DeviceBackend for CudaBackend {
 
     unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
         let Ok(vm) = &self.vm else { return };
-        // Unmapping while a kernel may still touch the pages faults the
-        // device: wait for every stream first, as PyTorch does.
-        let cur = match self.bind() {
-            Ok(cur) if cur.synchronize() => cur,
-            _ => {
-                self.note_failure(1);
-                return;
-            }
+        // No synchronise: the caller guarantees no queued work uses the pages
+        // (see the module docs for how the engine establishes it).
+        let Ok(cur) = self.bind() else {
+            self.note_failure(1);
+            return;
         };
-        // SAFETY: forwarded from the caller (mapped pages no work uses), and
-        // the device is idle.
+        let relaxed = RelaxedCapture::enter();
+        // SAFETY: forwarded from the caller (mapped pages no queued work
+        // uses).
         let failed = unsafe { vm.unmap(ptr, bytes) };
+        drop(relaxed);
         drop(cur);
         if failed > 0 {
             self.note_failure(failed as u64);
@@ -292,12 +449,26 @@ unsafe impl DeviceBackend for CudaBackend {
     unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
         let Ok(vm) = &self.vm else { return };
         let cur = self.bind();
+        if cur.is_ok() && self.capture_under_way() {
+            lock(&self.deferred).push(Deferred::AddressFree(ptr.0, bytes));
+            return;
+        }
         // SAFETY: forwarded from the caller (one live reservation with
         // nothing mapped).
         if cur.is_err() || !unsafe { vm.release(ptr, bytes) } {
             self.note_failure(1);
         }
         drop(cur);
+    }
+}
+
+/// Does the releases still deferred by a capture (the engine has released
+/// everything it held before its backend is dropped).
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        if let Ok(_cur) = self.bind() {
+            self.flush_deferred(true);
+        }
     }
 }
 

@@ -63,9 +63,9 @@ impl<'a> CudaBuffer<'a> {
 
     #[inline]
     fn note_use(&self, stream: &CudaStream) {
-        if stream.cu_stream() != self.stream.cu_stream() {
-            self.inner
-                .record_stream(StreamHandle::from_raw(stream.cu_stream()));
+        let used_on = StreamHandle::from_raw(stream.cu_stream());
+        if used_on != self.inner.stream() {
+            self.inner.record_stream(used_on);
         }
     }
 }

@@ -31,6 +31,70 @@ pub fn cuda_available() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// The capture functions ([`RelaxedCapture`], [`capturing`]); drivers
+/// before CUDA 10.1 lack them, and then nothing can be capturing.
+const CAPTURE_SYMBOLS: [&str; 2] = ["cuThreadExchangeStreamCaptureMode", "cuStreamIsCapturing"];
+
+/// Whether the driver has the capture functions (looked up once).
+fn has_capture() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| cuda_available() && has_symbols(&CAPTURE_SYMBOLS))
+}
+
+/// Whether `stream` is capturing a CUDA graph. A stream that cannot be
+/// asked because a capture is under way (the legacy stream while a blocking
+/// stream captures: `CUDA_ERROR_STREAM_CAPTURE_IMPLICIT`), or whose capture
+/// was invalidated, counts as capturing; other errors are returned.
+pub(crate) fn capturing(stream: sys::CUstream) -> Result<bool, DriverError> {
+    if !has_capture() {
+        return Ok(false);
+    }
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: the symbol exists (has_capture); `status` is a valid
+    // out-pointer; `stream` is a handle the caller may use on this thread.
+    match unsafe { sys::cuStreamIsCapturing(stream, &mut status) } {
+        sys::CUresult::CUDA_SUCCESS => {
+            Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        }
+        sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_IMPLICIT => Ok(true),
+        r => check(r).map(|()| false),
+    }
+}
+
+/// Relaxed stream-capture mode on this thread for the guard's life: while
+/// another stream captures a graph in global mode, allocating and mapping
+/// memory (which does not enter any stream's order) stays legal, as
+/// PyTorch's allocator does around `cudaMalloc`.
+pub(crate) struct RelaxedCapture {
+    prev: Option<sys::CUstreamCaptureMode>,
+}
+
+impl RelaxedCapture {
+    /// Sets the thread's capture mode to relaxed (a no-op without the
+    /// capture functions).
+    pub(crate) fn enter() -> RelaxedCapture {
+        if !has_capture() {
+            return RelaxedCapture { prev: None };
+        }
+        let mut mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: the symbol exists (has_capture); `mode` is a valid in-out
+        // pointer.
+        let r = unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+        RelaxedCapture {
+            prev: check(r).ok().map(|()| mode),
+        }
+    }
+}
+
+impl Drop for RelaxedCapture {
+    fn drop(&mut self) {
+        if let Some(mut mode) = self.prev {
+            // SAFETY: as in `enter`; restores the mode `enter` replaced.
+            let _ = unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+        }
+    }
+}
+
 /// Whether the loaded driver exports every one of `names`.
 ///
 /// Call only after [`cuda_available`] returned `true`.

@@ -4,7 +4,6 @@
 pub mod allocator;
 pub mod backend;
 pub mod buffer;
-pub mod c_abi;
 pub mod driver;
 pub mod error;
 pub mod event;
@@ -18,7 +17,7 @@ pub use buffer::CudaBuffer;
 pub use driver::cuda_available;
 pub use error::CudaError;
 pub use pinned::{PinnedBuffer, PinnedHostBackend, PinnedPool};
-pub use stream::StreamHandle;
+pub use stream::{KnownStreams, StreamHandle};
 pub use vm::MIN_VM_PAGE;
 
 /// cudarc, re-exported so users name the same version (streams, contexts).

@@ -90,6 +90,11 @@ unsafe impl DeviceBackend for PinnedHostBackend {
         if stream == StreamHandle::HOST {
             return Ok(PinnedEvent::Host);
         }
+        if !stream.usable_here() {
+            return Err(BackendError::Other(format!(
+                "{stream:?} is another thread's per-thread default stream; its work cannot be observed from this thread"
+            )));
+        }
         let _cur = self.bind()?;
         self.events.record(stream.as_raw()).map(PinnedEvent::Device)
     }

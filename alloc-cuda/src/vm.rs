@@ -1,7 +1,12 @@
 //! Expandable segments on CUDA virtual memory: reserve address space with
 //! `cuMemAddressReserve`, back each page with its own physical allocation
-//! (`cuMemCreate` + `cuMemMap` + `cuMemSetAccess`), unmap page by page after
-//! synchronising the device, release the range with `cuMemAddressFree`.
+//! (`cuMemCreate` + `cuMemMap` + `cuMemSetAccess`), unmap page by page once
+//! no queued work uses them, release the range with `cuMemAddressFree`.
+//!
+//! Access is granted to the owning device and to every device that can
+//! access it as a peer (`cuDeviceCanAccessPeer`): memory from
+//! `cuMemAlloc` is reachable from peers once peer access is enabled, and
+//! virtual memory must be granted to them explicitly or their kernels fault.
 //!
 //! One physical allocation per page, because `cuMemUnmap` must name exactly a
 //! mapped range: the engine unmaps single free pages out of larger mapped
@@ -29,6 +34,8 @@ pub const MIN_VM_PAGE: usize = 2 << 20;
 pub(crate) struct Vm {
     pub(crate) page: usize,
     device: i32,
+    /// Devices that can access this one's memory as peers.
+    peers: Vec<i32>,
     /// V1.
     pages: Mutex<HashMap<usize, sys::CUmemGenericAllocationHandle>>,
 }
@@ -43,7 +50,49 @@ fn prop(device: i32) -> sys::CUmemAllocationProp {
     p
 }
 
+/// The ordinals of the other devices that can access memory of `device`.
+fn peers_of(device: sys::CUdevice, ordinal: i32) -> Vec<i32> {
+    let mut count = 0;
+    // SAFETY: `count` is a valid out-pointer; the driver is initialised.
+    if check(unsafe { sys::cuDeviceGetCount(&mut count) }).is_err() {
+        return Vec::new();
+    }
+    (0..count)
+        .filter(|&p| p != ordinal && can_access(device, p))
+        .collect()
+}
+
+/// Whether device `p` can access memory of `device`.
+fn can_access(device: sys::CUdevice, p: i32) -> bool {
+    let mut peer: sys::CUdevice = 0;
+    let mut can = 0;
+    // SAFETY: out-pointers valid for the calls; `p` is an ordinal below the
+    // device count and `device` a device handle.
+    let asked = unsafe {
+        check(sys::cuDeviceGet(&mut peer, p)).is_ok()
+            && check(sys::cuDeviceCanAccessPeer(&mut can, peer, device)).is_ok()
+    };
+    asked && can == 1
+}
+
+/// Read-write access for `device`.
+fn access(device: i32) -> sys::CUmemAccessDesc {
+    let mut location = prop(device).location;
+    location.id = device;
+    sys::CUmemAccessDesc {
+        location,
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    }
+}
+
 impl Vm {
+    /// The devices granted access to the pages: the owner, then its peers.
+    pub(crate) fn accessors(&self) -> Vec<i32> {
+        core::iter::once(self.device)
+            .chain(self.peers.iter().copied())
+            .collect()
+    }
+
     /// The virtual-memory capability of `device`, or why there is none. The
     /// device's context must be current.
     pub(crate) fn probe(device: sys::CUdevice, ordinal: i32) -> Result<Vm, String> {
@@ -78,6 +127,7 @@ impl Vm {
         Ok(Vm {
             page,
             device: ordinal,
+            peers: peers_of(device, ordinal),
             pages: Mutex::new(HashMap::new()),
         })
     }
@@ -148,15 +198,13 @@ impl Vm {
             }
         }
         if result.is_ok() {
-            // SAFETY: `desc` lives across the call; every page of the range
-            // was mapped above.
-            let desc = sys::CUmemAccessDesc {
-                location: prop(self.device).location,
-                flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            let desc: Vec<sys::CUmemAccessDesc> =
+                self.accessors().into_iter().map(access).collect();
+            // SAFETY: every page of the range was mapped above; `desc` holds
+            // `desc.len()` valid descriptors and lives across the call.
+            let r = unsafe {
+                sys::cuMemSetAccess(ptr.0 as sys::CUdeviceptr, bytes, desc.as_ptr(), desc.len())
             };
-            // SAFETY: every page of the range was mapped above; `desc` is one
-            // valid descriptor.
-            let r = unsafe { sys::cuMemSetAccess(ptr.0 as sys::CUdeviceptr, bytes, &desc, 1) };
             result = check(r).map_err(|e| backend_error("cuMemSetAccess", e));
         }
         match result {
@@ -186,7 +234,7 @@ impl Vm {
         a.is_ok() && b.is_ok()
     }
 
-    /// Unmaps the pages of `[ptr, ptr + bytes)`; the device must be idle.
+    /// Unmaps the pages of `[ptr, ptr + bytes)`; no queued work may use them.
     /// Returns how many driver calls failed.
     ///
     /// # Safety

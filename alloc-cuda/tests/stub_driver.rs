@@ -1,18 +1,21 @@
 //! The CUDA backend's control flow and error paths on the stub driver
-//! (tests/stub/libcuda_stub.c): no GPU needed.
-
-mod common;
+//! (alloc-cuda-stub's libcuda_stub.c): no GPU needed.
 
 use std::sync::Arc;
 
 use alloc_core::adaptors::FaultInjectingBackend;
 use alloc_core::ops::{self, Harness};
-use alloc_core::{AllocError, BackendError, CachingAllocator, Config, DeviceBackend};
+use alloc_core::{AllocError, BackendError, CachingAllocator, Config, DeviceBackend, DevicePtr};
 use alloc_cuda::cudarc::driver::CudaStream;
 use alloc_cuda::{CudaAllocator, CudaBackend, CudaError, PinnedPool, StreamHandle};
-use common::{INVALID_VALUE, OOM, Stub, stub};
+use alloc_cuda_stub::{INVALID_VALUE, OOM, RawStream, Stub, stub};
 
 const MIB: usize = 1 << 20;
+
+/// The raw handle of a cudarc stream, as the stub takes it.
+fn raw(s: &Arc<CudaStream>) -> RawStream {
+    s.cu_stream() as RawStream
+}
 
 fn alloc(cfg: &str) -> CudaAllocator {
     CudaAllocator::with_config(0, Config::parse(cfg).expect("valid config"))
@@ -140,12 +143,12 @@ fn block_used_on_another_stream_waits_for_its_event() {
     let s2 = a.new_stream().expect("s2");
     let b1 = a.allocate(4 * MIB, &s1).expect("b1");
     let p1 = b1.device_address();
-    stub.launch(StreamHandle::of(&s2)); // a kernel still running on s2
+    stub.launch(raw(&s2)); // a kernel still running on s2
     b1.record_stream(&s2);
     drop(b1);
     let b2 = a.allocate(4 * MIB, &s1).expect("b2");
     assert_ne!(b2.device_address(), p1, "handed out while s2 still uses it");
-    stub.complete(StreamHandle::of(&s2));
+    stub.complete(raw(&s2));
     let b3 = a.allocate(4 * MIB, &s1).expect("b3");
     assert_eq!(b3.device_address(), p1, "reused once s2's event completed");
     drop((b2, b3));
@@ -161,7 +164,7 @@ fn device_ptr_on_another_stream_records_it() {
     let s2 = a.new_stream().expect("s2");
     let b1 = a.allocate(MIB, &s1).expect("b1");
     let p1 = b1.device_address();
-    stub.launch(StreamHandle::of(&s2));
+    stub.launch(raw(&s2));
     let (p, _sync) = DevicePtr::<u8>::device_ptr(&b1, &s2);
     assert_eq!(p, p1);
     drop(_sync);
@@ -196,7 +199,7 @@ fn events_come_from_the_pool() {
 #[test]
 fn expandable_segments_map_pages_and_sync_before_unmapping() {
     let (stub, _g) = stub(false);
-    let (violations, unsynced) = (stub.violations(), stub.unsynced_unmaps());
+    let (violations, unsafe_releases) = (stub.violations(), stub.unsafe_releases());
     let a = alloc("expandable_segments:true");
     assert!(a.uses_expandable_segments(), "{:?}", a.backend());
     let s = a.new_stream().expect("stream");
@@ -208,7 +211,7 @@ fn expandable_segments_map_pages_and_sync_before_unmapping() {
     // lets the next user of `s` have it); then a larger request on another
     // stream does not fit beside the cache, so the reclaim ladder unmaps the
     // cached pages: the backend must synchronise before unmapping.
-    stub.launch(StreamHandle::of(&s));
+    stub.launch(raw(&s));
     drop(b);
     stub.set_capacity(64 * MIB);
     let s2 = a.new_stream().expect("stream");
@@ -221,8 +224,8 @@ fn expandable_segments_map_pages_and_sync_before_unmapping() {
     assert_eq!(a.backend().mapped_pages(), 0);
     assert_eq!(stub.used(), 0);
     assert_eq!(
-        stub.unsynced_unmaps(),
-        unsynced,
+        stub.unsafe_releases(),
+        unsafe_releases,
         "unmapped with work pending"
     );
     assert_eq!(stub.violations(), violations, "calls the driver rejects");
@@ -293,12 +296,12 @@ fn pinned_pool_reuses_after_events_complete() {
     assert!(b1.as_slice().iter().all(|&x| x == 0));
     b1.as_mut_slice().fill(7);
     let p1 = b1.as_ptr();
-    stub.launch(StreamHandle::of(&s)); // a copy from b1 still queued on s
+    stub.launch(raw(&s)); // a copy from b1 still queued on s
     b1.record_stream(&s);
     drop(b1);
     let b2 = pool.allocate(4096).expect("pinned");
     assert_ne!(b2.as_ptr(), p1, "reused while a transfer may read it");
-    stub.complete(StreamHandle::of(&s));
+    stub.complete(raw(&s));
     let b3 = pool.allocate(4096).expect("pinned");
     assert_eq!(b3.as_ptr(), p1, "reused after the event completed");
     assert_eq!(b3.as_slice()[0], 7);
@@ -323,7 +326,7 @@ fn pinned_pool_reports_driver_oom() {
 /// Streams 0..3 of the Op interpreter, launched and completed on the stub.
 struct StubStreams<'a> {
     stub: &'a Stub,
-    streams: Vec<StreamHandle>,
+    streams: Vec<RawStream>,
 }
 
 impl<B: DeviceBackend> Harness<B> for StubStreams<'_> {
@@ -353,7 +356,7 @@ fn conformance_on_the_stub() {
         for seed in 1..=3u64 {
             let backend = CudaBackend::new(0).expect("stub device");
             let streams = (0..ops::STREAMS)
-                .map(|i| backend.stream_for_id(i))
+                .map(|i| backend.stream_for_id(i).as_raw() as RawStream)
                 .collect();
             let a = CachingAllocator::new(
                 FaultInjectingBackend::new(backend),
@@ -372,66 +375,6 @@ fn conformance_on_the_stub() {
 }
 
 #[test]
-fn c_abi_allocates_frees_and_reports() {
-    use alloc_cuda::c_abi::*;
-    let (stub, _g) = stub(false);
-    let p = alloc_cuda_malloc(3 << 20, 0, core::ptr::null_mut());
-    assert!(!p.is_null());
-    let q = alloc_cuda_malloc(1000, 0, core::ptr::null_mut());
-    assert!(!q.is_null() && q != p);
-    let mut buf = vec![0 as core::ffi::c_char; 1 << 16];
-    // SAFETY: `buf` holds `buf.len()` bytes.
-    let n = unsafe { alloc_cuda_stats_json(0, buf.as_mut_ptr(), buf.len()) };
-    assert!(n > 0 && n < buf.len());
-    // SAFETY: the call wrote `n` bytes and a NUL.
-    let text = unsafe { core::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_str()
-        .expect("utf-8");
-    let stats: std::collections::BTreeMap<String, i64> = serde_json::from_str(text).expect("JSON");
-    assert_eq!(stats["allocation.all.current"], 2);
-    alloc_cuda_free(p, 3 << 20, 0, core::ptr::null_mut());
-    alloc_cuda_free(q, 1000, 0, core::ptr::null_mut());
-    alloc_cuda_reset_peak(0);
-    alloc_cuda_empty_cache(0);
-    let g = CudaAllocator::global(0).expect("global allocator");
-    assert_eq!(g.stats().allocation.all.current, 0);
-    assert_eq!(g.stats().reserved_bytes.all.current, 0);
-    assert_eq!(g.stats().allocated_bytes.all.peak, 0);
-    // too small a buffer: nothing written, the length still returned
-    let mut small = [0 as core::ffi::c_char; 4];
-    // SAFETY: `small` holds 4 bytes.
-    assert!(unsafe { alloc_cuda_stats_json(0, small.as_mut_ptr(), 4) } > 4);
-    assert_eq!(small[0], 0);
-    // a bad device: NULL and a message
-    assert!(alloc_cuda_malloc(64, 7, core::ptr::null_mut()).is_null());
-    // SAFETY: `buf` holds `buf.len()` bytes.
-    let n = unsafe { alloc_cuda_last_error(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: the call wrote `n` bytes and a NUL.
-    let msg = unsafe { core::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
-    assert!(
-        n > 0 && msg.contains("CUDA device 7 does not exist"),
-        "{msg}"
-    );
-    // a free on another stream is deferred until that stream completes
-    let s2 = g.new_stream().expect("stream");
-    let p = alloc_cuda_malloc(1 << 20, 0, core::ptr::null_mut());
-    stub.launch(StreamHandle::of(&s2));
-    alloc_cuda_free(p, 1 << 20, 0, s2.cu_stream() as *mut core::ffi::c_void);
-    let p2 = alloc_cuda_malloc(1 << 20, 0, core::ptr::null_mut());
-    assert_ne!(p2, p);
-    // and so is one recorded on another stream before its free
-    alloc_cuda_record_stream(p2, s2.cu_stream() as *mut core::ffi::c_void);
-    alloc_cuda_free(p2, 1 << 20, 0, core::ptr::null_mut());
-    let p3 = alloc_cuda_malloc(1 << 20, 0, core::ptr::null_mut());
-    assert!(p3 != p && p3 != p2);
-    alloc_cuda_free(p3, 1 << 20, 0, core::ptr::null_mut());
-    stub.complete_all();
-    alloc_cuda_empty_cache(0);
-    assert_eq!(g.stats().reserved_bytes.all.current, 0);
-    let _: &Arc<CudaStream> = &s2;
-}
-
-#[test]
 fn backend_errors_name_the_call() {
     let (stub, _g) = stub(false);
     let b = CudaBackend::new(0).expect("stub device");
@@ -446,33 +389,34 @@ fn backend_errors_name_the_call() {
 }
 
 #[test]
-fn backend_unmap_synchronises_first() {
+fn backend_unmap_waits_for_no_unrelated_stream() {
     let (stub, _g) = stub(false);
-    let unsynced = stub.unsynced_unmaps();
+    let (unsafe_releases, stalls) = (stub.unsafe_releases(), stub.stalls());
     let b = CudaBackend::new(0).expect("stub device");
     let page = b.page_size().expect("the stub has virtual memory");
     let r = b.reserve(4 * page).expect("reserve");
-    // SAFETY: the first two pages of a fresh reservation, unmapped.
-    unsafe { b.map(r, 2 * page) }.expect("map");
-    assert_eq!(b.mapped_pages(), 2);
-    // work queued on the default stream that may use the pages
-    stub.launch(StreamHandle::DEFAULT);
-    // SAFETY: the pages are mapped and nothing of ours uses them.
+    // SAFETY: the pages of a fresh reservation, unmapped.
+    unsafe { b.map(r, 4 * page) }.expect("map");
+    // A long kernel on another stream, using the last two pages only.
+    let other = b.stream_for_id(7).as_raw() as RawStream;
+    stub.launch_on(other, r.0 + 2 * page, 2 * page);
+    // SAFETY: the first two pages are mapped and no queued work uses them.
     unsafe { b.unmap(r, 2 * page) };
-    assert_eq!(
-        stub.unsynced_unmaps(),
-        unsynced,
-        "unmapped while work was pending"
-    );
+    assert!(stub.busy(other), "the unrelated stream was synchronised");
+    assert_eq!(stub.stalls(), stalls, "unmap waited for unrelated work");
+    assert_eq!(stub.unsafe_releases(), unsafe_releases);
+    stub.complete(other);
+    // SAFETY: the last two pages are mapped; their work completed.
+    unsafe { b.unmap(DevicePtr(r.0 + 2 * page), 2 * page) };
     // SAFETY: the reservation is live with nothing mapped.
     unsafe { b.release(r, 4 * page) };
     assert_eq!(b.driver_errors(), 0);
     assert_eq!(b.mapped_pages(), 0);
+    assert_eq!(stub.unsafe_releases(), unsafe_releases);
 }
 
 #[test]
 fn the_callers_current_context_is_left_unchanged() {
-    use alloc_cuda::c_abi::*;
     use alloc_cuda::cudarc::driver::sys;
     let (_stub, _g) = stub(false);
     let current = || {
@@ -486,10 +430,10 @@ fn the_callers_current_context_is_left_unchanged() {
     // a thread with no current context, as a runtime-managed one may be
     std::thread::spawn(move || {
         assert!(current().is_null());
-        let p = alloc_cuda_malloc(3 << 20, 0, core::ptr::null_mut());
-        assert!(!p.is_null());
-        alloc_cuda_free(p, 3 << 20, 0, core::ptr::null_mut());
-        alloc_cuda_empty_cache(0);
+        let a = CudaAllocator::global(0).expect("global allocator");
+        let b = a.engine().allocate(3 << 20, StreamHandle::DEFAULT);
+        drop(b.expect("allocate"));
+        a.empty_cache();
         assert!(
             current().is_null(),
             "the allocator left its context current"

@@ -2,11 +2,9 @@
 //! `-DSTUB_NO_VM`): expandable segments are disabled cleanly, with the reason,
 //! and fixed segments work.
 
-mod common;
-
 use alloc_core::{Config, DeviceBackend};
 use alloc_cuda::{CudaAllocator, CudaBackend};
-use common::stub;
+use alloc_cuda_stub::stub;
 
 #[test]
 fn missing_vm_symbols_disable_expandable_segments() {

@@ -10,7 +10,7 @@ macro_rules! skipped {
     }};
 }
 
-use alloc_cuda::{CudaAllocator, CudaError, PinnedPool, c_abi};
+use alloc_cuda::{CudaAllocator, CudaError, PinnedPool};
 
 fn driver_present() -> bool {
     if alloc_cuda::cuda_available() {
@@ -44,27 +44,6 @@ fn allocator_reports_missing_driver() {
         CudaAllocator::global(10_000),
         Err(CudaError::DeviceOutOfRange { device: 10_000, .. })
     ));
-}
-
-#[test]
-fn c_abi_returns_null_and_the_message() {
-    if driver_present() {
-        return;
-    }
-    assert!(c_abi::alloc_cuda_malloc(1024, 0, core::ptr::null_mut()).is_null());
-    let mut buf = vec![0 as core::ffi::c_char; 512];
-    // SAFETY: `buf` holds 512 bytes.
-    let n = unsafe { c_abi::alloc_cuda_last_error(buf.as_mut_ptr(), buf.len()) };
-    assert!(n > 0);
-    // SAFETY: the call wrote a NUL-terminated message.
-    let msg = unsafe { core::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
-    assert!(msg.starts_with("CUDA unavailable"), "{msg}");
-    // SAFETY: `buf` holds 512 bytes.
-    let n = unsafe { c_abi::alloc_cuda_stats_json(0, buf.as_mut_ptr(), buf.len()) };
-    assert_eq!(n, 0, "no stats without a device");
-    c_abi::alloc_cuda_empty_cache(0);
-    c_abi::alloc_cuda_reset_peak(0);
-    c_abi::alloc_cuda_free(core::ptr::null_mut(), 0, 0, core::ptr::null_mut());
 }
 
 #[test]
