@@ -269,7 +269,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         rounded: usize,
     ) -> AllocError {
         st.stats.num_ooms += 1;
-        st.trace.push(TraceAction::Oom, 0, rounded, slot);
+        st.trace.push_oom(|| self.backend.mem_info().map_or(0, |m| m.free), rounded, slot);
         let in_use = st.stats.allocated_bytes.all.current.max(0) as usize;
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
         let info = self.backend.mem_info();

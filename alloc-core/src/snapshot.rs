@@ -1,5 +1,11 @@
-//! A snapshot of every segment and block with its state, serializable to JSON
-//! (in the spirit of `torch.cuda.memory_snapshot()`).
+//! A snapshot of every segment and block with its state: as JSON in this
+//! crate's shape ([`Snapshot`]), and as the pickle that PyTorch's
+//! `torch.cuda.memory._dump_snapshot` writes
+//! ([`dump_snapshot`](CachingAllocator::dump_snapshot), see `torch.rs`), which
+//! PyTorch's `_memory_viz.py` and its MemoryViz page open.
+
+mod pickle;
+mod torch;
 
 use crate::backend::DeviceBackend;
 use crate::block::{BlockState, NIL};
@@ -20,6 +26,8 @@ pub struct BlockSnapshot {
     pub state: BlockState,
     /// The block's stream, as its `Debug` text.
     pub stream: String,
+    /// The block's stream slot (order of first use, from 0).
+    pub stream_slot: u64,
 }
 
 /// One segment with its blocks in address order.
@@ -37,6 +45,8 @@ pub struct SegmentSnapshot {
     pub expandable: bool,
     /// The stream it was created for, as its `Debug` text.
     pub stream: String,
+    /// The stream slot it was created for (order of first use, from 0).
+    pub stream_slot: u64,
     /// Its blocks.
     pub blocks: Vec<BlockSnapshot>,
 }
@@ -63,9 +73,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// A snapshot of every segment and block.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
-        let stream = |slot: u16| {
+        let stream = |slot: usize| {
             st.streams
-                .get(slot as usize)
+                .get(slot)
                 .map_or_else(String::new, |s| format!("{s:?}"))
         };
         let mut segments: Vec<SegmentSnapshot> = st
@@ -80,7 +90,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                         size: b.size,
                         requested_size: b.requested,
                         state: b.state,
-                        stream: stream(b.stream),
+                        stream: stream(b.stream as usize),
+                        stream_slot: u64::from(b.stream),
                     });
                     id = if b.next == NIL { NIL } else { b.next };
                 }
@@ -90,7 +101,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                     mapped_size: seg.mapped,
                     pool: seg.pool,
                     expandable: seg.expandable,
-                    stream: stream(seg.stream),
+                    stream: stream(seg.stream as usize),
+                    stream_slot: u64::from(seg.stream),
                     blocks,
                 }
             })

@@ -3,10 +3,15 @@
 //! time per op, for one or more configurations side by side.
 //!
 //! ```text
-//! alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N] FILE...
+//! alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N]
+//!              [--dump-snapshot OUT.pickle] FILE...
 //! ```
 //!
-//! The arguments are parsed by hand: five options do not justify a
+//! Reading PyTorch snapshot pickles needs the crate's `pickle` feature
+//! (`cargo run -p alloc-core --features pickle --bin alloc-replay -- FILE`);
+//! CSV traces and `--dump-snapshot` work in every build.
+//!
+//! The arguments are parsed by hand: a handful of options do not justify a
 //! dependency, and this keeps the messages in the project's own words.
 
 #[cfg(not(loom))]
@@ -25,16 +30,18 @@ fn main() {
 #[cfg(not(loom))]
 mod cli {
     use std::io::{self, Write as _};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use alloc_core::replay::{self, ReplayResult, Trace};
     use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
 
     const USAGE: &str = "\
-usage: alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N] FILE...
+usage: alloc-replay [--backend sim|host] [--config STR]... [--json] [--capacity BYTES] [--repeat N]
+                    [--dump-snapshot OUT.pickle] FILE...
 
 Replays allocation traces (CSV `op,id,bytes,stream`, or PyTorch memory snapshot
-pickles from torch.cuda.memory._dump_snapshot) through the caching allocator.
+pickles from torch.cuda.memory._dump_snapshot; those need a build with
+`--features pickle`) through the caching allocator.
 
 options:
   --backend sim|host   sim: a simulated device, no memory touched (default);
@@ -48,6 +55,11 @@ options:
   --repeat N           replay each trace and config N times, each on a fresh
                        allocator, and report the median ns/op (default 1; the
                        byte and call counts are the same in every run)
+  --dump-snapshot OUT  after the replay, write the allocator's state and its
+                       history (the last 100000 events) as the pickle
+                       torch.cuda.memory._dump_snapshot writes, for PyTorch's
+                       memory_viz (`python _memory_viz.py stats OUT`, or the
+                       page pytorch.org/memory_viz); one trace, one config
   -h, --help           print this help";
 
     /// The simulated device's memory unless `--capacity` says otherwise: an
@@ -67,6 +79,7 @@ options:
         json: bool,
         capacity: Option<usize>,
         repeat: usize,
+        dump_snapshot: Option<PathBuf>,
         files: Vec<PathBuf>,
     }
 
@@ -103,6 +116,21 @@ options:
                     eprintln!("alloc-replay: {e}");
                     return 1;
                 }
+            }
+        }
+        if let Some(out) = &args.dump_snapshot {
+            if traces.len() != 1 || configs.len() != 1 {
+                return usage_error(&format!(
+                    "--dump-snapshot writes one snapshot, but there are {} traces and {} configs; \
+                     expected one trace (one file, one device) and at most one --config",
+                    traces.len(),
+                    configs.len()
+                ));
+            }
+            let (label, config) = &configs[0];
+            if let Err(e) = dump(&args, &traces[0], label, config, out) {
+                eprintln!("alloc-replay: cannot write {}: {e}", out.display());
+                return 1;
             }
         }
         for trace in &traces {
@@ -160,6 +188,42 @@ options:
         }
     }
 
+    /// Events a dumped snapshot's history keeps (PyTorch's documented
+    /// `max_entries` example).
+    const HISTORY_ENTRIES: usize = 100_000;
+
+    /// Replays `trace` once with history on, inside a scope named after the
+    /// trace, and writes the snapshot to `out`.
+    fn dump(
+        args: &Args,
+        trace: &Trace,
+        label: &str,
+        config: &Config,
+        out: &Path,
+    ) -> io::Result<()> {
+        fn on<B: DeviceBackend>(
+            backend: B,
+            config: Config,
+            trace: &Trace,
+            label: &str,
+            out: &Path,
+        ) -> io::Result<()> {
+            let allocator = CachingAllocator::new(backend, config);
+            allocator.record_memory_history(true, HISTORY_ENTRIES);
+            let scope = alloc_core::scope::scope(&format!("replay {}", trace.name()));
+            replay::replay(trace, &allocator, label);
+            drop(scope);
+            allocator.dump_snapshot(out)
+        }
+        match args.backend {
+            Backend::Sim => {
+                let capacity = args.capacity.unwrap_or(DEFAULT_CAPACITY);
+                on(SimBackend::new(capacity), config.clone(), trace, label, out)
+            }
+            Backend::Host => on(HostBackend::new(), config.clone(), trace, label, out),
+        }
+    }
+
     fn replay_on<B: DeviceBackend>(
         backend: B,
         config: Config,
@@ -210,6 +274,7 @@ options:
             json: false,
             capacity: None,
             repeat: 1,
+            dump_snapshot: None,
             files: Vec::new(),
         };
         let mut it = argv.into_iter();
@@ -234,6 +299,11 @@ options:
                 )?),
                 "--capacity" => args.capacity = Some(parse_bytes(&value("bytes such as 80GiB")?)?),
                 "--repeat" => args.repeat = parse_repeat(&value("a number of runs such as 5")?)?,
+                "--dump-snapshot" => {
+                    args.dump_snapshot = Some(PathBuf::from(value(
+                        "a file to write, such as snap.pickle",
+                    )?))
+                }
                 "--" => args.files.extend(it.by_ref().map(PathBuf::from)),
                 flag if flag.starts_with('-') && flag.len() > 1 => {
                     return Err(format!("unknown option `{arg}`"));

@@ -127,7 +127,14 @@ impl fmt::Display for NumberReason {
 /// What is wrong with a PyTorch memory snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotProblem {
+    /// This build cannot read pickles (alloc-core's `pickle` feature is off).
+    #[error(
+        "reading PyTorch snapshot pickles needs alloc-core's `pickle` feature; rebuild with \
+         `--features pickle`, e.g. `cargo run -p alloc-core --features pickle --bin alloc-replay -- FILE`"
+    )]
+    PickleNotBuilt,
     /// The bytes are not a pickle this parser can read.
+    #[cfg(feature = "pickle")]
     #[error(
         "not a readable pickle ({source}); expected a file written by torch.cuda.memory._dump_snapshot (pickle protocol 2 to 5)"
     )]

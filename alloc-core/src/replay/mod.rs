@@ -6,7 +6,8 @@
 //! - the CSV format of the shipped traces ([`parse_csv`]): `op,id,bytes,stream`
 //!   lines, `a` to allocate and `f` to free;
 //! - PyTorch memory snapshot pickles written by
-//!   `torch.cuda.memory._dump_snapshot` ([`parse_snapshot`]).
+//!   `torch.cuda.memory._dump_snapshot` ([`parse_snapshot`]; needs the crate's
+//!   `pickle` feature, off by default).
 //!
 //! Both yield [`Trace`]s: allocate and free [`Event`]s on numbered slots.
 //! [`load`] picks the format from the file's first byte (a pickle starts with
@@ -27,6 +28,7 @@ mod csv;
 mod driver;
 mod error;
 mod report;
+#[cfg(feature = "pickle")]
 mod snapshot;
 mod trace;
 
@@ -36,7 +38,18 @@ pub use csv::parse_csv;
 pub use driver::{ReplayResult, replay};
 pub use error::{CsvProblem, NumberReason, SnapshotProblem, TraceError};
 pub use report::{mib, table, trace_header};
+#[cfg(feature = "pickle")]
 pub use snapshot::parse_snapshot;
+
+/// Without the `pickle` feature, every snapshot pickle is refused with
+/// [`SnapshotProblem::PickleNotBuilt`], which says how to rebuild.
+#[cfg(not(feature = "pickle"))]
+pub fn parse_snapshot(name: &str, _bytes: &[u8]) -> Result<Vec<Trace>, TraceError> {
+    Err(TraceError::Snapshot {
+        file: name.to_string(),
+        problem: SnapshotProblem::PickleNotBuilt,
+    })
+}
 pub use trace::{Event, InvalidEvents, Trace, TraceStats};
 
 /// The first byte of a pickle of protocol 2 or later (the PROTO opcode).
