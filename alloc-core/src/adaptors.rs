@@ -167,6 +167,14 @@ impl<B: DeviceBackend> FaultInjectingBackend<B> {
         self.fail_next.store(n, Ordering::Relaxed);
     }
 
+    /// Injected out-of-memory failures still armed (`fail_next` calls not yet
+    /// failed, plus 1 while a `fail_nth` target is ahead).
+    pub fn armed(&self) -> u64 {
+        let at = self.fail_at.load(Ordering::Relaxed);
+        let ahead = u64::from(at > self.calls.load(Ordering::Relaxed));
+        self.fail_next.load(Ordering::Relaxed) + ahead
+    }
+
     /// Fails the `n`-th call that obtains memory from now (1 = the next).
     pub fn fail_nth(&self, n: u64) {
         let now = self.calls.load(Ordering::Relaxed);

@@ -12,6 +12,10 @@
 
 use crate::size_class::Pool;
 
+/// A stream's slot: its index in the engine's stream registry, in order of
+/// first use. Slots are never reused, so two streams never share one.
+pub(crate) type Slot = u32;
+
 /// Index of a block in the slab.
 pub(crate) type BlockId = u32;
 /// "No block" in a link.
@@ -42,7 +46,7 @@ pub(crate) struct Block {
     pub(crate) next: BlockId,
     pub(crate) state: BlockState,
     /// Slot of the stream this block belongs to.
-    pub(crate) stream: u16,
+    pub(crate) stream: Slot,
     /// The segment's pool (copied here so the hot path reads one struct).
     pub(crate) pool: Pool,
     /// Whether the segment is expandable (copied likewise).

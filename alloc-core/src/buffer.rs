@@ -62,12 +62,18 @@ impl<B: DeviceBackend> DeviceBuffer<'_, B> {
     /// dropped, the block is reused only after an event recorded then on
     /// `stream` completes.
     pub fn record_stream(&self, stream: B::Stream) {
+        if self.size == 0 {
+            return;
+        }
         self.alloc.record_stream(self.block, self.stream, stream);
     }
 }
 
 impl<B: DeviceBackend> Drop for DeviceBuffer<'_, B> {
     fn drop(&mut self) {
+        if self.size == 0 {
+            return; // a zero-byte request holds no block
+        }
         self.alloc.free_block(self.block);
         crate::scope::charge_device_free(self.owner, self.size as u64);
     }

@@ -15,14 +15,28 @@
 //! # Invariants
 //! - T1 `allocated_bytes` = Σ in-use block sizes; `active_bytes` = Σ in-use and
 //!   pending block sizes; `requested_bytes` = Σ requested bytes of in-use
-//!   blocks; `reserved_bytes` = Σ mapped bytes of segments.
-//! - T2 `inactive_split` counts the free blocks that share their segment.
+//!   and pending blocks (PyTorch's: it drops when the free completes); `reserved_bytes` = Σ mapped bytes of segments.
+//! - T2 `inactive_split` counts the free blocks of fixed segments that share
+//!   their segment (PyTorch's definition: free pages of an expandable segment
+//!   can always be released, so its free blocks are never "inactive split").
+//! - P1 a pending block waits for one event per stream that used it; each
+//!   stream's events are queried in the order they were recorded, stopping at
+//!   the first that has not completed.
+//!
+//! # Streams
+//! The stream registry gives each stream a [`Slot`] on first use: a hash
+//! lookup (after a one-entry cache of the last stream), no size limit, no
+//! aliasing (slots are never reused). [`CachingAllocator::forget_stream`]
+//! waits for the stream's work and retires its slot: a retired slot is idle
+//! forever, so its cached blocks serve any stream, and the stream's handle
+//! may come back as a new stream with a fresh slot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::backend::{DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockSlab, BlockState, NIL};
+use crate::block::{Block, BlockId, BlockSlab, BlockState, NIL, Slot};
 use crate::buffer::DeviceBuffer;
 use crate::config::Config;
 use crate::error::{AllocError, OutOfMemory};
@@ -41,26 +55,89 @@ pub type OomObserver = Arc<dyn Fn(&OutOfMemory) + Send + Sync>;
 /// split down to [`MIN_BLOCK`]).
 pub const LARGE_SPLIT_REMAINDER: usize = SMALL_SIZE;
 
-/// A free waiting for events recorded on the streams that used the block.
-pub(crate) struct PendingFree<E> {
-    pub(crate) block: BlockId,
-    pub(crate) events: Vec<E>,
-    /// An event could not be recorded: only a device-wide sync frees it.
-    pub(crate) needs_sync: bool,
+/// Frees waiting for events recorded on the streams that used their blocks
+/// (P1): one queue of (event, block) per stream, in recording order.
+pub(crate) struct Pending<E> {
+    queues: Vec<VecDeque<(E, BlockId)>>,
+    /// Slots whose queue is not empty.
+    active: Vec<Slot>,
+    /// Per pending block: events still outstanding, and whether an event
+    /// could not be recorded (then only a device-wide sync frees it).
+    waits: HashMap<BlockId, (u32, bool)>,
 }
+
+impl<E> Default for Pending<E> {
+    fn default() -> Self {
+        Pending {
+            queues: Vec::new(),
+            active: Vec::new(),
+            waits: HashMap::new(),
+        }
+    }
+}
+
+impl<E> Pending<E> {
+    /// Whether no free is pending.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waits.is_empty()
+    }
+}
+
+/// FxHash: the stream registry hashes small `Copy` handles, where SipHash's
+/// resistance to chosen keys buys nothing and costs a cache hit's budget.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn write_u32(&mut self, w: u32) {
+        self.write_u64(u64::from(w));
+    }
+    #[inline]
+    fn write_usize(&mut self, w: usize) {
+        self.write_u64(w as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// The engine state behind the lock.
 pub(crate) struct State<B: DeviceBackend> {
     pub(crate) blocks: BlockSlab,
     pub(crate) segs: SegmentTable,
-    /// Stream of each slot (slots in order of first use).
+    /// Stream of each slot (slots in order of first use; a forgotten
+    /// stream's handle stays for its name).
     pub(crate) streams: Vec<B::Stream>,
+    /// Whether each slot's stream was forgotten (idle forever).
+    pub(crate) retired: Vec<bool>,
+    /// The slot of each registered stream.
+    slot_of: FxMap<B::Stream, Slot>,
+    /// The last stream looked up and its slot.
+    last: Option<(B::Stream, Slot)>,
     pub(crate) index: FreeIndex,
-    /// Expandable segment of each (stream slot, pool), `u32::MAX` if none.
-    pub(crate) expandable: Vec<u32>,
-    pub(crate) pending: Vec<PendingFree<B::Event>>,
+    /// Expandable segments (reservations) of each (stream slot, pool), in the
+    /// order they were reserved.
+    pub(crate) expandable: Vec<Vec<u32>>,
+    pub(crate) pending: Pending<B::Event>,
     /// Other streams (slots) that used an in-use block (`record_stream`).
-    pub(crate) uses: HashMap<BlockId, Vec<u16>>,
+    pub(crate) uses: HashMap<BlockId, Vec<Slot>>,
     pub(crate) stats: Stats,
     pub(crate) trace: TraceRing,
     /// Cap on reserved bytes (memory fraction / byte cap).
@@ -96,9 +173,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             blocks: BlockSlab::default(),
             segs: SegmentTable::default(),
             streams: Vec::new(),
+            retired: Vec::new(),
+            slot_of: FxMap::default(),
+            last: None,
             index: FreeIndex::default(),
             expandable: Vec::new(),
-            pending: Vec::new(),
+            pending: Pending::default(),
             uses: HashMap::new(),
             stats: Stats::default(),
             trace: TraceRing::new(config.trace_entries),
@@ -141,13 +221,25 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Allocates `bytes` bytes for use on `stream`.
+    /// Allocates `bytes` bytes for use on `stream`. A request of 0 bytes
+    /// gets an empty buffer at address 0 that counts nothing (as PyTorch's).
     #[inline]
     pub fn allocate(
         &self,
         bytes: usize,
         stream: B::Stream,
     ) -> Result<DeviceBuffer<'_, B>, AllocError> {
+        if bytes == 0 {
+            return Ok(DeviceBuffer {
+                alloc: self,
+                block: NIL,
+                ptr: DevicePtr(0),
+                size: 0,
+                requested: 0,
+                stream,
+                owner: crate::scope::ScopeId::UNTRACKED,
+            });
+        }
         let rounded = round_size(bytes, &self.config.roundup_power2_divisions).ok_or(
             AllocError::TooLarge {
                 requested: bytes,
@@ -194,15 +286,18 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Returns block `id` (a dropped buffer) to the cache.
     pub(crate) fn free_block(&self, id: BlockId) {
         let mut st = self.lock();
-        let (ptr, size, pool, slot, requested) = {
+        let (ptr, size, pool, slot) = {
             let b = st.blocks.at(id);
             let pool = st.pool_of(b);
-            (b.ptr, b.size, pool, b.stream, b.requested)
+            (b.ptr, b.size, pool, b.stream)
         };
         st.stats.allocation.sub(pool, 1);
         st.stats.allocated_bytes.sub(pool, size);
-        st.stats.requested_bytes.sub(pool, requested);
-        st.trace.push(TraceAction::FreeRequested, ptr, size, slot);
+        if size >= self.config.max_split_size {
+            st.stats.oversize_allocations.sub(1);
+        }
+        st.trace
+            .push(TraceAction::FreeRequested, ptr, size, trace_slot(slot));
         let uses = if st.uses.is_empty() {
             None
         } else {
@@ -227,6 +322,33 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if !uses.contains(&slot) {
             uses.push(slot);
         }
+    }
+
+    /// Forgets `stream` (say, before the program destroys it): waits for the
+    /// work issued on it so far, then retires its slot. Its cached blocks
+    /// stay, idle, for any stream to reuse; a stream with the same handle
+    /// used later is a new stream. Buffers still allocated on it stay valid.
+    pub fn forget_stream(&self, stream: B::Stream) {
+        if !self.lock().slot_of.contains_key(&stream) {
+            return;
+        }
+        // outside the lock: waiting may block for as long as the work runs
+        match self.backend.record_event(stream) {
+            Ok(e) => self.backend.wait_event(&e),
+            Err(_) => self.backend.synchronize(),
+        }
+        let mut st = self.lock();
+        if let Some(slot) = st.slot_of.remove(&stream) {
+            st.last = None;
+            if let Some(r) = st.retired.get_mut(slot as usize) {
+                *r = true;
+            }
+        }
+    }
+
+    /// Streams registered and not forgotten.
+    pub fn stream_count(&self) -> usize {
+        self.lock().slot_of.len()
     }
 
     /// Registers a callback run when an allocation fails with out of memory
@@ -293,6 +415,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// backend knows it). Returns the cap in bytes.
     pub fn set_memory_fraction(&self, fraction: f64) -> Option<usize> {
         let total = self.backend.mem_info().map(|m| m.total)?;
+        let fraction = if fraction.is_nan() { 1.0 } else { fraction };
         let mut cfg = self.config.clone();
         cfg.memory_fraction = Some(fraction.clamp(0.0, 1.0));
         let limit = compute_limit(&cfg, Some(total));
@@ -331,6 +454,13 @@ fn fit_verdict(
     }
 }
 
+/// Whether free block `b` counts in `inactive_split` (T2): it shares a fixed
+/// segment with other blocks.
+#[inline]
+fn counts_inactive_split(b: &Block) -> bool {
+    b.is_split() && !b.expandable
+}
+
 /// The cap on reserved bytes from the memory fraction and the byte cap.
 fn compute_limit(config: &Config, total: Option<usize>) -> Option<usize> {
     let by_fraction = match (config.memory_fraction, total) {
@@ -346,16 +476,33 @@ fn compute_limit(config: &Config, total: Option<usize>) -> Option<usize> {
 impl<B: DeviceBackend> State<B> {
     /// The slot of `stream`, registering it on first use.
     #[inline]
-    pub(crate) fn stream_slot(&mut self, stream: B::Stream) -> u16 {
-        if let Some(i) = self.streams.iter().position(|s| *s == stream) {
-            return i as u16;
+    pub(crate) fn stream_slot(&mut self, stream: B::Stream) -> Slot {
+        if let Some((s, slot)) = self.last
+            && s == stream
+        {
+            return slot;
         }
-        let slot = self.streams.len().min(u16::MAX as usize) as u16;
+        let slot = match self.slot_of.get(&stream) {
+            Some(&slot) => slot,
+            None => self.register(stream),
+        };
+        self.last = Some((stream, slot));
+        slot
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn register(&mut self, stream: B::Stream) -> Slot {
+        // 2^32 streams would need far more memory than the registry holds
+        // first; saturating keeps the arithmetic total.
+        let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);
         self.streams.push(stream);
+        self.retired.push(false);
+        self.slot_of.insert(stream, slot);
         self.index.ensure_stream(slot);
         let need = (slot as usize + 1) * 2;
         if self.expandable.len() < need {
-            self.expandable.resize(need, u32::MAX);
+            self.expandable.resize_with(need, Vec::new);
         }
         slot
     }
@@ -375,7 +522,7 @@ impl<B: DeviceBackend> State<B> {
     #[inline]
     pub(crate) fn take_fit(
         &mut self,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         rounded: usize,
         max_split: usize,
@@ -384,7 +531,7 @@ impl<B: DeviceBackend> State<B> {
         let key = index.take_first(slot, pool, rounded, |k| {
             fit_verdict(blocks, pool, rounded, max_split, k)
         })?;
-        if self.blocks.at(key.2).is_split() {
+        if counts_inactive_split(self.blocks.at(key.2)) {
             self.stats.inactive_split.sub(pool, 1);
             self.stats.inactive_split_bytes.sub(pool, key.0);
         }
@@ -394,7 +541,7 @@ impl<B: DeviceBackend> State<B> {
     #[inline]
     pub(crate) fn find_fit(
         &self,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         rounded: usize,
         max_split: usize,
@@ -428,11 +575,13 @@ impl<B: DeviceBackend> State<B> {
             size >= rounded,
             "block of {size} B handed out for {rounded} B"
         );
+        // PyTorch's should_split: the request's size, not the block's, is
+        // tested against max_split_size
         let rest = size.saturating_sub(rounded);
         let split = match pool {
             Pool::Small => rest >= MIN_BLOCK,
             Pool::Large if expandable => rest >= MIN_BLOCK,
-            Pool::Large => rest > LARGE_SPLIT_REMAINDER && size < max_split,
+            Pool::Large => rest > LARGE_SPLIT_REMAINDER && rounded < max_split,
         };
         let rest = if split {
             self.blocks.split(id, rounded)
@@ -455,7 +604,11 @@ impl<B: DeviceBackend> State<B> {
         s.requested_bytes.add(pool, requested);
         s.active.add(pool, 1);
         s.active_bytes.add(pool, size);
-        self.trace.push(TraceAction::Alloc, ptr, size, slot);
+        if size >= max_split {
+            s.oversize_allocations.add(1);
+        }
+        self.trace
+            .push(TraceAction::Alloc, ptr, size, trace_slot(slot));
         (ptr, size)
     }
 
@@ -471,7 +624,7 @@ impl<B: DeviceBackend> State<B> {
             b.state
         );
         let pool = self.pool_of(b);
-        let (key, slot, split) = ((b.size, b.ptr, id), b.stream, b.is_split());
+        let (key, slot, split) = ((b.size, b.ptr, id), b.stream, counts_inactive_split(b));
         self.index.insert(slot, pool, key);
         if split {
             self.stats.inactive_split.add(pool, 1);
@@ -488,8 +641,8 @@ impl<B: DeviceBackend> State<B> {
     }
 
     #[inline]
-    fn index_remove_key(&mut self, slot: u16, pool: Pool, key: (usize, usize, BlockId)) {
-        if self.index.remove(slot, pool, key) && self.blocks.at(key.2).is_split() {
+    fn index_remove_key(&mut self, slot: Slot, pool: Pool, key: (usize, usize, BlockId)) {
+        if self.index.remove(slot, pool, key) && counts_inactive_split(self.blocks.at(key.2)) {
             self.stats.inactive_split.sub(pool, 1);
             self.stats.inactive_split_bytes.sub(pool, key.0);
         }
@@ -498,13 +651,15 @@ impl<B: DeviceBackend> State<B> {
     /// Makes in-use or pending block `id` free: merges it with free neighbours
     /// of its stream and indexes the result, which it returns.
     pub(crate) fn complete_free(&mut self, id: BlockId) -> BlockId {
-        let (pool, size, ptr, slot) = {
+        let (pool, size, ptr, slot, requested) = {
             let b = self.blocks.at(id);
-            (self.pool_of(b), b.size, b.ptr, b.stream)
+            (self.pool_of(b), b.size, b.ptr, b.stream, b.requested)
         };
         self.stats.active.sub(pool, 1);
         self.stats.active_bytes.sub(pool, size);
-        self.trace.push(TraceAction::FreeCompleted, ptr, size, slot);
+        self.stats.requested_bytes.sub(pool, requested);
+        self.trace
+            .push(TraceAction::FreeCompleted, ptr, size, trace_slot(slot));
         self.blocks.at_mut(id).state = BlockState::Free;
         self.blocks.at_mut(id).requested = 0;
         self.merge_and_index(id)
@@ -530,45 +685,93 @@ impl<B: DeviceBackend> State<B> {
     }
 
     #[inline]
-    fn mergeable(&self, id: BlockId, slot: u16) -> bool {
+    fn mergeable(&self, id: BlockId, slot: Slot) -> bool {
         let b = self.blocks.at(id);
         b.state == BlockState::Free && b.stream == slot
     }
 
-    /// Holds block `id` until events recorded now on `streams` complete.
-    fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<u16>) {
-        let mut events = Vec::with_capacity(streams.len());
-        let mut needs_sync = false;
+    /// Holds block `id` until events recorded now on `streams` complete
+    /// (retired streams completed their work when they were forgotten).
+    fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<Slot>) {
+        let (mut n, mut needs_sync) = (0u32, false);
         for slot in streams {
             let Some(&s) = self.streams.get(slot as usize) else {
                 continue;
             };
+            if self.retired.get(slot as usize).copied().unwrap_or(true) {
+                continue;
+            }
             match backend.record_event(s) {
-                Ok(e) => events.push(e),
+                Ok(e) => {
+                    let i = slot as usize;
+                    if self.pending.queues.len() <= i {
+                        self.pending.queues.resize_with(i + 1, VecDeque::new);
+                    }
+                    if self.pending.queues[i].is_empty() {
+                        self.pending.active.push(slot);
+                    }
+                    self.pending.queues[i].push_back((e, id));
+                    n += 1;
+                }
                 Err(_) => needs_sync = true,
             }
         }
+        if n == 0 && !needs_sync {
+            self.complete_free(id);
+            return;
+        }
         self.blocks.at_mut(id).state = BlockState::Pending;
-        self.pending.push(PendingFree {
-            block: id,
-            events,
-            needs_sync,
-        });
+        self.pending.waits.insert(id, (n, needs_sync));
     }
 
     /// Frees pending blocks whose events completed (all of them after a
-    /// device-wide sync when `synced`).
+    /// device-wide sync when `synced`). Each stream's queue is queried in
+    /// order and left at its first event that has not completed (P1).
     pub(crate) fn process_pending(&mut self, backend: &B, synced: bool) {
+        if synced {
+            for q in &mut self.pending.queues {
+                q.clear();
+            }
+            self.pending.active.clear();
+            let blocks: Vec<BlockId> = self.pending.waits.drain().map(|(b, _)| b).collect();
+            for b in blocks {
+                self.complete_free(b);
+            }
+            return;
+        }
         let mut i = 0;
-        while i < self.pending.len() {
-            let p = &self.pending[i];
-            let done = synced || (!p.needs_sync && p.events.iter().all(|e| backend.event_done(e)));
-            if done {
-                let p = self.pending.swap_remove(i);
-                self.complete_free(p.block);
+        while i < self.pending.active.len() {
+            let slot = self.pending.active[i] as usize;
+            while let Some((e, b)) = self.pending.queues[slot].front() {
+                if !backend.event_done(e) {
+                    break;
+                }
+                let b = *b;
+                self.pending.queues[slot].pop_front();
+                let done = match self.pending.waits.get_mut(&b) {
+                    Some(w) => {
+                        w.0 = w.0.saturating_sub(1);
+                        w.0 == 0 && !w.1
+                    }
+                    None => false,
+                };
+                if done {
+                    self.pending.waits.remove(&b);
+                    self.complete_free(b);
+                }
+            }
+            if self.pending.queues[slot].is_empty() {
+                self.pending.active.swap_remove(i);
             } else {
                 i += 1;
             }
         }
     }
+}
+
+/// A slot as the trace ring records it (saturating: the trace is a
+/// diagnostic, the engine's slots are never truncated).
+#[inline]
+pub(crate) fn trace_slot(slot: Slot) -> u16 {
+    u16::try_from(slot).unwrap_or(u16::MAX)
 }

@@ -1,16 +1,29 @@
-//! Expandable segments: one address-space reservation per (stream, pool),
-//! whose 2 MiB pages are mapped as blocks need them and unmapped when free.
+//! Expandable segments: address-space reservations per (stream, pool),
+//! whose pages are mapped as blocks need them and unmapped when free.
 //!
 //! Growing maps the unmapped range that needs the fewest new pages (joining
-//! the free block before it). Before mapping, free pages are unmapped
-//! (largest free blocks first) until cached memory is at most
-//! `max_cached_fraction` of reserved memory, so holes left by freed blocks do
-//! not stay reserved. Map calls are batched (a minimum chunk per pool, or a
-//! fraction of what is mapped).
+//! the free block of the stream before it), in any reservation of the
+//! (stream, pool); when none has room (address space fragmented by live
+//! blocks), another reservation is made, as PyTorch adds segments.
+//!
+//! What is mapped, and when cached pages are unmapped, follows from what
+//! efficiency measures (peak requested ÷ peak reserved):
+//! - cached pages are unmapped only when mapping would otherwise raise the
+//!   reserved peak (or pass the cap): below the peak, keeping them costs
+//!   nothing and saves map calls; at it, they are the cheapest bytes to give
+//!   back;
+//! - a grow maps a chunk (at least [`MIN_MAP_CHUNK`], or 1/16 of what is
+//!   mapped) only where that stays under the reserved peak and the cap;
+//!   otherwise exactly the pages the request needs, and a chunk the device
+//!   refuses is retried at the exact need.
+//!
+//! Reservations are address space only, sized to the device (1.125× its
+//! total, as PyTorch), never to the cap: a cap changed later
+//! (`set_memory_fraction`) applies at the next map.
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockState, NIL};
-use crate::cache::{CachingAllocator, State};
+use crate::block::{Block, BlockId, BlockState, NIL, Slot};
+use crate::cache::{CachingAllocator, State, trace_slot};
 use crate::error::AllocError;
 use crate::reclaim::within_limit;
 use crate::segment::Segment;
@@ -18,168 +31,245 @@ use crate::size_class::Pool;
 use crate::trace::TraceAction;
 
 /// Expandable segments of the large pool map at least this much at once
-/// (PyTorch's large segment size), so that growing by small steps costs few
-/// map calls. Chosen with [`MIN_MAP_CHUNK_SMALL`], [`MAP_GROWTH_DIVISOR`] and
-/// `max_cached_fraction` by replaying the shipped traces (benches/RESULTS.md).
+/// where it stays under the reserved peak (PyTorch's large segment size), so
+/// that growing by small steps costs few map calls.
 pub const MIN_MAP_CHUNK: usize = 20 << 20;
-/// Expandable segments of the small pool map at least this much at once.
-pub const MIN_MAP_CHUNK_SMALL: usize = 4 << 20;
+/// Expandable segments of the small pool map at least this much at once
+/// (PyTorch's small segment size).
+pub const MIN_MAP_CHUNK_SMALL: usize = 2 << 20;
 /// ... and at least 1/16 of what the segment has mapped (≤ 6.25 % more).
 pub const MAP_GROWTH_DIVISOR: usize = 16;
 
-/// Address space reserved per expandable segment when neither the device
-/// total nor a cap is known (1 TiB; nothing is mapped until needed).
+/// At the reserved peak a grow maps at most 1/32 of what is reserved beyond
+/// its need, so the unused tail of the last chunk can cost the efficiency
+/// measure (peak requested ÷ peak reserved) at most about 3 %.
+pub const FRONT_SLACK_DIVISOR: usize = 32;
+
+/// Address space reserved per expandable segment when the device total is
+/// not known (1 TiB; nothing is mapped until needed).
 pub const DEFAULT_RESERVATION: usize = 1 << 40;
 
+/// An unmapped range a grow can map: the unmapped block, how many bytes of
+/// it the request needs (whole pages) and how large it is.
+#[derive(Clone, Copy)]
+struct Range {
+    seg: u32,
+    uid: BlockId,
+    exact: usize,
+    room: usize,
+}
+
 impl<B: DeviceBackend> CachingAllocator<B> {
-    /// Maps pages of the expandable segment of (slot, pool) so that a free
+    /// Maps pages of an expandable segment of (slot, pool) so that a free
     /// block of at least `rounded` bytes exists; returns it, out of the index.
     pub(crate) fn grow_expandable(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         rounded: usize,
     ) -> Result<Option<BlockId>, AllocError> {
-        let si = slot as usize * 2 + pool.index();
-        let mut seg = st.expandable.get(si).copied().unwrap_or(u32::MAX);
-        if seg == u32::MAX {
-            match self.reserve_expandable(st, slot, pool)? {
-                Some(s) => seg = s,
+        let Some(upper) = rounded.checked_next_multiple_of(self.page) else {
+            return Ok(None);
+        };
+        if self.best_range(st, slot, pool, rounded).is_none()
+            && self.reserve_expandable(st, slot, pool, upper)?.is_none()
+        {
+            return Ok(None);
+        }
+        let Some(mut r) = self.best_range(st, slot, pool, rounded) else {
+            return Ok(None);
+        };
+        let keep = st.blocks.at(r.uid).prev;
+        if self.unmap_to_stay_under_peak(st, r.exact, keep) {
+            // unmapped pages may have joined the chosen range: look again
+            match self.best_range(st, slot, pool, rounded) {
+                Some(again) => r = again,
                 None => return Ok(None),
             }
         }
-        self.unmap_excess_cache(st, rounded);
-        let Some((bytes, uid)) = self.best_unmapped_range(st, seg, slot, pool, rounded) else {
-            return Ok(None);
-        };
-        if !within_limit(st, bytes) {
+        if !within_limit(st, r.exact) {
             return Ok(None);
         }
-        let ptr = st.blocks.at(uid).ptr;
+        let chunk = self.chunk(st, pool, r);
+        let ptr = st.blocks.at(r.uid).ptr;
+        let mut bytes = chunk;
         // SAFETY: `[ptr, ptr + bytes)` lies in unmapped block `uid` of a live
         // reservation (S3: unmapped blocks are page-aligned and never mapped).
-        if let Err(e) = unsafe { self.backend.map(DevicePtr(ptr), bytes) } {
+        let mut mapped = unsafe { self.backend.map(DevicePtr(ptr), bytes) };
+        if mapped == Err(BackendError::OutOfMemory) && chunk > r.exact {
+            bytes = r.exact;
+            // SAFETY: as above, a shorter prefix of the same unmapped block.
+            mapped = unsafe { self.backend.map(DevicePtr(ptr), bytes) };
+        }
+        if let Err(e) = mapped {
             return self.backend_failure(e, "mapping pages of an expandable segment");
         }
+        let uid = r.uid;
         if bytes < st.blocks.at(uid).size && st.blocks.split(uid, bytes).is_none() {
             // SAFETY: the pages were mapped just above and nothing uses them.
             unsafe { self.backend.unmap(DevicePtr(ptr), bytes) };
+            st.stats.num_device_free += 1;
+            st.stats.num_device_alloc += 1;
             return Ok(None);
         }
         let b = st.blocks.at_mut(uid);
         b.state = BlockState::Free;
         b.stream = slot;
-        if let Some(s) = st.segs.get_mut(seg) {
+        if let Some(s) = st.segs.get_mut(r.seg) {
             s.mapped += bytes;
         }
+        st.stats.num_device_alloc += 1;
         st.stats.num_device_map += 1;
         st.stats.num_pages_mapped += (bytes / self.page) as i64;
         st.stats.reserved_bytes.add(pool, bytes);
-        st.trace.push(TraceAction::Map, ptr, bytes, slot);
+        st.trace
+            .push(TraceAction::Map, ptr, bytes, trace_slot(slot));
         let id = st.merge_and_index(uid);
         st.index_remove(id);
         Ok(Some(id))
     }
 
-    /// The unmapped range of segment `seg` needing the fewest new pages for
-    /// `rounded` bytes (lowest address first), counting a free block of
-    /// `slot` just before it; at least the pool's minimum chunk or
-    /// 1/[`MAP_GROWTH_DIVISOR`] of what is mapped is mapped at once, to keep
-    /// map calls few. Returns (bytes to map, unmapped block).
-    fn best_unmapped_range(
-        &self,
-        st: &State<B>,
-        seg: u32,
-        slot: u16,
-        pool: Pool,
-        rounded: usize,
-    ) -> Option<(usize, BlockId)> {
-        let page = self.page;
-        let mapped = st.segs.get(seg).map_or(0, |s| s.mapped);
+    /// How much of range `r` to map: a chunk where it stays under the
+    /// reserved peak and the cap, else the exact need.
+    fn chunk(&self, st: &State<B>, pool: Pool, r: Range) -> usize {
+        let mapped: usize = st.stats.reserved_bytes.pool(pool).current.max(0) as usize;
         let min_chunk = match pool {
             Pool::Small => MIN_MAP_CHUNK_SMALL,
             Pool::Large => MIN_MAP_CHUNK,
         };
         let chunk = min_chunk
             .max(mapped / MAP_GROWTH_DIVISOR)
-            .next_multiple_of(page);
-        let mut best: Option<(usize, BlockId)> = None;
-        let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
-        while id != NIL {
-            let b = st.blocks.at(id);
-            if b.state == BlockState::Unmapped {
-                let left = match st.blocks.get(b.prev) {
-                    Some(p) if p.state == BlockState::Free && p.stream == slot => p.size,
-                    _ => 0,
-                };
-                if let Some(need) = rounded
-                    .checked_sub(left)
-                    .map(|n| n.next_multiple_of(page).max(page))
-                    && need <= b.size
-                    && let need = need.max(chunk).min(b.size)
-                    && best.is_none_or(|(n, _)| need < n)
-                {
-                    best = Some((need, id));
+            .next_multiple_of(self.page)
+            .clamp(r.exact, r.room);
+        let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
+        let peak = st.stats.reserved_bytes.all.peak.max(0) as usize;
+        if reserved.saturating_add(chunk) <= peak && within_limit(st, chunk) {
+            return chunk;
+        }
+        if reserved.saturating_add(r.exact) <= peak {
+            // up to the peak, not past it
+            let below = (peak - reserved) / self.page * self.page;
+            return below.clamp(r.exact, r.room);
+        }
+        // past the reserved peak: a chunk whose unused tail is at most
+        // 1/FRONT_SLACK_DIVISOR of what is reserved
+        let front = min_chunk
+            .min(reserved / FRONT_SLACK_DIVISOR)
+            .next_multiple_of(self.page)
+            .clamp(r.exact, r.room);
+        if within_limit(st, front) {
+            front
+        } else {
+            r.exact
+        }
+    }
+
+    /// The unmapped range of the reservations of (slot, pool) needing the
+    /// fewest new pages for `rounded` bytes (lowest address first), counting
+    /// a free block of `slot` just before it.
+    fn best_range(&self, st: &State<B>, slot: Slot, pool: Pool, rounded: usize) -> Option<Range> {
+        let page = self.page;
+        let si = slot as usize * 2 + pool.index();
+        let mut best: Option<Range> = None;
+        for &seg in st.expandable.get(si).map_or(&[][..], Vec::as_slice) {
+            let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
+            while id != NIL {
+                let b = st.blocks.at(id);
+                if b.state == BlockState::Unmapped {
+                    let left = match st.blocks.get(b.prev) {
+                        Some(p) if p.state == BlockState::Free && p.stream == slot => p.size,
+                        _ => 0,
+                    };
+                    if let Some(exact) = rounded
+                        .checked_sub(left)
+                        .map(|n| n.next_multiple_of(page).max(page))
+                        && exact <= b.size
+                        && best.is_none_or(|r| exact < r.exact)
+                    {
+                        best = Some(Range {
+                            seg,
+                            uid: id,
+                            exact,
+                            room: b.size,
+                        });
+                    }
                 }
+                id = b.next;
             }
-            id = b.next;
         }
         best
     }
 
-    /// Before mapping pages for `rounded` bytes: unmaps free pages of idle
-    /// streams, largest blocks first, until cached memory is at most
-    /// `max_cached_fraction` of reserved memory.
-    fn unmap_excess_cache(&self, st: &mut State<B>, rounded: usize) {
-        let allowed = |st: &State<B>| {
-            let reserved = st.stats.reserved_bytes.all.current.max(0) as f64 + rounded as f64;
-            (reserved * self.config.max_cached_fraction) as i64
+    /// Before mapping `need` bytes: if that would raise the reserved peak or
+    /// pass the cap, unmaps just enough free pages of idle streams (the last
+    /// pages of the largest free blocks first, never block `keep`, which the
+    /// grow extends) that it would not. Whether anything was unmapped.
+    fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, keep: BlockId) -> bool {
+        let target = {
+            let peak = st.stats.reserved_bytes.all.peak.max(0) as usize;
+            st.limit.map_or(peak, |l| l.min(peak))
         };
-        let cached =
-            |st: &State<B>| st.stats.reserved_bytes.all.current - st.stats.active_bytes.all.current;
-        if cached(st) <= allowed(st) {
-            return;
+        let over = |st: &State<B>| {
+            let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
+            reserved.saturating_add(need) > target
+        };
+        if !over(st) {
+            return false;
         }
-        let mut free: Vec<(usize, u16, BlockId)> = st
+        let mut free: Vec<(usize, Slot, BlockId)> = st
             .index
             .all()
             .filter(|&(_, _, (size, _, id))| {
-                size >= self.page && st.is_expandable(st.blocks.at(id))
+                size >= self.page && id != keep && st.is_expandable(st.blocks.at(id))
             })
             .map(|(s, _, (size, _, id))| (size, s, id))
             .collect();
         free.sort_unstable_by(|a, b| b.cmp(a));
         let mut idle: Vec<Option<bool>> = vec![None; st.streams.len()];
         for (_, slot, id) in free {
-            if cached(st) <= allowed(st) {
+            let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
+            let deficit = reserved.saturating_add(need).saturating_sub(target);
+            if deficit == 0 {
                 break;
             }
             let Some(known) = idle.get_mut(slot as usize) else {
                 continue;
             };
             if *known.get_or_insert_with(|| self.stream_idle(st, slot)) {
-                self.release_block(st, id);
+                let b = st.blocks.at(id).clone();
+                let pool = b.pool;
+                self.unmap_tail_pages(st, id, &b, pool, deficit);
             }
         }
+        true
     }
 
+    /// Reserves address space for another expandable segment of (slot,
+    /// pool): 1.125× the device total (or [`DEFAULT_RESERVATION`]), at least
+    /// `need` bytes; only `need` when the larger reservation is refused.
     fn reserve_expandable(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
+        need: usize,
     ) -> Result<Option<u32>, AllocError> {
-        // The whole device (or the cap, if smaller): address space only.
         let device = self.backend.mem_info().map(|m| m.total);
-        let total = match (st.limit, device) {
-            (Some(l), Some(d)) => l.min(d),
-            (l, d) => l.or(d).unwrap_or(DEFAULT_RESERVATION),
-        };
-        let Some(size) = total.checked_next_multiple_of(self.page) else {
-            return Ok(None);
-        };
-        let ptr = match self.backend.reserve(size) {
+        let wanted = device
+            .map_or(DEFAULT_RESERVATION, |d| d.saturating_add(d / 8))
+            .max(need)
+            .checked_next_multiple_of(self.page);
+        let mut ptr = Err(BackendError::OutOfMemory);
+        let mut size = need;
+        for s in [wanted, Some(need)].into_iter().flatten() {
+            size = s;
+            ptr = self.backend.reserve(s);
+            if ptr != Err(BackendError::OutOfMemory) {
+                break;
+            }
+        }
+        let ptr = match ptr {
             Ok(p) => p,
             Err(BackendError::OutOfMemory) => return Ok(None),
             Err(source) => {
@@ -205,7 +295,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return Ok(None);
         };
         if let Some(e) = st.expandable.get_mut(slot as usize * 2 + pool.index()) {
-            *e = sid;
+            e.push(sid);
         }
         st.stats.segment.add(pool, 1);
         Ok(Some(sid))
@@ -223,8 +313,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 continue;
             };
             st.blocks.remove(seg.head);
-            for e in st.expandable.iter_mut().filter(|e| **e == sid) {
-                *e = u32::MAX;
+            if let Some(list) = st
+                .expandable
+                .get_mut(seg.stream as usize * 2 + seg.pool.index())
+            {
+                list.retain(|&e| e != sid);
             }
             // SAFETY: the reservation has nothing mapped (mapped == 0) and is
             // no longer reachable from the engine.
@@ -236,8 +329,26 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Unmaps the whole pages inside free block `id` (copied in `b`) of an
     /// expandable segment; the partial pages at its ends stay mapped and free.
     pub(crate) fn unmap_pages(&self, st: &mut State<B>, id: BlockId, b: &Block, pool: Pool) {
-        let start = b.ptr.next_multiple_of(self.page);
+        self.unmap_tail_pages(st, id, b, pool, usize::MAX);
+    }
+
+    /// Unmaps at most `max` bytes of the whole pages inside free block `id`
+    /// (copied in `b`), taking the last pages (next to the unmapped range
+    /// that usually follows, so unmapped space stays contiguous).
+    pub(crate) fn unmap_tail_pages(
+        &self,
+        st: &mut State<B>,
+        id: BlockId,
+        b: &Block,
+        pool: Pool,
+        max: usize,
+    ) {
         let end = b.end() / self.page * self.page;
+        let first = b.ptr.next_multiple_of(self.page);
+        let take = max
+            .checked_next_multiple_of(self.page)
+            .unwrap_or(usize::MAX);
+        let start = first.max(end.saturating_sub(take));
         if end <= start {
             return;
         }
@@ -272,9 +383,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             s.mapped -= end - start;
         }
         st.stats.num_device_unmap += 1;
+        st.stats.num_device_free += 1;
         st.stats.reserved_bytes.sub(pool, end - start);
         st.trace
-            .push(TraceAction::Unmap, start, end - start, b.stream);
+            .push(TraceAction::Unmap, start, end - start, trace_slot(b.stream));
         st.merge_unmapped(mid);
     }
 }

@@ -12,7 +12,7 @@
 //! - F1 the index holds exactly the free blocks, each under its stream and its
 //!   segment's pool, keyed by its current size and address.
 
-use crate::block::BlockId;
+use crate::block::{BlockId, Slot};
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE};
 
 /// (size, address, block) — ordered so that the first key ≥ (n, 0, 0) is the
@@ -197,13 +197,13 @@ pub(crate) struct FreeIndex {
 }
 
 #[inline]
-fn slot_of(stream: u16, pool: Pool) -> usize {
+fn slot_of(stream: Slot, pool: Pool) -> usize {
     stream as usize * 2 + pool.index()
 }
 
 impl FreeIndex {
     /// Makes room for stream slot `stream`.
-    pub(crate) fn ensure_stream(&mut self, stream: u16) {
+    pub(crate) fn ensure_stream(&mut self, stream: Slot) {
         let need = slot_of(stream, Pool::Large) + 1;
         while self.sets.len() < need {
             self.sets.push(Bins::new());
@@ -211,14 +211,14 @@ impl FreeIndex {
     }
 
     #[inline]
-    pub(crate) fn insert(&mut self, stream: u16, pool: Pool, key: Key) {
+    pub(crate) fn insert(&mut self, stream: Slot, pool: Pool, key: Key) {
         if let Some(s) = self.sets.get_mut(slot_of(stream, pool)) {
             s.insert(key);
         }
     }
 
     #[inline]
-    pub(crate) fn remove(&mut self, stream: u16, pool: Pool, key: Key) -> bool {
+    pub(crate) fn remove(&mut self, stream: Slot, pool: Pool, key: Key) -> bool {
         self.sets
             .get_mut(slot_of(stream, pool))
             .is_some_and(|s| s.remove(key))
@@ -229,7 +229,7 @@ impl FreeIndex {
     #[inline]
     pub(crate) fn take_first(
         &mut self,
-        stream: u16,
+        stream: Slot,
         pool: Pool,
         size: usize,
         verdict: impl FnMut(&Key) -> Verdict,
@@ -242,7 +242,7 @@ impl FreeIndex {
     /// The free blocks of (stream, pool) of at least `size` bytes, smallest
     /// first (lowest address among equals).
     #[inline]
-    pub(crate) fn at_least(&self, stream: u16, pool: Pool, size: usize) -> AtLeast<'_> {
+    pub(crate) fn at_least(&self, stream: Slot, pool: Pool, size: usize) -> AtLeast<'_> {
         let Some(bins) = self.sets.get(slot_of(stream, pool)) else {
             return AtLeast {
                 bins: None,
@@ -262,7 +262,7 @@ impl FreeIndex {
         }
     }
 
-    pub(crate) fn is_empty(&self, stream: u16, pool: Pool) -> bool {
+    pub(crate) fn is_empty(&self, stream: Slot, pool: Pool) -> bool {
         self.sets
             .get(slot_of(stream, pool))
             .is_none_or(|s| s.len == 0)
@@ -277,20 +277,20 @@ impl FreeIndex {
         self.sets.iter().map(|s| s.len).sum()
     }
 
-    pub(crate) fn contains(&self, stream: u16, pool: Pool, key: &Key) -> bool {
+    pub(crate) fn contains(&self, stream: Slot, pool: Pool, key: &Key) -> bool {
         self.sets
             .get(slot_of(stream, pool))
             .is_some_and(|s| s.contains(key))
     }
 
     /// Every key with its (stream, pool).
-    pub(crate) fn all(&self) -> impl Iterator<Item = (u16, Pool, Key)> + '_ {
+    pub(crate) fn all(&self) -> impl Iterator<Item = (Slot, Pool, Key)> + '_ {
         self.sets.iter().enumerate().flat_map(|(i, s)| {
             let pool = if i % 2 == 0 { Pool::Small } else { Pool::Large };
             s.bins
                 .iter()
                 .flatten()
-                .map(move |k| ((i / 2) as u16, pool, *k))
+                .map(move |k| ((i / 2) as Slot, pool, *k))
         })
     }
 }

@@ -1,8 +1,15 @@
 //! The `Op` language: a sequence of engine operations that proptest and
 //! cargo-fuzz generate, and one interpreter that runs it and checks, after
 //! every step, the invariants ([`validate`](crate::CachingAllocator::validate)),
-//! that live blocks never overlap, their alignment, and the statistics against
-//! a simple model (live count and requested bytes).
+//! that live blocks never overlap, their alignment, and three oracles:
+//! - in flight: work launched on a stream uses the live buffers of that
+//!   stream (and those recorded on it); the harness checks that none of that
+//!   memory is handed to another stream's user, unmapped or released before
+//!   the work completes (`SimBackend` panics);
+//! - out of memory is legitimate only when the request cannot fit even after
+//!   every cached byte is released
+//!   ([`check_oom_legitimate`](crate::CachingAllocator::check_oom_legitimate));
+//! - the statistics follow a counter model with PyTorch's definitions.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +24,8 @@ use crate::size_class::MIN_BLOCK;
 pub const STREAMS: u32 = 3;
 
 /// One engine operation.
-#[derive(Clone, Debug, PartialEq, Eq, arbitrary::Arbitrary)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Op {
     /// Allocate; the low 2 bits of `bytes` pick a size class (≤ 4 KiB, ≤ 1 MiB,
     /// ≤ 24 MiB, ≤ 96 MiB), the rest the size within it.
@@ -108,6 +116,7 @@ pub fn program(seed: u64, n: usize) -> Vec<Op> {
 /// Decodes a program from raw bytes: one `Op` after another until the bytes
 /// run out (every byte string is a program, so fuzzers and proptest explore
 /// long programs, not the one or two ops a length-prefixed `Vec` yields).
+#[cfg(feature = "arbitrary")]
 pub fn program_from_bytes(bytes: &[u8]) -> Vec<Op> {
     let mut u = arbitrary::Unstructured::new(bytes);
     let mut ops = Vec::new();
@@ -129,7 +138,9 @@ pub struct RunSummary {
     pub ooms: usize,
 }
 
-/// The harness hooks a backend needs for streams.
+/// The harness hooks a backend needs for streams, and what the oracles ask
+/// of it. Every method past the first three has a default that checks
+/// nothing, so any backend can run the language.
 pub trait Harness<B: DeviceBackend> {
     /// Launch work on stream number `s`.
     fn launch(&self, s: u32);
@@ -137,6 +148,32 @@ pub trait Harness<B: DeviceBackend> {
     fn complete(&self, s: u32);
     /// Complete the work of every stream.
     fn complete_all(&self);
+    /// Launch work on stream `s` that uses `ranges` (start, bytes): the
+    /// backend may then check that no range is reused before it completes.
+    fn launch_using(&self, s: u32, ranges: &[(usize, usize)]) {
+        let _ = ranges;
+        self.launch(s);
+    }
+    /// Check a block just handed to a user of stream `s` (the in-flight
+    /// oracle: no other stream's launched work may still use it).
+    fn check_handout(&self, s: u32, ptr: usize, bytes: usize) {
+        let _ = (s, ptr, bytes);
+    }
+    /// Work launched on stream `s` so far and work completed, in launches
+    /// (an event recorded now completes when `completed >= launched`).
+    fn progress(&self, s: u32) -> (u64, u64) {
+        let _ = s;
+        (0, 0)
+    }
+    /// Device-wide synchronizations so far.
+    fn syncs(&self) -> u64 {
+        0
+    }
+    /// Driver calls that obtained memory (allocate + map) and that returned
+    /// it (deallocate + unmap), where the backend counts them.
+    fn driver_calls(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// A harness for backends whose work is always complete (host memory).
@@ -158,55 +195,147 @@ impl<B: DeviceBackend> Harness<B> for crate::backends::SimBackend {
     fn complete_all(&self) {
         crate::backends::SimBackend::complete_all(self);
     }
+    fn launch_using(&self, s: u32, ranges: &[(usize, usize)]) {
+        crate::backends::SimBackend::launch_using(self, crate::backends::SimStream(s), ranges);
+    }
+    fn check_handout(&self, s: u32, ptr: usize, bytes: usize) {
+        crate::backends::SimBackend::check_handout(
+            self,
+            crate::backends::SimStream(s),
+            crate::backend::DevicePtr(ptr),
+            bytes,
+        );
+    }
+    fn progress(&self, s: u32) -> (u64, u64) {
+        crate::backends::SimBackend::progress(self, crate::backends::SimStream(s))
+    }
+    fn syncs(&self) -> u64 {
+        crate::backends::SimBackend::syncs(self)
+    }
+    fn driver_calls(&self) -> Option<(u64, u64)> {
+        Some(crate::backends::SimBackend::driver_calls(self))
+    }
 }
 
-/// Runs `ops` on `alloc`, checking after every step; at the end frees
-/// everything, empties the cache and checks that nothing is reserved.
+/// A live buffer of the interpreter: its stream number and the streams
+/// (bit mask) it was recorded on.
+struct Live<'a, B: DeviceBackend> {
+    buf: DeviceBuffer<'a, B>,
+    stream: u32,
+    used_on: u32,
+}
+
+/// The counter model's view of a freed buffer whose free waits for events:
+/// (requested, capacity, (stream, launches to wait for)).
+struct PendingModel {
+    requested: usize,
+    capacity: usize,
+    waits: Vec<(u32, u64)>,
+}
+
+/// Runs `ops` on `alloc`, checking after every step (invariants, the
+/// in-flight oracle through `harness`, non-overlap, alignment, the
+/// legitimacy of every out-of-memory error and the counter model); at the
+/// end frees everything, empties the cache and checks that nothing is
+/// reserved.
 pub fn run<B: DeviceBackend>(
     alloc: &CachingAllocator<FaultInjectingBackend<B>>,
     harness: &dyn Harness<B>,
     ops: &[Op],
 ) -> Result<RunSummary, String> {
     let backend = alloc.backend();
-    let mut live: Vec<DeviceBuffer<'_, FaultInjectingBackend<B>>> = Vec::new();
+    let mut live: Vec<Live<'_, FaultInjectingBackend<B>>> = Vec::new();
+    let mut pending: Vec<PendingModel> = Vec::new();
     let mut summary = RunSummary::default();
+    let calls_before = harness.driver_calls();
     for (step, op) in ops.iter().enumerate() {
         let ctx = |e: String| format!("step {step} ({op:?}): {e}");
+        let syncs = harness.syncs();
+        let mut settle = false;
         match *op {
             Op::Alloc { bytes, stream } => {
                 let n = Op::alloc_bytes(bytes);
-                let s = backend.stream_for_id(u32::from(stream) % STREAMS);
-                match alloc.allocate(n, s) {
+                let id = u32::from(stream) % STREAMS;
+                let armed = backend.armed();
+                match alloc.allocate(n, backend.stream_for_id(id)) {
                     Ok(b) => {
                         check_new(&live, &b).map_err(ctx)?;
+                        harness.check_handout(id, b.ptr().0, b.capacity());
                         summary.allocs += 1;
-                        live.push(b);
+                        live.push(Live {
+                            buf: b,
+                            stream: id,
+                            used_on: 0,
+                        });
                     }
-                    Err(AllocError::OutOfMemory(_)) => summary.ooms += 1,
+                    Err(AllocError::OutOfMemory(e)) => {
+                        summary.ooms += 1;
+                        if backend.armed() == armed {
+                            alloc
+                                .check_oom_legitimate(n)
+                                .map_err(|why| ctx(format!("{why}; the error: {e}")))?;
+                        }
+                    }
                     Err(e) => return Err(ctx(format!("unexpected error: {e}"))),
                 }
+                settle = n > 0;
             }
             Op::Free { slot } => {
                 if !live.is_empty() {
                     let i = slot as usize % live.len();
-                    drop(live.swap_remove(i));
+                    let l = live.swap_remove(i);
+                    let own = backend.stream_for_id(l.stream);
+                    let waits: Vec<(u32, u64)> = (0..STREAMS)
+                        .filter(|&r| l.used_on & (1 << r) != 0)
+                        .filter(|&r| backend.stream_for_id(r) != own)
+                        .map(|r| (r, harness.progress(r).0))
+                        .collect();
+                    if !waits.is_empty() && !l.buf.is_empty() {
+                        pending.push(PendingModel {
+                            requested: l.buf.len(),
+                            capacity: l.buf.capacity(),
+                            waits,
+                        });
+                    }
+                    drop(l);
                 }
             }
             Op::RecordStream { slot, stream } => {
                 if !live.is_empty() {
                     let i = slot as usize % live.len();
-                    live[i].record_stream(backend.stream_for_id(u32::from(stream) % STREAMS));
+                    let id = u32::from(stream) % STREAMS;
+                    live[i].buf.record_stream(backend.stream_for_id(id));
+                    live[i].used_on |= 1 << id;
                 }
             }
-            Op::Launch { stream } => harness.launch(u32::from(stream) % STREAMS),
+            Op::Launch { stream } => {
+                let s = u32::from(stream) % STREAMS;
+                let ranges: Vec<(usize, usize)> = live
+                    .iter()
+                    .filter(|l| l.stream == s || l.used_on & (1 << s) != 0)
+                    .map(|l| (l.buf.ptr().0, l.buf.capacity()))
+                    .collect();
+                harness.launch_using(s, &ranges);
+            }
             Op::CompleteStream { stream } => harness.complete(u32::from(stream) % STREAMS),
-            Op::EmptyCache => alloc.empty_cache(),
-            Op::Trim => alloc.trim(),
+            Op::EmptyCache => {
+                alloc.empty_cache();
+                pending.clear(); // it waits for every stream
+            }
+            Op::Trim => {
+                alloc.trim();
+                settle = true;
+            }
             Op::FailNextBackendAlloc => backend.fail_next(1),
             Op::ResetPeak => alloc.reset_peak(),
         }
+        if harness.syncs() != syncs {
+            pending.clear();
+        } else if settle {
+            pending.retain(|p| p.waits.iter().any(|&(r, seq)| harness.progress(r).1 < seq));
+        }
         alloc.validate().map_err(|e| ctx(e.to_string()))?;
-        check_model(alloc, &live).map_err(ctx)?;
+        check_model(alloc, harness, calls_before, &live, &pending).map_err(ctx)?;
     }
     drop(live);
     backend.fail_next(0);
@@ -229,7 +358,7 @@ pub fn run<B: DeviceBackend>(
 }
 
 fn check_new<B: DeviceBackend>(
-    live: &[DeviceBuffer<'_, B>],
+    live: &[Live<'_, B>],
     b: &DeviceBuffer<'_, B>,
 ) -> Result<(), String> {
     let (p, end) = (b.ptr().0, b.ptr().0 + b.capacity());
@@ -241,7 +370,7 @@ fn check_new<B: DeviceBackend>(
         ));
     }
     for o in live {
-        let (q, qend) = (o.ptr().0, o.ptr().0 + o.capacity());
+        let (q, qend) = (o.buf.ptr().0, o.buf.ptr().0 + o.buf.capacity());
         if p < qend && q < end {
             return Err(format!(
                 "new block [{p:#x}, {end:#x}) overlaps live block [{q:#x}, {qend:#x})"
@@ -251,24 +380,71 @@ fn check_new<B: DeviceBackend>(
     Ok(())
 }
 
+/// The counter model, with PyTorch's definitions: a zero-byte request counts
+/// nothing; `allocation`/`allocated_bytes` drop at the free request;
+/// `active`/`active_bytes`/`requested_bytes` drop when the free completes
+/// (after the events of the streams that used the block); every driver call
+/// that obtains memory is a `num_device_alloc`, every one that returns it a
+/// `num_device_free`; `oversize_allocations` counts blocks of at least
+/// `max_split_size`.
 fn check_model<B: DeviceBackend>(
-    alloc: &CachingAllocator<B>,
-    live: &[DeviceBuffer<'_, B>],
+    alloc: &CachingAllocator<FaultInjectingBackend<B>>,
+    harness: &dyn Harness<B>,
+    calls_before: Option<(u64, u64)>,
+    live: &[Live<'_, FaultInjectingBackend<B>>],
+    pending: &[PendingModel],
 ) -> Result<(), String> {
     let s = alloc.stats();
-    let requested: usize = live.iter().map(DeviceBuffer::len).sum();
-    let by_ptr: BTreeMap<usize, usize> = live.iter().map(|b| (b.ptr().0, b.capacity())).collect();
-    if by_ptr.len() != live.len() {
+    let counted = || live.iter().map(|l| &l.buf).filter(|b| !b.is_empty());
+    let by_ptr: BTreeMap<usize, usize> = counted().map(|b| (b.ptr().0, b.capacity())).collect();
+    if by_ptr.len() != counted().count() {
         return Err("two live buffers share an address".into());
     }
-    if s.allocation.all.current != live.len() as i64
-        || s.requested_bytes.all.current != requested as i64
+    let max_split = alloc.config().max_split_size;
+    let model = [
+        ("allocation", counted().count(), s.allocation.all.current),
+        (
+            "allocated_bytes",
+            counted().map(DeviceBuffer::capacity).sum(),
+            s.allocated_bytes.all.current,
+        ),
+        (
+            "requested_bytes",
+            counted().map(DeviceBuffer::len).sum::<usize>()
+                + pending.iter().map(|p| p.requested).sum::<usize>(),
+            s.requested_bytes.all.current,
+        ),
+        (
+            "active",
+            counted().count() + pending.len(),
+            s.active.all.current,
+        ),
+        (
+            "active_bytes",
+            counted().map(DeviceBuffer::capacity).sum::<usize>()
+                + pending.iter().map(|p| p.capacity).sum::<usize>(),
+            s.active_bytes.all.current,
+        ),
+        (
+            "oversize_allocations",
+            counted().filter(|b| b.capacity() >= max_split).count(),
+            s.oversize_allocations.current,
+        ),
+    ];
+    for (name, want, got) in model {
+        if want as i64 != got {
+            return Err(format!(
+                "{name}.current is {got}, the model (PyTorch's definition) says {want}"
+            ));
+        }
+    }
+    if let (Some((o, r)), Some((o0, r0))) = (harness.driver_calls(), calls_before)
+        && let (obtains, returns) = (o - o0, r - r0)
+        && (s.num_device_alloc, s.num_device_free) != (obtains as i64, returns as i64)
     {
         return Err(format!(
-            "stats say {} allocations / {} B requested, the model {} / {requested} B",
-            s.allocation.all.current,
-            s.requested_bytes.all.current,
-            live.len()
+            "num_device_alloc/num_device_free are {}/{}, the driver saw {obtains}/{returns} calls",
+            s.num_device_alloc, s.num_device_free
         ));
     }
     if s.reserved_bytes.all.current < s.active_bytes.all.current

@@ -5,7 +5,9 @@
 //!
 //! The reclaim ladder, in order: reuse idle cache of other streams → grow →
 //! release oversize cached blocks and grow → release all releasable cached
-//! memory (waiting on pending events) and try again → out of memory.
+//! memory (waiting for every stream) and try again: the stream's own cache,
+//! then every other stream's (all idle after the wait), then grow → out of
+//! memory.
 //!
 //! Expandable segments and `max_split_size`: a block of an expandable segment
 //! is always split to size, and free pages in the middle of an expandable
@@ -15,8 +17,8 @@
 //! plus the free pages the cache keeps.
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockState, NIL};
-use crate::cache::{CachingAllocator, State};
+use crate::block::{Block, BlockId, BlockState, NIL, Slot};
+use crate::cache::{CachingAllocator, State, trace_slot};
 use crate::error::{AllocError, OutOfMemory};
 use crate::segment::Segment;
 use crate::size_class::{Pool, segment_size};
@@ -38,7 +40,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     pub(crate) fn alloc_slow(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         bytes: usize,
         rounded: usize,
@@ -60,10 +62,13 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return Ok(id);
         }
         self.release_cached(st, Release::All, true);
-        if let Some(id) = st
-            .take_fit(slot, pool, rounded, self.config.max_split_size)
-            .map_or_else(|| self.grow(st, slot, pool, rounded), |id| Ok(Some(id)))?
-        {
+        if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
+            return Ok(id);
+        }
+        if let Some(id) = self.reuse_idle_cache(st, slot, pool, rounded) {
+            return Ok(id);
+        }
+        if let Some(id) = self.grow(st, slot, pool, rounded)? {
             return Ok(id);
         }
         Err(self.out_of_memory(st, slot, bytes, rounded))
@@ -86,11 +91,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     fn reuse_idle_cache(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         rounded: usize,
     ) -> Option<BlockId> {
-        for other in 0..st.streams.len() as u16 {
+        for other in 0..st.streams.len() as Slot {
             if other == slot || st.index.is_empty(other, pool) {
                 continue;
             }
@@ -109,7 +114,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Whether every event recorded now on the stream of `slot` has completed.
-    pub(crate) fn stream_idle(&self, st: &State<B>, slot: u16) -> bool {
+    pub(crate) fn stream_idle(&self, st: &State<B>, slot: Slot) -> bool {
+        if st.retired.get(slot as usize).copied().unwrap_or(false) {
+            return true; // forgotten: its work was waited for then
+        }
         let Some(&s) = st.streams.get(slot as usize) else {
             return false;
         };
@@ -123,7 +131,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     fn grow(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         pool: Pool,
         rounded: usize,
     ) -> Result<Option<BlockId>, AllocError> {
@@ -157,7 +165,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.stats.num_device_alloc += 1;
         st.stats.segment.add(pool, 1);
         st.stats.reserved_bytes.add(pool, size);
-        st.trace.push(TraceAction::SegmentAlloc, ptr.0, size, slot);
+        if size >= self.config.max_split_size {
+            st.stats.oversize_segments.add(1);
+        }
+        st.trace
+            .push(TraceAction::SegmentAlloc, ptr.0, size, trace_slot(slot));
         let _ = sid;
         Ok(Some(bid))
     }
@@ -186,7 +198,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.stats.num_sync_all_streams += 1;
             st.process_pending(&self.backend, true);
         }
-        let idle: Vec<bool> = (0..st.streams.len() as u16)
+        let idle: Vec<bool> = (0..st.streams.len() as Slot)
             .map(|s| wait || self.stream_idle(st, s))
             .collect();
         st.coalesce_idle(&idle);
@@ -236,8 +248,15 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.stats.num_device_free += 1;
             st.stats.segment.sub(seg.pool, 1);
             st.stats.reserved_bytes.sub(seg.pool, seg.size);
-            st.trace
-                .push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
+            if seg.size >= self.config.max_split_size {
+                st.stats.oversize_segments.sub(1);
+            }
+            st.trace.push(
+                TraceAction::SegmentFree,
+                seg.base,
+                seg.size,
+                trace_slot(b.stream),
+            );
             return;
         }
         self.unmap_pages(st, id, &b, seg.pool);
@@ -264,12 +283,16 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     fn out_of_memory(
         &self,
         st: &mut State<B>,
-        slot: u16,
+        slot: Slot,
         requested: usize,
         rounded: usize,
     ) -> AllocError {
         st.stats.num_ooms += 1;
-        st.trace.push_oom(|| self.backend.mem_info().map_or(0, |m| m.free), rounded, slot);
+        st.trace.push_oom(
+            || self.backend.mem_info().map_or(0, |m| m.free),
+            rounded,
+            trace_slot(slot),
+        );
         let in_use = st.stats.allocated_bytes.all.current.max(0) as usize;
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
         let info = self.backend.mem_info();
@@ -345,7 +368,7 @@ impl<B: DeviceBackend> State<B> {
     /// whole segments and pages become releasable.
     fn coalesce_idle(&mut self, idle: &[bool]) {
         let heads: Vec<BlockId> = self.segs.iter().map(|(_, s)| s.head).collect();
-        let is_idle = |slot: u16| idle.get(slot as usize).copied().unwrap_or(false);
+        let is_idle = |slot: Slot| idle.get(slot as usize).copied().unwrap_or(false);
         for head in heads {
             let mut id = head;
             while id != NIL {

@@ -7,7 +7,7 @@
 //!   unmapped; a fixed segment is fully mapped.
 //! - T1 `reserved_bytes` = Σ `mapped` over segments.
 
-use crate::block::BlockId;
+use crate::block::{BlockId, Slot};
 use crate::size_class::Pool;
 
 #[derive(Clone, Debug)]
@@ -19,7 +19,7 @@ pub(crate) struct Segment {
     pub(crate) mapped: usize,
     pub(crate) pool: Pool,
     /// Slot of the stream the segment was created for.
-    pub(crate) stream: u16,
+    pub(crate) stream: Slot,
     pub(crate) expandable: bool,
     /// The block at `base`.
     pub(crate) head: BlockId,

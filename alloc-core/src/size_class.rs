@@ -72,11 +72,12 @@ pub fn round_size(bytes: usize, divisions: &[u32; ROUNDUP_INTERVALS]) -> Option<
     bytes.checked_next_multiple_of(MIN_BLOCK)
 }
 
-/// The `roundup_power2_divisions` interval of `bytes`: 0 for ≤ 1 MiB, then
-/// one per power of two, capped at the last.
+/// The `roundup_power2_divisions` interval of `bytes`, as PyTorch picks it:
+/// floor(log2(bytes)) − 20, so [1, 2) MiB (and below) is 0, [2, 4) MiB is 1,
+/// and so on, capped at the last.
 #[inline]
 fn interval(bytes: usize) -> usize {
-    let log = usize::BITS - (bytes.saturating_sub(1)).leading_zeros(); // ceil(log2)
+    let log = usize::BITS - 1 - bytes.max(1).leading_zeros(); // floor(log2)
     (log.saturating_sub(20) as usize).min(ROUNDUP_INTERVALS - 1)
 }
 
@@ -134,6 +135,15 @@ mod tests {
         assert_eq!(round_size(1 << 21, &four), Some(1 << 21));
         // below 512 × divisions: plain 512 rounding
         assert_eq!(round_size(1000, &four), Some(1024));
+    }
+
+    #[test]
+    fn interval_is_floor_log2() {
+        assert_eq!(interval(1), 0);
+        assert_eq!(interval((2 << 20) - 1), 0);
+        assert_eq!(interval(2 << 20), 1);
+        assert_eq!(interval((4 << 20) - 1), 1);
+        assert_eq!(interval(usize::MAX), ROUNDUP_INTERVALS - 1);
     }
 
     #[test]

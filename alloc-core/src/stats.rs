@@ -20,7 +20,7 @@ pub struct Stat {
 
 impl Stat {
     #[inline]
-    fn add(&mut self, v: i64) {
+    pub(crate) fn add(&mut self, v: i64) {
         self.current += v;
         self.allocated += v;
         if self.current > self.peak {
@@ -29,7 +29,7 @@ impl Stat {
     }
 
     #[inline]
-    fn sub(&mut self, v: i64) {
+    pub(crate) fn sub(&mut self, v: i64) {
         self.current -= v;
         self.freed += v;
     }
@@ -112,9 +112,10 @@ pub struct Stats {
     pub num_ooms: i64,
     /// Times the engine waited for every stream.
     pub num_sync_all_streams: i64,
-    /// Segment allocations from the backend.
+    /// Driver calls that obtained memory: segment allocations and map calls
+    /// of expandable segments (PyTorch counts `cudaMalloc` and `cuMemMap`).
     pub num_device_alloc: i64,
-    /// Segment releases to the backend.
+    /// Driver calls that returned memory: segment frees and unmap calls.
     pub num_device_free: i64,
     /// Map calls on expandable segments (each maps one or more pages).
     pub num_device_map: i64,
@@ -124,12 +125,19 @@ pub struct Stats {
     pub num_pages_mapped: i64,
     /// Blocks of one stream's idle cache reused by another stream.
     pub num_cross_stream_reuse: i64,
+    /// Blocks handed out of at least `max_split_size` bytes (PyTorch's
+    /// `oversize_allocations`).
+    pub oversize_allocations: Stat,
+    /// Fixed segments of at least `max_split_size` bytes (PyTorch's
+    /// `oversize_segments`).
+    pub oversize_segments: Stat,
 }
 
 impl Stats {
-    /// Backend calls that obtained memory: segment allocations + map calls.
+    /// Backend calls that obtained memory: segment allocations + map calls
+    /// (the same as `num_device_alloc`).
     pub fn device_obtains(&self) -> i64 {
-        self.num_device_alloc + self.num_device_map
+        self.num_device_alloc
     }
 
     /// Peak requested ÷ peak reserved (1.0 when nothing was reserved).
@@ -177,6 +185,9 @@ impl Stats {
                 s.peak = s.current;
             }
         }
+        for s in [&mut self.oversize_allocations, &mut self.oversize_segments] {
+            s.peak = s.current;
+        }
     }
 
     /// Zeroes every `allocated`/`freed` total and the event counters.
@@ -186,6 +197,10 @@ impl Stats {
                 s.allocated = 0;
                 s.freed = 0;
             }
+        }
+        for s in [&mut self.oversize_allocations, &mut self.oversize_segments] {
+            s.allocated = 0;
+            s.freed = 0;
         }
         self.num_alloc_retries = 0;
         self.num_ooms = 0;
@@ -218,6 +233,19 @@ impl Stats {
                 ] {
                     m.insert(format!("{name}.{pool}.{field}"), v);
                 }
+            }
+        }
+        for (name, s) in [
+            ("oversize_allocations", &self.oversize_allocations),
+            ("oversize_segments", &self.oversize_segments),
+        ] {
+            for (field, v) in [
+                ("current", s.current),
+                ("peak", s.peak),
+                ("allocated", s.allocated),
+                ("freed", s.freed),
+            ] {
+                m.insert(format!("{name}.{field}"), v);
             }
         }
         for (k, v) in [
@@ -323,6 +351,8 @@ mod tests {
         assert_eq!(m["allocated_bytes.small_pool.allocated"], 0);
         assert!(m.contains_key("inactive_split_bytes.all.freed"));
         assert!(m.contains_key("num_sync_all_streams"));
+        assert!(m.contains_key("oversize_allocations.peak"));
+        assert!(m.contains_key("oversize_segments.current"));
         s.reset_peak();
         assert_eq!(s.allocated_bytes.all.peak, 3072);
         s.reset_accumulated();

@@ -3,10 +3,10 @@
 //! the values involved. Tests and fuzzers call it after every step.
 
 use crate::backend::DeviceBackend;
-use crate::block::{BlockState, NIL};
+use crate::block::{Block, BlockState, NIL, Slot};
 use crate::cache::{CachingAllocator, State};
 use crate::segment::Segment;
-use crate::size_class::{MIN_BLOCK, Pool};
+use crate::size_class::{MIN_BLOCK, Pool, round_size, segment_size};
 
 /// A broken invariant: its id (`"S2"`) and the values that break it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +28,110 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let st = self.lock();
         validate_state(&st, self.page)
     }
+
+    /// The out-of-memory oracle, asked after an allocation of `bytes` failed
+    /// with out of memory (and no fault was injected): `Err` with the figures
+    /// when the request would have fit.
+    ///
+    /// The rule looks only at what no release can give back (memory under
+    /// blocks in use) and at the limits (the cap and the device total):
+    /// - expandable segments: the failure is legitimate only if the rounded
+    ///   request, in whole pages, exceeds what the limits leave beside the
+    ///   pages that in-use blocks touch;
+    /// - fixed segments: only if no free run (maximal span of blocks not in
+    ///   use, as it is after a device-wide sync) of a segment that must stay
+    ///   fits the request under the oversize rule, and a new segment for it
+    ///   does not fit beside the segments that must stay.
+    pub fn check_oom_legitimate(&self, bytes: usize) -> Result<(), String> {
+        let Some(rounded) = round_size(bytes, &self.config.roundup_power2_divisions) else {
+            return Ok(());
+        };
+        let st = self.lock();
+        let device = self.backend.mem_info().map_or(usize::MAX, |m| m.total);
+        let room = st.limit.map_or(device, |l| l.min(device));
+        if self.expandable {
+            let page = self.page;
+            let mut pages = std::collections::BTreeSet::new();
+            for (_, seg) in st.segs.iter() {
+                for b in blocks_of(&st, seg).filter(|b| b.state == BlockState::InUse) {
+                    pages.extend(b.ptr / page..b.end().div_ceil(page));
+                }
+            }
+            let held = pages.len().saturating_mul(page);
+            let need = rounded.next_multiple_of(page);
+            if held.saturating_add(need) <= room {
+                return Err(format!(
+                    "false out of memory: {need} B (rounded {rounded} B, in pages) fit beside the {held} B of pages in use within {room} B (cap {:?}, device {device} B)",
+                    st.limit
+                ));
+            }
+            return Ok(());
+        }
+        let pool = Pool::of(rounded);
+        let max_split = self.config.max_split_size;
+        let mut kept = 0usize;
+        for (_, seg) in st.segs.iter() {
+            if !blocks_of(&st, seg).any(|b| b.state == BlockState::InUse) {
+                continue;
+            }
+            kept = kept.saturating_add(seg.size);
+            let mut run = 0usize;
+            for b in blocks_of(&st, seg).chain(std::iter::once(&END)) {
+                if b.state != BlockState::InUse && b.size > 0 {
+                    run += b.size;
+                    continue;
+                }
+                let fits = run >= rounded
+                    && (if rounded < max_split {
+                        run < max_split
+                    } else {
+                        run < rounded.saturating_add(crate::size_class::LARGE_SEGMENT)
+                    });
+                if seg.pool == pool && fits {
+                    return Err(format!(
+                        "false out of memory: a free run of {run} B in the segment at {:#x} fits {rounded} B",
+                        seg.base
+                    ));
+                }
+                run = 0;
+            }
+        }
+        let new = segment_size(rounded).unwrap_or(usize::MAX);
+        if kept.saturating_add(new) <= room {
+            return Err(format!(
+                "false out of memory: a new {new}-byte segment for {rounded} B fits beside the {kept} B of segments in use within {room} B (cap {:?}, device {device} B)",
+                st.limit
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A sentinel "in use" block that ends the last run of a segment.
+const END: Block = Block {
+    ptr: 0,
+    size: 0,
+    requested: 0,
+    seg: 0,
+    prev: NIL,
+    next: NIL,
+    state: BlockState::InUse,
+    stream: 0,
+    pool: Pool::Small,
+    expandable: false,
+};
+
+/// The blocks of `seg` in address order.
+fn blocks_of<'a, B: DeviceBackend>(
+    st: &'a State<B>,
+    seg: &Segment,
+) -> impl Iterator<Item = &'a Block> + 'a {
+    let mut id = seg.head;
+    std::iter::from_fn(move || {
+        let b = st.blocks.get(id)?;
+        id = b.next;
+        Some(b)
+    })
 }
 
 #[derive(Default)]
@@ -64,7 +168,7 @@ fn check_segment<B: DeviceBackend>(
     sums.reserved[p] += seg.mapped as i64;
     let (mut id, mut expect_ptr, mut prev, mut total, mut mapped) =
         (seg.head, seg.base, NIL, 0usize, 0usize);
-    let mut last: Option<(BlockState, u16)> = None;
+    let mut last: Option<(BlockState, Slot)> = None;
     while id != NIL {
         let Some(b) = st.blocks.get(id) else {
             return fail("S1", format!("segment {sid} links to dead block {id}"));
@@ -127,7 +231,10 @@ fn check_segment<B: DeviceBackend>(
                 sums.active[p] += sz;
                 sums.requested[p] += b.requested as i64;
             }
-            BlockState::Pending => sums.active[p] += sz,
+            BlockState::Pending => {
+                sums.active[p] += sz;
+                sums.requested[p] += b.requested as i64;
+            }
             BlockState::Free => {
                 sums.free_n += 1;
                 if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
@@ -139,7 +246,7 @@ fn check_segment<B: DeviceBackend>(
                         ),
                     );
                 }
-                if b.is_split() {
+                if b.is_split() && !seg.expandable {
                     sums.split_free[p] += sz;
                     sums.split_free_n[p] += 1;
                 }

@@ -3,6 +3,15 @@
 //! report a given free/total); events that complete under test control. It
 //! also checks the engine's side of the backend contract (double frees,
 //! unmapping unmapped pages) and records every breach.
+//!
+//! # The in-flight oracle
+//! [`SimBackend::launch_using`] launches work on a stream that uses named
+//! address ranges. Until that stream's work completes, those ranges are *in
+//! flight*: handing one out to another stream's user
+//! ([`SimBackend::check_handout`]), unmapping it, deallocating or releasing
+//! the memory under it is a use-after-free on a real device, and the sim
+//! panics with the range and the stream (it is a test backend: failing loudly
+//! is its job).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,6 +50,51 @@ struct SimState {
     auto_complete: bool,
     syncs: u64,
     violations: Vec<String>,
+    /// Ranges launched work may still use: (stream, launch number, start, end).
+    inflight: Vec<InFlight>,
+    /// Successful allocate + map calls, and deallocate + unmap calls.
+    driver_calls: (u64, u64),
+}
+
+/// A range that work launched on `stream` (its `seq`-th launch) may use.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    stream: u32,
+    seq: u64,
+    start: usize,
+    end: usize,
+}
+
+impl SimState {
+    /// Drops the ranges whose work completed.
+    fn prune(&mut self) {
+        let streams = &self.streams;
+        self.inflight.retain(|r| {
+            streams
+                .get(&r.stream)
+                .is_some_and(|&(_, done)| done < r.seq)
+        });
+    }
+
+    /// The first in-flight range overlapping `[start, end)` whose stream
+    /// `skip` does not exempt.
+    fn busy_overlap(&mut self, start: usize, end: usize, skip: Option<u32>) -> Option<InFlight> {
+        self.prune();
+        self.inflight
+            .iter()
+            .find(|r| Some(r.stream) != skip && r.start < end && start < r.end)
+            .copied()
+    }
+
+    /// Panics when `[start, start + bytes)` is in flight on any stream.
+    fn assert_idle(&mut self, what: &str, start: usize, bytes: usize) {
+        if let Some(r) = self.busy_overlap(start, start.saturating_add(bytes), None) {
+            panic!(
+                "sim oracle: {what}({start:#x}, {bytes}) while work launched on stream {} may still use [{:#x}, {:#x})",
+                r.stream, r.start, r.end
+            );
+        }
+    }
 }
 
 struct SimInner {
@@ -116,6 +170,62 @@ impl SimBackend {
         if auto {
             e.1 = e.0;
         }
+    }
+
+    /// Launches simulated work on `stream` that uses `ranges` (start, bytes):
+    /// until this work completes, the ranges are in flight (see the module
+    /// docs) and the sim panics if they are handed to another stream's user,
+    /// unmapped or released.
+    pub fn launch_using(&self, stream: SimStream, ranges: &[(usize, usize)]) {
+        let mut s = self.lock();
+        let auto = s.auto_complete;
+        let e = s.streams.entry(stream.0).or_default();
+        e.0 += 1;
+        let seq = e.0;
+        if auto {
+            e.1 = e.0;
+            return;
+        }
+        for &(start, bytes) in ranges.iter().filter(|r| r.1 > 0) {
+            s.inflight.push(InFlight {
+                stream: stream.0,
+                seq,
+                start,
+                end: start.saturating_add(bytes),
+            });
+        }
+    }
+
+    /// The oracle's check of a block just handed to a user of `stream`:
+    /// panics if work launched on another stream may still use any of it.
+    pub fn check_handout(&self, stream: SimStream, ptr: DevicePtr, bytes: usize) {
+        let mut s = self.lock();
+        if let Some(r) = s.busy_overlap(ptr.0, ptr.0.saturating_add(bytes), Some(stream.0)) {
+            panic!(
+                "sim oracle: [{:#x}, {:#x}) handed to a user of stream {} while work launched on stream {} may still use [{:#x}, {:#x})",
+                ptr.0,
+                ptr.0.saturating_add(bytes),
+                stream.0,
+                r.stream,
+                r.start,
+                r.end
+            );
+        }
+    }
+
+    /// Work launched on `stream` so far, and work of it completed.
+    pub fn progress(&self, stream: SimStream) -> (u64, u64) {
+        self.lock()
+            .streams
+            .get(&stream.0)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    /// Calls as a driver sees them: successful `allocate` + `map` calls, and
+    /// `deallocate` + `unmap` calls.
+    pub fn driver_calls(&self) -> (u64, u64) {
+        self.lock().driver_calls
     }
 
     /// Whether `stream` has work launched and not completed.
@@ -233,11 +343,14 @@ unsafe impl DeviceBackend for SimBackend {
             }
         };
         s.segments.insert(a, bytes);
+        s.driver_calls.0 += 1;
         Ok(DevicePtr(a))
     }
 
     unsafe fn deallocate(&self, ptr: DevicePtr, bytes: usize) {
         let mut s = self.lock();
+        s.assert_idle("deallocate", ptr.0, bytes);
+        s.driver_calls.1 += 1;
         match s.segments.remove(&ptr.0) {
             Some(b) if b == bytes => s.used -= b,
             Some(b) => {
@@ -330,6 +443,7 @@ unsafe impl DeviceBackend for SimBackend {
             return Err(BackendError::Other("page already mapped".into()));
         }
         self.obtain(&mut s, bytes)?;
+        s.driver_calls.0 += 1;
         if let Some((_, m)) = s.reservations.get_mut(&base) {
             m.extend(range);
         }
@@ -338,6 +452,8 @@ unsafe impl DeviceBackend for SimBackend {
 
     unsafe fn unmap(&self, ptr: DevicePtr, bytes: usize) {
         let mut s = self.lock();
+        s.assert_idle("unmap", ptr.0, bytes);
+        s.driver_calls.1 += 1;
         let Some((base, range)) = self.pages(&s, ptr.0, bytes) else {
             s.violations.push(format!(
                 "unmap({:#x}, {bytes}) outside any reservation or unaligned",
@@ -364,6 +480,7 @@ unsafe impl DeviceBackend for SimBackend {
 
     unsafe fn release(&self, ptr: DevicePtr, bytes: usize) {
         let mut s = self.lock();
+        s.assert_idle("release", ptr.0, bytes);
         match s.reservations.remove(&ptr.0) {
             Some((size, m)) if size == bytes && m.is_empty() => {}
             Some((size, _)) => s.violations.push(format!("release({:#x}, {bytes}) of a {size}-byte reservation with pages mapped or wrong size", ptr.0)),
