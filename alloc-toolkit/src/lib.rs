@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod cleanup;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dashboard;
 pub mod device;
 pub mod error;
 pub mod estimator;
@@ -14,6 +15,8 @@ pub mod guards;
 pub mod info;
 #[cfg(feature = "criterion")]
 pub mod measurement;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 pub mod monitor;
 pub mod observed;
 pub mod plan;
@@ -23,6 +26,7 @@ pub mod report;
 pub mod retry;
 #[cfg(feature = "async")]
 pub mod retry_async;
+pub mod scope_figures;
 pub mod svg;
 pub mod threshold;
 #[cfg(feature = "tracing")]
@@ -36,6 +40,7 @@ pub use cleanup::{
 };
 #[cfg(feature = "cuda")]
 pub use cuda::{pinned_hook_name, register_pinned_pool};
+pub use dashboard::{DashboardData, render_html};
 pub use device::{
     DeviceInfo, DeviceMemory, device, device_infos, devices, register_device, unregister_device,
 };
@@ -52,6 +57,8 @@ pub use info::{
 };
 #[cfg(feature = "criterion")]
 pub use measurement::HostAllocs;
+#[cfg(feature = "prometheus")]
+pub use metrics::Metrics;
 pub use monitor::{
     MemoryMonitor, Metric, MonitorConfig, MonitorGuard, MonitorSummary, ProcessSource, Sample,
     SampleSource,

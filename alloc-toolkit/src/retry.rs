@@ -3,10 +3,24 @@
 //! batch). What happened is reported in [`Attempts`].
 
 use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::cleanup::empty_device_caches;
 use crate::error::ToolkitError;
+
+static RETRIES: AtomicU64 = AtomicU64::new(0);
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one retry after an out-of-memory error (for the metrics).
+pub(crate) fn count_retry() {
+    RETRIES.fetch_add(1, Relaxed);
+}
+
+/// Retries and fallbacks taken in this process so far.
+pub(crate) fn retry_counts() -> (u64, u64) {
+    (RETRIES.load(Relaxed), FALLBACKS.load(Relaxed))
+}
 
 /// Errors that can say whether they mean "out of memory" (only those are
 /// retried; any other error is returned at once).
@@ -151,6 +165,7 @@ fn retry_inner<T, E: OomError + Display>(
                 }
             }
         }
+        count_retry();
         if policy.empty_caches {
             report.released_bytes += empty_device_caches().iter().map(|d| d.1).sum::<u64>();
         }
@@ -167,6 +182,7 @@ fn retry_inner<T, E: OomError + Display>(
         });
     };
     report.used_fallback = true;
+    FALLBACKS.fetch_add(1, Relaxed);
     match fallback(&last) {
         Ok(v) => Ok((v, report)),
         Err(error) => Err(RetryError {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::cleanup::empty_device_caches;
-use crate::retry::{Attempts, OomError, RetryError, RetryPolicy};
+use crate::retry::{Attempts, OomError, RetryError, RetryPolicy, count_retry};
 
 /// The back-off of `policy` as a `backon` builder.
 fn backoff(policy: &RetryPolicy) -> ExponentialBuilder {
@@ -70,6 +70,7 @@ where
         .sleep(sleep)
         .when(|e: &E| e.is_oom())
         .notify(|e: &E, wait: Duration| {
+            count_retry();
             let mut r = report.borrow_mut();
             r.errors.push(e.to_string());
             r.waited += wait;

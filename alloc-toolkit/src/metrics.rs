@@ -1,0 +1,417 @@
+//! [`Metrics`] (feature `prometheus`): the memory figures for Prometheus, on
+//! `prometheus-client`, read at scrape time by one collector.
+//!
+//! **Cardinality is bounded whatever the number of requests.** Scopes are
+//! exported by *name*, never by instance: per name, histograms of the host
+//! and device peaks of the scopes that closed (so a request shorter than the
+//! scrape interval is still counted), and totals. Scope names are bounded by
+//! the registry (past its limit of distinct names, new names aggregate under
+//! `other`), devices by registration. Name request scopes `request`, not
+//! `request 17`.
+//!
+//! | family | labels | what |
+//! |---|---|---|
+//! | `alloc_scope_host_peak_bytes`, `alloc_scope_device_peak_bytes` | `scope` | histograms of per-scope peaks at close |
+//! | `alloc_scope_closed_total`, `alloc_scope_allocated_bytes_total`, `alloc_scope_allocations_total`, `alloc_scope_wall_seconds_total` | `scope` | totals of closed scopes |
+//! | `alloc_process_resident_bytes`, `alloc_process_resident_peak_bytes`, `alloc_host_live_bytes`, `alloc_host_peak_bytes` | | the process |
+//! | `alloc_system_total_bytes`, `alloc_system_available_bytes` | | the machine |
+//! | `alloc_cgroup_limit_bytes`, `alloc_cgroup_usage_bytes`, `alloc_cgroup_working_set_bytes`, `alloc_cgroup_headroom_bytes` | | the container |
+//! | `alloc_scope_registry_capacity`, `alloc_scope_registry_in_use`, `alloc_scopes_not_created_total` | | the scope registry |
+//! | `alloc_device_*` (reserved, allocated, cached, free, total, limit, peaks, efficiency, `ooms_total`, `alloc_retries_total`) | `device`, `backend` | each device |
+//! | `alloc_oom_retries_total`, `alloc_oom_fallbacks_total` | | `retry_on_oom*` |
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::device::{DeviceInfo, device_infos};
+use crate::info::{MemoryInfo, memory_info_untracked};
+use crate::scope_figures::{NameFigures, Summary, name_figures, registry_figures};
+
+/// The content type of [`Metrics::render`]'s output (Prometheus text 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the peak histograms, bytes: powers of 4 from 1 KiB to
+/// 64 GiB (fixed, so every scrape has the same buckets).
+pub const PEAK_BUCKETS: [u64; 14] = {
+    let mut b = [0u64; 14];
+    let mut i = 0;
+    while i < 14 {
+        b[i] = 1u64 << (10 + 2 * i);
+        i += 1;
+    }
+    b
+};
+
+/// A Prometheus registry with the memory collector in it. Register the
+/// program's own metrics (request latency, say) with
+/// [`registry_mut`](Self::registry_mut).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with the memory collector.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(MemoryCollector));
+        Metrics { registry }
+    }
+
+    /// The registry, to add metrics to.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Every metric now, in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        match prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            Ok(()) => out,
+            Err(e) => format!("# encoding failed: {e}\n"),
+        }
+    }
+}
+
+/// Reads every figure at scrape time.
+#[derive(Debug)]
+struct MemoryCollector;
+
+type Enc<'a> = DescriptorEncoder<'a>;
+type R = Result<(), std::fmt::Error>;
+
+fn gauge(enc: &mut Enc<'_>, name: &str, help: &str, v: Option<u64>) -> R {
+    let Some(v) = v else { return Ok(()) };
+    let g = ConstGauge::new(v as i64);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(enc: &mut Enc<'_>, name: &str, help: &str, v: u64) -> R {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// `buckets` (power-of-two upper bounds, counts per bucket) on the fixed
+/// bounds, non-cumulative (the encoder accumulates), `+Inf` last.
+pub(crate) fn fixed_buckets(s: &Summary) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = PEAK_BUCKETS.iter().map(|b| (*b as f64, 0)).collect();
+    out.push((f64::INFINITY, 0));
+    for &(upper, n) in &s.buckets {
+        let i = PEAK_BUCKETS
+            .iter()
+            .position(|b| upper <= *b)
+            .unwrap_or(PEAK_BUCKETS.len());
+        out[i].1 += n;
+    }
+    out
+}
+
+type PerName = fn(&NameFigures) -> u64;
+
+fn scopes(enc: &mut Enc<'_>, names: &[NameFigures]) -> R {
+    for (family, help, pick) in [
+        (
+            "alloc_scope_host_peak_bytes",
+            "Host peak of each scope of this name, at close.",
+            (|n| &n.host_peak) as fn(&NameFigures) -> &Summary,
+        ),
+        (
+            "alloc_scope_device_peak_bytes",
+            "Device peak of each scope of this name, at close.",
+            |n| &n.device_peak,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(family, help, None, MetricType::Histogram)?;
+        for n in names {
+            let s = pick(n);
+            let labels = [("scope", n.name.as_str())];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                s.sum as f64,
+                s.count,
+                &fixed_buckets(s),
+                None,
+            )?;
+        }
+    }
+    let totals: [(&str, &str, PerName); 3] = [
+        (
+            "alloc_scope_closed",
+            "Scopes of this name that closed.",
+            |n| n.closed,
+        ),
+        (
+            "alloc_scope_allocated_bytes",
+            "Host bytes allocated by closed scopes of this name.",
+            |n| n.bytes_allocated,
+        ),
+        (
+            "alloc_scope_allocations",
+            "Host allocations made by closed scopes of this name.",
+            |n| n.allocations,
+        ),
+    ];
+    for (family, help, pick) in totals {
+        let mut m = enc.encode_descriptor(family, help, None, MetricType::Counter)?;
+        for n in names {
+            let labels = [("scope", n.name.as_str())];
+            ConstCounter::new(pick(n)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "alloc_scope_wall_seconds",
+        "Wall time of closed scopes of this name, summed.",
+        None,
+        MetricType::Counter,
+    )?;
+    for n in names {
+        let labels = [("scope", n.name.as_str())];
+        ConstCounter::new(n.wall_seconds).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn host(enc: &mut Enc<'_>, m: &MemoryInfo) -> R {
+    gauge(
+        enc,
+        "alloc_process_resident_bytes",
+        "Resident set size.",
+        Some(m.process.rss),
+    )?;
+    gauge(
+        enc,
+        "alloc_process_resident_peak_bytes",
+        "Highest resident set size.",
+        Some(m.process.peak_rss),
+    )?;
+    gauge(
+        enc,
+        "alloc_host_live_bytes",
+        "Host heap bytes live (tracking allocator).",
+        Some(m.tracked.live),
+    )?;
+    gauge(
+        enc,
+        "alloc_host_peak_bytes",
+        "Highest host heap bytes live.",
+        Some(m.tracked.peak),
+    )?;
+    gauge(
+        enc,
+        "alloc_system_total_bytes",
+        "Memory of the machine.",
+        Some(m.system.total),
+    )?;
+    gauge(
+        enc,
+        "alloc_system_available_bytes",
+        "Memory available on the machine.",
+        Some(m.system.available),
+    )?;
+    let c = m.cgroup.as_ref();
+    gauge(
+        enc,
+        "alloc_cgroup_limit_bytes",
+        "The container's smallest memory limit.",
+        c.and_then(|c| c.limit),
+    )?;
+    gauge(
+        enc,
+        "alloc_cgroup_usage_bytes",
+        "The container's memory usage, page cache included.",
+        c.and_then(|c| c.usage),
+    )?;
+    gauge(
+        enc,
+        "alloc_cgroup_working_set_bytes",
+        "Usage less inactive file pages.",
+        c.and_then(|c| c.working_set()),
+    )?;
+    gauge(
+        enc,
+        "alloc_cgroup_headroom_bytes",
+        "Min over limited cgroups of limit - working set.",
+        c.and_then(|c| c.headroom()),
+    )
+}
+
+type DevField = fn(&DeviceInfo) -> Option<i64>;
+type DevCount = fn(&DeviceInfo) -> u64;
+
+fn devices(enc: &mut Enc<'_>, devs: &[DeviceInfo]) -> R {
+    let gauges: [(&str, &str, DevField); 8] = [
+        (
+            "alloc_device_reserved_bytes",
+            "Bytes the caching engine holds from the device.",
+            |d| Some(d.reserved as i64),
+        ),
+        (
+            "alloc_device_allocated_bytes",
+            "Bytes handed out to users.",
+            |d| Some(d.allocated as i64),
+        ),
+        (
+            "alloc_device_cached_bytes",
+            "Reserved minus allocated bytes.",
+            |d| Some(d.cached as i64),
+        ),
+        (
+            "alloc_device_peak_reserved_bytes",
+            "Highest reserved bytes.",
+            |d| Some(d.peak_reserved as i64),
+        ),
+        (
+            "alloc_device_peak_allocated_bytes",
+            "Highest allocated bytes.",
+            |d| Some(d.peak_allocated as i64),
+        ),
+        (
+            "alloc_device_free_bytes",
+            "Bytes the device reports free (all users).",
+            |d| d.free.map(|v| v as i64),
+        ),
+        ("alloc_device_total_bytes", "Bytes the device has.", |d| {
+            d.total.map(|v| v as i64)
+        }),
+        (
+            "alloc_device_limit_bytes",
+            "The engine's cap on reserved bytes.",
+            |d| d.limit.map(|v| v as i64),
+        ),
+    ];
+    for (family, help, pick) in gauges {
+        let mut m = enc.encode_descriptor(family, help, None, MetricType::Gauge)?;
+        for d in devs {
+            if let Some(v) = pick(d) {
+                let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
+                ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut m = enc.encode_descriptor(
+        "alloc_device_efficiency_ratio",
+        "Peak requested over peak reserved bytes.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for d in devs {
+        let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
+        ConstGauge::new(d.efficiency).encode(m.encode_family(&labels)?)?;
+    }
+    let counters: [(&str, &str, DevCount); 2] = [
+        (
+            "alloc_device_ooms",
+            "Allocations that failed with out of memory.",
+            |d| d.num_ooms,
+        ),
+        (
+            "alloc_device_alloc_retries",
+            "Allocations that released the cache and retried.",
+            |d| d.num_alloc_retries,
+        ),
+    ];
+    for (family, help, pick) in counters {
+        let mut m = enc.encode_descriptor(family, help, None, MetricType::Counter)?;
+        for d in devs {
+            let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
+            ConstCounter::new(pick(d)).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let memory = memory_info_untracked();
+        let (devs, names, reg) =
+            alloc_host::untracked(|| (device_infos(), name_figures(), registry_figures()));
+        host(&mut enc, &memory)?;
+        gauge(
+            &mut enc,
+            "alloc_scope_registry_capacity",
+            "Scope slots in the registry.",
+            Some(reg.capacity),
+        )?;
+        gauge(
+            &mut enc,
+            "alloc_scope_registry_in_use",
+            "Scope slots in use (open, or closed but owning memory).",
+            Some(reg.in_use),
+        )?;
+        counter(
+            &mut enc,
+            "alloc_scopes_not_created",
+            "Scopes not created because the registry was full.",
+            reg.not_created,
+        )?;
+        let (retries, fallbacks) = crate::retry::retry_counts();
+        counter(
+            &mut enc,
+            "alloc_oom_retries",
+            "Retries made by retry_on_oom and retry_on_oom_async.",
+            retries,
+        )?;
+        counter(
+            &mut enc,
+            "alloc_oom_fallbacks",
+            "Fallbacks taken by retry_on_oom_or.",
+            fallbacks,
+        )?;
+        devices(&mut enc, &devs)?;
+        scopes(&mut enc, &names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_land_on_the_first_fixed_bound_above() {
+        let s = Summary {
+            count: 4,
+            sum: 0,
+            max: 0,
+            buckets: vec![(1, 1), (1024, 1), (2048, 1), (1 << 40, 1)],
+        };
+        let b = fixed_buckets(&s);
+        assert_eq!(b.len(), PEAK_BUCKETS.len() + 1);
+        assert_eq!(b[0], (1024.0, 2), "1 B and 1 KiB: first bucket");
+        assert_eq!(b[1], (4096.0, 1), "2 KiB: the 4 KiB bucket");
+        assert_eq!(
+            b[PEAK_BUCKETS.len()],
+            (f64::INFINITY, 1),
+            "1 TiB: above 64 GiB"
+        );
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn renders_every_family_once_in_the_text_format() {
+        let text = Metrics::new().render();
+        for family in [
+            "alloc_process_resident_bytes",
+            "alloc_scope_registry_capacity",
+            "alloc_scopes_not_created_total",
+            "alloc_oom_retries_total",
+            "alloc_scope_host_peak_bytes",
+        ] {
+            let n = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+                .count();
+            assert_eq!(n, 1, "{family}:\n{text}");
+        }
+        assert!(text.contains("# TYPE alloc_scopes_not_created_total counter\n"));
+        assert!(text.contains("# TYPE alloc_scope_host_peak_bytes histogram\n"));
+    }
+}
