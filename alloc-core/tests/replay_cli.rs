@@ -184,3 +184,70 @@ fn bad_files_exit_1_with_the_parser_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--dump-snapshot` writes PyTorch's snapshot pickle after the replay, and
+/// that pickle replays again (its history holds every allocation).
+#[test]
+fn dump_snapshot_writes_a_pickle_that_replays_again() {
+    let trace = format!("{TRACES}/resnet50_infer.csv");
+    let out_path =
+        std::env::temp_dir().join(format!("replay_cli_dump_{}.pickle", std::process::id()));
+    let out_arg = out_path.to_str().expect("UTF-8 temp path");
+    let out = run(&["--dump-snapshot", out_arg, &trace]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let first = text(&out.stdout);
+    let bytes = std::fs::read(&out_path).expect("the snapshot was written");
+    let value =
+        serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new()).expect("a pickle");
+    let serde_pickle::Value::Dict(top) = value else {
+        panic!("not a dict")
+    };
+    for key in [
+        "segments",
+        "device_traces",
+        "allocator_settings",
+        "external_annotations",
+    ] {
+        assert!(
+            top.contains_key(&serde_pickle::HashableValue::String(key.into())),
+            "{key}"
+        );
+    }
+    let again = run(&[out_arg]);
+    let _ = std::fs::remove_file(&out_path);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "stderr: {}",
+        text(&again.stderr)
+    );
+    let allocs = |s: &str| {
+        s.split(": ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    let second = text(&again.stdout);
+    assert_eq!(allocs(&first), allocs(&second), "{first}\n{second}");
+    assert!(allocs(&first).is_some_and(|n| n == "1460"), "{first}");
+}
+
+#[test]
+fn dump_snapshot_needs_one_trace_and_one_config() {
+    let trace = format!("{TRACES}/resnet50_infer.csv");
+    let out = run(&[
+        "--dump-snapshot",
+        "/nonexistent/never-written.pickle",
+        "--config",
+        "",
+        "--config",
+        "expandable_segments:False",
+        &trace,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--dump-snapshot writes one snapshot") && stderr.contains("2 configs"),
+        "{stderr}"
+    );
+}
