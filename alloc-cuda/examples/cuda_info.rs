@@ -1,6 +1,7 @@
 //! Opens the caching allocator on CUDA device 0 (or the ordinal given as the
-//! first argument) and prints what it found. Without a CUDA driver it prints
-//! the error and exits with status 1.
+//! first argument) and prints what it found, and which driver library is
+//! mapped (exactly one is expected). Without a CUDA driver it prints the
+//! error and exits with status 1.
 //!
 //! ```text
 //! cargo run -p alloc-cuda --example cuda_info [-- ORDINAL]
@@ -53,5 +54,36 @@ fn main() -> ExitCode {
         }
     }
     print!("{}", alloc.memory_summary());
+    match libcuda_mapped() {
+        Some(paths) if paths.len() == 1 => println!("libcuda mapped: {}", paths[0]),
+        Some(paths) => {
+            eprintln!(
+                "error: {} driver libraries mapped ({}); exactly one is expected",
+                paths.len(),
+                paths.join(", ")
+            );
+            return ExitCode::FAILURE;
+        }
+        None => println!("libcuda mapped: unknown (no /proc/self/maps)"),
+    }
     ExitCode::SUCCESS
+}
+
+/// The distinct files named `libcuda.so*` mapped into this process, from
+/// `/proc/self/maps` (`None` where it cannot be read).
+fn libcuda_mapped() -> Option<Vec<String>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut paths: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| {
+            p.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("libcuda.so"))
+        })
+        .map(str::to_string)
+        .collect();
+    paths.sort();
+    paths.dedup();
+    Some(paths)
 }

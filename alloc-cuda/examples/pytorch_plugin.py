@@ -1,83 +1,102 @@
-"""Plug the alloc-cuda caching allocator into PyTorch and read its statistics.
+"""PyTorch with alloc-cuda's caching allocator plugged in: checks, with
+assertions, that results equal the CPU's and that the plug-in served the
+allocations (its own statistics count them). Exits non-zero on any failure.
 
-Build the library first:
+    cargo build -p alloc-cuda-capi --release   # target/release/liballoc_cuda_capi.so
+    python alloc-cuda/examples/pytorch_plugin.py [path/to/liballoc_cuda_capi.so]
 
-    cargo build -p alloc-cuda --release      # target/release/liballoc_cuda.so
-
-then run, on a machine with a CUDA device:
-
-    python alloc-cuda/examples/pytorch_plugin.py [path/to/liballoc_cuda.so]
-
-Settings come from ALLOC_CONF (PyTorch's syntax), e.g.
-ALLOC_CONF=expandable_segments:true. The allocator must be plugged in before
-PyTorch's first CUDA allocation.
+Needs a CUDA device and torch. alloc_cuda_torch.py is looked up next to
+this script, then in ../python (the repository's layout).
 """
 
-import ctypes
-import json
+import os
 import sys
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "python")]
 
-LIB = sys.argv[1] if len(sys.argv) > 1 else "target/release/liballoc_cuda.so"
+import alloc_cuda_torch  # noqa: E402
 
-# alloc(ssize_t size, int device, cudaStream_t stream) and
-# free(void* ptr, ssize_t size, int device, cudaStream_t stream)
-allocator = torch.cuda.memory.CUDAPluggableAllocator(
-    LIB, "alloc_cuda_malloc", "alloc_cuda_free"
-)
-torch.cuda.memory.change_current_allocator(allocator)
-
-# The same library, opened again: the loader returns the loaded copy, so
-# these calls see the allocator PyTorch uses.
-lib = ctypes.CDLL(LIB)
-lib.alloc_cuda_stats_json.restype = ctypes.c_size_t
-lib.alloc_cuda_stats_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-lib.alloc_cuda_last_error.restype = ctypes.c_size_t
-lib.alloc_cuda_last_error.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-lib.alloc_cuda_empty_cache.argtypes = [ctypes.c_int]
-lib.alloc_cuda_reset_peak.argtypes = [ctypes.c_int]
+LIB = sys.argv[1] if len(sys.argv) > 1 else None
 
 
-def stats(device=0):
-    """The allocator's statistics (torch.cuda.memory_stats() keys)."""
-    size = 1 << 16
-    while True:
-        buf = ctypes.create_string_buffer(size)
-        n = lib.alloc_cuda_stats_json(device, buf, size)
-        if n == 0:
-            raise RuntimeError(last_error())
-        if n < size:
-            return json.loads(buf.value.decode())
-        size = n + 1
-
-
-def last_error():
-    buf = ctypes.create_string_buffer(4096)
-    lib.alloc_cuda_last_error(buf, len(buf))
-    return buf.value.decode()
+def check(name, ok, detail=""):
+    print(f"check {name}: {'ok' if ok else 'FAILED'} {detail}".rstrip(), flush=True)
+    if not ok:
+        sys.exit(1)
 
 
 def main():
+    import torch
+
+    alloc_cuda_torch.install(LIB)
+    check("cuda available", torch.cuda.is_available())
+    before = alloc_cuda_torch.memory_stats()["allocation.all.allocated"]
     torch.manual_seed(0)
-    x = torch.randn(4096, 4096, device="cuda")
+
+    # matmul on the device against the CPU
+    a = torch.randn(512, 256, dtype=torch.float64)
+    b = torch.randn(256, 384, dtype=torch.float64)
+    got = (a.cuda() @ b.cuda()).cpu()
+    check("matmul equals the CPU", torch.allclose(got, a @ b, rtol=1e-9, atol=1e-9))
+
+    # a convolution (cuDNN) with the cacheInfo workaround: benchmark off
+    x = torch.randn(8, 3, 32, 32)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+    want = conv(x)
+    torch.backends.cudnn.benchmark = True
+    try:
+        alloc_cuda_torch.check_cudnn_benchmark()
+        check("check_cudnn_benchmark refuses benchmark=True", False)
+    except RuntimeError as e:
+        check("check_cudnn_benchmark refuses benchmark=True", "cacheInfo" in str(e))
+    try:
+        conv.cuda()(x.cuda())
+        torch.cuda.synchronize()
+        print("check cudnn.benchmark=True with the plug-in: runs (this PyTorch asks no cacheInfo here)")
+    except RuntimeError as e:
+        print(f"check cudnn.benchmark=True with the plug-in: raises: {str(e).splitlines()[0]}")
+    torch.backends.cudnn.benchmark = False
+    got = conv.cuda()(x.cuda()).cpu()
+    check("conv2d (benchmark off) equals the CPU", torch.allclose(got, want, rtol=1e-4, atol=1e-4))
+
+    # another stream: x used there, recorded, freed, the result still right
+    x = torch.randn(2048, 2048, device="cuda")
+    want = (x.cpu() @ x.cpu()).sum().item()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        y = x @ x  # x is used on another stream
-    # PyTorch does not forward Tensor.record_stream to a pluggable allocator:
-    # synchronise before freeing memory that another stream used.
+        y = x @ x
+    x.record_stream(side)  # forwarded to the plug-in by install()
+    y.record_stream(side)
+    del x
+    z = torch.empty(2048, 2048, device="cuda").fill_(1.0)  # may not take x's block early
+    torch.cuda.current_stream().wait_stream(side)
+    got = y.sum().item()
+    check("cross-stream result equals the CPU", abs(got - want) <= 1e-3 * max(1.0, abs(want)), f"{got} vs {want}")
+    check("fill after a cross-stream free", bool((z == 1.0).all().item()))
+    del y, z
+
+    # the plug-in served these allocations
+    stats = alloc_cuda_torch.memory_stats()
+    served = stats["allocation.all.allocated"] - before
+    check("the plug-in served the allocations", served >= 6, f"({served} allocations)")
+    live = torch.empty(1 << 20, device="cuda")
+    segments = alloc_cuda_torch.memory_snapshot().get("segments", [])
+    ptr = live.data_ptr()
+    inside = any(s["address"] <= ptr < s["address"] + s["total_size"] for s in segments if "address" in s)
+    check("a tensor lies in a plug-in segment", inside, f"(ptr {ptr:#x}, {len(segments)} segments)")
+    del live
     torch.cuda.synchronize()
-    z = (y.sum() / y.numel()).item()
-    del x, y
-    s = stats()
-    print(f"mean of x @ x: {z:.4f}")
-    print("allocated (peak):", s["allocated_bytes.all.peak"])
-    print("reserved (peak): ", s["reserved_bytes.all.peak"])
-    print("device allocations:", s["num_device_alloc"])
-    lib.alloc_cuda_empty_cache(0)
-    lib.alloc_cuda_reset_peak(0)
-    print("reserved after empty_cache:", stats()["reserved_bytes.all.current"])
+    reserved = alloc_cuda_torch.memory_stats()["reserved_bytes.all.current"]
+    alloc_cuda_torch.empty_cache()
+    after = alloc_cuda_torch.memory_stats()["reserved_bytes.all.current"]
+    check("empty_cache releases memory", after < reserved or reserved == 0, f"({reserved} -> {after} B)")
+    stats = alloc_cuda_torch.memory_stats()
+    print(f"stats allocations {stats['allocation.all.allocated']}, peak allocated "
+          f"{stats['allocated_bytes.all.peak']} B, peak reserved {stats['reserved_bytes.all.peak']} B, "
+          f"device allocations {stats['num_device_alloc']}")
+    print(alloc_cuda_torch.memory_summary())
 
 
 if __name__ == "__main__":

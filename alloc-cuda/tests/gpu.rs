@@ -1,6 +1,7 @@
 //! Checks on a real CUDA device. Without one, every test prints
 //! `SKIPPED: no CUDA device` and returns: it is reported, never passed as
-//! if run.
+//! if run. With `ALLOC_CUDA_REQUIRE_GPU=1` (the kit's `run.sh` sets it) a
+//! missing device, or a failed setup, fails the test instead.
 //!
 //! The kernel is hand-written PTX loaded with `cuModuleLoadData`, so no
 //! NVRTC is needed.
@@ -69,25 +70,54 @@ DONE:
 }
 "#;
 
-/// The allocator of device 0 with `cfg`, or `None` after printing SKIPPED.
-fn gpu(test: &str, cfg: &str) -> Option<CudaAllocator> {
+/// Whether a device is required (`ALLOC_CUDA_REQUIRE_GPU=1`): then a test
+/// that cannot run fails.
+fn required() -> bool {
+    std::env::var("ALLOC_CUDA_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Reports that `test` could not run: a failure when a device is required,
+/// a loud skip otherwise.
+fn cannot_run(test: &str, why: &str) {
+    assert!(
+        !required(),
+        "{test}: cannot run ({why}) and ALLOC_CUDA_REQUIRE_GPU=1"
+    );
+    skipped!("SKIPPED: {test}: {why}");
+}
+
+/// The allocator of device `ordinal` with `cfg`, or `None` after
+/// [`cannot_run`].
+fn gpu_on(test: &str, ordinal: usize, cfg: &str) -> Option<CudaAllocator> {
     if !alloc_cuda::cuda_available() {
-        skipped!("SKIPPED: no CUDA device ({test}: libcuda not found)");
+        cannot_run(test, "no CUDA device: libcuda not found");
         return None;
     }
-    match CudaAllocator::with_config(0, Config::parse(cfg).expect("valid config")) {
+    match CudaAllocator::with_config(ordinal, Config::parse(cfg).expect("valid config")) {
         Ok(a) => Some(a),
         Err(e) => {
-            skipped!("SKIPPED: no CUDA device ({test}: {e})");
+            cannot_run(test, &format!("no CUDA device: {e}"));
             None
         }
     }
+}
+
+/// The allocator of device 0 with `cfg`, or `None` after [`cannot_run`].
+fn gpu(test: &str, cfg: &str) -> Option<CudaAllocator> {
+    gpu_on(test, 0, cfg)
 }
 
 /// The `fill` kernel, loaded into the allocator's context.
 struct Kernel {
     func: sys::CUfunction,
 }
+
+// SAFETY: a CUfunction handle is usable from any thread on which its
+// context is current (each launching thread binds it); the module is never
+// unloaded.
+unsafe impl Send for Kernel {}
+// SAFETY: as for Send; launching takes no `&mut`.
+unsafe impl Sync for Kernel {}
 
 impl Kernel {
     fn load(a: &CudaAllocator) -> Kernel {
@@ -106,6 +136,19 @@ impl Kernel {
 
     /// Launches `fill` on `stream` over `n` u32 at `out`.
     fn launch(&self, stream: &CudaStream, out: sys::CUdeviceptr, n: u32, base: u32, cycles: u64) {
+        self.launch_raw(stream.cu_stream(), out, n, base, cycles);
+    }
+
+    /// Launches `fill` on a raw stream (`0x2`: this thread's per-thread
+    /// stream).
+    fn launch_raw(
+        &self,
+        stream: sys::CUstream,
+        out: sys::CUdeviceptr,
+        n: u32,
+        base: u32,
+        cycles: u64,
+    ) {
         let mut out = out;
         let (mut n_, mut base_, mut cycles_) = (n, base, cycles);
         let mut params: [*mut c_void; 4] = [
@@ -127,7 +170,7 @@ impl Kernel {
                 1,
                 1,
                 0,
-                stream.cu_stream(),
+                stream,
                 params.as_mut_ptr(),
                 core::ptr::null_mut(),
             )
@@ -206,7 +249,7 @@ fn expandable_segments_grow_and_release() {
         return;
     };
     if let Some(why) = a.backend().vm_unavailable_reason() {
-        skipped!("SKIPPED: expandable segments unavailable on this device: {why}");
+        cannot_run("expandable segments", why);
         return;
     }
     assert!(a.uses_expandable_segments());
@@ -352,4 +395,216 @@ fn conformance_on_the_device() {
         a.empty_cache();
         assert_eq!(a.backend().inner().driver_errors(), 0);
     }
+}
+
+/// Whether `[a, a + n)` and `[b, b + m)` overlap.
+fn overlaps(a: u64, n: usize, b: u64, m: usize) -> bool {
+    a < b + m as u64 && b < a + n as u64
+}
+
+#[test]
+fn unmap_and_reuse_while_a_kernel_runs_on_another_stream() {
+    let test = "unmap and reuse under a running kernel (expandable segments)";
+    let Some(a) = gpu(test, "") else {
+        return;
+    };
+    if let Some(why) = a.backend().vm_unavailable_reason() {
+        cannot_run(test, why);
+        return;
+    }
+    let k = Kernel::load(&a);
+    let (sa, sb, sc, sd) = (
+        a.new_stream().expect("A"),
+        a.new_stream().expect("B"),
+        a.new_stream().expect("C"),
+        a.new_stream().expect("D"),
+    );
+    let total = a.backend().mem_info().expect("mem info").total;
+    let s = 128 * MIB;
+    a.set_memory_fraction((3 * s) as f64 / total as f64)
+        .expect("cap");
+    // An unrelated kernel on D for about a second: nothing below may wait
+    // for it.
+    let unrelated = a.allocate(MIB, &sd).expect("D's buffer");
+    k.launch(&sd, unrelated.device_address(), 1, 0, 2_000_000_000);
+    // B writes x for about half a second; x is freed on A meanwhile.
+    let x = a.allocate(s, &sa).expect("x");
+    let px = x.device_address();
+    k.launch(&sb, px, (s / 4) as u32, 1000, 1_000_000_000);
+    x.record_stream(&sb);
+    drop(x);
+    let b_done = sb.record_event(None).expect("event");
+    let started = std::time::Instant::now();
+    // 2S on A fits beside x; dropped, it is A's idle cache; then 2.5S on C
+    // only fits by unmapping A's idle pages, never x's.
+    drop(a.allocate(2 * s - MIB, &sa).expect("y"));
+    sa.synchronize().expect("A idle");
+    let z = a.allocate(2 * s, &sc);
+    let elapsed = started.elapsed();
+    if let Ok(z) = &z {
+        assert!(
+            b_done.is_complete() || !overlaps(z.device_address(), z.capacity(), px, s),
+            "z overlaps x while B still writes x"
+        );
+    }
+    assert!(
+        elapsed < std::time::Duration::from_millis(300),
+        "allocating waited {elapsed:?}: a synchronise waited for unrelated work"
+    );
+    sb.synchronize().expect("B's kernel ran without a fault");
+    sd.synchronize().expect("D's kernel ran without a fault");
+    drop((z, unrelated));
+    a.empty_cache();
+    assert_eq!(a.backend().driver_errors(), 0);
+    a.validate().expect("invariants");
+}
+
+#[test]
+fn per_thread_default_streams_on_several_threads() {
+    let Some(a) = gpu("per-thread default streams", "") else {
+        return;
+    };
+    let a = Arc::new(a);
+    let k = Arc::new(Kernel::load(&a));
+    let n = 1 << 20;
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let (a, k) = (Arc::clone(&a), Arc::clone(&k));
+            std::thread::spawn(move || {
+                a.context().bind_to_thread().expect("bind");
+                let s = a.context().per_thread_stream();
+                for round in 0..20u32 {
+                    let buf = a.allocate(n * 4, &s).expect("alloc");
+                    let base = t * 1_000_000 + round;
+                    k.launch_raw(s.cu_stream(), buf.device_address(), n as u32, base, 100_000);
+                    let host = read_u32(&s, &buf, n);
+                    assert!(
+                        host.iter().enumerate().all(|(i, &v)| v == i as u32 + base),
+                        "thread {t} round {round}: another thread's kernel wrote this block"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(a.backend().driver_errors(), 0);
+}
+
+#[test]
+fn peer_devices_use_expandable_segments() {
+    let test = "multi-GPU peer access";
+    let Some(a) = gpu(test, "expandable_segments:true") else {
+        return;
+    };
+    let count = alloc_cuda::cudarc::driver::CudaContext::device_count().unwrap_or(1);
+    if count < 2 {
+        // One device is a valid machine: reported, not failed.
+        skipped!("SKIPPED: {test}: {count} device(s); needs two");
+        return;
+    }
+    let Some(b) = gpu_on(test, 1, "") else {
+        return;
+    };
+    let mut can = 0;
+    // SAFETY: out-pointer; device handles of live contexts.
+    unsafe {
+        sys::cuDeviceCanAccessPeer(&mut can, b.context().cu_device(), a.context().cu_device())
+    }
+    .result()
+    .expect("can access peer");
+    if can == 0 {
+        skipped!("SKIPPED: {test}: device 1 cannot access device 0");
+        return;
+    }
+    let s0 = a.new_stream().expect("stream 0");
+    let n = 1 << 20;
+    let buf = a.allocate(n * 4, &s0).expect("on device 0");
+    let k1 = Kernel::load(&b);
+    let s1 = b.new_stream().expect("stream 1");
+    k1.launch(&s1, buf.device_address(), n as u32, 77, 0);
+    s1.synchronize()
+        .expect("device 1 wrote device 0's pages without a fault");
+    let host = read_u32(&s0, &buf, n);
+    assert!(host.iter().enumerate().all(|(i, &v)| v == i as u32 + 77));
+}
+
+#[test]
+fn graph_capture_allocates_and_frees_without_breaking_the_capture() {
+    let Some(a) = gpu("graph capture", "") else {
+        return;
+    };
+    let k = Kernel::load(&a);
+    let s = a.new_stream().expect("stream");
+    let other = a.new_stream().expect("other");
+    let n = 1 << 20;
+    let used_by_graph = a.allocate(n * 4, &other).expect("before capture");
+    let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
+    // SAFETY: a live stream of the bound context.
+    unsafe { sys::cuStreamBeginCapture_v2(s.cu_stream(), mode) }
+        .result()
+        .expect("begin capture");
+    // a new segment while capturing, written by a captured kernel
+    let buf = a.allocate(64 * MIB, &s).expect("allocate during capture");
+    k.launch(&s, buf.device_address(), n as u32, 9, 0);
+    k.launch(&s, used_by_graph.device_address(), n as u32, 3, 0);
+    let scratch = a
+        .allocate(MIB, &other)
+        .expect("other stream, during capture");
+    scratch.record_stream(&s);
+    drop(scratch); // freed while the capture uses nothing of it
+    let mut graph: sys::CUgraph = core::ptr::null_mut();
+    // SAFETY: `s` is capturing; out-pointer.
+    unsafe { sys::cuStreamEndCapture(s.cu_stream(), &mut graph) }
+        .result()
+        .expect("the capture stayed valid");
+    let mut exec: sys::CUgraphExec = core::ptr::null_mut();
+    // SAFETY: `graph` is the captured graph; out-pointer.
+    unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }
+        .result()
+        .expect("instantiate");
+    // SAFETY: a live executable graph and stream.
+    unsafe { sys::cuGraphLaunch(exec, s.cu_stream()) }
+        .result()
+        .expect("launch the graph");
+    s.synchronize().expect("the graph ran without a fault");
+    assert!(
+        read_u32(&s, &buf, n)
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u32 + 9)
+    );
+    assert!(
+        read_u32(&s, &used_by_graph, n)
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u32 + 3)
+    );
+    // SAFETY: the graph and its executable are ours, idle (synchronised).
+    unsafe {
+        let _ = sys::cuGraphExecDestroy(exec);
+        let _ = sys::cuGraphDestroy(graph);
+    }
+    drop((buf, used_by_graph));
+    a.empty_cache();
+    assert_eq!(a.backend().driver_errors(), 0);
+}
+
+/// Without a device, `ALLOC_CUDA_REQUIRE_GPU=1` turns the skip into a
+/// failure (this binary run again on one test, with the variable set).
+#[test]
+fn a_required_device_that_is_missing_fails_the_tests() {
+    if alloc_cuda::cuda_available() || required() {
+        return; // a device is here (or this is the child run below)
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", "kernel_writes_and_reads_through_buffers"])
+        .env("ALLOC_CUDA_REQUIRE_GPU", "1")
+        .output()
+        .expect("run the test binary");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "passed without a device: {text}");
+    assert!(text.contains("ALLOC_CUDA_REQUIRE_GPU=1"), "{text}");
 }
