@@ -65,7 +65,7 @@ impl MemoryInfo {
     pub fn host_available(&self) -> (u64, &'static str) {
         match self.cgroup.as_ref().and_then(CgroupLimit::headroom) {
             Some(h) if h < self.system.available => (h, "cgroup limit - working set"),
-            _ => (self.system.available, "/proc/meminfo MemAvailable"),
+            _ => (self.system.available, SYSTEM_AVAILABLE_SOURCE),
         }
     }
 
@@ -77,6 +77,13 @@ impl MemoryInfo {
         }
     }
 }
+
+/// Where [`SystemMemory::available`] comes from on this platform.
+#[cfg(not(target_os = "macos"))]
+const SYSTEM_AVAILABLE_SOURCE: &str = "/proc/meminfo MemAvailable";
+/// Where [`SystemMemory::available`] comes from on this platform.
+#[cfg(target_os = "macos")]
+const SYSTEM_AVAILABLE_SOURCE: &str = "host_statistics64 free + inactive pages";
 
 /// Where [`memory_info_from`] reads; [`Default`] is the running process.
 #[derive(Clone, Debug)]
@@ -149,14 +156,21 @@ pub fn tracked_host() -> TrackedHost {
     }
 }
 
-/// This process's resident set (`/proc/self/status`).
+/// This process's resident set (`/proc/self/status`; on macOS
+/// `proc_pidinfo` and `getrusage`).
 pub fn process_memory() -> ProcessMemory {
+    #[cfg(target_os = "macos")]
+    return macos::process_memory();
+    #[cfg(not(target_os = "macos"))]
     parse_status(&read(Path::new("/proc/self/status")))
 }
 
 /// Resident set size now from `/proc/self/statm` (a short line, cheaper than
-/// `/proc/self/status`). 0 when it cannot be read.
+/// `/proc/self/status`; on macOS `proc_pidinfo`). 0 when it cannot be read.
 pub fn resident_bytes() -> u64 {
+    #[cfg(target_os = "macos")]
+    return macos::resident_bytes();
+    #[cfg(not(target_os = "macos"))]
     std::fs::File::open("/proc/self/statm").map_or(0, |f| resident_bytes_from(&f))
 }
 
@@ -182,7 +196,20 @@ fn page_size() -> u64 {
 }
 
 /// System, container, process, tracked host and device memory now.
+///
+/// On macOS, which has neither /proc nor cgroups: the system from `sysctl
+/// hw.memsize` and `host_statistics64`, the process from `proc_pidinfo` and
+/// `getrusage`, and no container limit.
 pub fn memory_info() -> MemoryInfo {
+    #[cfg(target_os = "macos")]
+    return MemoryInfo {
+        system: macos::system_memory(),
+        cgroup: None,
+        process: macos::process_memory(),
+        tracked: tracked_host(),
+        devices: device_infos(),
+    };
+    #[cfg(not(target_os = "macos"))]
     memory_info_from(&MemorySources::default())
 }
 
@@ -205,6 +232,105 @@ pub fn memory_info_from(sources: &MemorySources) -> MemoryInfo {
         process: parse_status(&read(&sources.status)),
         tracked: tracked_host(),
         devices: device_infos(),
+    }
+}
+
+/// The macOS sources: no /proc, no cgroups.
+#[cfg(target_os = "macos")]
+mod macos {
+    use super::{ProcessMemory, SystemMemory, page_size};
+
+    /// Total from `hw.memsize`; free = free pages, available = free +
+    /// inactive pages of `host_statistics64(HOST_VM_INFO64)` (what the kernel
+    /// can hand out without compressing or swapping pages in use).
+    pub(super) fn system_memory() -> SystemMemory {
+        let mut total: u64 = 0;
+        let mut len = core::mem::size_of::<u64>();
+        // SAFETY: the name is NUL-terminated and `total`/`len` describe a
+        // writable u64, which is what `hw.memsize` holds.
+        let r = unsafe {
+            libc::sysctlbyname(
+                c"hw.memsize".as_ptr(),
+                (&raw mut total).cast(),
+                &mut len,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+        if r != 0 || len != core::mem::size_of::<u64>() {
+            total = 0;
+        }
+        // SAFETY: an all-zero vm_statistics64 is a valid value of it.
+        let mut vm: libc::vm_statistics64 = unsafe { core::mem::zeroed() };
+        let mut count = libc::HOST_VM_INFO64_COUNT;
+        // SAFETY: `vm` is writable for `count` integers (its size in
+        // integers); the kernel writes at most `count` of them.
+        let kr = unsafe {
+            libc::host_statistics64(
+                host_port(),
+                libc::HOST_VM_INFO64,
+                (&raw mut vm).cast(),
+                &mut count,
+            )
+        };
+        let (free, available) = if kr == libc::KERN_SUCCESS {
+            let free = u64::from(vm.free_count);
+            (free, free + u64::from(vm.inactive_count))
+        } else {
+            (0, 0)
+        };
+        SystemMemory {
+            total,
+            available: (available * page_size()).min(total),
+            free: (free * page_size()).min(total),
+        }
+    }
+
+    /// The host port, asked for once: each `mach_host_self` call adds a
+    /// reference to the port that would otherwise have to be released.
+    fn host_port() -> libc::mach_port_t {
+        static HOST: std::sync::OnceLock<libc::mach_port_t> = std::sync::OnceLock::new();
+        // SAFETY: mach_host_self has no preconditions. libc marks it
+        // deprecated in favour of the mach2 crate (a dependency for one call).
+        #[allow(deprecated)]
+        *HOST.get_or_init(|| unsafe { libc::mach_host_self() })
+    }
+
+    /// Resident bytes now (`proc_pidinfo(PROC_PIDTASKINFO)`), 0 on failure.
+    pub(super) fn resident_bytes() -> u64 {
+        // SAFETY: an all-zero proc_taskinfo is a valid value of it.
+        let mut ti: libc::proc_taskinfo = unsafe { core::mem::zeroed() };
+        let size = core::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
+        // SAFETY: `ti` is writable for `size` bytes; proc_pidinfo writes at
+        // most that many and returns how many it wrote.
+        let n = unsafe {
+            libc::proc_pidinfo(
+                libc::getpid(),
+                libc::PROC_PIDTASKINFO,
+                0,
+                (&raw mut ti).cast(),
+                size,
+            )
+        };
+        if n == size { ti.pti_resident_size } else { 0 }
+    }
+
+    /// Resident bytes now and their peak (`getrusage`'s `ru_maxrss`, bytes on
+    /// macOS).
+    pub(super) fn process_memory() -> ProcessMemory {
+        let rss = resident_bytes();
+        // SAFETY: an all-zero rusage is a valid value of it.
+        let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
+        // SAFETY: `ru` is a writable rusage.
+        let peak = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+            ru.ru_maxrss.max(0) as u64
+        } else {
+            0
+        };
+        ProcessMemory {
+            rss,
+            peak_rss: peak.max(rss),
+        }
     }
 }
 
