@@ -428,3 +428,40 @@ fn dump_snapshot_writes_the_pickle_to_a_file() {
     assert!(states.contains("active_allocated"));
     assert_eq!(&bytes[..2], &[0x80, 2], "pickle protocol 2");
 }
+
+/// A hole unmapped in the middle of an expandable reservation splits it into
+/// two PyTorch segments, each tiled by its blocks.
+#[test]
+fn unmapped_hole_splits_an_expandable_reservation_into_two_segments() {
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::default());
+    a.record_memory_history(true, 1000);
+    let first = a.allocate(20 * MIB, S0).unwrap();
+    let middle = a.allocate(20 * MIB, S0).unwrap();
+    let last = a.allocate(20 * MIB, S0).unwrap();
+    drop(middle);
+    a.empty_cache();
+    let bytes = a.snapshot_pickle();
+    dump_for_memory_viz("expandable_hole.pickle", &bytes);
+    let (_, actions) = check_snapshot(&bytes);
+    assert!(actions.iter().any(|a| a == "segment_unmap"), "{actions:?}");
+    let top = parse(&bytes);
+    let large: Vec<(i128, i128)> = list(get(&top, "segments", "top"), "segments")
+        .iter()
+        .map(|s| dict(s, "s"))
+        .filter(|s| string(get(s, "segment_type", "s"), "s") == "large")
+        .map(|s| {
+            (
+                int(get(s, "address", "s"), "s"),
+                int(get(s, "total_size", "s"), "s"),
+            )
+        })
+        .collect();
+    let (f, l) = (first.ptr().0 as i128, last.ptr().0 as i128);
+    assert_eq!(large.len(), 2, "{large:?}");
+    assert_eq!(large[0].0, f);
+    assert!(
+        large[0].0 + large[0].1 < large[1].0,
+        "a hole between: {large:?}"
+    );
+    assert!(large[1].0 <= l && l < large[1].0 + large[1].1, "{large:?}");
+}
