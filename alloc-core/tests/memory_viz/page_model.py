@@ -1,5 +1,8 @@
 """What PyTorch's MemoryViz page does with a snapshot before it draws it, in
-Python: the "Allocator State History" view starts from the snapshot's final
+Python. The page reads the file with its own pickle reader, which knows
+protocols 2 to 4 and a fixed set of opcodes: `read_like_memory_viz` accepts
+exactly that set and fails on any other opcode. The "Allocator State
+History" view then starts from the snapshot's final
 segments and blocks and walks device_traces backwards, undoing each event.
 That walk fails (in the page: an exception, a blank view) when the trace and
 the final state disagree: a free_requested of a block that is not live, a
@@ -10,7 +13,110 @@ usage: python3 page_model.py SNAPSHOT.pickle...
 """
 
 import pickle
+import struct
 import sys
+
+# The opcodes MemoryViz's reader handles (its `unpickle` function).
+MEMORY_VIZ_OPCODES = set(b"ehJKM}]\x95\x8aj(\x94\x80u\x8c.\x86a\x89qX)\x88NGt\x85\x87rlds")
+
+
+def read_like_memory_viz(data):
+    """Decodes `data` with MemoryViz's opcode set; raises on anything else."""
+    stack, marks, memo, i = [], [], {}, 0
+
+    def u4(at):
+        return struct.unpack_from("<I", data, at)[0]
+
+    while True:
+        op = data[i]
+        i += 1
+        if op not in MEMORY_VIZ_OPCODES:
+            raise AssertionError(f"opcode {op:#x} at byte {i - 1}: MemoryViz cannot read it")
+        c = chr(op)
+        if op == 0x80:
+            if not 2 <= data[i] <= 4:
+                raise AssertionError(f"pickle protocol {data[i]}: MemoryViz reads 2 to 4")
+            i += 1
+        elif op == 0x95:
+            i += 8
+        elif c == "(":
+            marks.append(len(stack))
+        elif c in "}]":
+            stack.append({} if c == "}" else [])
+        elif c == ")":
+            stack.append(())
+        elif c == "N":
+            stack.append(None)
+        elif op in (0x88, 0x89):
+            stack.append(op == 0x88)
+        elif c == "K":
+            stack.append(data[i])
+            i += 1
+        elif c == "M":
+            stack.append(struct.unpack_from("<H", data, i)[0])
+            i += 2
+        elif c == "J":
+            stack.append(struct.unpack_from("<i", data, i)[0])
+            i += 4
+        elif op == 0x8A:
+            n = data[i]
+            stack.append(int.from_bytes(data[i + 1:i + 1 + n], "little", signed=True))
+            i += 1 + n
+        elif c == "G":
+            stack.append(struct.unpack_from(">d", data, i)[0])
+            i += 8
+        elif c == "X" or op == 0x8C:
+            n, i = (u4(i), i + 4) if c == "X" else (data[i], i + 1)
+            stack.append(data[i:i + n].decode("utf-8"))
+            i += n
+        elif c == "e":
+            m = marks.pop()
+            items = stack[m:]
+            del stack[m:]
+            stack[-1].extend(items)
+        elif c == "a":
+            v = stack.pop()
+            stack[-1].append(v)
+        elif c == "u":
+            m = marks.pop()
+            items = stack[m:]
+            del stack[m:]
+            for k in range(0, len(items), 2):
+                stack[-1][items[k]] = items[k + 1]
+        elif c == "s":
+            v, k = stack.pop(), stack.pop()
+            stack[-1][k] = v
+        elif c in "tl":
+            m = marks.pop()
+            items = stack[m:]
+            del stack[m:]
+            stack.append(tuple(items) if c == "t" else items)
+        elif c == "d":
+            m = marks.pop()
+            items = stack[m:]
+            del stack[m:]
+            stack.append({items[k]: items[k + 1] for k in range(0, len(items), 2)})
+        elif op in (0x85, 0x86, 0x87):
+            n = op - 0x84
+            items = stack[-n:]
+            del stack[-n:]
+            stack.append(tuple(items))
+        elif op == 0x94:
+            memo[len(memo)] = stack[-1]
+        elif c == "q":
+            memo[data[i]] = stack[-1]
+            i += 1
+        elif c == "r":
+            memo[u4(i)] = stack[-1]
+            i += 4
+        elif c == "h":
+            stack.append(memo[data[i]])
+            i += 1
+        elif c == "j":
+            stack.append(memo[u4(i)])
+            i += 4
+        elif c == ".":
+            return stack.pop()
 
 
 def check(snapshot):
@@ -97,5 +203,9 @@ def check(snapshot):
 if __name__ == "__main__":
     for path in sys.argv[1:]:
         with open(path, "rb") as f:
-            n = check(pickle.load(f))
-        print(f"{path}: MemoryViz state history rewinds through {n} events")
+            raw = f.read()
+        snapshot = read_like_memory_viz(raw)
+        if snapshot != pickle.loads(raw):
+            raise AssertionError(f"{path}: MemoryViz's reading differs from pickle's")
+        n = check(snapshot)
+        print(f"{path}: MemoryViz reads it; its state history rewinds through {n} events")
