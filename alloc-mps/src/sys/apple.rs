@@ -148,14 +148,6 @@ impl Queue {
             value,
         })
     }
-
-    /// The last committed signal, without committing anything.
-    fn last(&self) -> MetalEvent {
-        MetalEvent {
-            event: self.event.clone(),
-            value: *lock(&self.last),
-        }
-    }
 }
 
 /// One Metal device with its queues and live segments.
@@ -365,6 +357,8 @@ impl Device {
         event.event.signaledValue() >= event.value
     }
 
+    /// Waits as long as it takes: giving up would let the engine reuse a
+    /// block the GPU may still use.
     pub(crate) fn wait_event(&self, event: &MetalEvent) {
         while !self.event_done(event)
             && !event
@@ -374,18 +368,29 @@ impl Device {
     }
 
     pub(crate) fn synchronize_stream(&self, stream: MetalStream) -> Result<(), MetalError> {
-        let q = self.queue(stream)?;
-        // Without a new command buffer, the last committed signal still
-        // covers everything committed so far.
-        let e = q.signal().unwrap_or_else(|_| q.last());
+        let e = self
+            .queue(stream)?
+            .signal()
+            .map_err(|_| MetalError::Resource {
+                device: self.name.clone(),
+                what: "a command buffer",
+            })?;
         self.wait_event(&e);
         Ok(())
     }
 
+    /// Signals and waits on every queue. A queue that cannot give a command
+    /// buffer now is asked again (every millisecond): returning before the
+    /// queues are idle would let the engine reuse memory still in use.
     pub(crate) fn synchronize(&self) {
         let queues: Vec<Arc<Queue>> = lock(&self.queues).values().cloned().collect();
         for q in queues {
-            let e = q.signal().unwrap_or_else(|_| q.last());
+            let e = loop {
+                match q.signal() {
+                    Ok(e) => break e,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            };
             self.wait_event(&e);
         }
     }
