@@ -222,9 +222,9 @@ impl CudaBackend {
                 // SAFETY: a live segment the engine gave back (deallocate's
                 // contract), not freed since.
                 Deferred::Free(ptr) => check(unsafe { sys::cuMemFree_v2(ptr as sys::CUdeviceptr) }),
-                // SAFETY: a live reservation with nothing mapped (release's
-                // contract), not freed since.
                 Deferred::AddressFree(ptr, bytes) => {
+                    // SAFETY: a live reservation with nothing mapped
+                    // (release's contract), not freed since.
                     check(unsafe { sys::cuMemAddressFree(ptr as sys::CUdeviceptr, bytes) })
                 }
             };
@@ -352,10 +352,13 @@ unsafe impl DeviceBackend for CudaBackend {
     }
 
     fn event_done(&self, event: &PooledEvent) -> bool {
+        // Querying an event is a call a global-mode capture forbids.
+        let _relaxed = RelaxedCapture::enter();
         event.is_done()
     }
 
     fn wait_event(&self, event: &PooledEvent) {
+        let _relaxed = RelaxedCapture::enter();
         if !event.wait() {
             self.note_failure(1);
         }

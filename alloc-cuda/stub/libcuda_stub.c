@@ -29,8 +29,8 @@
  *   error (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
  * - stream capture (cuStreamBeginCapture_v2/cuStreamEndCapture): while a
  *   capture in global mode is under way, a thread whose capture mode
- *   (cuThreadExchangeStreamCaptureMode) is not relaxed may not allocate, map
- *   or unmap; nobody may synchronise the context or a capturing stream or
+ *   (cuThreadExchangeStreamCaptureMode) is not relaxed may not allocate, map,
+ *   unmap or query or wait for an event; nobody may synchronise the context or a capturing stream or
  *   free memory. Each such call fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
  *   and invalidates the capture (cuStreamEndCapture then fails);
  * - allocation properties (cuMemCreate, cuMemGetAllocationGranularity): pinned
@@ -520,6 +520,7 @@ API CUresult cuEventQuery(void *e) {
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
+    UNSAFE_DURING_CAPTURE();
     LEAVE(event_done(ev) ? OK : NOT_READY);
 }
 API CUresult cuEventSynchronize(void *e) {
@@ -527,6 +528,7 @@ API CUresult cuEventSynchronize(void *e) {
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
+    UNSAFE_DURING_CAPTURE();
     if (!event_done(ev)) {
         stalls++;
         ev->s->completed = ev->seq;

@@ -421,7 +421,9 @@ fn unmap_and_reuse_while_a_kernel_runs_on_another_stream() {
     );
     let total = a.backend().mem_info().expect("mem info").total;
     let s = 128 * MIB;
-    a.set_memory_fraction((3 * s) as f64 / total as f64)
+    // x (S) + y (2S - 4 MiB) + D's 2 MiB fit under the cap; z (2S) fits
+    // only once y's pages are unmapped.
+    a.set_memory_fraction((3 * s + 16 * MIB) as f64 / total as f64)
         .expect("cap");
     // An unrelated kernel on D for about a second: nothing below may wait
     // for it.
@@ -437,16 +439,16 @@ fn unmap_and_reuse_while_a_kernel_runs_on_another_stream() {
     let started = std::time::Instant::now();
     // 2S on A fits beside x; dropped, it is A's idle cache; then 2.5S on C
     // only fits by unmapping A's idle pages, never x's.
-    drop(a.allocate(2 * s - MIB, &sa).expect("y"));
+    drop(a.allocate(2 * s - 4 * MIB, &sa).expect("y"));
     sa.synchronize().expect("A idle");
-    let z = a.allocate(2 * s, &sc);
+    let z = a
+        .allocate(2 * s, &sc)
+        .expect("z fits once A's idle pages are unmapped");
     let elapsed = started.elapsed();
-    if let Ok(z) = &z {
-        assert!(
-            b_done.is_complete() || !overlaps(z.device_address(), z.capacity(), px, s),
-            "z overlaps x while B still writes x"
-        );
-    }
+    assert!(
+        b_done.is_complete() || !overlaps(z.device_address(), z.capacity(), px, s),
+        "z overlaps x while B still writes x"
+    );
     assert!(
         elapsed < std::time::Duration::from_millis(300),
         "allocating waited {elapsed:?}: a synchronise waited for unrelated work"

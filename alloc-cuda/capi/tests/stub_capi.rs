@@ -98,7 +98,7 @@ fn special_stream_handles_are_understood() {
     let (stub, _g) = stub(false);
     alloc_cuda_set_abort_on_failure(0);
     let violations = stub.violations();
-    let legacy = 0x1 as *mut c_void;
+    let legacy = core::ptr::without_provenance_mut::<c_void>(0x1); // CU_STREAM_LEGACY
     let per_thread = 0x2 as *mut c_void;
     // 0 and 0x1 are one stream: a block freed on one is reused on the other
     // at once, even while that stream is busy (stream order).

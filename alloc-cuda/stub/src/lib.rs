@@ -99,11 +99,11 @@ impl Stub {
     }
 
     /// Calls of `name` so far.
-    pub fn calls(&self, name: &str) -> i64 {
+    pub fn calls(&self, name: &str) -> c_long {
         let c = CString::new(name).expect("no NUL");
         let f: unsafe extern "C" fn(*const c_char) -> c_long = self.sym("stub_calls");
         // SAFETY: a valid C string for the call.
-        unsafe { f(c.as_ptr()) as i64 }
+        unsafe { f(c.as_ptr()) }
     }
 
     /// Sets the capacity the devices share.
@@ -136,24 +136,24 @@ impl Stub {
 
     /// Calls the driver would reject (bad handles, ranges, properties,
     /// descriptors, calls illegal during capture, uses after release).
-    pub fn violations(&self) -> i64 {
+    pub fn violations(&self) -> c_long {
         let f: unsafe extern "C" fn() -> c_long = self.sym("stub_violations");
         // SAFETY: no arguments.
-        unsafe { f() as i64 }
+        unsafe { f() }
     }
 
     /// Frees and unmaps of memory that queued work may still use.
-    pub fn unsafe_releases(&self) -> i64 {
+    pub fn unsafe_releases(&self) -> c_long {
         let f: unsafe extern "C" fn() -> c_long = self.sym("stub_unsafe_releases");
         // SAFETY: no arguments.
-        unsafe { f() as i64 }
+        unsafe { f() }
     }
 
     /// Synchronising calls that had to wait for queued work.
-    pub fn stalls(&self) -> i64 {
+    pub fn stalls(&self) -> c_long {
         let f: unsafe extern "C" fn() -> c_long = self.sym("stub_stalls");
         // SAFETY: no arguments.
-        unsafe { f() as i64 }
+        unsafe { f() }
     }
 
     /// The devices (bit d) that may read and write the page at `addr`.
