@@ -7,15 +7,19 @@
 //! The runtime's timer is passed in (`tokio::time::sleep`, or any
 //! `Fn(Duration) -> impl Future`): the toolkit depends on no runtime.
 
-use std::cell::RefCell;
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::cleanup::empty_device_caches;
 use crate::retry::{Attempts, OomError, RetryError, RetryPolicy, count_retry};
+
+fn lock(m: &Mutex<Attempts>) -> MutexGuard<'_, Attempts> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The back-off of `policy` as a `backon` builder.
 fn backoff(policy: &RetryPolicy) -> ExponentialBuilder {
@@ -55,11 +59,13 @@ where
     S: Fn(Duration) -> SFut + 'static,
     SFut: Future,
 {
-    let report = RefCell::new(Attempts::default());
+    // A mutex, not a RefCell: the future holds references to it across
+    // awaits, and must stay `Send` for `tokio::spawn`.
+    let report = Mutex::new(Attempts::default());
     let empty = policy.empty_caches;
     let call = || {
         let attempt = {
-            let mut r = report.borrow_mut();
+            let mut r = lock(&report);
             r.attempts += 1;
             r.attempts
         };
@@ -71,7 +77,7 @@ where
         .when(|e: &E| e.is_oom())
         .notify(|e: &E, wait: Duration| {
             count_retry();
-            let mut r = report.borrow_mut();
+            let mut r = lock(&report);
             r.errors.push(e.to_string());
             r.waited += wait;
             if empty {
@@ -79,7 +85,7 @@ where
             }
         })
         .await;
-    let mut attempts = report.into_inner();
+    let mut attempts = report.into_inner().unwrap_or_else(|e| e.into_inner());
     match result {
         Ok(v) => Ok((v, attempts)),
         Err(error) => {
@@ -152,6 +158,17 @@ mod tests {
         ));
         let waits = waits.lock().unwrap().clone();
         (r.map_err(|e| e.to_string()), waits)
+    }
+
+    #[test]
+    fn the_future_is_send() {
+        fn send<T: Send>(_: &T) {}
+        let fut = retry_on_oom_async(
+            |_| async { Ok::<_, ToolkitError>(1) },
+            &policy(false),
+            |_| async {},
+        );
+        send(&fut);
     }
 
     #[test]
