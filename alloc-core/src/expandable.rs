@@ -45,6 +45,20 @@ pub const MAP_GROWTH_DIVISOR: usize = 16;
 /// measure (peak requested ÷ peak reserved) at most about 3 %.
 pub const FRONT_SLACK_DIVISOR: usize = 32;
 
+/// What reserved memory may reach before cached pages are unmapped, and up
+/// to which a grow may map more than it needs: the reserved peak so far, or
+/// the requested peak plus 1/[`SLACK_DIVISOR`] of it if that is more. The
+/// slack is what the efficiency measure allows: reserved memory set by this
+/// bound keeps peak requested ÷ peak reserved ≥ 32/33 ≈ 0.97.
+fn reserve_bound<B: DeviceBackend>(st: &State<B>) -> usize {
+    let reserved = st.stats.reserved_bytes.all.peak.max(0) as usize;
+    let requested = st.stats.requested_bytes.all.peak.max(0) as usize;
+    reserved.max(requested.saturating_add(requested / SLACK_DIVISOR))
+}
+
+/// The slack over the requested peak that cached memory may use (1/32).
+pub const SLACK_DIVISOR: usize = 32;
+
 /// Address space reserved per expandable segment when the device total is
 /// not known (1 TiB; nothing is mapped until needed).
 pub const DEFAULT_RESERVATION: usize = 1 << 40;
@@ -143,7 +157,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             .next_multiple_of(self.page)
             .clamp(r.exact, r.room);
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
-        let peak = st.stats.reserved_bytes.all.peak.max(0) as usize;
+        let peak = reserve_bound(st);
         if reserved.saturating_add(chunk) <= peak && within_limit(st, chunk) {
             return chunk;
         }
@@ -207,7 +221,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// grow extends) that it would not. Whether anything was unmapped.
     fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, keep: BlockId) -> bool {
         let target = {
-            let peak = st.stats.reserved_bytes.all.peak.max(0) as usize;
+            let peak = reserve_bound(st);
             st.limit.map_or(peak, |l| l.min(peak))
         };
         let over = |st: &State<B>| {
