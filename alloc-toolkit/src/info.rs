@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::cgroup::{CgroupLimit, cgroup_limit_at};
 use crate::device::{DeviceInfo, device_infos};
 
-/// `/proc/meminfo` figures, bytes.
+/// `/proc/meminfo` figures (on macOS: `hw.memsize` and `host_statistics64`),
+/// bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SystemMemory {
     /// `MemTotal`.
@@ -19,7 +20,8 @@ pub struct SystemMemory {
     pub free: u64,
 }
 
-/// `/proc/self/status` figures, bytes.
+/// `/proc/self/status` figures (on macOS: `proc_pidinfo` and `getrusage`),
+/// bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessMemory {
     /// Resident set size now (`VmRSS`).
