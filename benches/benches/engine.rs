@@ -1,6 +1,8 @@
-//! The caching engine: cache-hit alloc+free pairs (small and large pool) and
-//! RMM's random_allocations workload (73 % allocate, uniform sizes, a memory
-//! cap), on 1 and 2 threads, over the simulated backend.
+//! The caching engine: cache-hit alloc+free pairs (small and large pool; one
+//! thread, and one and two threads each on its own stream, timed per pair of
+//! the aggregate) and RMM's random_allocations workload (73 % allocate,
+//! uniform sizes, a memory cap), on 1 and 2 threads, over the simulated
+//! backend.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,6 +22,38 @@ fn cache_hit(c: &mut Criterion) {
                 drop(black_box(
                     a.allocate(black_box(size), SimStream(0)).unwrap(),
                 ))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Cache-hit pairs on `threads` threads, each on its own stream: the time
+/// reported is wall time ÷ all pairs (so 2 threads scaling perfectly report
+/// half of 1 thread's time).
+fn cache_hit_threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine/cache_hit_pair_aggregate");
+    for threads in [1usize, 2] {
+        let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::default());
+        for t in 0..threads {
+            drop(a.allocate(4096, SimStream(t as u32)).unwrap());
+        }
+        g.bench_function(format!("{threads}_threads_4KiB"), |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for th in 0..threads {
+                        let a = &a;
+                        s.spawn(move || {
+                            for _ in 0..iters / threads as u64 {
+                                drop(black_box(
+                                    a.allocate(black_box(4096), SimStream(th as u32)).unwrap(),
+                                ));
+                            }
+                        });
+                    }
+                });
+                t.elapsed()
             })
         });
     }
@@ -103,5 +137,5 @@ fn random(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cache_hit, random);
+criterion_group!(benches, cache_hit, cache_hit_threads, random);
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Drives the engine with arbitrary Op programs on the simulated device, in a
-//! config chosen by the first byte; the interpreter checks every invariant.
+//! config chosen by the first byte; the interpreter checks every invariant
+//! and the oracles (in-flight memory, OOM legitimacy, PyTorch's counters).
 #![no_main]
 
 use alloc_core::adaptors::FaultInjectingBackend;
@@ -7,11 +8,13 @@ use alloc_core::ops::{self, Op};
 use alloc_core::{CachingAllocator, Config, SimBackend};
 use libfuzzer_sys::fuzz_target;
 
-const CONFIGS: [&str; 4] = [
+const CONFIGS: [&str; 6] = [
     "",
     "expandable_segments:false",
     "expandable_segments:false,max_split_size_mb:40",
     "roundup_power2_divisions:4,max_cached_fraction:0",
+    "max_reserved_mb:300",
+    "expandable_segments:false,max_reserved_mb:300",
 ];
 
 fuzz_target!(|data: &[u8]| {
