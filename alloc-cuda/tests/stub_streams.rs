@@ -187,6 +187,13 @@ fn allocating_and_freeing_during_graph_capture_keeps_the_capture_legal() {
         let (s, other) = (a.new_stream().expect("s"), a.new_stream().expect("other"));
         a.context().bind_to_thread().expect("bind");
         let warm = a.allocate(MIB, &other).expect("before the capture");
+        // a block used on a third stream, pending on an event recorded
+        // before the capture: the capture's allocations query it
+        let third = a.new_stream().expect("third");
+        let early = a.allocate(2 * MIB, &other).expect("early");
+        stub.launch(raw(&third));
+        early.record_stream(&third);
+        drop(early);
         begin_capture(&s);
         // grows (new segment or pages) while s captures
         let x = a.allocate(30 * MIB, &s).expect("allocate during capture");
@@ -194,6 +201,10 @@ fn allocating_and_freeing_during_graph_capture_keeps_the_capture_legal() {
         warm.record_stream(&s);
         drop(warm);
         drop(x);
+        let queries = stub.calls("cuEventQuery");
+        drop(a.allocate(MIB, &other).expect("queries the pending event"));
+        assert!(stub.calls("cuEventQuery") > queries, "`{cfg}`: no event queried");
+        stub.complete(raw(&third));
         // releasing cached memory during the capture
         a.empty_cache();
         assert!(a.backend().capture_syncs() >= 1, "`{cfg}`");
