@@ -6,6 +6,7 @@
 //!
 //! With `SNAPSHOT_DUMP_DIR` set, the snapshots are also written there, for
 //! `tests/memory_viz/check.sh` to open with PyTorch's own `_memory_viz.py`.
+#![cfg(not(loom))]
 
 use std::collections::{BTreeMap, BTreeSet};
 
