@@ -15,6 +15,8 @@ pub mod guards;
 pub mod info;
 #[cfg(feature = "criterion")]
 pub mod measurement;
+#[cfg(feature = "metal")]
+pub mod metal;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
 pub mod monitor;
