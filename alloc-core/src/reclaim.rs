@@ -62,6 +62,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return Ok(id);
         }
         self.release_cached(st, Release::All, true);
+        self.release_empty_reservations(st);
         if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             return Ok(id);
         }
