@@ -77,6 +77,11 @@ pub struct TraceEntry {
     pub scope: ScopeId,
 }
 
+/// Scope names kept beyond twice the entries before the ring forgets the
+/// names no entry mentions (one scope per request would otherwise grow the
+/// map for as long as history is on).
+const NAMES_SLACK: usize = 1024;
+
 /// A fixed-capacity ring of [`TraceEntry`]s, with the names of the scopes they
 /// mention.
 #[derive(Debug)]
@@ -186,6 +191,18 @@ impl TraceRing {
             self.buf.pop_front();
         }
         self.buf.push_back(e);
+        if self.names.len() > NAMES_SLACK + 2 * self.buf.len() {
+            self.forget_unmentioned_names();
+        }
+    }
+
+    /// Drops the names of scopes no entry mentions any more (amortized: runs
+    /// when the names outnumber twice the entries by [`NAMES_SLACK`]).
+    #[cold]
+    fn forget_unmentioned_names(&mut self) {
+        let mentioned: std::collections::HashSet<u64> =
+            self.buf.iter().map(|e| e.scope.to_bits()).collect();
+        self.names.retain(|k, _| mentioned.contains(k));
     }
 
     /// The entries, oldest first.
@@ -242,6 +259,26 @@ mod tests {
         r.set_recording(false, 8);
         r.push(TraceAction::Alloc, 8, 512, 0u16);
         assert_eq!(r.entries().len(), 3, "off: kept, not extended");
+    }
+
+    #[test]
+    fn names_of_scopes_no_entry_mentions_are_forgotten() {
+        let mut r = TraceRing::new(4);
+        for i in 0..3000 {
+            let _g = crate::scope::scope(&format!("trace-ring-request-{i}"));
+            r.push(TraceAction::Alloc, i, 512, 0u16);
+        }
+        assert!(
+            r.names.len() <= NAMES_SLACK + 2 * 4 + 1,
+            "{}",
+            r.names.len()
+        );
+        for e in r.entries() {
+            assert!(
+                r.scope_name(e.scope).is_some(),
+                "a kept entry lost its name"
+            );
+        }
     }
 
     #[test]
