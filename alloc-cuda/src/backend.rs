@@ -335,30 +335,14 @@ unsafe impl DeviceBackend for CudaBackend {
 
     fn record_event(&self, stream: StreamHandle) -> Result<PooledEvent, BackendError> {
         self.known.note(stream);
-        if !stream.usable_here() {
-            return Err(BackendError::Other(format!(
-                "{stream:?} is another thread's per-thread default stream; its work cannot be observed from this thread"
-            )));
-        }
-        let _cur = self.bind()?;
-        let _relaxed = RelaxedCapture::enter();
-        match capturing(stream.as_raw()) {
-            Ok(false) => self.events.record(stream.as_raw()),
-            Ok(true) => Err(BackendError::Other(format!(
-                "stream {stream:?} is capturing a CUDA graph; its work cannot be observed until the capture ends"
-            ))),
-            Err(e) => Err(backend_error("cuStreamIsCapturing", e)),
-        }
+        self.events.record_observable(stream)
     }
 
     fn event_done(&self, event: &PooledEvent) -> bool {
-        // Querying an event is a call a global-mode capture forbids.
-        let _relaxed = RelaxedCapture::enter();
         event.is_done()
     }
 
     fn wait_event(&self, event: &PooledEvent) {
-        let _relaxed = RelaxedCapture::enter();
         if !event.wait() {
             self.note_failure(1);
         }

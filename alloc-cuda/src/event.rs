@@ -12,7 +12,8 @@ use cudarc::driver::{CudaContext, sys};
 
 use alloc_core::BackendError;
 
-use crate::driver::{CurrentContext, backend_error, check};
+use crate::driver::{CurrentContext, RelaxedCapture, backend_error, capturing, check};
+use crate::stream::StreamHandle;
 
 /// Events created when the pool runs dry (one driver call each, off the hot
 /// path: the pool is filled when the backend is created).
@@ -61,10 +62,7 @@ impl EventPool {
 
     /// An event from the free list (a new batch when it is empty), recorded
     /// on `stream`.
-    pub(crate) fn record(
-        self: &Arc<Self>,
-        stream: sys::CUstream,
-    ) -> Result<PooledEvent, BackendError> {
+    fn record(self: &Arc<Self>, stream: sys::CUstream) -> Result<PooledEvent, BackendError> {
         let popped = self.lock().pop();
         let raw = match popped {
             Some(raw) => raw,
@@ -84,6 +82,31 @@ impl EventPool {
         check(unsafe { sys::cuEventRecord(raw as sys::CUevent, stream) })
             .map_err(|e| backend_error("cuEventRecord", e))?;
         Ok(ev)
+    }
+
+    /// An event recorded on `stream`, where its work can be observed: not
+    /// another thread's per-thread default stream, and not a stream that
+    /// is capturing a CUDA graph (an event recorded there belongs to the
+    /// graph, and querying it would break the capture). Otherwise an error,
+    /// which the engine treats as "busy" until it synchronises.
+    pub(crate) fn record_observable(
+        self: &Arc<Self>,
+        stream: StreamHandle,
+    ) -> Result<PooledEvent, BackendError> {
+        if !stream.usable_here() {
+            return Err(BackendError::Other(format!(
+                "{stream:?} is another thread's per-thread default stream; its work cannot be observed from this thread"
+            )));
+        }
+        let _cur = CurrentContext::enter(self.ctx.cu_ctx())?;
+        let _relaxed = RelaxedCapture::enter();
+        match capturing(stream.as_raw()) {
+            Ok(false) => self.record(stream.as_raw()),
+            Ok(true) => Err(BackendError::Other(format!(
+                "stream {stream:?} is capturing a CUDA graph; its work cannot be observed until the capture ends"
+            ))),
+            Err(e) => Err(backend_error("cuStreamIsCapturing", e)),
+        }
     }
 
     /// Events in the free list.
@@ -114,6 +137,8 @@ impl PooledEvent {
     /// than "not ready" also answers `false`: memory is never reused on a
     /// guess.
     pub fn is_done(&self) -> bool {
+        // Querying an event is a call a global-mode capture forbids.
+        let _relaxed = RelaxedCapture::enter();
         // SAFETY: `raw` is a live event owned by `self`.
         let r = unsafe { sys::cuEventQuery(self.raw as sys::CUevent) };
         r == sys::CUresult::CUDA_SUCCESS
@@ -122,6 +147,7 @@ impl PooledEvent {
     /// Waits until the work before the event has completed. Returns `false`
     /// if the driver reported an error.
     pub fn wait(&self) -> bool {
+        let _relaxed = RelaxedCapture::enter();
         // SAFETY: `raw` is a live event owned by `self`.
         check(unsafe { sys::cuEventSynchronize(self.raw as sys::CUevent) }).is_ok()
     }

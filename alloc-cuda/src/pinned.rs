@@ -90,13 +90,9 @@ unsafe impl DeviceBackend for PinnedHostBackend {
         if stream == StreamHandle::HOST {
             return Ok(PinnedEvent::Host);
         }
-        if !stream.usable_here() {
-            return Err(BackendError::Other(format!(
-                "{stream:?} is another thread's per-thread default stream; its work cannot be observed from this thread"
-            )));
-        }
-        let _cur = self.bind()?;
-        self.events.record(stream.as_raw()).map(PinnedEvent::Device)
+        self.events
+            .record_observable(stream)
+            .map(PinnedEvent::Device)
     }
 
     fn event_done(&self, event: &PinnedEvent) -> bool {

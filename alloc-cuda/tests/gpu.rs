@@ -207,10 +207,18 @@ fn kernel_writes_and_reads_through_buffers() {
 
 #[test]
 fn block_in_use_by_a_kernel_on_another_stream_is_not_handed_out() {
-    let Some(a) = gpu("cross-stream safety", "expandable_segments:false") else {
-        return;
-    };
-    let k = Kernel::load(&a);
+    for cfg in ["", "expandable_segments:false"] {
+        let Some(a) = gpu("cross-stream safety", cfg) else {
+            return;
+        };
+        cross_stream_safety(&a);
+    }
+}
+
+/// A block freed on stream A while a kernel on B writes it is not handed
+/// out again until B's kernel completes.
+fn cross_stream_safety(a: &CudaAllocator) {
+    let k = Kernel::load(a);
     let sa = a.new_stream().expect("stream A");
     let sb = a.new_stream().expect("stream B");
     let n = 1 << 20;

@@ -203,7 +203,10 @@ fn allocating_and_freeing_during_graph_capture_keeps_the_capture_legal() {
         drop(x);
         let queries = stub.calls("cuEventQuery");
         drop(a.allocate(MIB, &other).expect("queries the pending event"));
-        assert!(stub.calls("cuEventQuery") > queries, "`{cfg}`: no event queried");
+        assert!(
+            stub.calls("cuEventQuery") > queries,
+            "`{cfg}`: no event queried"
+        );
         stub.complete(raw(&third));
         // releasing cached memory during the capture
         a.empty_cache();
@@ -243,4 +246,26 @@ fn pages_are_granted_to_peer_devices() {
     drop(a);
     assert_eq!(stub.violations(), violations);
     assert_eq!(stub.used(), 0);
+}
+
+#[test]
+fn pinned_memory_used_by_a_capture_is_not_queried_during_it() {
+    let (stub, _g) = stub(false);
+    let violations = stub.violations();
+    let pool = alloc_cuda::PinnedPool::new(0).expect("pinned pool");
+    let a = alloc("");
+    let s = a.new_stream().expect("s");
+    a.context().bind_to_thread().expect("bind");
+    let staging = pool.allocate(4096).expect("pinned");
+    begin_capture(&s);
+    staging.record_stream(&s); // a captured copy reads it
+    drop(staging);
+    let again = pool.allocate(4096).expect("pinned, during the capture");
+    drop(again);
+    assert_eq!(end_capture(&s), Ok(()), "the capture was invalidated");
+    assert_eq!(
+        stub.violations(),
+        violations,
+        "illegal calls during the capture"
+    );
 }
