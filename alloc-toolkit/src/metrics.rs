@@ -90,10 +90,14 @@ struct MemoryCollector;
 type Enc<'a> = DescriptorEncoder<'a>;
 type R = Result<(), std::fmt::Error>;
 
+/// A gauge; an unknown value leaves the family without a sample (it is
+/// still declared, so dashboards and tests can rely on the name).
 fn gauge(enc: &mut Enc<'_>, name: &str, help: &str, v: Option<u64>) -> R {
-    let Some(v) = v else { return Ok(()) };
-    let g = ConstGauge::new(v as i64);
-    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    match v {
+        Some(v) => ConstGauge::new(v as i64).encode(m),
+        None => Ok(()),
+    }
 }
 
 fn counter(enc: &mut Enc<'_>, name: &str, help: &str, v: u64) -> R {
@@ -413,5 +417,36 @@ mod tests {
         }
         assert!(text.contains("# TYPE alloc_scopes_not_created_total counter\n"));
         assert!(text.contains("# TYPE alloc_scope_host_peak_bytes histogram\n"));
+    }
+
+    /// Every metric the shipped Grafana dashboard queries is exported.
+    #[test]
+    fn the_grafana_dashboard_queries_exported_metrics() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../grafana/alloc-toolkit-memory.json")).unwrap();
+        let text = Metrics::new().render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut checked = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if let Some(base) = word.strip_prefix("alloc_") {
+                        let base = base.trim_end_matches("_bucket");
+                        let name = format!("alloc_{base}");
+                        assert!(
+                            families.contains(&name.as_str()),
+                            "{name} (in `{expr}`) is not exported"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked >= 20, "{checked}");
     }
 }

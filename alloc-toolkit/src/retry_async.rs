@@ -163,11 +163,8 @@ mod tests {
     #[test]
     fn the_future_is_send() {
         fn send<T: Send>(_: &T) {}
-        let fut = retry_on_oom_async(
-            |_| async { Ok::<_, ToolkitError>(1) },
-            &policy(false),
-            |_| async {},
-        );
+        let p = policy(false);
+        let fut = retry_on_oom_async(|_| async { Ok::<_, ToolkitError>(1) }, &p, |_| async {});
         send(&fut);
     }
 
