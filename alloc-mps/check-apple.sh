@@ -24,7 +24,14 @@ export CC_aarch64_apple_darwin=clang
 export CFLAGS_aarch64_apple_darwin=-ffreestanding
 OVERRIDE='target.aarch64-apple-darwin.mimalloc.rustc-link-lib=["mimalloc"]'
 
-cargo check --workspace --all-targets --target "$TARGET" --config "$OVERRIDE"
+# The Metal pieces: alloc-mps, and the toolkit's feature `metal`, linted for
+# the Apple target (real code) and tested on this one (the Unsupported path).
 cargo clippy -p alloc-mps --all-targets --target "$TARGET" --config "$OVERRIDE" -- -D warnings
+cargo clippy -p alloc-toolkit --features metal --lib --no-deps --target "$TARGET" --config "$OVERRIDE" -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc -p alloc-mps --no-deps --target "$TARGET" --config "$OVERRIDE"
-echo "aarch64-apple-darwin: workspace type-checks, alloc-mps lints and documents cleanly"
+cargo test -p alloc-mps
+cargo test -p alloc-toolkit --no-default-features --features metal --lib metal::
+
+# The whole workspace, every target kind, for the Apple target.
+cargo check --workspace --all-targets --target "$TARGET" --config "$OVERRIDE"
+echo "aarch64-apple-darwin: the workspace type-checks; the Metal pieces lint, document and test cleanly"
