@@ -376,6 +376,7 @@ unsafe impl DeviceBackend for CudaBackend {
 
     fn mem_info(&self) -> Option<MemInfo> {
         let _cur = self.bind().ok()?;
+        let _relaxed = RelaxedCapture::enter();
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: both are valid out-pointers; the context is current.
         check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }).ok()?;

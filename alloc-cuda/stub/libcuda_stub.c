@@ -30,7 +30,7 @@
  * - stream capture (cuStreamBeginCapture_v2/cuStreamEndCapture): while a
  *   capture in global mode is under way, a thread whose capture mode
  *   (cuThreadExchangeStreamCaptureMode) is not relaxed may not allocate, map,
- *   unmap or query or wait for an event; nobody may synchronise the context or a capturing stream or
+ *   unmap, ask for free memory, or query or wait for an event; nobody may synchronise the context or a capturing stream or
  *   free memory. Each such call fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
  *   and invalidates the capture (cuStreamEndCapture then fails);
  * - allocation properties (cuMemCreate, cuMemGetAllocationGranularity): pinned
@@ -542,6 +542,7 @@ static int fits(size_t n) { return n <= capacity - (used < capacity ? used : cap
 
 API CUresult cuMemGetInfo_v2(size_t *free_, size_t *total) {
     ENTER("cuMemGetInfo_v2");
+    UNSAFE_DURING_CAPTURE();
     if (current_device() < 0) REJECT(INVALID_CONTEXT);
     *free_ = capacity > used ? capacity - used : 0; *total = capacity;
     LEAVE(OK);
