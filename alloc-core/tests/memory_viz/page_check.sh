@@ -70,8 +70,8 @@ import {{add_local_files}} from "./MemoryViz.js";
 add_local_files({files}, {json.dumps(sys.argv[2])});
 </script></body></html>""")
 PY
-        (cd "$site" && python3 -m http.server 0 --bind 127.0.0.1 >"$site/http.log" 2>&1 &
-            echo $! >"$site/http.pid")
+        python3 -m http.server 0 --bind 127.0.0.1 --directory "$site" >"$site/http.log" 2>&1 &
+        server=$!
         port=""
         for _ in $(seq 50); do
             port=$(grep -o 'port [0-9]*' "$site/http.log" | grep -o '[0-9]*' || true)
@@ -82,7 +82,8 @@ PY
         flags=(--headless=new --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,900 --virtual-time-budget=8000)
         timeout 60 "$chromium" "${flags[@]}" --screenshot="$out/$tag.png" "$url" >/dev/null 2>&1 || true
         dom=$(timeout 60 "$chromium" "${flags[@]}" --dump-dom "$url" 2>/dev/null || true)
-        kill "$(cat "$site/http.pid")"
+        kill "$server"
+        wait "$server" 2>/dev/null || true
         if grep -q "PAGE_ERROR [A-Z]" <<<"$dom"; then
             echo "FAIL $tag: $(grep -o 'PAGE_ERROR [A-Z][^<]*' <<<"$dom" | head -1)"
             fail=1
