@@ -1,6 +1,7 @@
 //! Compiles `libcuda_stub.c` into two shared libraries named `libcuda.so`
 //! (with and without the virtual-memory symbols) under `OUT_DIR`, and passes
-//! their paths to the crate as `STUB_LIBCUDA_VM` and `STUB_LIBCUDA_NO_VM`.
+//! their paths to the crate as `STUB_LIBCUDA_VM` and `STUB_LIBCUDA_NO_VM`
+//! (empty for targets other than Linux, where nothing is compiled).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +31,13 @@ fn build(out: &Path, variant: &str, defines: &[&str]) -> PathBuf {
 fn main() {
     println!("cargo::rerun-if-changed=libcuda_stub.c");
     println!("cargo::rerun-if-changed=build.rs");
+    // The stub is a Linux shared library (ELF soname, Linux mmap flags);
+    // other targets get no stub, and `stub()` says so if a test asks.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        println!("cargo::rustc-env=STUB_LIBCUDA_VM=");
+        println!("cargo::rustc-env=STUB_LIBCUDA_NO_VM=");
+        return;
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     let vm = build(&out, "vm", &[]);
     let no_vm = build(&out, "no-vm", &["-DSTUB_NO_VM"]);

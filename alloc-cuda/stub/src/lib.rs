@@ -17,9 +17,9 @@
 use std::ffi::{CString, c_char, c_int, c_long, c_void};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-/// The stub with the virtual-memory functions.
+/// The stub with the virtual-memory functions (empty off Linux).
 pub const LIBCUDA_VM: &str = env!("STUB_LIBCUDA_VM");
-/// The stub without them (a driver older than CUDA 10.2).
+/// The stub without them, a driver older than CUDA 10.2 (empty off Linux).
 pub const LIBCUDA_NO_VM: &str = env!("STUB_LIBCUDA_NO_VM");
 
 /// The stub's state is process-wide: tests that use it take this lock.
@@ -51,6 +51,10 @@ pub fn stub(no_vm: bool) -> (&'static Stub, MutexGuard<'static, ()>) {
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (stub, loaded_no_vm) = STUB.get_or_init(|| {
         let path = if no_vm { LIBCUDA_NO_VM } else { LIBCUDA_VM };
+        assert!(
+            !path.is_empty(),
+            "the stub driver is built for Linux targets only"
+        );
         let c = CString::new(path).expect("no NUL in the stub's path");
         // SAFETY: loading the stub runs no initialisers beyond libc's.
         let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
