@@ -5,7 +5,7 @@
 //! global allocator of the test binary; without one they panic instead of
 //! passing vacuously. Figures are exact when the closure runs on one thread.
 
-use alloc_core::scope::{ScopeStats, format_bytes, scope};
+use alloc_core::scope::{ScopeBuilder, ScopeGuard, ScopeStats, format_bytes};
 
 fn require_installed() {
     assert!(
@@ -14,10 +14,22 @@ fn require_installed() {
     );
 }
 
-/// Runs `f` in a fresh scope and returns its result with the scope's figures.
-pub fn measure<R>(name: &str, f: impl FnOnce() -> R) -> (R, ScopeStats) {
+/// Opens a fresh scope or panics with the reason (a full registry would
+/// otherwise measure the parent's figures).
+#[track_caller]
+fn fresh_scope(name: &str) -> ScopeGuard {
     require_installed();
-    let g = scope(name);
+    match ScopeBuilder::new(name).enter() {
+        Ok(g) => g,
+        Err(e) => panic!("cannot measure `{name}`: {e}"),
+    }
+}
+
+/// Runs `f` in a fresh scope and returns its result with the scope's figures.
+/// Panics when the allocator is not installed or the scope cannot be created.
+#[track_caller]
+pub fn measure<R>(name: &str, f: impl FnOnce() -> R) -> (R, ScopeStats) {
+    let g = fresh_scope(name);
     let r = f();
     let stats = g.stats();
     (r, stats)
@@ -58,8 +70,7 @@ pub fn assert_allocations_at_most<R>(max: u64, f: impl FnOnce() -> R) -> R {
 /// (its result is dropped first).
 #[track_caller]
 pub fn assert_no_leaks<R>(f: impl FnOnce() -> R) {
-    require_installed();
-    let g = scope("assert_no_leaks");
+    let g = fresh_scope("assert_no_leaks");
     drop(f());
     let s = g.stats();
     assert!(

@@ -10,8 +10,8 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use alloc_core::scope::{
-    ScopeId, cancel_host_alloc, cancel_host_realloc, charge_host_alloc, charge_host_free,
-    charge_host_realloc,
+    ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, finish_host_alloc,
+    finish_host_realloc, mark_host_allocator_seen,
 };
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
@@ -41,18 +41,18 @@ pub fn tracking_enabled() -> bool {
     TRACKING.load(Relaxed)
 }
 
-/// Whether a `TrackingAllocator` is this process's global allocator: allocates
-/// a small box inside a probe scope and checks that the scope saw it.
+/// Whether a `TrackingAllocator` is this process's global allocator. Every
+/// path of the allocator (tracking on or off, inside `untracked` too) notes
+/// that it ran; this allocates one small box if nothing was noted yet. It
+/// never touches the tracking switch, so it is safe to call while other
+/// threads allocate, with tracking off, and inside `untracked`.
 pub fn is_installed() -> bool {
-    let was = tracking_enabled();
-    set_tracking(true);
-    let g = alloc_core::scope::scope("alloc-host install probe");
+    if alloc_core::scope::host_allocator_seen() {
+        return true;
+    }
     let b = std::hint::black_box(Box::new(0u64));
-    let seen = g.stats().allocations > 0;
     drop(b);
-    drop(g);
-    set_tracking(was);
-    seen
+    alloc_core::scope::host_allocator_seen()
 }
 
 /// A global allocator that charges each allocation to the calling thread's
@@ -117,19 +117,40 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let Some((outer, h)) = outer(layout) else {
             return null_mut();
         };
-        let owner = if TRACKING.load(Relaxed) {
-            match charge_host_alloc(layout.size()) {
-                Some(owner) => owner,
-                None => return null_mut(),
+        if !TRACKING.load(Relaxed) {
+            mark_host_allocator_seen();
+            let base = get(&self.inner, outer);
+            if base.is_null() {
+                return base;
             }
-        } else {
-            ScopeId::UNTRACKED
+            // SAFETY: as below.
+            unsafe { return write_owner(base, h, ScopeId::UNTRACKED) };
+        }
+        // SAFETY: this is the global allocator's allocation path; the charge is
+        // finished exactly once below with the same size.
+        let Some(charge) = (unsafe { begin_host_alloc(layout.size()) }) else {
+            return null_mut();
         };
         let base = get(&self.inner, outer);
+        // SAFETY: finishes the charge begun above; a null block is charged
+        // nothing (a refused allocation leaves no trace).
+        unsafe { finish_host_alloc(charge, layout.size(), !base.is_null()) };
         if base.is_null() {
-            cancel_host_alloc(owner, layout.size());
             return base;
         }
+        // SAFETY: `base` is a live block of `outer.size() = size + h` bytes.
+        unsafe { write_owner(base, h, charge.owner()) }
+    }
+}
+
+/// Writes the owner word in front of the user pointer and returns it.
+///
+/// # Safety
+/// `base` is a live block of at least `h` bytes, aligned to `max(8, align)`,
+/// `h` a multiple of 8 and at least 8 (header.rs, H1).
+#[inline(always)]
+unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
+    {
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes, so
         // `base + h` is inside it or one past its end (size 0), and the 8 bytes
         // before it lie in the header (h >= 8). `base` is aligned to max(8,
@@ -166,6 +187,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
         // so the owner word sits at `ptr - 8` and the inner block starts at
         // `ptr - h` with layout `outer` (H1, H2).
+        // `charge_host_free`'s contract: the owner and size this allocator
+        // charged for this block.
         unsafe {
             let owner = ScopeId::from_bits(ptr.sub(WORD).cast::<u64>().read());
             charge_host_free(owner, layout.size());
@@ -181,15 +204,19 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         };
         // SAFETY: as in `dealloc`, the owner word is at `ptr - 8`.
         let owner = ScopeId::from_bits(unsafe { ptr.sub(WORD).cast::<u64>().read() });
-        if !charge_host_realloc(owner, layout.size(), new_size) {
+        // SAFETY: the global allocator's realloc path, for a live block charged
+        // to `owner`; finished exactly once below.
+        let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
             return null_mut();
-        }
+        };
         // SAFETY: the inner block is `ptr - h` with layout `outer`; `new_outer`
         // is non-zero and valid for its alignment (checked by outer_size). The
         // inner realloc keeps the first min(old, new) + h bytes, header included.
         let base = unsafe { self.inner.realloc(ptr.sub(h), outer, new_outer) };
+        // SAFETY: finishes the charge begun above; a failed realloc leaves the
+        // block and every figure as they were.
+        unsafe { finish_host_realloc(charge, layout.size(), new_size, !base.is_null()) };
         if base.is_null() {
-            cancel_host_realloc(owner, layout.size(), new_size);
             return base;
         }
         // SAFETY: `base` is the moved inner block of `new_outer = new_size + h`

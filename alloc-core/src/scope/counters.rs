@@ -92,28 +92,6 @@ impl Delta {
         }
     }
 
-    /// Takes back an [`Delta::alloc`] whose allocation then failed.
-    #[inline]
-    pub(crate) fn undo_alloc(&mut self, bytes: u64) {
-        self.allocations = self.allocations.wrapping_sub(1);
-        self.bytes_allocated = self.bytes_allocated.wrapping_sub(bytes);
-        self.live = self.live.wrapping_sub(bytes as i64);
-    }
-
-    /// Takes back a [`Delta::realloc`] whose reallocation then failed.
-    #[inline]
-    pub(crate) fn undo_realloc(&mut self, old: u64, new: u64) {
-        self.reallocs = self.reallocs.wrapping_sub(1);
-        if new >= old {
-            self.bytes_allocated = self.bytes_allocated.wrapping_sub(new - old);
-        } else {
-            self.bytes_freed = self.bytes_freed.wrapping_sub(old - new);
-        }
-        self.live = self
-            .live
-            .wrapping_sub((new as i64).wrapping_sub(old as i64));
-    }
-
     /// Net change in the number of live allocations.
     #[inline]
     pub(crate) fn net_allocations(&self) -> i64 {
@@ -195,15 +173,7 @@ impl Counters {
         before.wrapping_add(d.live)
     }
 
-    /// Adds `bytes` to live bytes and returns the new value, without touching the
-    /// peak or the totals (the reservation step of a hard budget).
-    pub(crate) fn reserve(&self, bytes: i64) -> i64 {
-        self.live_bytes
-            .fetch_add(bytes, Relaxed)
-            .wrapping_add(bytes)
-    }
-
-    /// Undoes [`Counters::reserve`].
+    /// Takes back bytes a budget reservation added to live bytes.
     pub(crate) fn unreserve(&self, bytes: i64) {
         self.live_bytes.fetch_sub(bytes, Relaxed);
     }

@@ -1,6 +1,7 @@
 //! Opening scopes: `scope(name)`, `ScopeBuilder` for budgets, `ScopeHandle` to
 //! share a scope with other threads, and `ScopeGuard`, the RAII entry.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -10,7 +11,7 @@ use super::id::ScopeId;
 use super::record::{OPEN, REF};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
-use super::thread::{self, switch_to};
+use super::thread::{self, EnterToken};
 
 /// Why a scope could not be opened as asked. Nothing is charged or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,10 +68,12 @@ type Callback = Arc<dyn Fn(&SoftLimitExceeded) + Send + Sync>;
 struct CallbackEntry {
     scope: ScopeId,
     callback: Callback,
-    fired: bool,
 }
 
-static CALLBACKS: Mutex<Vec<CallbackEntry>> = Mutex::new(Vec::new());
+/// Soft-limit callbacks not yet fired, by slot: at most one per slot, removed
+/// once fired or replaced when the slot is reused, so the table is bounded by
+/// the registry's capacity.
+static CALLBACKS: Mutex<Option<HashMap<u32, CallbackEntry>>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -87,6 +90,7 @@ pub(crate) fn name_of(slot: u32) -> String {
     match slot {
         0 => "process".to_owned(),
         1 => "unattributed".to_owned(),
+        2 => "retired".to_owned(),
         s => REGISTRY
             .record(s)
             .map_or_else(|| "?".to_owned(), |r| r.name.0.load()),
@@ -96,13 +100,22 @@ pub(crate) fn name_of(slot: u32) -> String {
 /// Opens a scope named `name` inside the calling thread's current scope and
 /// enters it; leaving happens when the guard drops.
 ///
-/// If all [`CAPACITY`](super::registry::CAPACITY) slots are in use the guard
-/// enters the current scope again, so charges still land in a parent and nothing
-/// fails; [`report`](super::report()) counts such scopes.
+/// Closed scopes that still own memory do not hold their slot when one is
+/// needed (their remaining figures move to `retired`), so the registry is full
+/// only when [`CAPACITY`](super::registry::CAPACITY) scopes are open at once.
+/// Then the guard enters the current scope again, so charges still land in a
+/// parent and nothing fails, and says so: [`ScopeGuard::is_fallback`] is true,
+/// its [`stats`](ScopeGuard::stats) are the parent's, [`report`](super::report())
+/// counts such scopes, and the test helpers refuse to measure with one. Use
+/// [`ScopeBuilder::enter`] to get the error instead.
 pub fn scope(name: &str) -> ScopeGuard {
     match thread::untracked(|| ScopeBuilder::new(name).build()) {
         Ok(h) => h.enter_owned(),
-        Err(_) => ScopeHandle::current().enter_owned(),
+        Err(_) => {
+            let mut g = ScopeHandle::current().enter_owned();
+            g.fallback = true;
+            g
+        }
     }
 }
 
@@ -198,13 +211,23 @@ impl ScopeBuilder {
         let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
         m.state.store(OPEN, Release);
         let id = ScopeId::new(slot, generation);
-        if let Some(cb) = self.on_soft {
-            lock(&CALLBACKS).push(CallbackEntry {
-                scope: id,
-                callback: cb,
-                fired: false,
-            });
+        let mut cbs = lock(&CALLBACKS);
+        let map = cbs.get_or_insert_with(HashMap::new);
+        match self.on_soft {
+            Some(cb) => {
+                map.insert(
+                    slot,
+                    CallbackEntry {
+                        scope: id,
+                        callback: cb,
+                    },
+                );
+            }
+            None => {
+                map.remove(&slot);
+            }
         }
+        drop(cbs);
         Ok(ScopeHandle { id })
     }
 
@@ -280,12 +303,29 @@ impl ScopeHandle {
     fn enter_owned(self) -> ScopeGuard {
         run_budget_callbacks();
         let direct = REGISTRY.budget_in_chain(self.id.slot());
-        let (prev, prev_direct) = switch_to(self.id, direct);
+        let token = thread::enter(self.id, direct);
         ScopeGuard {
             handle: self,
-            prev,
-            prev_direct,
+            token,
+            fallback: false,
             _not_send: PhantomData,
+        }
+    }
+
+    /// Wraps `f` so that it runs inside this scope on whatever thread calls it:
+    /// for `tokio::task::spawn_blocking`, rayon and thread pools. The closure
+    /// owns a handle, so it is `'static` and `Send` when `f` is.
+    ///
+    /// ```
+    /// let request = alloc_core::scope::ScopeBuilder::new("request").build().unwrap();
+    /// let work = request.bind(|| vec![0u8; 1024].len());
+    /// assert_eq!(std::thread::spawn(work).join().unwrap(), 1024);
+    /// ```
+    pub fn bind<R>(&self, f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+        let h = self.clone();
+        move || {
+            let _in = h.enter();
+            f()
         }
     }
 
@@ -320,7 +360,13 @@ impl Clone for ScopeHandle {
 
 impl Drop for ScopeHandle {
     fn drop(&mut self) {
-        REGISTRY.release_ref(self.id.slot(), now_ns());
+        let slot = self.id.slot();
+        if REGISTRY.close_ref(slot, now_ns()) {
+            // Still holding this handle's life reference: the slot cannot be
+            // retired or reused while the aggregate reads it.
+            super::aggregate::record_close(slot);
+        }
+        REGISTRY.adjust_life(slot, -REF);
     }
 }
 
@@ -333,13 +379,14 @@ impl std::fmt::Debug for ScopeHandle {
     }
 }
 
-/// The calling thread is inside a scope while this lives. Not `Send`: a guard
-/// restores the thread's previous scope when it drops, so guards must drop in
-/// the reverse order of their creation on the thread that made them.
+/// The calling thread is inside a scope while this lives. Not `Send` (it
+/// changes the scope of the thread that made it). Guards may drop in any order:
+/// the thread is in the most recently entered scope whose guard still lives
+/// (see the `thread` module docs in alloc-core's scope registry).
 pub struct ScopeGuard {
     handle: ScopeHandle,
-    prev: ScopeId,
-    prev_direct: bool,
+    token: EnterToken,
+    fallback: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -363,11 +410,18 @@ impl ScopeGuard {
     pub fn reset_peak(&self) {
         self.handle.reset_peak();
     }
+
+    /// True when the scope could not be created (every registry slot held by
+    /// an open scope) and this guard entered the current scope instead: its
+    /// figures are the parent's.
+    pub fn is_fallback(&self) -> bool {
+        self.fallback
+    }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        switch_to(self.prev, self.prev_direct);
+        thread::exit(self.token);
         run_budget_callbacks();
     }
 }
@@ -395,27 +449,31 @@ pub fn run_budget_callbacks() {
 fn due_callbacks() -> Vec<(Callback, SoftLimitExceeded)> {
     REGISTRY.soft_pending.store(0, Relaxed);
     let mut due = Vec::new();
-    {
-        let mut cbs = lock(&CALLBACKS);
-        cbs.retain(|e| REGISTRY.is_live(e.scope.slot(), e.scope.generation()));
-        for e in cbs.iter_mut().filter(|e| !e.fired) {
-            let Some(r) = REGISTRY.record(e.scope.slot()) else {
-                continue;
-            };
-            let over = r.meta.0.soft_exceeded.load(Relaxed);
-            if over != 0 {
-                e.fired = true;
-                due.push((
-                    e.callback.clone(),
-                    SoftLimitExceeded {
-                        scope: e.scope,
-                        name: name_of(e.scope.slot()),
-                        limit: r.meta.0.soft_limit.load(Relaxed),
-                        live_bytes: over,
-                    },
-                ));
-            }
+    let mut cbs = lock(&CALLBACKS);
+    let Some(map) = cbs.as_mut() else {
+        return due;
+    };
+    map.retain(|&slot, e| {
+        if !REGISTRY.is_live(slot, e.scope.generation()) {
+            return false;
         }
-    }
+        let Some(r) = REGISTRY.record(slot) else {
+            return false;
+        };
+        let over = r.meta.0.soft_exceeded.load(Relaxed);
+        if over == 0 {
+            return true;
+        }
+        due.push((
+            e.callback.clone(),
+            SoftLimitExceeded {
+                scope: e.scope,
+                name: name_of(slot),
+                limit: r.meta.0.soft_limit.load(Relaxed),
+                live_bytes: over,
+            },
+        ));
+        false
+    });
     due
 }

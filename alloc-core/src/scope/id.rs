@@ -17,6 +17,10 @@ impl ScopeId {
     /// Memory a thread allocates after its thread-local state was torn down (other
     /// thread-locals' destructors) is charged here, a child of the root.
     pub const UNATTRIBUTED: ScopeId = ScopeId::new(1, 0);
+    /// Live memory of closed scopes whose registry slot was recycled (see the
+    /// crate docs, "long-running processes"): a child of the root. Frees of such
+    /// blocks are charged here.
+    pub const RETIRED: ScopeId = ScopeId::new(2, 0);
     /// Memory allocated while tracking was off: charged nowhere, its free ignored.
     pub const UNTRACKED: ScopeId = ScopeId(u64::MAX);
 

@@ -44,7 +44,7 @@ fn loom_concurrent_batches_sum_exactly_and_bound_the_peak() {
 #[test]
 fn loom_a_record_retires_exactly_once() {
     loom::model(|| {
-        let reg = Arc::new(Registry::<4>::new());
+        let reg = Arc::new(Registry::<5>::new());
         let slot = reg.take_slot().unwrap();
         let r = reg.record(slot).unwrap();
         r.reset(Some(0), 1, 0);
@@ -73,7 +73,7 @@ fn loom_a_record_retires_exactly_once() {
 #[test]
 fn loom_free_list_never_hands_one_slot_to_two_owners() {
     loom::model(|| {
-        let reg = Arc::new(Registry::<4>::new());
+        let reg = Arc::new(Registry::<5>::new());
         let s0 = reg.take_slot().unwrap();
         let s1 = reg.take_slot().unwrap();
         reg.put_slot(s0);
@@ -95,7 +95,7 @@ fn loom_free_list_never_hands_one_slot_to_two_owners() {
 #[test]
 fn loom_a_parent_outlives_its_child() {
     loom::model(|| {
-        let reg = Arc::new(Registry::<4>::new());
+        let reg = Arc::new(Registry::<5>::new());
         let parent = reg.take_slot().unwrap();
         reg.record(parent).unwrap().reset(Some(0), 1, 0);
         let child = reg.take_slot().unwrap();

@@ -20,7 +20,11 @@ mod registry;
 mod sync;
 
 #[cfg(not(loom))]
+mod aggregate;
+#[cfg(not(loom))]
 mod handle;
+#[cfg(not(loom))]
+mod instrument;
 #[cfg(not(loom))]
 mod report;
 #[cfg(not(loom))]
@@ -37,19 +41,27 @@ pub use id::ScopeId;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
 #[cfg(not(loom))]
+pub use aggregate::{MAX_NAMES, OTHER, PeakSummary, ScopeAggregate, aggregate, aggregates};
+#[cfg(not(loom))]
 pub use handle::{
     ScopeBuilder, ScopeError, ScopeGuard, ScopeHandle, SoftLimitExceeded, run_budget_callbacks,
     scope,
 };
 #[cfg(not(loom))]
+pub use instrument::{InScope, Instrument};
+#[cfg(not(loom))]
 pub use report::{ScopeNode, ScopeTree, format_bytes, report, snapshot};
 #[cfg(not(loom))]
-pub use stats::{DeviceScopeStats, ScopeStats, process_stats, reset_peak};
+pub use stats::{
+    DeviceScopeStats, RegistryStats, ScopeStats, process_stats, registry_stats, reset_peak,
+};
 #[cfg(not(loom))]
 pub use thread::{
-    BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, cancel_host_alloc, cancel_host_realloc,
-    charge_device_alloc, charge_device_free, charge_host_alloc, charge_host_free,
-    charge_host_realloc, current, flush, untracked,
+    BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, STACK_MAX, begin_host_alloc,
+    begin_host_realloc, charge_host_free, current, finish_host_alloc, finish_host_realloc, flush,
+    host_allocator_seen, mark_host_allocator_seen, untracked,
 };
+#[cfg(not(loom))]
+pub(crate) use thread::{charge_device_alloc, charge_device_free};
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

@@ -8,6 +8,12 @@
 //!   exactly once (a single atomic add observes the zero).
 //! - R2 a record's parent outlives it: a child holds one ref on its parent until
 //!   it retires.
+//! - R4 (E1) a slot is recycled while it still owns memory only from the
+//!   CLOSED state (no handle, guard or child holds it): the recycler claims it
+//!   (CLOSED → EVICTING), bumps its generation, waits until `pins` is 0, then
+//!   moves its remaining live figures to `retired`. A charge to an owner pins
+//!   the slot, then compares the generation: a stale id is charged to
+//!   `retired`, so no charge ever lands on a recycled slot.
 //! - R3 the all-zero bit pattern is a valid free record, so the registry lives
 //!   in `.bss` and works before `main`.
 
@@ -21,6 +27,8 @@ pub(crate) const REF: i64 = 1 << 32;
 pub(crate) const FREE: u8 = 0;
 pub(crate) const OPEN: u8 = 1;
 pub(crate) const CLOSED: u8 = 2;
+/// Claimed by the registry to recycle a closed slot that still owns memory.
+pub(crate) const EVICTING: u8 = 3;
 
 /// Keeps a group of atomics on its own cache line.
 #[repr(align(64))]
@@ -40,6 +48,9 @@ pub(crate) struct Meta {
     pub refs: AtomicU32,
     /// Next free slot + 1 while on the free list.
     pub next_free: AtomicU32,
+    /// Charges in flight to this slot from threads that are not inside it
+    /// (frees of blocks it owns): recycling waits until none is (E1).
+    pub pins: AtomicU32,
     /// Host live-byte budgets; 0 means none.
     pub hard_limit: AtomicU64,
     pub soft_limit: AtomicU64,
@@ -108,6 +119,7 @@ macro_rules! meta_new {
             life: AtomicI64::new(0),
             refs: AtomicU32::new(0),
             next_free: AtomicU32::new(0),
+            pins: AtomicU32::new(0),
             hard_limit: AtomicU64::new(0),
             soft_limit: AtomicU64::new(0),
             soft_exceeded: AtomicU64::new(0),

@@ -5,22 +5,31 @@
 //! - G1 a slot is on the free list, or handed out by bumping, at most once at a
 //!   time (tagged Treiber stack: each successful pop or push bumps the tag, so an
 //!   ABA interleaving fails its compare-and-swap).
-//! - G2 slots 0 (the process) and 1 (unattributed) are fixed: never retired,
-//!   never on the free list; slot 1's parent is slot 0.
+//! - G2 slots 0 (the process), 1 (unattributed) and 2 (retired) are fixed:
+//!   never retired, never on the free list; the parent of slots 1 and 2 is 0.
 //! - G3 every walk up a chain stops at the root; it is bounded by
 //!   [`MAX_DEPTH`] as well, so a corrupted link cannot loop.
 //!
-//! Nothing here allocates, locks or panics: the host allocator calls it.
+//! - G4 budgets: for a scope with a hard limit `L`, live bytes never exceed
+//!   `L` (a reservation is a compare-and-swap that checks the limit), so no
+//!   other thread ever sees a refused request's bytes there, and the peak is
+//!   at most `L`.
+//!
+//! Nothing here allocates, locks or panics: the host allocator calls it. The one
+//! wait (E1 in `record.rs`, recycling a closed slot) happens only when a scope
+//! is opened, never in an allocator path.
 
 use super::counters::{Counters, Delta};
-use super::record::{CLOSED, FREE, REF, Record};
+use super::record::{CLOSED, EVICTING, FREE, REF, Record};
 use super::sync::{AtomicU32, AtomicU64, Ordering::*};
 
 /// Scopes that can exist at once (open, or closed but still owning memory).
 /// 16,384 records of 256 B: 4 MiB of zeroed address space, touched on use.
 pub const CAPACITY: usize = 16_384;
-/// Slots 0 and 1 (G2).
-pub(crate) const FIXED: u32 = 2;
+/// Slots 0, 1 and 2 (G2).
+pub(crate) const FIXED: u32 = 3;
+/// The fixed slot that receives the live figures of recycled scopes.
+pub(crate) const RETIRED: u32 = 2;
 /// Longest parent chain followed; deeper nesting is charged up to this depth.
 pub const MAX_DEPTH: u32 = 1024;
 
@@ -34,6 +43,10 @@ pub(crate) struct Registry<const N: usize> {
     pub(crate) dropped: AtomicU64,
     /// Soft-limit crossings not yet reported to callbacks.
     pub(crate) soft_pending: AtomicU32,
+    /// Closed scopes whose slot was recycled while they still owned memory.
+    pub(crate) evicted: AtomicU64,
+    /// Where the next search for a slot to recycle starts.
+    evict_cursor: AtomicU32,
 }
 
 impl<const N: usize> Registry<N> {
@@ -45,6 +58,8 @@ impl<const N: usize> Registry<N> {
             next_unused: AtomicU32::new(0),
             dropped: AtomicU64::new(0),
             soft_pending: AtomicU32::new(0),
+            evicted: AtomicU64::new(0),
+            evict_cursor: AtomicU32::new(0),
         }
     }
 
@@ -56,6 +71,8 @@ impl<const N: usize> Registry<N> {
             next_unused: AtomicU32::new(0),
             dropped: AtomicU64::new(0),
             soft_pending: AtomicU32::new(0),
+            evicted: AtomicU64::new(0),
+            evict_cursor: AtomicU32::new(0),
         }
     }
 
@@ -73,7 +90,7 @@ impl<const N: usize> Registry<N> {
     pub(crate) fn parent(&self, slot: u32) -> Option<u32> {
         match slot {
             0 => None,
-            1 => Some(0),
+            1 | RETIRED => Some(0),
             s => self.record(s).and_then(Record::parent),
         }
     }
@@ -100,6 +117,9 @@ impl<const N: usize> Registry<N> {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
             if slot as usize >= N {
+                if let Some(slot) = self.evict_one() {
+                    return Some(slot);
+                }
                 self.dropped.fetch_add(1, Relaxed);
                 return None;
             }
@@ -159,18 +179,111 @@ impl<const N: usize> Registry<N> {
         self.adjust_life(owner, d.net_allocations());
     }
 
-    /// Charges one operation to `owner`'s chain, enforcing hard limits when it
-    /// adds live host bytes. Returns false (and changes nothing) if a limit
-    /// refuses it.
-    pub(crate) fn charge(&self, owner: u32, d: &Delta, device: bool) -> bool {
-        let limited = d.live > 0 && !device && self.budget_in_chain(owner);
-        if !limited {
-            self.apply_batch(owner, d, device);
-            return true;
+    /// Pins `owner`'s slot for a charge from outside the scope (E1) and
+    /// returns the slot to charge: the owner's, or [`RETIRED`] when the owner's
+    /// slot was recycled. Every `Some(slot)` with `slot >= FIXED` must be
+    /// followed by [`Registry::unpin`].
+    #[inline]
+    pub(crate) fn pin(&self, owner: u32, generation: u32) -> u32 {
+        if owner < FIXED {
+            return owner;
         }
-        if !self.reserve_chain(owner, d.live) {
-            return false;
+        let Some(r) = self.record(owner) else {
+            return RETIRED;
+        };
+        let m = &r.meta.0;
+        m.pins.fetch_add(1, SeqCst);
+        if m.generation.load(SeqCst) == generation {
+            owner
+        } else {
+            m.pins.fetch_sub(1, Release);
+            RETIRED
         }
+    }
+
+    /// Ends a [`Registry::pin`].
+    #[inline]
+    pub(crate) fn unpin(&self, slot: u32) {
+        if slot < FIXED {
+            return;
+        }
+        if let Some(r) = self.record(slot) {
+            r.meta.0.pins.fetch_sub(1, Release);
+        }
+    }
+
+    /// Applies one operation (or a batch) of `owner`, a scope that may be
+    /// closed or recycled, from any thread: pinned, so a recycled owner's
+    /// charge goes to `retired` instead.
+    pub(crate) fn charge_owner(&self, owner: super::ScopeId, d: &Delta, device: bool) {
+        let slot = self.pin(owner.slot(), owner.generation());
+        self.apply_batch(slot, d, device);
+        self.unpin(slot);
+    }
+
+    /// Reserves `bytes` of host live bytes along `owner`'s chain, checking every
+    /// hard limit with a compare-and-swap (G4); returns false, with nothing
+    /// changed, when a limit refuses.
+    pub(crate) fn reserve_chain(&self, owner: u32, bytes: i64) -> bool {
+        let mut cur = Some(owner);
+        let mut steps = 0;
+        while let Some(slot) = cur {
+            let Some(r) = self.record(slot) else { break };
+            let hard = r.meta.0.hard_limit.load(Relaxed);
+            let live = &r.host.0.live_bytes;
+            if hard == 0 {
+                live.fetch_add(bytes, Relaxed);
+            } else {
+                let mut seen = live.load(Relaxed);
+                loop {
+                    let new = i128::from(seen) + i128::from(bytes);
+                    if new > i128::from(hard) {
+                        r.meta.0.refused.fetch_add(1, Relaxed);
+                        self.unreserve_until(owner, slot, bytes);
+                        return false;
+                    }
+                    match live.compare_exchange_weak(seen, new as i64, Relaxed, Relaxed) {
+                        Ok(_) => break,
+                        Err(now) => seen = now,
+                    }
+                }
+            }
+            steps += 1;
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
+        }
+        true
+    }
+
+    /// Takes back a whole [`Registry::reserve_chain`] (the allocation failed).
+    pub(crate) fn unreserve_chain(&self, owner: u32, bytes: i64) {
+        self.unreserve_until(owner, u32::MAX, bytes);
+    }
+
+    fn unreserve_until(&self, owner: u32, stop: u32, bytes: i64) {
+        let mut cur = Some(owner);
+        let mut steps = 0;
+        while let Some(slot) = cur {
+            if slot == stop {
+                return;
+            }
+            let Some(r) = self.record(slot) else { return };
+            r.host.0.unreserve(bytes);
+            steps += 1;
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
+        }
+    }
+
+    /// Records the totals and peaks of an operation whose live bytes
+    /// [`Registry::reserve_chain`] reserved, and its life change.
+    pub(crate) fn commit_reserved(&self, owner: u32, d: &Delta) {
         let mut cur = Some(owner);
         let mut steps = 0;
         while let Some(slot) = cur {
@@ -187,49 +300,27 @@ impl<const N: usize> Registry<N> {
             };
         }
         self.adjust_life(owner, d.net_allocations());
-        true
     }
 
-    /// Adds `bytes` to live bytes up the chain unless some hard limit would be
-    /// exceeded, in which case everything added is taken back.
-    fn reserve_chain(&self, owner: u32, bytes: i64) -> bool {
-        let mut cur = Some(owner);
-        let mut steps = 0;
-        while let Some(slot) = cur {
-            let Some(r) = self.record(slot) else { break };
-            let new = r.host.0.reserve(bytes);
-            let hard = r.meta.0.hard_limit.load(Relaxed);
-            if hard != 0 && new > hard as i64 {
-                r.host.0.unreserve(bytes);
-                r.meta.0.refused.fetch_add(1, Relaxed);
-                self.unreserve_until(owner, slot, bytes);
-                return false;
-            }
-            steps += 1;
-            cur = if steps < MAX_DEPTH {
-                self.parent(slot)
-            } else {
-                None
-            };
+    /// Charges one operation to `owner`'s chain (a scope that cannot be
+    /// recycled meanwhile: open, or fixed), enforcing hard limits when it adds
+    /// live host bytes. Returns false (and changes nothing) if a limit refuses.
+    pub(crate) fn charge(&self, owner: u32, d: &Delta, device: bool) -> bool {
+        let limited = d.live > 0 && !device && self.budget_in_chain(owner);
+        if !limited {
+            self.apply_batch(owner, d, device);
+            return true;
         }
+        if !self.reserve_chain(owner, d.live) {
+            return false;
+        }
+        self.commit_reserved(owner, d);
         true
-    }
-
-    fn unreserve_until(&self, owner: u32, stop: u32, bytes: i64) {
-        let mut cur = Some(owner);
-        while let Some(slot) = cur {
-            if slot == stop {
-                return;
-            }
-            let Some(r) = self.record(slot) else { return };
-            r.host.0.unreserve(bytes);
-            cur = self.parent(slot);
-        }
     }
 
     fn check_soft(&self, r: &Record, live: i64) {
         let soft = r.meta.0.soft_limit.load(Relaxed);
-        if soft != 0 && live > soft as i64 {
+        if soft != 0 && i128::from(live) > i128::from(soft) {
             let prev = r.meta.0.soft_exceeded.fetch_max(live as u64, Relaxed);
             if prev == 0 {
                 self.soft_pending.fetch_add(1, Release);
@@ -249,51 +340,166 @@ impl<const N: usize> Registry<N> {
         }
     }
 
-    /// Drops one handle reference: closes the scope when it was the last.
-    pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
+    /// Drops one handle reference without touching the life word; returns
+    /// true when it was the last (the scope is now closed). The caller then
+    /// calls `adjust_life(slot, -REF)`.
+    pub(crate) fn close_ref(&self, slot: u32, now_ns: u64) -> bool {
         if slot < FIXED {
-            return;
+            return false;
         }
-        let Some(r) = self.record(slot) else { return };
+        let Some(r) = self.record(slot) else {
+            return false;
+        };
         if r.meta.0.refs.fetch_sub(1, AcqRel) == 1 {
             r.meta.0.closed_ns.store(now_ns, Relaxed);
             r.meta.0.state.store(CLOSED, Release);
+            return true;
         }
+        false
+    }
+
+    /// Drops one handle reference: closes the scope when it was the last.
+    #[cfg(any(loom, test))]
+    pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
+        self.close_ref(slot, now_ns);
         self.adjust_life(slot, -REF);
     }
 
     /// Frees a slot whose life word reached zero, folding its figures into its
-    /// parent and releasing the parent's child reference (iteratively).
+    /// parent and releasing the parent's child reference (iteratively). A slot
+    /// being recycled (EVICTING) is left to the recycler.
     fn retire(&self, first: u32) {
         let mut slot = first;
         loop {
             let Some(r) = self.record(slot) else { return };
-            let parent = self.parent(slot);
-            if let Some(pr) = parent.and_then(|p| self.record(p)) {
-                let m = &pr.meta.0;
-                m.closed_children.fetch_add(1, Relaxed);
-                m.closed_children_peak
-                    .fetch_max(r.host.0.peak_bytes.load(Relaxed), Relaxed);
-                m.closed_children_device_peak
-                    .fetch_max(r.device.0.peak_bytes.load(Relaxed), Relaxed);
+            if r.meta.0.state.load(Acquire) == EVICTING {
+                return;
             }
+            let Some(parent) = self.fold_into_parent(slot) else {
+                r.meta.0.state.store(FREE, Release);
+                self.put_slot(slot);
+                return;
+            };
             r.meta.0.state.store(FREE, Release);
             self.put_slot(slot);
-            match parent {
-                Some(p) if p >= FIXED => {
-                    let pr = match self.record(p) {
-                        Some(pr) => pr,
-                        None => return,
-                    };
-                    if pr.meta.0.life.fetch_sub(REF, AcqRel) == REF {
-                        slot = p;
-                        continue;
-                    }
-                    return;
-                }
-                _ => return,
+            match self.drop_child_ref(parent) {
+                Some(p) => slot = p,
+                None => return,
             }
         }
+    }
+
+    /// Records a closing child's peaks in its parent; returns the parent.
+    fn fold_into_parent(&self, slot: u32) -> Option<u32> {
+        let r = self.record(slot)?;
+        let parent = self.parent(slot);
+        if let Some(pr) = parent.and_then(|p| self.record(p)) {
+            let m = &pr.meta.0;
+            m.closed_children.fetch_add(1, Relaxed);
+            m.closed_children_peak
+                .fetch_max(r.host.0.peak_bytes.load(Relaxed), Relaxed);
+            m.closed_children_device_peak
+                .fetch_max(r.device.0.peak_bytes.load(Relaxed), Relaxed);
+        }
+        parent
+    }
+
+    /// Releases a child's reference on `parent`; returns it when that was its
+    /// last life (it must retire next).
+    fn drop_child_ref(&self, parent: u32) -> Option<u32> {
+        if parent < FIXED {
+            return None;
+        }
+        let pr = self.record(parent)?;
+        (pr.meta.0.life.fetch_sub(REF, AcqRel) == REF).then_some(parent)
+    }
+
+    /// Recycles one closed slot that still owns memory (E1): its remaining
+    /// live figures move to [`RETIRED`], and the slot is returned for reuse.
+    fn evict_one(&self) -> Option<u32> {
+        let high = self.high_water();
+        if high <= FIXED {
+            return None;
+        }
+        let span = high - FIXED;
+        let start = self.evict_cursor.fetch_add(1, Relaxed) % span;
+        for i in 0..span {
+            let slot = FIXED + (start + i) % span;
+            let Some(r) = self.record(slot) else { continue };
+            if r.meta.0.state.load(Acquire) != CLOSED {
+                continue;
+            }
+            if r.meta
+                .0
+                .state
+                .compare_exchange(CLOSED, EVICTING, AcqRel, Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            self.evict(slot, r);
+            self.evict_cursor.store(start + i + 1, Relaxed);
+            return Some(slot);
+        }
+        None
+    }
+
+    /// The recycling itself, on a slot this thread claimed (EVICTING).
+    fn evict(&self, slot: u32, r: &Record) {
+        let m = &r.meta.0;
+        m.generation.fetch_add(1, SeqCst);
+        while m.pins.load(SeqCst) != 0 {
+            super::sync::spin();
+        }
+        // Exclusive now: no charge can reach this slot (E1). Its counters hold
+        // its own live figures only (children hold a reference while open, and
+        // closed children either retired with nothing live or were recycled,
+        // moving their live figures out of this chain).
+        for device in [false, true] {
+            let v = counters(r, device).read();
+            let live = v.live_bytes;
+            let blocks = v.allocations.wrapping_sub(v.frees);
+            if live == 0 && blocks == 0 {
+                continue;
+            }
+            // The ancestors see the blocks as freed; `retired` as allocated.
+            let mut out = Delta::EMPTY;
+            out.frees = blocks;
+            out.bytes_freed = live as u64;
+            out.live = -live;
+            let mut into = Delta::EMPTY;
+            into.allocations = blocks;
+            into.bytes_allocated = live as u64;
+            into.live = live;
+            into.max_prefix = live.max(0);
+            let mut cur = self.parent(slot);
+            let mut steps = 0;
+            while let Some(p) = cur {
+                if p == 0 {
+                    break;
+                }
+                if let Some(pr) = self.record(p) {
+                    counters(pr, device).apply(&out);
+                }
+                steps += 1;
+                cur = if steps < MAX_DEPTH {
+                    self.parent(p)
+                } else {
+                    None
+                };
+            }
+            if let Some(rr) = self.record(RETIRED) {
+                counters(rr, device).apply(&into);
+            }
+        }
+        self.evicted.fetch_add(1, Relaxed);
+        m.life.store(0, Relaxed);
+        if let Some(parent) = self.fold_into_parent(slot) {
+            if let Some(p) = self.drop_child_ref(parent) {
+                self.retire(p);
+            }
+        }
+        m.state.store(FREE, Release);
     }
 
     /// Whether `slot` currently holds generation `generation` and is in use.

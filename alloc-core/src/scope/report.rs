@@ -46,7 +46,7 @@ fn snapshot_untracked() -> ScopeTree {
             continue;
         };
         let generation = r.meta.0.generation.load(Acquire);
-        if slot >= 2 && r.meta.0.state.load(Acquire) == FREE {
+        if slot >= super::registry::FIXED && r.meta.0.state.load(Acquire) == FREE {
             continue;
         }
         let stats = ScopeStats::read(slot);

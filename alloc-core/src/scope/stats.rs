@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::counters::CounterValues;
 use super::handle::{name_of, now_ns};
 use super::record::{CLOSED, FREE};
-use super::registry::REGISTRY;
+use super::registry::{CAPACITY, FIXED, REGISTRY};
 use super::thread;
 
 /// Device-memory figures of a scope (bytes from the caching engine).
@@ -113,10 +113,10 @@ impl ScopeStats {
             live_allocations: h.allocations.saturating_sub(h.frees),
             device: device_stats(&d),
             wall_time: Duration::from_nanos(end.saturating_sub(opened)),
-            open: slot < 2 || (state != CLOSED && state != FREE),
+            open: slot < FIXED || (state != CLOSED && state != FREE),
             depth: match slot {
                 0 => 0,
-                1 => 1,
+                1 | 2 => 1,
                 _ => m.depth.load(Relaxed),
             },
             hard_limit: opt(m.hard_limit.load(Relaxed)),
@@ -157,5 +157,40 @@ pub fn reset_peak() {
             r.host.0.reset_peak();
             r.device.0.reset_peak();
         }
+    }
+}
+
+/// How full the scope registry is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RegistryStats {
+    /// Records in the registry (fixed ones included).
+    pub capacity: usize,
+    /// Records in use now: open scopes, and closed ones still owning memory.
+    pub in_use: usize,
+    /// Scopes that could not be created because every record held an open
+    /// scope (their guards entered the parent instead).
+    pub not_created: u64,
+    /// Closed scopes whose record was recycled while they still owned memory
+    /// (their live figures moved to `retired`).
+    pub recycled: u64,
+}
+
+/// The registry's occupancy (for metrics: a server watching `not_created`).
+pub fn registry_stats() -> RegistryStats {
+    let mut in_use = 0;
+    for slot in 0..REGISTRY.high_water() {
+        if slot < FIXED
+            || REGISTRY
+                .record(slot)
+                .is_some_and(|r| r.meta.0.state.load(Relaxed) != FREE)
+        {
+            in_use += 1;
+        }
+    }
+    RegistryStats {
+        capacity: CAPACITY,
+        in_use,
+        not_created: REGISTRY.dropped.load(Relaxed),
+        recycled: REGISTRY.evicted.load(Relaxed),
     }
 }

@@ -1,5 +1,17 @@
-//! Per-thread state: the scope this thread is in, and the batches of host and
-//! device charges not yet applied to the shared counters.
+//! Per-thread state: the stack of scopes this thread entered, and the batches
+//! of host and device charges not yet applied to the shared counters.
+//!
+//! # Which scope a thread is in
+//! Each thread keeps a stack of the guards it holds (see
+//! [`ScopeGuard`](super::ScopeGuard)). The thread's current scope is the most
+//! recently entered scope whose guard is still alive; the process root when it
+//! holds none. Dropping a guard removes *its* entry wherever it is in the stack,
+//! so guards may drop in any order (a `Vec` of guards, struct fields, two tasks
+//! interleaved on one thread): dropping an older guard while a newer one lives
+//! leaves the thread in the newer scope, and no scope ever becomes current again
+//! after its guard dropped. Beyond [`STACK_MAX`] nested guards on one thread,
+//! further guards restore the scope they found when they drop (the classic
+//! last-in-first-out rule).
 //!
 //! # Exactness
 //! A thread applies its batch when the batch's net live bytes leave
@@ -19,15 +31,25 @@
 //! - device charges are batched the same way, with [`DEVICE_BATCH_BYTES`] in
 //!   place of `BATCH_BYTES`;
 //! - a chain with a budget is never batched: its live bytes are exact at every
-//!   moment and a hard limit is never overshot.
+//!   moment and a hard limit is never overshot;
+//! - an allocation is charged only once the inner allocator returned memory: a
+//!   refused allocation leaves no trace (with a budget, its bytes are reserved
+//!   first and taken back, never counted in a peak).
 //!
-//! # Thread teardown
+//! # Thread exit
 //! The state is a `const`, `Drop`-free thread-local, usable at any point of a
-//! thread's life. A second thread-local with a destructor flushes the batch when
-//! the thread exits; after that, the thread's charges go unbatched to
+//! thread's life. On Unix a thread's first charge (before anything is batched)
+//! attaches a value to a process-wide `pthread` key whose destructor applies
+//! the batch when the thread exits, after the other thread-locals' destructors
+//! ran; `pthread_setspecific` neither allocates nor registers a destructor, so
+//! nothing is registered from inside the allocator path. Every thread's
+//! charges reach the totals, however early it exits. A thread that cannot get
+//! the key (or on other platforms, until it enters a scope) charges unbatched.
+//! After the destructor ran, the thread's remaining charges go unbatched to
 //! [`ScopeId::UNATTRIBUTED`], and frees to their owner, so nothing is lost.
 
 use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use super::counters::Delta;
 use super::id::ScopeId;
@@ -42,26 +64,63 @@ pub const BATCH_BYTES: i64 = 256 << 10;
 pub const DEVICE_BATCH_BYTES: i64 = 64 << 20;
 /// Operations a thread may hold back before applying its batch.
 pub const BATCH_OPS: u32 = super::counters::OPS_PER_BATCH;
+/// Guards one thread can hold at once with any-order drop semantics (see the
+/// module docs); deeper nesting falls back to last-in-first-out.
+pub const STACK_MAX: usize = 64;
 
 const NORMAL: u8 = 0;
-/// Inside our own bookkeeping (registering the exit hook): charge unbatched.
+/// Inside our own bookkeeping (attaching the exit hook): charge unbatched.
 const REENTRANT: u8 = 1;
 /// The exit hook ran: charge unbatched to UNATTRIBUTED.
 const TORN_DOWN: u8 = 2;
 /// Inside [`untracked`]: new blocks are charged nowhere.
 const SUSPENDED: u8 = 3;
 
+/// Exit hook states.
+const HOOK_NONE: u8 = 0;
+const HOOK_SET: u8 = 1;
+/// No hook can be attached: this thread charges unbatched.
+const HOOK_UNAVAILABLE: u8 = 2;
+
+/// Set once a host allocation went through a tracking allocator (see
+/// [`host_allocator_seen`]).
+static HOST_SEEN: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, Copy)]
+struct Entry {
+    seq: u64,
+    id: ScopeId,
+    direct: bool,
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        seq: 0,
+        id: ScopeId::ROOT,
+        direct: false,
+    };
+}
+
+struct Stack {
+    len: usize,
+    next_seq: u64,
+    /// Guards entered beyond `STACK_MAX` and still held.
+    overflow: u32,
+    entries: [Entry; STACK_MAX],
+}
+
 pub(crate) struct ThreadState {
     pub(crate) current: Cell<ScopeId>,
     /// The current chain has a budget: charge unbatched.
     pub(crate) direct: Cell<bool>,
     mode: Cell<u8>,
-    /// `mode == NORMAL && !direct`, kept in one flag for the fast path.
+    /// `mode == NORMAL && !direct && hook == HOOK_SET`, one flag for the fast path.
     fast: Cell<bool>,
-    hooked: Cell<bool>,
+    hook: Cell<u8>,
     batch: UnsafeCell<Delta>,
     /// Device charges, batched the same way.
     device_batch: UnsafeCell<Delta>,
+    stack: UnsafeCell<Stack>,
 }
 
 impl ThreadState {
@@ -70,10 +129,16 @@ impl ThreadState {
             current: Cell::new(ScopeId::ROOT),
             direct: Cell::new(false),
             mode: Cell::new(NORMAL),
-            fast: Cell::new(true),
-            hooked: Cell::new(false),
+            fast: Cell::new(false),
+            hook: Cell::new(HOOK_NONE),
             batch: UnsafeCell::new(Delta::EMPTY),
             device_batch: UnsafeCell::new(Delta::EMPTY),
+            stack: UnsafeCell::new(Stack {
+                len: 0,
+                next_seq: 0,
+                overflow: 0,
+                entries: [Entry::EMPTY; STACK_MAX],
+            }),
         }
     }
 
@@ -82,14 +147,20 @@ impl ThreadState {
         self.fast.get()
     }
 
-    fn set_mode(&self, mode: u8) {
-        self.mode.set(mode);
-        self.fast.set(mode == NORMAL && !self.direct.get());
+    fn refresh(&self) {
+        self.fast
+            .set(self.mode.get() == NORMAL && !self.direct.get() && self.hook.get() == HOOK_SET);
     }
 
-    fn set_direct(&self, direct: bool) {
+    fn set_mode(&self, mode: u8) {
+        self.mode.set(mode);
+        self.refresh();
+    }
+
+    fn set_current(&self, id: ScopeId, direct: bool) {
+        self.current.set(id);
         self.direct.set(direct);
-        self.fast.set(self.mode.get() == NORMAL && !direct);
+        self.refresh();
     }
 
     /// Runs `f` on this thread's batch.
@@ -107,44 +178,163 @@ impl ThreadState {
         // SAFETY: as `with_batch`: thread-local, and `f` does not re-enter.
         f(unsafe { &mut *self.device_batch.get() })
     }
+
+    /// Runs `f` on this thread's guard stack.
+    fn with_stack<R>(&self, f: impl FnOnce(&mut Stack) -> R) -> R {
+        // SAFETY: thread-local; `f` (the push/remove below) neither allocates
+        // nor re-enters this module.
+        f(unsafe { &mut *self.stack.get() })
+    }
+
+    /// Attaches the exit hook if this thread has none yet. Called on the
+    /// thread's first charge and on scope entry.
+    #[cold]
+    fn attach_hook(&self) {
+        if self.hook.get() != HOOK_NONE || self.mode.get() != NORMAL {
+            return;
+        }
+        self.set_mode(REENTRANT);
+        self.hook.set(exit_hook::attach());
+        self.set_mode(NORMAL);
+    }
 }
 
 thread_local! {
     static STATE: ThreadState = const { ThreadState::new() };
-    static EXIT_HOOK: ExitHook = const { ExitHook };
 }
 
-/// Flushes the batch when its thread exits.
-struct ExitHook;
+/// Runs at thread exit: applies the batches, then charges the rest unbatched.
+fn on_thread_exit() {
+    let _ = STATE.try_with(|s| {
+        flush_state(s);
+        s.set_mode(TORN_DOWN);
+        s.set_current(ScopeId::UNATTRIBUTED, false);
+    });
+}
 
-impl Drop for ExitHook {
-    fn drop(&mut self) {
-        STATE.with(|s| {
-            flush_state(s);
-            s.set_mode(TORN_DOWN);
-            s.current.set(ScopeId::UNATTRIBUTED);
-        });
+#[cfg(unix)]
+mod exit_hook {
+    //! A process-wide pthread key whose destructor flushes the exiting
+    //! thread's batch. `pthread_key_create` runs once; a thread attaches with
+    //! `pthread_setspecific`, which stores into the thread's own key table
+    //! (no allocation for the first keys on glibc and macOS; an allocation it
+    //! might make for a high key index is charged unbatched, as REENTRANT).
+    use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::*};
+
+    static STATE: AtomicU8 = AtomicU8::new(0); // 0 none, 1 creating, 2 ready, 3 failed
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn destructor(_: *mut libc::c_void) {
+        super::on_thread_exit();
     }
+
+    /// The key; `Err(true)` when another thread is creating it (try later),
+    /// `Err(false)` when none can be had.
+    fn key() -> Result<libc::pthread_key_t, bool> {
+        loop {
+            match STATE.load(Acquire) {
+                2 => return Ok(KEY.load(Relaxed) as libc::pthread_key_t),
+                3 => return Err(false),
+                1 => return Err(true),
+                _ => {}
+            }
+            if STATE.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
+                continue;
+            }
+            let mut k: libc::pthread_key_t = 0;
+            // SAFETY: `k` is a valid out-pointer; `destructor` is a plain
+            // `extern "C"` function that lives for the whole process.
+            let rc = unsafe { libc::pthread_key_create(&mut k, Some(destructor)) };
+            if rc == 0 {
+                KEY.store(k as usize, Relaxed);
+                STATE.store(2, Release);
+                return Ok(k);
+            }
+            STATE.store(3, Release);
+            return Err(false);
+        }
+    }
+
+    /// Attaches the calling thread; returns its new hook state.
+    pub(super) fn attach() -> u8 {
+        let k = match key() {
+            Ok(k) => k,
+            Err(true) => return super::HOOK_NONE,
+            Err(false) => return super::HOOK_UNAVAILABLE,
+        };
+        let marker = core::ptr::NonNull::<u8>::dangling().as_ptr().cast();
+        // SAFETY: `k` is a key created above; the value is a non-null marker
+        // that is never dereferenced (the destructor ignores it).
+        if unsafe { libc::pthread_setspecific(k, marker) } == 0 {
+            super::HOOK_SET
+        } else {
+            super::HOOK_UNAVAILABLE
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod exit_hook {
+    //! Elsewhere a thread-local with a destructor, attached only from scope
+    //! entry (never from the allocator path): until then the thread charges
+    //! unbatched.
+    struct Hook;
+    impl Drop for Hook {
+        fn drop(&mut self) {
+            super::on_thread_exit();
+        }
+    }
+    thread_local! {
+        static HOOK: Hook = const { Hook };
+    }
+    pub(super) fn attach() -> u8 {
+        if super::ENTERING.with(|e| e.get()) && HOOK.try_with(|_| ()).is_ok() {
+            super::HOOK_SET
+        } else {
+            super::HOOK_NONE
+        }
+    }
+}
+
+#[cfg(not(unix))]
+thread_local! {
+    static ENTERING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Applies this thread's batch to the shared counters.
 pub(crate) fn flush_state(s: &ThreadState) {
     let d = s.with_batch(|b| core::mem::replace(b, Delta::EMPTY));
     if !d.is_empty() {
+        mark_seen();
         REGISTRY.apply_batch(s.current.get().slot(), &d, false);
     }
     let d = s.with_device_batch(|b| core::mem::replace(b, Delta::EMPTY));
     if !d.is_empty() {
         REGISTRY.apply_batch(s.current.get().slot(), &d, true);
     }
-    if !s.hooked.get() && s.mode.get() == NORMAL {
-        s.hooked.set(true);
-        // Registering the exit hook may allocate (std's fallback list): those
-        // allocations are charged unbatched while the mode says REENTRANT.
-        s.set_mode(REENTRANT);
-        let _ = EXIT_HOOK.try_with(|_| ());
-        s.set_mode(NORMAL);
+}
+
+#[inline]
+fn mark_seen() {
+    if !HOST_SEEN.load(Relaxed) {
+        HOST_SEEN.store(true, Relaxed);
     }
+}
+
+/// Whether any host allocation has gone through a tracking allocator in this
+/// process (alloc-host's `is_installed` probes with this; it never touches the
+/// tracking switch).
+pub fn host_allocator_seen() -> bool {
+    STATE.with(flush_state);
+    HOST_SEEN.load(Relaxed)
+}
+
+/// Records that a tracking allocator handled an allocation without charging it
+/// (tracking switched off).
+#[doc(hidden)]
+#[inline]
+pub fn mark_host_allocator_seen() {
+    mark_seen();
 }
 
 /// Applies the calling thread's pending host charges now, so that statistics
@@ -182,46 +372,162 @@ pub fn current() -> ScopeId {
     STATE.with(|s| s.current.get())
 }
 
-/// Charges a host allocation of `bytes` to the calling thread's scope and
-/// returns the owner to store with the block, or `None` when a hard budget
-/// refuses it (nothing is charged then).
+/// One host allocation or reallocation between its begin (charge decided,
+/// budget reserved) and its finish (the inner allocator answered).
+#[derive(Clone, Copy, Debug)]
+pub struct HostCharge {
+    owner: ScopeId,
+    /// The slot charged: the owner's, or `retired` for a recycled owner.
+    slot: u32,
+    /// Live bytes reserved along the chain (a budget).
+    reserved: i64,
+    flags: u8,
+}
+
+const BATCHED: u8 = 1;
+const PINNED: u8 = 2;
+
+impl HostCharge {
+    const UNTRACKED: HostCharge = HostCharge {
+        owner: ScopeId::UNTRACKED,
+        slot: 0,
+        reserved: 0,
+        flags: 0,
+    };
+
+    /// The scope to record as the block's owner.
+    #[inline]
+    pub fn owner(&self) -> ScopeId {
+        self.owner
+    }
+}
+
+/// Decides who pays for a new host block of `bytes` and reserves it under a
+/// budget. `None`: a hard limit refuses it (nothing changed; return null).
+/// Otherwise call [`finish_host_alloc`] once the inner allocator answered.
 ///
 /// Allocator path: no allocation, lock or panic.
+///
+/// # Safety
+/// Only a global allocator may call this, once per allocation, followed by
+/// exactly one [`finish_host_alloc`] on the same thread with the same `bytes`;
+/// the block's later free must be charged with [`charge_host_free`] and the
+/// owner returned here. Unmatched calls corrupt every ancestor's figures.
+#[doc(hidden)]
 #[inline]
-pub fn charge_host_alloc(bytes: usize) -> Option<ScopeId> {
+pub unsafe fn begin_host_alloc(bytes: usize) -> Option<HostCharge> {
     STATE.with(|s| {
-        if !s.batched() {
-            return charge_host_alloc_slow(s, bytes);
+        if s.batched() {
+            return Some(HostCharge {
+                owner: s.current.get(),
+                slot: 0,
+                reserved: 0,
+                flags: BATCHED,
+            });
         }
-        let flush = s.with_batch(|b| {
-            b.alloc(bytes as u64);
-            b.left == 0 || b.live > BATCH_BYTES
-        });
-        if flush {
-            flush_state(s);
-        }
-        Some(s.current.get())
+        begin_alloc_slow(s, bytes)
     })
 }
 
 #[cold]
 #[inline(never)]
-fn charge_host_alloc_slow(s: &ThreadState, bytes: usize) -> Option<ScopeId> {
+fn begin_alloc_slow(s: &ThreadState, bytes: usize) -> Option<HostCharge> {
+    mark_seen();
     if s.mode.get() == SUSPENDED {
-        return Some(ScopeId::UNTRACKED);
+        return Some(HostCharge::UNTRACKED);
     }
+    s.attach_hook();
     let owner = s.current.get();
-    let mut d = Delta::EMPTY;
-    d.alloc(bytes as u64);
-    REGISTRY.charge(owner.slot(), &d, false).then_some(owner)
+    if s.batched() {
+        return Some(HostCharge {
+            owner,
+            slot: 0,
+            reserved: 0,
+            flags: BATCHED,
+        });
+    }
+    let slot = owner.slot();
+    let mut reserved = 0;
+    if REGISTRY.budget_in_chain(slot) && bytes > 0 {
+        let b = i64::try_from(bytes).ok()?;
+        if !REGISTRY.reserve_chain(slot, b) {
+            return None;
+        }
+        reserved = b;
+    }
+    Some(HostCharge {
+        owner,
+        slot,
+        reserved,
+        flags: 0,
+    })
+}
+
+/// Completes [`begin_host_alloc`]: `ok` is whether the inner allocator
+/// returned memory. A failed allocation leaves no trace.
+///
+/// # Safety
+/// As [`begin_host_alloc`]: `c` and `bytes` from that call, on this thread.
+#[doc(hidden)]
+#[inline]
+pub unsafe fn finish_host_alloc(c: HostCharge, bytes: usize, ok: bool) {
+    if c.flags & BATCHED != 0 {
+        if ok {
+            STATE.with(|s| {
+                let flush = s.with_batch(|b| {
+                    b.alloc(bytes as u64);
+                    b.left == 0 || b.live > BATCH_BYTES
+                });
+                if flush {
+                    flush_state(s);
+                }
+            });
+        }
+        return;
+    }
+    if c.owner.is_tracked() {
+        finish_slow(c, bytes as u64, None, ok);
+    }
+}
+
+/// The unbatched completion of an allocation (`old = None`) or reallocation.
+#[cold]
+#[inline(never)]
+fn finish_slow(c: HostCharge, new: u64, old: Option<u64>, ok: bool) {
+    if !ok {
+        if c.reserved != 0 {
+            REGISTRY.unreserve_chain(c.slot, c.reserved);
+        }
+    } else {
+        let mut d = Delta::EMPTY;
+        match old {
+            None => d.alloc(new),
+            Some(old) => d.realloc(old, new),
+        }
+        if c.reserved != 0 {
+            // The reservation covered the growth; a shrink needs none.
+            REGISTRY.commit_reserved(c.slot, &d);
+        } else {
+            REGISTRY.apply_batch(c.slot, &d, false);
+        }
+    }
+    if c.flags & PINNED != 0 {
+        REGISTRY.unpin(c.slot);
+    }
 }
 
 /// Charges the free of a host block of `bytes` back to `owner`, the scope that
-/// allocated it, whichever thread or scope frees it.
+/// allocated it, whichever thread or scope frees it (a recycled owner's free
+/// goes to `retired`).
 ///
 /// Allocator path: no allocation, lock or panic.
+///
+/// # Safety
+/// Only a global allocator may call this, once per block it allocated, with
+/// the owner and size it charged.
+#[doc(hidden)]
 #[inline]
-pub fn charge_host_free(owner: ScopeId, bytes: usize) {
+pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
     if !owner.is_tracked() {
         return;
     }
@@ -235,98 +541,118 @@ pub fn charge_host_free(owner: ScopeId, bytes: usize) {
                 flush_state(s);
             }
         } else {
-            // Apply this thread's earlier charges first, so that the shared
-            // counters see this thread's operations in program order.
-            if s.mode.get() == NORMAL {
-                flush_state(s);
-            }
-            charge_remote(owner, bytes as u64);
+            free_remote(s, owner, bytes as u64);
         }
     })
 }
 
 #[cold]
 #[inline(never)]
-fn charge_remote(owner: ScopeId, bytes: u64) {
+fn free_remote(s: &ThreadState, owner: ScopeId, bytes: u64) {
+    // Apply this thread's earlier charges first, so that the shared counters
+    // see this thread's operations in program order.
+    if s.mode.get() == NORMAL {
+        flush_state(s);
+    }
     let mut d = Delta::EMPTY;
     d.free(bytes);
-    REGISTRY.charge(owner.slot(), &d, false);
+    REGISTRY.charge_owner(owner, &d, false);
 }
 
-/// Charges a reallocation from `old` to `new` bytes to `owner`, which keeps the
-/// block. Returns false when a hard budget refuses the growth (nothing charged).
+/// Decides the charge of a reallocation from `old` to `new` bytes of a block
+/// `owner` keeps, reserving growth under a budget. `None`: a hard limit
+/// refuses the growth (nothing changed). Otherwise call
+/// [`finish_host_realloc`] once the inner allocator answered.
 ///
-/// Allocator path: no allocation, lock or panic.
+/// # Safety
+/// As [`begin_host_alloc`], for a live block charged to `owner`.
+#[doc(hidden)]
 #[inline]
-pub fn charge_host_realloc(owner: ScopeId, old: usize, new: usize) -> bool {
+pub unsafe fn begin_host_realloc(owner: ScopeId, old: usize, new: usize) -> Option<HostCharge> {
     if !owner.is_tracked() {
-        return true;
+        return Some(HostCharge::UNTRACKED);
     }
     STATE.with(|s| {
         if s.batched() && owner == s.current.get() {
-            let flush = s.with_batch(|b| {
-                b.realloc(old as u64, new as u64);
-                b.live > BATCH_BYTES || b.left == 0 || b.live < -BATCH_BYTES
+            return Some(HostCharge {
+                owner,
+                slot: 0,
+                reserved: 0,
+                flags: BATCHED,
             });
-            if flush {
-                flush_state(s);
-            }
-            true
-        } else {
-            if s.mode.get() == NORMAL {
-                flush_state(s);
-            }
-            charge_realloc_slow(owner, old as u64, new as u64)
         }
+        begin_realloc_slow(s, owner, old, new)
     })
 }
 
 #[cold]
 #[inline(never)]
-fn charge_realloc_slow(owner: ScopeId, old: u64, new: u64) -> bool {
-    let mut d = Delta::EMPTY;
-    d.realloc(old, new);
-    REGISTRY.charge(owner.slot(), &d, false)
-}
-
-/// Takes back a [`charge_host_alloc`] whose inner allocation then failed.
-pub fn cancel_host_alloc(owner: ScopeId, bytes: usize) {
-    if !owner.is_tracked() {
-        return;
+fn begin_realloc_slow(
+    s: &ThreadState,
+    owner: ScopeId,
+    old: usize,
+    new: usize,
+) -> Option<HostCharge> {
+    if s.mode.get() == NORMAL {
+        flush_state(s);
     }
-    STATE.with(|s| {
-        if s.batched() && owner == s.current.get() {
-            s.with_batch(|b| b.undo_alloc(bytes as u64));
-        } else {
-            let mut d = Delta::EMPTY;
-            d.undo_alloc(bytes as u64);
-            REGISTRY.apply_batch(owner.slot(), &d, false);
+    let slot = REGISTRY.pin(owner.slot(), owner.generation());
+    let mut reserved = 0;
+    if new > old && REGISTRY.budget_in_chain(slot) {
+        let Ok(b) = i64::try_from(new - old) else {
+            REGISTRY.unpin(slot);
+            return None;
+        };
+        if !REGISTRY.reserve_chain(slot, b) {
+            REGISTRY.unpin(slot);
+            return None;
         }
+        reserved = b;
+    }
+    Some(HostCharge {
+        owner,
+        slot,
+        reserved,
+        flags: PINNED,
     })
 }
 
-/// Takes back a [`charge_host_realloc`] whose inner reallocation then failed.
-pub fn cancel_host_realloc(owner: ScopeId, old: usize, new: usize) {
-    if !owner.is_tracked() {
+/// Completes [`begin_host_realloc`]; `ok` is whether the inner allocator
+/// returned memory (a failed reallocation leaves no trace).
+///
+/// # Safety
+/// As [`begin_host_realloc`]: `c`, `old` and `new` from that call.
+#[doc(hidden)]
+#[inline]
+pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: bool) {
+    if c.flags & BATCHED != 0 {
+        if ok {
+            STATE.with(|s| {
+                let flush = s.with_batch(|b| {
+                    b.realloc(old as u64, new as u64);
+                    b.live > BATCH_BYTES || b.left == 0 || b.live < -BATCH_BYTES
+                });
+                if flush {
+                    flush_state(s);
+                }
+            });
+        }
         return;
     }
-    STATE.with(|s| {
-        if s.batched() && owner == s.current.get() {
-            s.with_batch(|b| b.undo_realloc(old as u64, new as u64));
-        } else {
-            let mut d = Delta::EMPTY;
-            d.undo_realloc(old as u64, new as u64);
-            REGISTRY.apply_batch(owner.slot(), &d, false);
-        }
-    })
+    if c.owner.is_tracked() {
+        finish_slow(c, new as u64, Some(old as u64), ok);
+    }
 }
 
 /// Charges `bytes` of device memory to the calling thread's scope chain and
 /// returns the owner; the device allocator keeps it with the buffer and passes it
 /// to [`charge_device_free`]. Batched per thread like host charges (same bounds),
 /// so a cache hit pays no shared atomic.
-pub fn charge_device_alloc(bytes: u64) -> ScopeId {
+pub(crate) fn charge_device_alloc(bytes: u64) -> ScopeId {
     STATE.with(|s| {
+        if !s.batched() {
+            s.attach_hook();
+        }
         let owner = s.current.get();
         if s.batched() {
             let flush = s.with_device_batch(|b| {
@@ -346,7 +672,7 @@ pub fn charge_device_alloc(bytes: u64) -> ScopeId {
 }
 
 /// Charges the release of `bytes` of device memory back to `owner`.
-pub fn charge_device_free(owner: ScopeId, bytes: u64) {
+pub(crate) fn charge_device_free(owner: ScopeId, bytes: u64) {
     if !owner.is_tracked() {
         return;
     }
@@ -365,21 +691,92 @@ pub fn charge_device_free(owner: ScopeId, bytes: u64) {
             }
             let mut d = Delta::EMPTY;
             d.free(bytes);
-            REGISTRY.charge(owner.slot(), &d, true);
+            REGISTRY.charge_owner(owner, &d, true);
         }
     })
 }
 
-/// Makes `id` the calling thread's scope, flushing the batch of the previous
-/// one. Returns the previous scope and its `direct` flag.
-pub(crate) fn switch_to(id: ScopeId, direct: bool) -> (ScopeId, bool) {
+/// What [`enter`] did, for [`exit`] to undo.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EnterToken {
+    /// Stack entry; 0 when the stack was full (restore `prev` instead).
+    seq: u64,
+    prev: ScopeId,
+    prev_direct: bool,
+}
+
+/// Makes `id` the calling thread's scope (pushing it on the guard stack),
+/// flushing the batch of the previous one.
+pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
+    STATE.with(|s| {
+        #[cfg(not(unix))]
+        ENTERING.with(|e| e.set(true));
+        s.attach_hook();
+        #[cfg(not(unix))]
+        ENTERING.with(|e| e.set(false));
+        flush_state(s);
+        let prev = s.current.get();
+        let prev_direct = s.direct.get();
+        if s.mode.get() == TORN_DOWN {
+            return EnterToken {
+                seq: 0,
+                prev,
+                prev_direct,
+            };
+        }
+        let seq = s.with_stack(|st| {
+            if st.len < STACK_MAX && st.overflow == 0 {
+                st.next_seq += 1;
+                st.entries[st.len] = Entry {
+                    seq: st.next_seq,
+                    id,
+                    direct,
+                };
+                st.len += 1;
+                st.next_seq
+            } else {
+                st.overflow += 1;
+                0
+            }
+        });
+        s.set_current(id, direct);
+        EnterToken {
+            seq,
+            prev,
+            prev_direct,
+        }
+    })
+}
+
+/// Leaves the scope entered with `t`, in whatever order guards drop (see the
+/// module docs), flushing the batch first.
+pub(crate) fn exit(t: EnterToken) {
     STATE.with(|s| {
         flush_state(s);
-        let prev = (s.current.get(), s.direct.get());
-        if s.mode.get() != TORN_DOWN {
-            s.current.set(id);
-            s.set_direct(direct);
+        if s.mode.get() == TORN_DOWN {
+            return;
         }
-        prev
+        if t.seq == 0 {
+            s.with_stack(|st| st.overflow = st.overflow.saturating_sub(1));
+            s.set_current(t.prev, t.prev_direct);
+            return;
+        }
+        let top = s.with_stack(|st| {
+            let n = st.len;
+            if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
+                st.entries.copy_within(i + 1..n, i);
+                st.len -= 1;
+            }
+            if st.overflow != 0 {
+                return None;
+            }
+            Some(match st.len {
+                0 => Entry::EMPTY,
+                n => st.entries[n - 1],
+            })
+        });
+        if let Some(top) = top {
+            s.set_current(top.id, top.direct);
+        }
     })
 }
