@@ -74,17 +74,39 @@ pub struct RegistryFigures {
     pub not_created: u64,
 }
 
-/// The per-name aggregates now.
-pub fn name_figures() -> Vec<NameFigures> {
-    Vec::new()
+impl From<&alloc_host::PeakSummary> for Summary {
+    fn from(p: &alloc_host::PeakSummary) -> Self {
+        Summary {
+            count: p.count,
+            sum: p.sum,
+            max: p.max,
+            buckets: p.buckets.clone(),
+        }
+    }
 }
 
-/// The registry now.
+/// The per-name aggregates now (`alloc_host::aggregates`).
+pub fn name_figures() -> Vec<NameFigures> {
+    alloc_host::aggregates()
+        .iter()
+        .map(|a| NameFigures {
+            name: a.name.clone(),
+            closed: a.closed,
+            host_peak: (&a.host_peak).into(),
+            device_peak: (&a.device_peak).into(),
+            bytes_allocated: a.bytes_allocated,
+            allocations: a.allocations,
+            wall_seconds: a.wall_time.as_secs_f64(),
+        })
+        .collect()
+}
+
+/// The registry now (`alloc_host::registry_stats`).
 pub fn registry_figures() -> RegistryFigures {
-    let t = alloc_host::snapshot();
+    let r = alloc_host::registry_stats();
     RegistryFigures {
-        capacity: t.capacity as u64,
-        in_use: t.scopes.len() as u64,
-        not_created: t.scopes_not_created,
+        capacity: r.capacity as u64,
+        in_use: r.in_use as u64,
+        not_created: r.not_created,
     }
 }
