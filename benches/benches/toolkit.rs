@@ -55,6 +55,15 @@ fn exporters(c: &mut Criterion, devices: &[DeviceInfo]) {
         b.iter(|| black_box(render_report(&info, Some(&t))))
     });
     g.finish();
+    // A scrape of the scaling exporter: its size depends on the number of
+    // scope names and devices, not on the number of scopes.
+    let metrics = alloc_toolkit::Metrics::new();
+    c.bench_function("toolkit/metrics_scrape", |b| {
+        b.iter(|| black_box(metrics.render()))
+    });
+    c.bench_function("toolkit/recommendations", |b| {
+        b.iter(|| black_box(alloc_toolkit::recommendations()))
+    });
 }
 
 fn monitor_sample(c: &mut Criterion) {
