@@ -312,12 +312,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Notes that block `id` (allocated on `own`) is used on `stream`.
+    /// (`own` is only a quick test: after `forget_stream`, the same handle
+    /// can name a new stream, so the slots decide.)
     pub(crate) fn record_stream(&self, id: BlockId, own: B::Stream, stream: B::Stream) {
-        if stream == own {
-            return;
-        }
         let mut st = self.lock();
         let slot = st.stream_slot(stream);
+        if stream == own && st.blocks.at(id).stream == slot {
+            return;
+        }
         let uses = st.uses.entry(id).or_default();
         if !uses.contains(&slot) {
             uses.push(slot);

@@ -65,7 +65,16 @@ pub enum Op {
     FailNextBackendAlloc,
     /// `reset_peak()`.
     ResetPeak,
+    /// `forget_stream()`: the stream is destroyed and its number comes back
+    /// as a new stream (not in [`program`], which every backend runs).
+    ForgetStream {
+        /// Stream number.
+        stream: u8,
+    },
 }
+
+/// The interpreter's stream number of a buffer whose stream was forgotten.
+const FORGOTTEN: u32 = u32::MAX;
 
 impl Op {
     /// The byte count an `Alloc` selector stands for.
@@ -328,6 +337,18 @@ pub fn run<B: DeviceBackend>(
             }
             Op::FailNextBackendAlloc => backend.fail_next(1),
             Op::ResetPeak => alloc.reset_peak(),
+            Op::ForgetStream { stream } => {
+                let s = u32::from(stream) % STREAMS;
+                alloc.forget_stream(backend.stream_for_id(s));
+                // its work has completed; new work on the number is a new
+                // stream, which uses old buffers only once recorded on it
+                for l in &mut live {
+                    if l.stream == s {
+                        l.stream = FORGOTTEN;
+                    }
+                    l.used_on &= !(1 << s);
+                }
+            }
         }
         if harness.syncs() != syncs {
             pending.clear();

@@ -130,10 +130,15 @@ fn forgotten_streams_are_forgotten() {
     let a = CachingAllocator::new(sim.clone(), cfg("expandable_segments:false"));
     let p = must_fit!(a, 1000, S1).ptr();
     sim.launch(S1);
+    assert_eq!(a.stream_count(), 1);
     a.forget_stream(S1);
     assert!(!sim.busy(S1), "forgetting a stream waits for its work");
+    assert_eq!(a.stream_count(), 0);
     let b = must_fit!(a, 1000, S0);
     assert_eq!(b.ptr(), p, "the forgotten stream's idle cache is reused");
+    let again = must_fit!(a, 1000, S1);
+    assert_ne!(again.ptr(), p);
+    assert_eq!(a.stream_count(), 2, "S1 came back as a new stream");
     a.validate().unwrap();
 }
 
