@@ -40,7 +40,7 @@ pub enum ScopeError {
     },
     /// Every registry slot is in use by open scopes or scopes owning memory.
     #[error(
-        "cannot open scope `{name}`: all {capacity} scope slots are in use (open, or closed but still owning memory); close scopes or free their memory"
+        "cannot open scope `{name}`: all {capacity} scope slots hold open scopes; drop guards and handles of scopes you are done with (closed scopes that still own memory do not count)"
     )]
     RegistryFull {
         /// The scope's name.
@@ -321,7 +321,7 @@ impl ScopeHandle {
     /// let work = request.bind(|| vec![0u8; 1024].len());
     /// assert_eq!(std::thread::spawn(work).join().unwrap(), 1024);
     /// ```
-    pub fn bind<R>(&self, f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    pub fn bind<R, F: FnOnce() -> R>(&self, f: F) -> impl FnOnce() -> R + use<R, F> {
         let h = self.clone();
         move || {
             let _in = h.enter();

@@ -474,10 +474,9 @@ impl<const N: usize> Registry<N> {
             into.max_prefix = live.max(0);
             let mut cur = self.parent(slot);
             let mut steps = 0;
+            // The process root sees both (its live bytes do not change), so
+            // C1–C4 hold everywhere.
             while let Some(p) = cur {
-                if p == 0 {
-                    break;
-                }
                 if let Some(pr) = self.record(p) {
                     counters(pr, device).apply(&out);
                 }
@@ -488,8 +487,10 @@ impl<const N: usize> Registry<N> {
                     None
                 };
             }
-            if let Some(rr) = self.record(RETIRED) {
-                counters(rr, device).apply(&into);
+            for p in [RETIRED, 0] {
+                if let Some(pr) = self.record(p) {
+                    counters(pr, device).apply(&into);
+                }
             }
         }
         self.evicted.fetch_add(1, Relaxed);
