@@ -82,8 +82,87 @@ fn a_hard_budget_holds_across_threads() {
         3,
         "3 × 300 KiB fit in 1 MiB, 4 do not"
     );
-    assert!(h.stats().peak_bytes <= MIB as u64);
+    let s = h.stats();
+    assert_eq!(s.peak_bytes, 3 * 300 * 1024, "{s:?}");
+    assert_eq!(s.refused_allocations, 1);
     drop(kept);
+}
+
+#[test]
+fn a_refused_request_never_makes_a_fitting_one_fail() {
+    // One thread keeps asking for 4 MiB under a 1 MiB limit (always refused);
+    // another allocates and frees 600 KiB (always fits). A reservation checks
+    // the limit before adding, so the refused bytes are never visible.
+    let h = ScopeBuilder::new("contended-cap")
+        .hard_limit(MIB as u64)
+        .build()
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h1, st) = (h.clone(), stop.clone());
+    let greedy = std::thread::spawn(move || {
+        let _in = h1.enter();
+        let mut refused = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            let mut v: Vec<u8> = Vec::new();
+            if v.try_reserve_exact(4 * MIB).is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    let h2 = h.clone();
+    let modest = std::thread::spawn(move || {
+        let _in = h2.enter();
+        let mut failed = 0u64;
+        for _ in 0..20_000 {
+            let mut v: Vec<u8> = Vec::new();
+            if v.try_reserve_exact(600 * 1024).is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    });
+    let failed = modest.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let refused = greedy.join().unwrap();
+    let s = h.stats();
+    assert_eq!(failed, 0, "a 600 KiB request that fits was refused");
+    assert!(refused > 0);
+    assert_eq!(s.refused_allocations, refused);
+    assert_eq!(s.peak_bytes, 600 * 1024, "{s:?}");
+}
+
+#[test]
+fn any_u64_is_a_valid_hard_limit() {
+    let g = ScopeBuilder::new("unbounded")
+        .hard_limit(u64::MAX)
+        .enter()
+        .unwrap();
+    let b = black_box(Box::new(1u8));
+    assert_eq!(g.stats().live_bytes, 1);
+    drop(b);
+    let g2 = ScopeBuilder::new("huge soft")
+        .soft_limit(u64::MAX - 1)
+        .hard_limit(u64::MAX)
+        .enter()
+        .unwrap();
+    let v = black_box(vec![0u8; 1000]);
+    assert_eq!(g2.stats().soft_limit_exceeded_at, None);
+    drop(v);
+}
+
+#[test]
+fn a_refused_inner_allocation_leaves_no_trace() {
+    let g = ScopeBuilder::new("try-reserve").enter().unwrap();
+    let mut v: Vec<u8> = Vec::new();
+    // mimalloc refuses 1 PiB; no budget is involved.
+    assert!(v.try_reserve_exact(1 << 50).is_err());
+    let s = g.stats();
+    assert_eq!(
+        (s.allocations, s.bytes_allocated, s.live_bytes, s.peak_bytes),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
 }
 
 #[test]
