@@ -82,6 +82,11 @@ impl<E> Pending<E> {
     pub(crate) fn is_empty(&self) -> bool {
         self.waits.is_empty()
     }
+
+    /// Blocks whose free is pending.
+    pub(crate) fn len(&self) -> usize {
+        self.waits.len()
+    }
 }
 
 /// FxHash: the stream registry hashes small `Copy` handles, where SipHash's

@@ -300,7 +300,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let remedy = if !self.expandable && self.backend.page_size().is_some() {
             "try expandable_segments:true (cached memory is fragmented into fixed segments)"
                 .to_string()
-        } else if st.limit.is_some() {
+        } else if st.limit.is_some_and(|l| {
+            let device = info.map_or(usize::MAX, |m| m.total);
+            l < device && reserved.saturating_add(rounded) > l
+        }) {
+            // the cap, not the device, is what refuses the request
             "raise per_process_memory_fraction or max_reserved_mb, or free buffers you no longer need".to_string()
         } else if self.config.max_split_size == usize::MAX
             && !self.expandable

@@ -1,5 +1,5 @@
-//! The invariant checker: verifies S1–S4, F1, T1, T2 and A1 (see `block`,
-//! `segment`, `free_index` and `cache`) and names the one that failed, with
+//! The invariant checker: verifies S1–S4, F1, T1, T2, P1 and A1 (see
+//! `block`, `segment`, `free_index` and `cache`) and names the one that failed, with
 //! the values involved. Tests and fuzzers call it after every step.
 
 use crate::backend::DeviceBackend;
@@ -145,6 +145,7 @@ struct Sums {
     split_free: [i64; 2],
     split_free_n: [i64; 2],
     free_n: usize,
+    pending_n: usize,
 }
 
 fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), InvariantViolation> {
@@ -232,6 +233,7 @@ fn check_segment<B: DeviceBackend>(
                 sums.requested[p] += b.requested as i64;
             }
             BlockState::Pending => {
+                sums.pending_n += 1;
                 sums.active[p] += sz;
                 sums.requested[p] += b.requested as i64;
             }
@@ -289,6 +291,16 @@ fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), Inva
                 "the free index holds {} keys, the segments {} free blocks",
                 st.index.len(),
                 sums.free_n
+            ),
+        );
+    }
+    if st.pending.len() != sums.pending_n {
+        return fail(
+            "P1",
+            format!(
+                "{} blocks are pending, {} wait for events",
+                sums.pending_n,
+                st.pending.len()
             ),
         );
     }

@@ -264,3 +264,17 @@ fn roundup_interval_uses_floor_log2() {
     let y = must_fit!(a, 2_300_000, S0);
     assert_eq!(y.capacity(), 5 * MIB / 2, "quarters in the 2 MiB interval");
 }
+
+/// The remedy names the cap only when the cap, not the device, refused.
+#[test]
+fn oom_remedy_names_the_limit_that_refused() {
+    let a = CachingAllocator::new(SimBackend::new(100 * MIB), cfg("max_reserved_mb:1000"));
+    let e = a.allocate(200 * MIB, S0).unwrap_err();
+    let remedy = &e.as_oom().unwrap().remedy;
+    assert!(!remedy.contains("max_reserved_mb"), "{remedy}");
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), cfg("max_reserved_mb:100"));
+    let e = a.allocate(200 * MIB, S0).unwrap_err();
+    let remedy = &e.as_oom().unwrap().remedy;
+    assert!(remedy.contains("max_reserved_mb"), "{remedy}");
+    assert_eq!(a.check_oom_legitimate(200 * MIB), Ok(()));
+}
