@@ -108,7 +108,7 @@ h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em;border
 table{border-collapse:collapse;font-size:.9em;background:#fff}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}\
 td:first-child,th:first-child{text-align:left}th{background:#eee}.sub{color:#666;font-size:.85em}\
 .rec{border-left:4px solid #888;background:#fff;padding:.4em .8em;margin:.4em 0}.Critical{border-color:#c62828}\
-.Warning{border-color:#ef6c00}.Info{border-color:#1565c0}pre{background:#fff;border:1px solid #ddd;padding:.6em;font-size:.8em;overflow:auto}";
+table.host td:last-child{text-align:left}.Warning{border-color:#ef6c00}.Info{border-color:#1565c0}pre{background:#fff;border:1px solid #ddd;padding:.6em;font-size:.8em;overflow:auto}";
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), b)
@@ -131,7 +131,7 @@ fn head(out: &mut String, cells: &[&str]) {
 }
 
 fn host_table(out: &mut String, m: &MemoryInfo) {
-    out.push_str("<h2>Host</h2><table>\n");
+    out.push_str("<h2>Host</h2><table class=host>\n");
     head(out, &["", "used", "limit", "note"]);
     let (avail, from) = m.host_available();
     row(
