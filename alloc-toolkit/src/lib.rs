@@ -70,7 +70,9 @@ pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
 pub use recommend::{Facts, Recommendation, Severity, recommend, recommendations};
 pub use report::{render_report, report};
-pub use retry::{Attempts, OomError, RetryError, RetryPolicy, retry_on_oom, retry_on_oom_or};
+pub use retry::{
+    Attempts, OomError, RetryError, RetryPolicy, retry_counts, retry_on_oom, retry_on_oom_or,
+};
 #[cfg(feature = "async")]
 pub use retry_async::retry_on_oom_async;
 pub use svg::plot_svg;

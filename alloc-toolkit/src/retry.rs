@@ -17,8 +17,10 @@ pub(crate) fn count_retry() {
     RETRIES.fetch_add(1, Relaxed);
 }
 
-/// Retries and fallbacks taken in this process so far.
-pub(crate) fn retry_counts() -> (u64, u64) {
+/// Retries after out of memory and fallbacks taken in this process so far by
+/// [`retry_on_oom`], [`retry_on_oom_or`] and `retry_on_oom_async` (exported
+/// as `alloc_oom_retries_total` and `alloc_oom_fallbacks_total`).
+pub fn retry_counts() -> (u64, u64) {
     (RETRIES.load(Relaxed), FALLBACKS.load(Relaxed))
 }
 
