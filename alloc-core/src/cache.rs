@@ -353,6 +353,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
     }
 
+    /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),
+    /// if any.
+    pub fn memory_cap(&self) -> Option<usize> {
+        self.lock().limit
+    }
+
     /// Streams registered and not forgotten.
     pub fn stream_count(&self) -> usize {
         self.lock().slot_of.len()

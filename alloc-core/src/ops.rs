@@ -468,6 +468,14 @@ fn check_model<B: DeviceBackend>(
             s.num_device_alloc, s.num_device_free
         ));
     }
+    if let Some(cap) = alloc.memory_cap()
+        && s.reserved_bytes.all.current > cap as i64
+    {
+        return Err(format!(
+            "reserved {} B is over the cap of {cap} B",
+            s.reserved_bytes.all.current
+        ));
+    }
     if s.reserved_bytes.all.current < s.active_bytes.all.current
         || s.reserved_bytes.all.peak < s.reserved_bytes.all.current
     {

@@ -36,6 +36,7 @@ fn a_grow_is_bounded_by_the_cap() {
     let a = CachingAllocator::new(SimBackend::new(80 << 30), cfg("max_reserved_mb:1000"));
     let _x = must_fit!(a, 950 * MIB, S0);
     let _y = must_fit!(a, 30 * MIB, S0);
+    assert!(a.stats().reserved_bytes.all.peak <= 1000 * MIB as i64);
     a.validate().unwrap();
 }
 
