@@ -30,6 +30,11 @@ proptest! {
     }
 
     #[test]
+    fn capped(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        prop_assert_eq!(run(&bytes, "max_reserved_mb:300"), Ok(()));
+    }
+
+    #[test]
     fn fixed(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         prop_assert_eq!(run(&bytes, "expandable_segments:false,max_split_size_mb:40"), Ok(()));
     }
