@@ -2,9 +2,13 @@
 //! growth, at 1 and 2 threads, for the system allocator, bare mimalloc, and
 //! alloc-host with tracking off, on without a scope, and with a scope at depth 1
 //! and 4. The allocators are called directly (not installed), so one binary
-//! measures all of them.
+//! measures all of them. Also the cost of a scope: `scope/open+close`
+//! (`alloc_host::scope("r")` and its drop) and `scope/open+alloc64+close` (the
+//! same with one 64 B alloc+free through alloc-host inside), each at the top
+//! level and inside an entered parent scope.
 //!
-//! Run: `cargo bench -p alloc-benches --bench host`
+//! Run: `cargo bench -p alloc-benches --bench host` (only the scope cost:
+//! `cargo bench -p alloc-benches --bench host -- scope/`)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -157,12 +161,33 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+fn scope_cost(c: &mut Criterion) {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut g = c.benchmark_group("scope");
+    for parent in [false, true] {
+        let p = if parent { "in-parent" } else { "top" };
+        let outer = parent.then(|| alloc_host::scope("parent"));
+        g.bench_function(format!("open+close/{p}"), |b| {
+            b.iter(|| drop(black_box(alloc_host::scope("r"))))
+        });
+        g.bench_function(format!("open+alloc64+close/{p}"), |b| {
+            b.iter(|| {
+                let s = alloc_host::scope("r");
+                pair(&TRACK, layout);
+                drop(s);
+            })
+        });
+        drop(outer);
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_millis(800))
         .sample_size(20);
-    targets = bench
+    targets = bench, scope_cost
 }
 criterion_main!(benches);

@@ -1,8 +1,10 @@
 //! Whole-process run under the `tracking-allocator` crate over mimalloc, with a
 //! tracker that keeps per-group live bytes (frees charged to the source group),
-//! and an allocation group entered on every thread.
+//! an allocation group entered on every thread and a fresh group per request.
+//! Usage: `wp_tracking_allocator [THREADS] [WORKLOAD]` (see `workload.rs`).
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use alloc_benches::workload::{Scoper, run_with, threads_from_args, workload_from_args};
 use tracking_allocator::{
     AllocationGroupId, AllocationGroupToken, AllocationRegistry, AllocationTracker, Allocator,
 };
@@ -34,25 +36,27 @@ impl AllocationTracker for Live {
     }
 }
 
+/// A group per thread, and a fresh group per request entered inside it.
+struct Groups;
+
+impl Scoper for Groups {
+    fn thread<R>(&self, _t: usize, f: impl FnOnce() -> R) -> R {
+        let mut token = AllocationGroupToken::register().expect("a group id");
+        let _in = token.enter();
+        f()
+    }
+    fn request<R>(&self, f: impl FnOnce() -> R) -> R {
+        let mut token = AllocationGroupToken::register().expect("a group id");
+        let _in = token.enter();
+        f()
+    }
+}
+
 fn main() {
-    use alloc_benches::workload::*;
     let _ = AllocationRegistry::set_global_tracker(Live);
     AllocationRegistry::enable_tracking();
-    let threads = threads_from_args();
-    let workers: Vec<_> = (0..threads)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut token = AllocationGroupToken::register().expect("a group id");
-                let _in = token.enter();
-                program(0x9E37_79B9 + t as u64)
-            })
-        })
-        .collect();
-    let x = workers
-        .into_iter()
-        .map(|w| w.join().unwrap_or(0))
-        .fold(0, |a, b| a ^ b);
+    let out = run_with(threads_from_args(), &workload_from_args(), &Groups);
     AllocationRegistry::disable_tracking();
-    println!("{x}");
+    out.print();
     eprintln!("allocations: {}", ALLOCS.load(Relaxed));
 }

@@ -1,10 +1,11 @@
 //! Whole-process run under alloc-host, tracking on, no scope opened.
+//! Usage: `wp_tracking_root [THREADS] [WORKLOAD]` (workloads: `alloc_benches::workload`).
 #[global_allocator]
 static A: alloc_host::TrackingAllocator = alloc_host::TrackingAllocator::new();
 
 fn main() {
     use alloc_benches::workload::*;
-    println!("{}", run(threads_from_args(), Scoping::None));
+    run_workload(threads_from_args(), &workload_from_args(), Scoping::None).print();
     let p = alloc_host::process_stats();
     eprintln!(
         "process: {} allocations, peak {}",
