@@ -152,31 +152,26 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             Pool::Small => MIN_MAP_CHUNK_SMALL,
             Pool::Large => MIN_MAP_CHUNK,
         };
-        let chunk = min_chunk
-            .max(mapped / MAP_GROWTH_DIVISOR)
-            .next_multiple_of(self.page)
-            .clamp(r.exact, r.room);
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
-        let peak = reserve_bound(st);
-        if reserved.saturating_add(chunk) <= peak && within_limit(st, chunk) {
-            return chunk;
-        }
-        if reserved.saturating_add(r.exact) <= peak {
-            // up to the peak, not past it
-            let below = (peak - reserved) / self.page * self.page;
-            return below.clamp(r.exact, r.room);
-        }
-        // past the reserved peak: a chunk whose unused tail is at most
-        // 1/FRONT_SLACK_DIVISOR of what is reserved
-        let front = min_chunk
-            .min(reserved / FRONT_SLACK_DIVISOR)
-            .next_multiple_of(self.page)
-            .clamp(r.exact, r.room);
-        if within_limit(st, front) {
-            front
+        let bound = reserve_bound(st);
+        let wanted = if reserved.saturating_add(r.exact) <= bound {
+            // under the bound: a chunk, but not past the bound
+            let chunk = min_chunk
+                .max(mapped / MAP_GROWTH_DIVISOR)
+                .next_multiple_of(self.page);
+            chunk.min((bound - reserved) / self.page * self.page)
         } else {
-            r.exact
-        }
+            // past it: a chunk whose unused tail is at most
+            // 1/FRONT_SLACK_DIVISOR of what is reserved
+            min_chunk
+                .min(reserved / FRONT_SLACK_DIVISOR)
+                .next_multiple_of(self.page)
+        };
+        // never past the cap (the caller checked the exact need fits)
+        let cap_room = st.limit.map_or(usize::MAX, |l| {
+            l.saturating_sub(reserved) / self.page * self.page
+        });
+        wanted.min(cap_room).clamp(r.exact, r.room)
     }
 
     /// The unmapped range of the reservations of (slot, pool) needing the
