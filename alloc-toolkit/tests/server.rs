@@ -45,12 +45,9 @@ async fn request(
         let d = engine.allocate(device_bytes, SimStream(0)).unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         threads.insert(std::thread::current().id());
-        let b = tokio::task::spawn_blocking(move || {
-            let _in = handle.enter();
-            vec![2u8; host_bytes]
-        })
-        .await
-        .unwrap();
+        let b = tokio::task::spawn_blocking(handle.bind(move || vec![2u8; host_bytes]))
+            .await
+            .unwrap();
         tokio::task::yield_now().await;
         threads.insert(std::thread::current().id());
         std::hint::black_box((&a, &b));

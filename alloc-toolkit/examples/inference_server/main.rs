@@ -231,14 +231,10 @@ where
             let model = app.model.clone();
             let tokens = req.tokens;
             let n = tokens.len();
-            // (`ScopeHandle::bind` borrows the handle; the blocking pool
-            // needs a 'static closure, so a handle clone is entered there.)
-            let (next, layers) = tokio::task::spawn_blocking(move || {
-                let _in = scope.enter();
-                model.forward(&tokens)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            let (next, layers) =
+                tokio::task::spawn_blocking(scope.bind(move || model.forward(&tokens)))
+                    .await
+                    .map_err(|e| e.to_string())?;
             // Each layer's output goes to its range of the KV cache.
             for (l, x) in layers.iter().enumerate() {
                 if let Some(data) = x.as_slice() {
