@@ -7,14 +7,18 @@
 //! blocks), another reservation is made, as PyTorch adds segments.
 //!
 //! What is mapped, and when cached pages are unmapped, follows from what
-//! efficiency measures (peak requested ÷ peak reserved):
-//! - cached pages are unmapped only when mapping would otherwise raise the
-//!   reserved peak (or pass the cap): below the peak, keeping them costs
+//! efficiency measures (peak requested ÷ peak reserved). The *bound* is the
+//! reserved peak so far, or the requested peak plus 1/32 of it if that is
+//! more (`reserve_bound`):
+//! - cached pages are unmapped (just the pages needed, the last pages of the
+//!   largest idle free blocks first) only when a map would otherwise take
+//!   reserved memory past the bound or the cap: below it, keeping them costs
 //!   nothing and saves map calls; at it, they are the cheapest bytes to give
-//!   back;
-//! - a grow maps a chunk (at least [`MIN_MAP_CHUNK`], or 1/16 of what is
-//!   mapped) only where that stays under the reserved peak and the cap;
-//!   otherwise exactly the pages the request needs, and a chunk the device
+//!   back. So no unmap happens on the ordinary path unless it avoids a new
+//!   reserved peak (or an out of memory);
+//! - a grow maps a chunk ([`MIN_MAP_CHUNK`], or 1/16 of what is mapped) up
+//!   to the bound; past the bound, at most 1/[`FRONT_SLACK_DIVISOR`] of what
+//!   is reserved beyond the need; never past the cap; a chunk the device
 //!   refuses is retried at the exact need.
 //!
 //! Reservations are address space only, sized to the device (1.125× its
