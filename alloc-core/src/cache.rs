@@ -24,7 +24,7 @@
 //!   the first that has not completed.
 //!
 //! # Streams
-//! The stream registry gives each stream a [`Slot`] on first use: a hash
+//! The stream registry gives each stream a slot on first use: a hash
 //! lookup (after a one-entry cache of the last stream), no size limit, no
 //! aliasing (slots are never reused). [`CachingAllocator::forget_stream`]
 //! waits for the stream's work and retires its slot: a retired slot is idle
