@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod classes;
 mod header;
+mod owner;
 #[cfg(feature = "mimalloc")]
 mod mimalloc_inner;
 pub mod testing;

@@ -11,8 +11,10 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use alloc_core::scope::{
     ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, finish_host_alloc,
-    finish_host_realloc, mark_host_allocator_seen,
+    finish_host_realloc, mark_host_allocator_seen, owner_from_compact,
 };
+
+use crate::classes::Class;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
@@ -65,16 +67,25 @@ pub fn is_installed() -> bool {
 /// static A: TrackingAllocator = TrackingAllocator::new();
 /// ```
 /// To wrap another allocator: `TrackingAllocator::with_inner(std::alloc::System)`.
+///
+/// Where the owner is kept: over mimalloc ([`TrackingAllocator::new`]), in the
+/// block's size-class slack or a per-class side table, so every request stays
+/// in its own size class (see the crate docs, "memory per block"); over any
+/// other inner allocator, and for alignments above 8, in an 8-byte header in
+/// front of the block (`max(8, align)` bytes).
 pub struct TrackingAllocator<A: GlobalAlloc = DefaultInner> {
     inner: A,
+    /// Owners by size class (the inner allocator is this crate's `Mimalloc`).
+    by_class: bool,
 }
 
 #[cfg(feature = "mimalloc")]
 impl TrackingAllocator<crate::Mimalloc> {
-    /// Tracking over mimalloc.
+    /// Tracking over mimalloc, owners kept by size class.
     pub const fn new() -> Self {
         TrackingAllocator {
             inner: crate::Mimalloc,
+            by_class: true,
         }
     }
 }
@@ -85,6 +96,7 @@ impl TrackingAllocator<std::alloc::System> {
     pub const fn new() -> Self {
         TrackingAllocator {
             inner: std::alloc::System,
+            by_class: false,
         }
     }
 }
@@ -98,7 +110,56 @@ impl Default for TrackingAllocator<DefaultInner> {
 impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// Tracking over `inner` (`System`, jemalloc, ...).
     pub const fn with_inner(inner: A) -> Self {
-        TrackingAllocator { inner }
+        TrackingAllocator {
+            inner,
+            by_class: false,
+        }
+    }
+
+    /// The size class that keeps this layout's owner, or `None` for the
+    /// header (O2: a function of the layout and the process-wide mode only).
+    #[inline(always)]
+    fn class_of(&self, layout: Layout) -> Option<Class> {
+        #[cfg(feature = "mimalloc")]
+        if self.by_class
+            && layout.align() <= 8
+            && crate::classes::mode() == crate::classes::Mode::Classes
+        {
+            return crate::classes::class(layout.size());
+        }
+        let _ = layout;
+        None
+    }
+
+    /// Charges and gets a block whose owner is kept by class `c`.
+    #[inline(always)]
+    unsafe fn alloc_by_class(
+        &self,
+        layout: Layout,
+        c: Class,
+        get: impl FnOnce(&A, Layout) -> *mut u8,
+    ) -> *mut u8 {
+        let size = layout.size();
+        if !TRACKING.load(Relaxed) {
+            mark_host_allocator_seen();
+            let p = get(&self.inner, layout);
+            if !p.is_null() {
+                // SAFETY: a live block of class `c` (K1).
+                unsafe { put_owner(p, size, c, 0) };
+            }
+            return p;
+        }
+        // SAFETY: the global allocator's allocation path; finished once below.
+        let Some(charge) = (unsafe { begin_host_alloc(size) }) else {
+            return null_mut();
+        };
+        let p = get(&self.inner, layout);
+        // SAFETY: a live block of class `c` (K1) when not null.
+        let kept = !p.is_null() && unsafe { put_owner(p, size, c, charge.owner().to_compact()) };
+        // SAFETY: finishes the charge begun above: a block that is null, or
+        // whose owner has nowhere to go (it stays untracked), is charged nothing.
+        unsafe { finish_host_alloc(charge, size, kept) };
+        p
     }
 
     /// The wrapped allocator.
@@ -170,12 +231,21 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = self.class_of(layout) {
+            // SAFETY: `layout` is the caller's (non-zero size, GlobalAlloc).
+            return unsafe { self.alloc_by_class(layout, c, |a, l| a.alloc(l)) };
+        }
         // SAFETY: `inner.alloc` gets a non-zero-size layout (size + h, h >= 8).
         unsafe { self.alloc_with(layout, |a, l| a.alloc(l)) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = self.class_of(layout) {
+            // SAFETY: as `alloc`; the inner allocator zeroes, and only the
+            // slack past the caller's bytes is written afterwards.
+            return unsafe { self.alloc_by_class(layout, c, |a, l| a.alloc_zeroed(l)) };
+        }
         // SAFETY: as `alloc`; the inner allocator zeroes (lazily, for fresh pages)
         // and only the header word is written afterwards.
         unsafe { self.alloc_with(layout, |a, l| a.alloc_zeroed(l)) }
@@ -183,6 +253,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(c) = self.class_of(layout) {
+            // SAFETY: `ptr` is a live block of this layout, so of class `c`,
+            // its owner kept by class (O1, O2); `charge_host_free` gets the
+            // owner and size charged for it.
+            unsafe {
+                let owner = owner_from_compact(get_owner(ptr, layout.size(), c));
+                charge_host_free(owner, layout.size());
+                self.inner.dealloc(ptr, layout);
+            }
+            return;
+        }
         let (outer, h) = outer_unchecked(layout);
         // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
         // so the owner word sits at `ptr - 8` and the inner block starts at
@@ -198,6 +279,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if let Some(c) = self.class_of(layout) {
+            // SAFETY: the caller's live block of `layout` (GlobalAlloc contract).
+            return unsafe { self.realloc_by_class(ptr, layout, c, new_size) };
+        }
         let (outer, h) = outer_unchecked(layout);
         let Some(new_outer) = outer_size(new_size, h, layout.align()) else {
             return null_mut();
@@ -223,4 +308,80 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // bytes; `base + h` is the user pointer (H1).
         unsafe { base.add(h) }
     }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `realloc` of a block whose owner is kept by class.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of `layout` from this allocator, of class `c`.
+    #[inline(always)]
+    unsafe fn realloc_by_class(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        c: Class,
+        new_size: usize,
+    ) -> *mut u8 {
+        let Some(nc) = crate::classes::class(new_size) else {
+            return null_mut();
+        };
+        // SAFETY: a live block of class `c` (contract).
+        let id = unsafe { get_owner(ptr, layout.size(), c) };
+        let owner = owner_from_compact(id);
+        // SAFETY: the realloc path for a live block charged to `owner`;
+        // finished once below.
+        let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
+            return null_mut();
+        };
+        // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
+        // and, with the same alignment, a valid layout (`class` accepted it).
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        // SAFETY: finishes the charge; a failed realloc leaves everything as it was.
+        unsafe { finish_host_realloc(charge, layout.size(), new_size, !p.is_null()) };
+        if p.is_null() {
+            return p;
+        }
+        // SAFETY: the moved (or grown) block is live and of class `nc` (K1).
+        if !unsafe { put_owner(p, new_size, nc, owner.to_compact()) } {
+            // Nowhere to keep the owner: the block leaves tracking now.
+            // SAFETY: the charge for this block, made to `owner`.
+            unsafe { charge_host_free(owner, new_size) };
+        }
+        p
+    }
+}
+
+/// Keeps `id` as the owner of the block `p` of `size` bytes and class `c`;
+/// false when the side table cannot hold it (the block is then untracked).
+///
+/// # Safety
+/// `p` is a live block of `size` bytes with `c.size` usable bytes (K1).
+#[inline(always)]
+unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
+    if crate::owner::in_slack(size, c) {
+        // SAFETY: the slack past `size` is this allocator's (contract).
+        unsafe { crate::owner::write_slack(p, c, id) };
+        return true;
+    }
+    match crate::owner::entry(p, c, true) {
+        Some(e) => {
+            e.store(id, Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The owner id kept for block `p` of `size` bytes and class `c` (0: untracked).
+///
+/// # Safety
+/// As [`put_owner`], for a block whose owner was put there.
+#[inline(always)]
+unsafe fn get_owner(p: *mut u8, size: usize, c: Class) -> u32 {
+    if crate::owner::in_slack(size, c) {
+        // SAFETY: contract.
+        return unsafe { crate::owner::read_slack(p, c) };
+    }
+    crate::owner::entry(p, c, false).map_or(0, |e| e.load(Relaxed))
 }

@@ -3,17 +3,17 @@
 //! peak" in one call). Recorded when a scope closes (its last handle or guard
 //! drops), outside any allocator path.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::*};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::record::Name;
 use super::stats::ScopeStats;
 use super::thread;
 
-/// Distinct names kept; scopes with further names are aggregated under
-/// [`OTHER`]. Name request scopes with a fixed name ("request") and keep ids
+/// Distinct names kept (names are cut at 63 bytes, as scope names are); scopes
+/// with further names are aggregated under [`OTHER`]. Name request scopes with a fixed name ("request") and keep ids
 /// elsewhere, so the table stays small whatever the number of requests.
 pub const MAX_NAMES: usize = 1024;
 /// The name under which scopes past [`MAX_NAMES`] distinct names aggregate.
@@ -90,56 +90,6 @@ pub struct ScopeAggregate {
     pub wall_time: Duration,
 }
 
-#[derive(Clone)]
-struct Acc {
-    closed: u64,
-    host: Hist,
-    device: Hist,
-    bytes_allocated: u64,
-    allocations: u64,
-    device_bytes_allocated: u64,
-    wall_ns: u128,
-}
-
-#[derive(Clone)]
-struct Hist {
-    count: u64,
-    sum: u64,
-    max: u64,
-    buckets: [u64; BUCKETS],
-}
-
-impl Hist {
-    const EMPTY: Hist = Hist {
-        count: 0,
-        sum: 0,
-        max: 0,
-        buckets: [0; BUCKETS],
-    };
-
-    fn add(&mut self, v: u64) {
-        self.count += 1;
-        self.sum = self.sum.saturating_add(v);
-        self.max = self.max.max(v);
-        self.buckets[bucket(v)] += 1;
-    }
-
-    fn summary(&self) -> PeakSummary {
-        PeakSummary {
-            count: self.count,
-            sum: self.sum,
-            max: self.max,
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n != 0)
-                .map(|(i, n)| (upper(i), *n))
-                .collect(),
-        }
-    }
-}
-
 /// Bucket of `v`: the smallest `i` with `v <= 2^i`.
 fn bucket(v: u64) -> usize {
     (64 - v.saturating_sub(1).leading_zeros()) as usize
@@ -149,70 +99,167 @@ fn upper(i: usize) -> u64 {
     if i >= 64 { u64::MAX } else { 1u64 << i }
 }
 
-static TABLE: Mutex<Option<HashMap<String, Acc>>> = Mutex::new(None);
+/// One name's accumulators: a fixed record of atomics, so that closing a
+/// scope takes no lock (a lock held by another thread at `fork` would hang the
+/// child at its first scope close) and allocates nothing.
+struct Entry {
+    /// 0 free, 1 being claimed, 2 ready.
+    state: AtomicU8,
+    hash: AtomicU64,
+    name: Name,
+    closed: AtomicU64,
+    bytes_allocated: AtomicU64,
+    allocations: AtomicU64,
+    device_bytes_allocated: AtomicU64,
+    wall_ns: AtomicU64,
+    host: Hist,
+    device: Hist,
+}
 
-fn lock() -> MutexGuard<'static, Option<HashMap<String, Acc>>> {
-    TABLE.lock().unwrap_or_else(|e| e.into_inner())
+struct Hist {
+    count: AtomicU64,
+    sum: AtomicU64,
+    max: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Hist {
+    const fn new() -> Hist {
+        Hist {
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            buckets: [const { AtomicU64::new(0) }; BUCKETS],
+        }
+    }
+
+    fn add(&self, v: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+        self.max.fetch_max(v, Relaxed);
+        self.buckets[bucket(v)].fetch_add(1, Relaxed);
+    }
+
+    fn summary(&self) -> PeakSummary {
+        PeakSummary {
+            count: self.count.load(Relaxed),
+            sum: self.sum.load(Relaxed),
+            max: self.max.load(Relaxed),
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (upper(i), n.load(Relaxed)))
+                .filter(|(_, n)| *n != 0)
+                .collect(),
+        }
+    }
+}
+
+impl Entry {
+    const fn new() -> Entry {
+        Entry {
+            state: AtomicU8::new(0),
+            hash: AtomicU64::new(0),
+            name: Name([const { AtomicU64::new(0) }; 8]),
+            closed: AtomicU64::new(0),
+            bytes_allocated: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+            device_bytes_allocated: AtomicU64::new(0),
+            wall_ns: AtomicU64::new(0),
+            host: Hist::new(),
+            device: Hist::new(),
+        }
+    }
+
+    fn add(&self, s: &ScopeStats) {
+        self.closed.fetch_add(1, Relaxed);
+        self.host.add(s.peak_bytes);
+        self.device.add(s.device.peak_bytes);
+        self.bytes_allocated.fetch_add(s.bytes_allocated, Relaxed);
+        self.allocations.fetch_add(s.allocations, Relaxed);
+        self.device_bytes_allocated
+            .fetch_add(s.device.bytes_allocated, Relaxed);
+        self.wall_ns.fetch_add(
+            u64::try_from(s.wall_time.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    fn read(&self, name: String) -> ScopeAggregate {
+        ScopeAggregate {
+            name,
+            closed: self.closed.load(Relaxed),
+            host_peak: self.host.summary(),
+            device_peak: self.device.summary(),
+            bytes_allocated: self.bytes_allocated.load(Relaxed),
+            allocations: self.allocations.load(Relaxed),
+            device_bytes_allocated: self.device_bytes_allocated.load(Relaxed),
+            wall_time: Duration::from_nanos(self.wall_ns.load(Relaxed)),
+        }
+    }
+}
+
+/// Open addressing over [`MAX_NAMES`] entries; [`OTHER_ENTRY`] when full.
+static TABLE: [Entry; MAX_NAMES] = [const { Entry::new() }; MAX_NAMES];
+static OTHER_ENTRY: Entry = Entry::new();
+
+fn fnv(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
+/// The entry of `name`, claimed if new; the overflow entry when the table is full.
+fn entry_of(name: &str) -> &'static Entry {
+    let h = fnv(name);
+    let start = (h as usize) % MAX_NAMES;
+    for i in 0..MAX_NAMES {
+        let e = &TABLE[(start + i) % MAX_NAMES];
+        loop {
+            match e.state.load(Acquire) {
+                2 => {
+                    if e.hash.load(Relaxed) == h && e.name.load() == name {
+                        return e;
+                    }
+                    break;
+                }
+                1 => core::hint::spin_loop(),
+                _ => {
+                    if e.state.compare_exchange(0, 1, AcqRel, Acquire).is_ok() {
+                        e.name.store(name);
+                        e.hash.store(h, Relaxed);
+                        e.state.store(2, Release);
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+    &OTHER_ENTRY
 }
 
 /// Records a scope that just closed (called with its life reference held).
 pub(crate) fn record_close(slot: u32) {
     thread::untracked(|| {
         let s = ScopeStats::read(slot);
-        add(&s);
+        entry_of(&s.name).add(&s);
     });
-}
-
-fn add(s: &ScopeStats) {
-    let mut t = lock();
-    let map = t.get_or_insert_with(HashMap::new);
-    let key = if map.contains_key(&s.name) || map.len() < MAX_NAMES - 1 {
-        s.name.as_str()
-    } else {
-        OTHER
-    };
-    let acc = match map.get_mut(key) {
-        Some(a) => a,
-        None => map.entry(key.to_owned()).or_insert(Acc {
-            closed: 0,
-            host: Hist::EMPTY,
-            device: Hist::EMPTY,
-            bytes_allocated: 0,
-            allocations: 0,
-            device_bytes_allocated: 0,
-            wall_ns: 0,
-        }),
-    };
-    acc.closed += 1;
-    acc.host.add(s.peak_bytes);
-    acc.device.add(s.device.peak_bytes);
-    acc.bytes_allocated = acc.bytes_allocated.saturating_add(s.bytes_allocated);
-    acc.allocations = acc.allocations.saturating_add(s.allocations);
-    acc.device_bytes_allocated = acc
-        .device_bytes_allocated
-        .saturating_add(s.device.bytes_allocated);
-    acc.wall_ns += s.wall_time.as_nanos();
 }
 
 /// The aggregates of every scope name seen closing, sorted by name.
 pub fn aggregates() -> Vec<ScopeAggregate> {
     thread::untracked(|| {
-        let t = lock();
-        let mut v: Vec<ScopeAggregate> = t
+        let mut v: Vec<ScopeAggregate> = TABLE
             .iter()
-            .flat_map(|m| m.iter())
-            .map(|(name, a)| ScopeAggregate {
-                name: name.clone(),
-                closed: a.closed,
-                host_peak: a.host.summary(),
-                device_peak: a.device.summary(),
-                bytes_allocated: a.bytes_allocated,
-                allocations: a.allocations,
-                device_bytes_allocated: a.device_bytes_allocated,
-                wall_time: Duration::from_nanos(a.wall_ns.min(u64::MAX as u128) as u64),
-            })
+            .filter(|e| e.state.load(Acquire) == 2)
+            .map(|e| e.read(e.name.load()))
             .collect();
-        drop(t);
+        if OTHER_ENTRY.closed.load(Relaxed) != 0 {
+            v.push(OTHER_ENTRY.read(OTHER.to_owned()));
+        }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     })
@@ -228,7 +275,7 @@ mod tests {
     use super::*;
 
     fn hist(values: &[u64]) -> PeakSummary {
-        let mut h = Hist::EMPTY;
+        let h = Hist::new();
         for &v in values {
             h.add(v);
         }

@@ -211,23 +211,17 @@ impl ScopeBuilder {
         let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
         m.state.store(OPEN, Release);
         let id = ScopeId::new(slot, generation);
-        let mut cbs = lock(&CALLBACKS);
-        let map = cbs.get_or_insert_with(HashMap::new);
-        match self.on_soft {
-            Some(cb) => {
-                map.insert(
-                    slot,
-                    CallbackEntry {
-                        scope: id,
-                        callback: cb,
-                    },
-                );
-            }
-            None => {
-                map.remove(&slot);
-            }
+        // Only scopes with a callback take this lock (never an allocator path;
+        // a stale entry of a reused slot fails the generation check when due).
+        if let Some(cb) = self.on_soft {
+            lock(&CALLBACKS).get_or_insert_with(HashMap::new).insert(
+                slot,
+                CallbackEntry {
+                    scope: id,
+                    callback: cb,
+                },
+            );
         }
-        drop(cbs);
         Ok(ScopeHandle { id })
     }
 

@@ -48,8 +48,28 @@ impl ScopeId {
         ScopeId(bits)
     }
 
+    /// The 4-byte form the host allocator keeps with blocks that have no room
+    /// for 8: `1 + (slot | low 17 bits of the generation << 14)`, 0 for
+    /// [`ScopeId::UNTRACKED`]. [`ScopeId::from_compact`] turns it back.
+    pub const fn to_compact(self) -> u32 {
+        if !self.is_tracked() {
+            return 0;
+        }
+        let slot = self.slot() & COMPACT_SLOT_MASK;
+        let generation = self.generation() & COMPACT_GEN_MASK;
+        1 + (slot | (generation << COMPACT_SLOT_BITS))
+    }
+
     /// False for [`ScopeId::UNTRACKED`].
     pub const fn is_tracked(self) -> bool {
         self.0 != u64::MAX
     }
 }
+
+/// Bits of the slot in a compact id (the registry has 2^14 slots).
+pub(crate) const COMPACT_SLOT_BITS: u32 = 14;
+pub(crate) const COMPACT_SLOT_MASK: u32 = (1 << COMPACT_SLOT_BITS) - 1;
+/// Low bits of the generation kept in a compact id.
+pub(crate) const COMPACT_GEN_MASK: u32 = (1 << 17) - 1;
+
+const _: () = assert!(super::registry::CAPACITY <= 1 << COMPACT_SLOT_BITS);

@@ -179,6 +179,30 @@ impl<const N: usize> Registry<N> {
         self.adjust_life(owner, d.net_allocations());
     }
 
+    /// The scope a compact id names (see `ScopeId::to_compact`): the slot's
+    /// current scope when the generation's low bits match, else [`RETIRED`]
+    /// (the owner was recycled; `pin` makes the same call again, exactly).
+    pub(crate) fn from_compact(&self, v: u32) -> super::ScopeId {
+        use super::id::{COMPACT_GEN_MASK, COMPACT_SLOT_BITS, COMPACT_SLOT_MASK};
+        if v == 0 {
+            return super::ScopeId::UNTRACKED;
+        }
+        let v = v - 1;
+        let slot = v & COMPACT_SLOT_MASK;
+        if slot < FIXED {
+            return super::ScopeId::new(slot, 0);
+        }
+        let Some(r) = self.record(slot) else {
+            return super::ScopeId::new(RETIRED, 0);
+        };
+        let generation = r.meta.0.generation.load(Acquire);
+        if generation & COMPACT_GEN_MASK == v >> COMPACT_SLOT_BITS {
+            super::ScopeId::new(slot, generation)
+        } else {
+            super::ScopeId::new(RETIRED, 0)
+        }
+    }
+
     /// Pins `owner`'s slot for a charge from outside the scope (E1) and
     /// returns the slot to charge: the owner's, or [`RETIRED`] when the owner's
     /// slot was recycled. Every `Some(slot)` with `slot >= FIXED` must be

@@ -780,3 +780,11 @@ pub(crate) fn exit(t: EnterToken) {
         }
     })
 }
+
+/// The owner a compact id names (see [`ScopeId::to_compact`]); a recycled
+/// owner's id names `retired`. Allocator path: no allocation, lock or panic.
+#[doc(hidden)]
+#[inline]
+pub fn owner_from_compact(v: u32) -> ScopeId {
+    REGISTRY.from_compact(v)
+}

@@ -1,0 +1,229 @@
+//! Where a block's owner is kept, without a header in front of the block.
+//!
+//! With mimalloc as the inner allocator (the default), a block of `size` bytes
+//! lives in a size class of `class(size)` bytes (see `classes.rs`):
+//! - **slack**: when `class(size) - size >= 4`, the owner's compact id (4 bytes)
+//!   is written in the last 4 bytes of the class, past the caller's bytes
+//!   (most sizes: every size that is not within 3 bytes of a class);
+//! - **side table**: otherwise (sizes on or just below a class: powers of two,
+//!   `Vec` growth, 4 KiB pages) the compact id goes in a table of the block's
+//!   class, indexed by `address / class size`: distinct blocks of one class are
+//!   at least a class apart, so each has its own entry.
+//!
+//! Either way the request stays in its own size class, and the inner
+//! allocator's `realloc` and `alloc_zeroed` are used as they are.
+//!
+//! **Memory per block**: 0 bytes in the slack case; 4 bytes per `class size`
+//! of address range in the side-table case (4 B per 16 B block, 4 B per 4 KiB
+//! block), paid only for the pages of the table that such blocks touch.
+//!
+//! # Side table
+//! A directory of 256 MiB address regions (`.bss`, 4 MiB of zeroed address
+//! space), each pointing to a page of per-class leaves; a leaf holds one
+//! `u32` per `class size` of its region, reserved with `mmap` (no swap
+//! reservation, touched on use) when a block of that class first lands in the
+//! region. Nothing here allocates through the global allocator, locks, or
+//! panics. An address the table cannot cover (above 2^47, or `mmap` refused)
+//! leaves its block untracked, consistently at allocation and free.
+//!
+//! # Invariants
+//! - O1 a block placed by class carries its owner's compact id from allocation
+//!   until free: in its slack if `class(size) - size >= 4`, else in its
+//!   class's table entry; 0 means untracked.
+//! - O2 the placement is a function of the size alone (and the process-wide
+//!   mode), so allocation, reallocation and free agree on it.
+
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
+
+use crate::classes::{BINS, Class, HUGE_BIN, HUGE_SHIFT};
+
+/// Bytes of the compact owner id.
+const ID: usize = 4;
+const REGION_SHIFT: u32 = 28;
+const REGION: usize = 1 << REGION_SHIFT;
+/// Regions of a 47-bit address space.
+const DIR_LEN: usize = 1 << (47 - REGION_SHIFT);
+
+struct Region {
+    leaves: [AtomicPtr<AtomicU32>; BINS],
+}
+
+static DIR: [AtomicPtr<Region>; DIR_LEN] = [const { AtomicPtr::new(null_mut()) }; DIR_LEN];
+
+/// Whether a block of class `c` for `size` bytes keeps its owner in its slack.
+#[inline(always)]
+pub(crate) fn in_slack(size: usize, c: Class) -> bool {
+    c.size - size >= ID
+}
+
+/// Reads the owner id from the slack of a block at `p` of class `c`.
+///
+/// # Safety
+/// `p` is a live block with at least `c.size` usable bytes (K1, K2).
+#[inline(always)]
+pub(crate) unsafe fn read_slack(p: *const u8, c: Class) -> u32 {
+    // SAFETY: the 4 bytes end at `p + c.size`, inside the block (contract).
+    unsafe { p.add(c.size - ID).cast::<u32>().read_unaligned() }
+}
+
+/// Writes the owner id into the slack of a block at `p` of class `c`.
+///
+/// # Safety
+/// As [`read_slack`], and the bytes from `size` to `c.size` are not the
+/// caller's (the slack past a `size`-byte request, [`in_slack`]).
+#[inline(always)]
+pub(crate) unsafe fn write_slack(p: *mut u8, c: Class, id: u32) {
+    // SAFETY: as `read_slack`; those bytes belong to no one else.
+    unsafe { p.add(c.size - ID).cast::<u32>().write_unaligned(id) }
+}
+
+/// The index of a block at offset `off` of its region in the leaf of class `c`.
+#[inline(always)]
+fn index(off: usize, c: Class) -> usize {
+    if c.bin == HUGE_BIN {
+        return off >> HUGE_SHIFT;
+    }
+    // Block sizes are m·2^k with m in {1, 3, 5, 7}: constant divisions.
+    let k = c.size.trailing_zeros();
+    let q = off >> k;
+    match c.size >> k {
+        1 => q,
+        3 => q / 3,
+        5 => q / 5,
+        _ => q / 7,
+    }
+}
+
+/// Entries of the leaf of class `c`.
+fn leaf_len(c: Class) -> usize {
+    if c.bin == HUGE_BIN {
+        REGION >> HUGE_SHIFT
+    } else {
+        REGION.div_ceil(c.size)
+    }
+}
+
+/// The table entry of the block at `p` of class `c`; with `create`, makes the
+/// region and leaf on first use. `None` where the table does not reach.
+#[inline(always)]
+pub(crate) fn entry(p: *const u8, c: Class, create: bool) -> Option<&'static AtomicU32> {
+    let addr = p as usize;
+    let region = DIR.get(addr >> REGION_SHIFT)?;
+    let mut r = region.load(Acquire);
+    if r.is_null() {
+        if !create {
+            return None;
+        }
+        r = new_region(region)?;
+    }
+    // SAFETY: regions are never freed once published (pointer from mmap,
+    // zero-initialised, so every leaf pointer starts null).
+    let leaves = unsafe { &(*r).leaves };
+    let slot = leaves.get(c.bin)?;
+    let mut l = slot.load(Acquire);
+    if l.is_null() {
+        if !create {
+            return None;
+        }
+        l = new_leaf(slot, c)?;
+    }
+    let i = index(addr & (REGION - 1), c);
+    if i >= leaf_len(c) {
+        return None;
+    }
+    // SAFETY: the leaf holds `leaf_len(c)` zero-initialised `AtomicU32`s and is
+    // never freed once published; `i` is in bounds.
+    Some(unsafe { &*l.add(i) })
+}
+
+#[cold]
+fn new_region(slot: &AtomicPtr<Region>) -> Option<*mut Region> {
+    let p = map(core::mem::size_of::<Region>())?.cast::<Region>();
+    match slot.compare_exchange(null_mut(), p, AcqRel, Acquire) {
+        Ok(_) => Some(p),
+        Err(won) => {
+            unmap(p.cast(), core::mem::size_of::<Region>());
+            Some(won)
+        }
+    }
+}
+
+#[cold]
+fn new_leaf(slot: &AtomicPtr<AtomicU32>, c: Class) -> Option<*mut AtomicU32> {
+    let bytes = leaf_len(c) * core::mem::size_of::<AtomicU32>();
+    let p = map(bytes)?.cast::<AtomicU32>();
+    match slot.compare_exchange(null_mut(), p, AcqRel, Acquire) {
+        Ok(_) => Some(p),
+        Err(won) => {
+            unmap(p.cast(), bytes);
+            Some(won)
+        }
+    }
+}
+
+/// Zeroed, readable and writable memory from the OS, reserved lazily.
+fn map(bytes: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choice; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const NORESERVE: libc::c_int = libc::MAP_NORESERVE;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const NORESERVE: libc::c_int = 0;
+
+fn unmap(p: *mut u8, bytes: usize) {
+    // SAFETY: `p` is a mapping of `bytes` made by `map` and never published.
+    unsafe { libc::munmap(p.cast(), bytes) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::{MEDIUM_MAX, class};
+
+    #[test]
+    fn distinct_blocks_of_a_class_get_distinct_entries() {
+        for s in [8usize, 16, 24, 40, 48, 56, 80, 96, 112, 4096, MEDIUM_MAX] {
+            let c = class(s).unwrap();
+            let mut prev = None;
+            // Addresses one class apart, across a region's whole range.
+            let mut off = 0usize;
+            while off + c.size <= REGION {
+                let i = index(off, c);
+                assert!(i < leaf_len(c));
+                if let Some(p) = prev {
+                    assert!(i > p, "class {}: offsets a class apart share entry {i}", c.size);
+                }
+                prev = Some(i);
+                off += c.size * 997;
+            }
+        }
+        let h = class(MEDIUM_MAX + 1).unwrap();
+        assert_eq!(h.bin, HUGE_BIN);
+        assert!(index(REGION - 1, h) < leaf_len(h));
+    }
+
+    #[test]
+    fn entries_persist_and_are_zero_first() {
+        let c = class(64).unwrap();
+        let p = 0x10_0000_0040usize as *const u8; // 64 GiB: below where mimalloc maps
+        let e = entry(p, c, true).unwrap();
+        assert_eq!(e.load(Relaxed), 0);
+        e.store(42, Relaxed);
+        assert_eq!(entry(p, c, false).unwrap().load(Relaxed), 42);
+        assert!(entry(usize::MAX as *const u8, c, true).is_none());
+    }
+}
