@@ -44,7 +44,10 @@ pub(crate) fn class(size: usize) -> Option<Class> {
         // mimalloc rounds to double words here (`MI_ALIGN2W`: its maximum
         // alignment is 16 bytes): classes 8, 16, 32, 48, 64.
         let w = if wsize <= 1 { 1 } else { (wsize + 1) & !1 };
-        return Some(Class { bin: w, size: w * 8 });
+        return Some(Class {
+            bin: w,
+            size: w * 8,
+        });
     }
     if size > MEDIUM_MAX {
         let rounded = size.checked_add(4095)? & !4095;
@@ -144,7 +147,11 @@ mod tests {
         let mut size_of_bin = [0usize; BINS];
         for s in 1..=MEDIUM_MAX {
             let c = class(s).unwrap();
-            assert!(size_of_bin[c.bin] == 0 || size_of_bin[c.bin] == c.size, "bin {}", c.bin);
+            assert!(
+                size_of_bin[c.bin] == 0 || size_of_bin[c.bin] == c.size,
+                "bin {}",
+                c.bin
+            );
             size_of_bin[c.bin] = c.size;
         }
     }
@@ -153,7 +160,14 @@ mod tests {
     fn real_blocks_have_at_least_their_class_usable() {
         let mut sizes: Vec<usize> = (1..=4096).collect();
         sizes.extend((4097..=MEDIUM_MAX * 4).step_by(977));
-        sizes.extend([HUGE_GRANULE, 1 << 20, (1 << 20) + 1, 3 << 20, 17 << 20, (64 << 20) + 5]);
+        sizes.extend([
+            HUGE_GRANULE,
+            1 << 20,
+            (1 << 20) + 1,
+            3 << 20,
+            17 << 20,
+            (64 << 20) + 5,
+        ]);
         for s in sizes {
             // SAFETY: plain mimalloc allocation and free of a live block.
             unsafe {

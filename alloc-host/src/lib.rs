@@ -3,9 +3,9 @@
 
 mod classes;
 mod header;
-mod owner;
 #[cfg(feature = "mimalloc")]
 mod mimalloc_inner;
+mod owner;
 pub mod testing;
 mod tracking;
 

@@ -205,7 +205,11 @@ mod tests {
                 let i = index(off, c);
                 assert!(i < leaf_len(c));
                 if let Some(p) = prev {
-                    assert!(i > p, "class {}: offsets a class apart share entry {i}", c.size);
+                    assert!(
+                        i > p,
+                        "class {}: offsets a class apart share entry {i}",
+                        c.size
+                    );
                 }
                 prev = Some(i);
                 off += c.size * 997;

@@ -68,7 +68,13 @@ fn per_request_figures_are_exact_across_awaits_and_workers() {
         let s = h.stats();
         let (a, b, k) = ((1000 + i) as u64, (5000 + 3 * i) as u64, (100 + i) as u64);
         assert_eq!(
-            (s.allocations, s.frees, s.bytes_allocated, s.live_bytes, s.peak_bytes),
+            (
+                s.allocations,
+                s.frees,
+                s.bytes_allocated,
+                s.live_bytes,
+                s.peak_bytes
+            ),
             (3, 2, a + b + k, k, a + b),
             "request {i}: {s:?}"
         );
@@ -94,7 +100,11 @@ fn spawn_blocking_work_is_charged_through_bind() {
     });
     assert_eq!(len, 12345);
     let s = h.stats();
-    assert_eq!((s.allocations, s.bytes_allocated, s.live_bytes), (1, 12345, 0), "{s:?}");
+    assert_eq!(
+        (s.allocations, s.bytes_allocated, s.live_bytes),
+        (1, 12345, 0),
+        "{s:?}"
+    );
 }
 
 #[test]

@@ -12,14 +12,24 @@ fn guards_dropped_oldest_first_leave_the_registry_intact() {
     let b = scope("b");
     let (a_id, b_id) = (a.id(), b.id());
     drop(a);
-    assert_eq!(current(), b_id, "dropping the older guard leaves the thread in b");
+    assert_eq!(
+        current(),
+        b_id,
+        "dropping the older guard leaves the thread in b"
+    );
     drop(b);
     assert_ne!(current(), a_id, "a must never become current again");
     let c = scope("c");
     let v = std::hint::black_box(vec![0u8; 100]);
     let s = c.stats();
     assert_eq!(
-        (s.allocations, s.frees, s.bytes_allocated, s.bytes_freed, s.live_bytes),
+        (
+            s.allocations,
+            s.frees,
+            s.bytes_allocated,
+            s.bytes_freed,
+            s.live_bytes
+        ),
         (1, 0, 100, 0, 100),
         "{s:?}"
     );

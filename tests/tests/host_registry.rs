@@ -49,7 +49,11 @@ fn closed_scopes_owning_memory_recycle_into_retired() {
     // The server keeps the blocks of requests not recycled; together with
     // `retired` they are all the cache.
     let s = server.stats();
-    assert_eq!(s.live_bytes + moved.live_bytes, (N * 48) as u64, "{s:?} {moved:?}");
+    assert_eq!(
+        s.live_bytes + moved.live_bytes,
+        (N * 48) as u64,
+        "{s:?} {moved:?}"
+    );
     alloc_core::scope::validate().unwrap();
     // Frees of recycled owners go to `retired`, the others to their request.
     drop(cache);
@@ -79,7 +83,12 @@ fn a_million_request_scopes_in_bounded_memory() {
     assert_eq!(a.host_peak.max, 4096);
     let p99 = a.host_peak.quantile(0.99);
     assert!((2048..=4096).contains(&p99), "p99 {p99}");
-    assert!(rss(()) <= base + (1 << 20), "live bytes grew: {} -> {}", base, rss(()));
+    assert!(
+        rss(()) <= base + (1 << 20),
+        "live bytes grew: {} -> {}",
+        base,
+        rss(())
+    );
 }
 
 fn a_full_registry_is_never_silent() {
@@ -89,7 +98,10 @@ fn a_full_registry_is_never_silent() {
         match ScopeBuilder::new("held").build() {
             Ok(h) => open.push(h),
             Err(e) => {
-                assert!(e.to_string().contains("scope slots hold open scopes"), "{e}");
+                assert!(
+                    e.to_string().contains("scope slots hold open scopes"),
+                    "{e}"
+                );
                 break;
             }
         }
@@ -99,7 +111,10 @@ fn a_full_registry_is_never_silent() {
     drop(g);
     assert!(registry_stats().not_created >= 2);
     let measured = std::panic::catch_unwind(|| alloc_host::testing::measure("full", || 1));
-    assert!(measured.is_err(), "measure must refuse to report the parent's figures");
+    assert!(
+        measured.is_err(),
+        "measure must refuse to report the parent's figures"
+    );
     drop(open);
     assert!(!scope("fits again").is_fallback());
 }

@@ -56,7 +56,11 @@ fn main() {
     let u = unattributed();
     assert_eq!(
         (u.allocations, u.bytes_allocated, u.live_bytes),
-        (unattributed_before.allocations, unattributed_before.bytes_allocated, unattributed_before.live_bytes),
+        (
+            unattributed_before.allocations,
+            unattributed_before.bytes_allocated,
+            unattributed_before.live_bytes
+        ),
         "nothing should reach `unattributed`"
     );
     // The destructor's 333 B came and went, its 777 B are live and the

@@ -115,3 +115,38 @@ fn loom_a_parent_outlives_its_child() {
         }
     });
 }
+
+/// E1: a free racing with the recycling of its closed owner lands exactly once,
+/// on the owner or on `retired`, never on the slot's next scope.
+#[test]
+fn loom_a_recycled_slot_never_takes_a_stale_charge() {
+    use super::ScopeId;
+    use super::registry::RETIRED;
+    loom::model(|| {
+        let reg = Arc::new(Registry::<5>::new());
+        let s = reg.take_slot().unwrap();
+        let r = reg.record(s).unwrap();
+        r.reset(Some(0), 1, 0);
+        let generation = r.meta.0.generation.fetch_add(1, Relaxed) + 1;
+        let mut d = Delta::EMPTY;
+        d.alloc(100);
+        reg.apply_batch(s, &d, false); // one live block of 100 B
+        reg.release_ref(s, 1); // closed, still owning it
+        let other = reg.take_slot().unwrap(); // the registry is now full
+        reg.record(other).unwrap().reset(Some(0), 1, 0);
+        let reg2 = reg.clone();
+        let t = thread::spawn(move || {
+            let mut f = Delta::EMPTY;
+            f.free(100);
+            reg2.charge_owner(ScopeId::new(s, generation), &f, false);
+        });
+        let again = reg.take_slot();
+        t.join().unwrap();
+        assert_eq!(again, Some(s));
+        let root = reg.record(0).unwrap().host.0.read();
+        let retired = reg.record(RETIRED).unwrap().host.0.read();
+        assert_eq!(root.live_bytes, 0, "root {root:?}");
+        assert_eq!(retired.live_bytes, 0, "retired {retired:?}");
+        assert_eq!(root.allocations - root.frees, 0);
+    });
+}

@@ -6,19 +6,42 @@
 enum Op {
     /// Open a scope in the current one (with a hard limit, and keeping a handle
     /// so it stays open after its guard drops, when asked).
-    Open { limit: Option<u64>, keep_handle: bool },
+    Open {
+        limit: Option<u64>,
+        keep_handle: bool,
+    },
     /// Drop the `i % n`-th live guard, wherever it is in the stack.
-    Drop { i: usize },
-    Alloc { size: usize, align_log2: u8, zeroed: bool, refuse: bool },
+    Drop {
+        i: usize,
+    },
+    Alloc {
+        size: usize,
+        align_log2: u8,
+        zeroed: bool,
+        refuse: bool,
+    },
     /// A request no allocator grants.
     AllocHuge,
-    Free { i: usize },
-    Realloc { i: usize, size: usize, refuse: bool },
-    Tracking { on: bool },
+    Free {
+        i: usize,
+    },
+    Realloc {
+        i: usize,
+        size: usize,
+        refuse: bool,
+    },
+    Tracking {
+        on: bool,
+    },
     /// On a new thread, enter the `i % n`-th scope that can be entered, make
     /// `allocs` allocations, free `frees` of them, and exit: dropping the
     /// guard, or still holding it (forgotten) when the thread ends.
-    Thread { i: usize, allocs: Vec<usize>, frees: usize, forget_guard: bool },
+    Thread {
+        i: usize,
+        allocs: Vec<usize>,
+        frees: usize,
+        forget_guard: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -218,7 +241,12 @@ fn step(m: &mut Model, op: &Op) {
                 m.scopes[idx].closed = true;
             }
         }
-        Op::Alloc { size, align_log2, zeroed, refuse } => {
+        Op::Alloc {
+            size,
+            align_log2,
+            zeroed,
+            refuse,
+        } => {
             let refuse = refuse && CAN_REFUSE;
             let l = layout(size, align_log2);
             REFUSE_NEXT.store(refuse, SeqCst);
@@ -234,7 +262,11 @@ fn step(m: &mut Model, op: &Op) {
             untracked(|| {
                 let owner = m.current();
                 let grow = size as u64;
-                let refuser = if m.tracking { m.refuser(owner, grow) } else { None };
+                let refuser = if m.tracking {
+                    m.refuser(owner, grow)
+                } else {
+                    None
+                };
                 // The budget is checked before the inner allocator is asked.
                 if let Some(r) = refuser {
                     m.scopes[r].fig.refused += 1;
@@ -330,15 +362,19 @@ fn step(m: &mut Model, op: &Op) {
 fn thread_op(m: &mut Model, i: usize, allocs: &[usize], frees: usize, forget_guard: bool) {
     // Scopes that can be entered: open ones (a guard or a kept handle).
     let picked = untracked(|| {
-        let open: Vec<usize> = (0..m.scopes.len()).filter(|&k| !m.scopes[k].closed).collect();
+        let open: Vec<usize> = (0..m.scopes.len())
+            .filter(|&k| !m.scopes[k].closed)
+            .collect();
         if open.is_empty() {
             return None;
         }
         let target = open[i % open.len()];
-        let handle = m.scopes[target]
-            .handle
-            .clone()
-            .or_else(|| m.guards.iter().find(|g| g.1 == target).map(|g| g.0.handle()))?;
+        let handle = m.scopes[target].handle.clone().or_else(|| {
+            m.guards
+                .iter()
+                .find(|g| g.1 == target)
+                .map(|g| g.0.handle())
+        })?;
         Some((target, handle, allocs.to_vec()))
     });
     let Some((target, handle, sizes)) = picked else {
@@ -359,7 +395,9 @@ fn thread_op(m: &mut Model, i: usize, allocs: &[usize], frees: usize, forget_gua
                 let (p, s) = out.pop().unwrap();
                 if p != 0 {
                     // SAFETY: allocated above with this layout.
-                    unsafe { std::alloc::dealloc(p as *mut u8, Layout::from_size_align(s, 8).unwrap()) };
+                    unsafe {
+                        std::alloc::dealloc(p as *mut u8, Layout::from_size_align(s, 8).unwrap())
+                    };
                 }
             }
             if forget_guard {
@@ -406,7 +444,12 @@ fn thread_op(m: &mut Model, i: usize, allocs: &[usize], frees: usize, forget_gua
         assert_eq!(made.len(), out.len());
         for (&(granted, size), &(p, s)) in made.iter().zip(&out) {
             assert_eq!(size, s as u64);
-            assert_eq!(granted, p != 0, "thread allocation of {s} B: granted {}, model says {granted}", p != 0);
+            assert_eq!(
+                granted,
+                p != 0,
+                "thread allocation of {s} B: granted {}, model says {granted}",
+                p != 0
+            );
             if granted {
                 m.blocks.push(Block {
                     ptr: p,
