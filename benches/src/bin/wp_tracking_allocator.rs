@@ -36,17 +36,28 @@ impl AllocationTracker for Live {
     }
 }
 
+/// A new group. `AllocationGroupToken::register` returns `None` when two
+/// threads race (its id counter and high-water mark are updated separately);
+/// the next id succeeds.
+fn register() -> AllocationGroupToken {
+    loop {
+        if let Some(t) = AllocationGroupToken::register() {
+            return t;
+        }
+    }
+}
+
 /// A group per thread, and a fresh group per request entered inside it.
 struct Groups;
 
 impl Scoper for Groups {
     fn thread<R>(&self, _t: usize, f: impl FnOnce() -> R) -> R {
-        let mut token = AllocationGroupToken::register().expect("a group id");
+        let mut token = register();
         let _in = token.enter();
         f()
     }
     fn request<R>(&self, f: impl FnOnce() -> R) -> R {
-        let mut token = AllocationGroupToken::register().expect("a group id");
+        let mut token = register();
         let _in = token.enter();
         f()
     }
