@@ -216,8 +216,11 @@ impl<const N: usize> Registry<N> {
             return RETIRED;
         };
         let m = &r.meta.0;
-        m.pins.fetch_add(1, SeqCst);
-        if m.generation.load(SeqCst) == generation {
+        // Both sides use read-modify-writes (here and in `evict`): of two
+        // threads that each write one word and then read the other, at least
+        // one sees the other's write (E1).
+        m.pins.fetch_add(1, AcqRel);
+        if m.generation.fetch_add(0, AcqRel) == generation {
             owner
         } else {
             m.pins.fetch_sub(1, Release);
@@ -396,15 +399,20 @@ impl<const N: usize> Registry<N> {
         let mut slot = first;
         loop {
             let Some(r) = self.record(slot) else { return };
-            if r.meta.0.state.load(Acquire) == EVICTING {
+            // Claim the slot; a recycler that claimed it first (EVICTING)
+            // finishes the job itself, so a slot is never handed out twice.
+            if r.meta
+                .0
+                .state
+                .compare_exchange(CLOSED, FREE, AcqRel, Acquire)
+                .is_err()
+            {
                 return;
             }
             let Some(parent) = self.fold_into_parent(slot) else {
-                r.meta.0.state.store(FREE, Release);
                 self.put_slot(slot);
                 return;
             };
-            r.meta.0.state.store(FREE, Release);
             self.put_slot(slot);
             match self.drop_child_ref(parent) {
                 Some(p) => slot = p,
@@ -471,8 +479,8 @@ impl<const N: usize> Registry<N> {
     /// The recycling itself, on a slot this thread claimed (EVICTING).
     fn evict(&self, slot: u32, r: &Record) {
         let m = &r.meta.0;
-        m.generation.fetch_add(1, SeqCst);
-        while m.pins.load(SeqCst) != 0 {
+        m.generation.fetch_add(1, AcqRel);
+        while m.pins.fetch_add(0, AcqRel) != 0 {
             super::sync::spin();
         }
         // Exclusive now: no charge can reach this slot (E1). Its counters hold
