@@ -34,7 +34,7 @@ VARIANTS = [
     ("tracking_root", "alloc-host, on, no scope"),
     ("tracking_scope", "alloc-host, scope entered on every thread"),
     ("stats_alloc", "stats_alloc over System"),
-    ("tracking_allocator", "tracking-allocator over mimalloc, group per thread"),
+    ("tracking_allocator", "tracking-allocator over mimalloc, group per thread (and per request)"),
 ]
 LABEL = dict(VARIANTS)
 
