@@ -50,7 +50,7 @@ impl ScopeId {
 
     /// The 4-byte form the host allocator keeps with blocks that have no room
     /// for 8: `1 + (slot | low 17 bits of the generation << 14)`, 0 for
-    /// [`ScopeId::UNTRACKED`]. [`ScopeId::from_compact`] turns it back.
+    /// [`ScopeId::UNTRACKED`]. `owner_from_compact` turns it back.
     pub const fn to_compact(self) -> u32 {
         if !self.is_tracked() {
             return 0;

@@ -182,7 +182,7 @@ impl<const N: usize> Registry<N> {
     /// The scope a compact id names (see `ScopeId::to_compact`): the slot's
     /// current scope when the generation's low bits match, else [`RETIRED`]
     /// (the owner was recycled; `pin` makes the same call again, exactly).
-    pub(crate) fn from_compact(&self, v: u32) -> super::ScopeId {
+    pub(crate) fn owner_of_compact(&self, v: u32) -> super::ScopeId {
         use super::id::{COMPACT_GEN_MASK, COMPACT_SLOT_BITS, COMPACT_SLOT_MASK};
         if v == 0 {
             return super::ScopeId::UNTRACKED;
@@ -386,7 +386,7 @@ impl<const N: usize> Registry<N> {
     }
 
     /// Drops one handle reference: closes the scope when it was the last.
-    #[cfg(any(loom, test))]
+    #[cfg(loom)]
     pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
         self.close_ref(slot, now_ns);
         self.adjust_life(slot, -REF);

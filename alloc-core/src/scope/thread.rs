@@ -786,5 +786,5 @@ pub(crate) fn exit(t: EnterToken) {
 #[doc(hidden)]
 #[inline]
 pub fn owner_from_compact(v: u32) -> ScopeId {
-    REGISTRY.from_compact(v)
+    REGISTRY.owner_of_compact(v)
 }

@@ -288,10 +288,8 @@ fn step(m: &mut Model, op: &Op) {
             // A limited scope in the chain refuses first and counts it.
             untracked(|| {
                 let owner = m.current();
-                if m.tracking {
-                    if let Some(r) = m.refuser(owner, 1 << 50) {
-                        m.scopes[r].fig.refused += 1;
-                    }
+                if let (true, Some(r)) = (m.tracking, m.refuser(owner, 1 << 50)) {
+                    m.scopes[r].fig.refused += 1;
                 }
             });
         }
