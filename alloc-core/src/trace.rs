@@ -73,7 +73,7 @@ pub struct TraceEntry {
     pub stream: u64,
     /// Microseconds since the Unix epoch (steady within one allocator).
     pub time_us: u64,
-    /// The scope the calling thread was in (see [`TraceRing::scope_name`]).
+    /// The scope the calling thread was in (its name, see `TraceRing::scope_name`).
     pub scope: ScopeId,
 }
 
