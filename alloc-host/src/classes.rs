@@ -36,19 +36,22 @@ pub(crate) struct Class {
 }
 
 /// The class of a request of `size` bytes (alignment up to 16), or `None` past
-/// `isize::MAX`.
+/// `isize::MAX`. Sizes up to 1 KiB (nearly all requests) are one table lookup.
 #[inline(always)]
 pub(crate) fn class(size: usize) -> Option<Class> {
-    let wsize = size.div_ceil(8);
-    if wsize <= 8 {
-        // mimalloc rounds to double words here (`MI_ALIGN2W`: its maximum
-        // alignment is 16 bytes): classes 8, 16, 32, 48, 64.
-        let w = if wsize <= 1 { 1 } else { (wsize + 1) & !1 };
+    if size <= SMALL_MAX {
+        let bin = SMALL_BIN[size.div_ceil(8)] as usize;
         return Some(Class {
-            bin: w,
-            size: w * 8,
+            bin,
+            size: BIN_SIZE[bin] as usize,
         });
     }
+    class_large(size)
+}
+
+#[cold]
+#[inline(never)]
+fn class_large(size: usize) -> Option<Class> {
     if size > MEDIUM_MAX {
         let rounded = size.checked_add(4095)? & !4095;
         return Some(Class {
@@ -56,18 +59,63 @@ pub(crate) fn class(size: usize) -> Option<Class> {
             size: rounded,
         });
     }
-    // mimalloc's `mi_bin`: the top 3 bits of the word size pick one of 4 bins
-    // per power of two.
+    let bin = bin_of(size);
+    Some(Class {
+        bin,
+        size: BIN_SIZE[bin] as usize,
+    })
+}
+
+/// Sizes served by the [`SMALL_BIN`] table.
+const SMALL_MAX: usize = 1024;
+
+/// mimalloc's `mi_bin` for `size <= MEDIUM_MAX` (word size rounded to double
+/// words up to 8 words, then 4 bins per power of two).
+const fn bin_of(size: usize) -> usize {
+    let wsize = size.div_ceil(8);
+    if wsize <= 8 {
+        // `MI_ALIGN2W` (mimalloc's maximum alignment is 16 bytes): 8, 16, 32, 48, 64.
+        return if wsize <= 1 { 1 } else { (wsize + 1) & !1 };
+    }
     let w = wsize - 1;
     let b = (usize::BITS - 1 - w.leading_zeros()) as usize;
     let t = (w >> (b - 2)) & 3;
-    let bin = (b << 2) + t - 3;
-    let words = (5 + t) << (b - 2);
-    Some(Class {
-        bin,
-        size: words * 8,
-    })
+    (b << 2) + t - 3
 }
+
+/// Block size of a bin below [`HUGE_BIN`].
+const fn bin_size(bin: usize) -> usize {
+    if bin <= 8 {
+        return bin * 8;
+    }
+    // Inverse of `bin_of`: bin = 4b + t - 3 holds words up to (5 + t) << (b - 2).
+    let b = (bin + 3) >> 2;
+    let t = (bin + 3) & 3;
+    ((5 + t) << (b - 2)) * 8
+}
+
+/// Bin of each word count up to `SMALL_MAX / 8`.
+static SMALL_BIN: [u8; SMALL_MAX / 8 + 1] = {
+    let mut t = [0u8; SMALL_MAX / 8 + 1];
+    let mut w = 0;
+    while w <= SMALL_MAX / 8 {
+        t[w] = bin_of(if w == 0 { 1 } else { w * 8 }) as u8;
+        w += 1;
+    }
+    t
+};
+
+/// Block size of each bin (0 for unused bins and [`HUGE_BIN`]).
+pub(crate) static BIN_SIZE: [u32; BINS] = {
+    let mut t = [0u32; BINS];
+    let mut s = 8;
+    while s <= MEDIUM_MAX {
+        let b = bin_of(s);
+        t[b] = bin_size(b) as u32;
+        s += 8;
+    }
+    t
+};
 
 /// How owners are kept, decided once per process (K3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -78,13 +78,15 @@ pub(crate) unsafe fn write_slack(p: *mut u8, c: Class, id: u32) {
     unsafe { p.add(c.size - ID).cast::<u32>().write_unaligned(id) }
 }
 
-/// The index of a block at offset `off` of its region in the leaf of class `c`.
+/// The index of a block at offset `off` of its region in the leaf of class
+/// `c`: `off / c.size`, below [`leaf_len`] since `off < REGION`.
 #[inline(always)]
 fn index(off: usize, c: Class) -> usize {
     if c.bin == HUGE_BIN {
         return off >> HUGE_SHIFT;
     }
-    // Block sizes are m·2^k with m in {1, 3, 5, 7}: constant divisions.
+    // Block sizes are m·2^k with m in {1, 3, 5, 7}: a shift and a constant
+    // division (a multiply).
     let k = c.size.trailing_zeros();
     let q = off >> k;
     match c.size >> k {
@@ -110,30 +112,32 @@ fn leaf_len(c: Class) -> usize {
 pub(crate) fn entry(p: *const u8, c: Class, create: bool) -> Option<&'static AtomicU32> {
     let addr = p as usize;
     let region = DIR.get(addr >> REGION_SHIFT)?;
-    let mut r = region.load(Acquire);
-    if r.is_null() {
+    let r = region.load(Acquire);
+    let r = if r.is_null() {
         if !create {
             return None;
         }
-        r = new_region(region)?;
-    }
-    // SAFETY: regions are never freed once published (pointer from mmap,
-    // zero-initialised, so every leaf pointer starts null).
-    let leaves = unsafe { &(*r).leaves };
-    let slot = leaves.get(c.bin)?;
-    let mut l = slot.load(Acquire);
-    if l.is_null() {
+        new_region(region)?
+    } else {
+        r
+    };
+    // SAFETY: regions are never freed once published (zeroed memory from
+    // mmap, so every leaf pointer starts null); `c.bin < BINS` (classes.rs).
+    let slot = unsafe { (*r).leaves.get_unchecked(c.bin) };
+    let l = slot.load(Acquire);
+    let l = if l.is_null() {
         if !create {
             return None;
         }
-        l = new_leaf(slot, c)?;
-    }
+        new_leaf(slot, c)?
+    } else {
+        l
+    };
     let i = index(addr & (REGION - 1), c);
-    if i >= leaf_len(c) {
-        return None;
-    }
+    debug_assert!(i < leaf_len(c), "index {i} of class {c:?} past its leaf");
     // SAFETY: the leaf holds `leaf_len(c)` zero-initialised `AtomicU32`s and is
-    // never freed once published; `i` is in bounds.
+    // never freed once published; `i < leaf_len(c)` because the offset is
+    // below REGION and `i = offset / c.size` (or `offset >> HUGE_SHIFT`).
     Some(unsafe { &*l.add(i) })
 }
 
