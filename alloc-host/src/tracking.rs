@@ -10,8 +10,8 @@ use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use alloc_core::scope::{
-    ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, finish_host_alloc,
-    finish_host_realloc, mark_host_allocator_seen, owner_from_compact,
+    ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, charge_host_free_compact,
+    finish_host_alloc, finish_host_realloc, mark_host_allocator_seen, owner_from_compact,
 };
 
 use crate::classes::Class;
@@ -258,8 +258,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // its owner kept by class (O1, O2); `charge_host_free` gets the
             // owner and size charged for it.
             unsafe {
-                let owner = owner_from_compact(get_owner(ptr, layout.size(), c));
-                charge_host_free(owner, layout.size());
+                charge_host_free_compact(get_owner(ptr, layout.size(), c), layout.size());
                 self.inner.dealloc(ptr, layout);
             }
             return;

@@ -58,8 +58,9 @@ pub use stats::{
 #[cfg(not(loom))]
 pub use thread::{
     BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, STACK_MAX, begin_host_alloc,
-    begin_host_realloc, charge_host_free, current, finish_host_alloc, finish_host_realloc, flush,
-    host_allocator_seen, mark_host_allocator_seen, owner_from_compact, untracked,
+    begin_host_realloc, charge_host_free, charge_host_free_compact, current, finish_host_alloc,
+    finish_host_realloc, flush, host_allocator_seen, mark_host_allocator_seen, owner_from_compact,
+    untracked,
 };
 #[cfg(not(loom))]
 pub(crate) use thread::{charge_device_alloc, charge_device_free};

@@ -111,6 +111,8 @@ struct Stack {
 
 pub(crate) struct ThreadState {
     pub(crate) current: Cell<ScopeId>,
+    /// `current.to_compact()`, so a free can be matched without a registry read.
+    current_compact: Cell<u32>,
     /// The current chain has a budget: charge unbatched.
     pub(crate) direct: Cell<bool>,
     mode: Cell<u8>,
@@ -127,6 +129,7 @@ impl ThreadState {
     const fn new() -> Self {
         ThreadState {
             current: Cell::new(ScopeId::ROOT),
+            current_compact: Cell::new(ScopeId::ROOT.to_compact()),
             direct: Cell::new(false),
             mode: Cell::new(NORMAL),
             fast: Cell::new(false),
@@ -159,6 +162,7 @@ impl ThreadState {
 
     fn set_current(&self, id: ScopeId, direct: bool) {
         self.current.set(id);
+        self.current_compact.set(id.to_compact());
         self.direct.set(direct);
         self.refresh();
     }
@@ -542,6 +546,33 @@ pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
             }
         } else {
             free_remote(s, owner, bytes as u64);
+        }
+    })
+}
+
+/// [`charge_host_free`] for an owner kept as a compact id
+/// ([`ScopeId::to_compact`]): a free in the owner's own scope is matched on
+/// the id alone, without reading the registry.
+///
+/// # Safety
+/// As [`charge_host_free`], with the compact id stored for the block.
+#[doc(hidden)]
+#[inline]
+pub unsafe fn charge_host_free_compact(id: u32, bytes: usize) {
+    if id == 0 {
+        return;
+    }
+    STATE.with(|s| {
+        if s.batched() && id == s.current_compact.get() {
+            let flush = s.with_batch(|b| {
+                b.free(bytes as u64);
+                b.left == 0 || b.live < -BATCH_BYTES
+            });
+            if flush {
+                flush_state(s);
+            }
+        } else {
+            free_remote(s, REGISTRY.owner_of_compact(id), bytes as u64);
         }
     })
 }
