@@ -266,7 +266,12 @@ pub fn parse_sources() -> Vec<PathBuf> {
             let mut crates: Vec<PathBuf> = std::fs::read_dir(home.join("registry/src"))
                 .expect("the cargo registry sources")
                 .flatten()
-                .flat_map(|index| std::fs::read_dir(index.path()).into_iter().flatten().flatten())
+                .flat_map(|index| {
+                    std::fs::read_dir(index.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
                 .map(|e| e.path())
                 .collect();
             crates.sort();
@@ -409,7 +414,10 @@ pub fn hold(seed: u64) -> u64 {
             full[..len.min(full.len())].to_string()
         })
         .collect();
-    let sum = boxes.iter().map(|b| b.len() as u64 + b[0] as u64).sum::<u64>()
+    let sum = boxes
+        .iter()
+        .map(|b| b.len() as u64 + b[0] as u64)
+        .sum::<u64>()
         + strings.iter().map(|s| s.len() as u64).sum::<u64>();
     drop(strings);
     drop(boxes);
@@ -534,8 +542,10 @@ pub fn run_with<S: Scoper>(threads: usize, w: &Workload, s: &S) -> Outcome {
     if *w == Workload::Scopes {
         let slowest = |f: fn(&(u64, f64, f64)) -> f64| results.iter().map(f).fold(0.0, f64::max);
         let total = (threads * 1_000_000) as f64;
-        out.metrics.push(("scopes_per_s_empty".into(), total / slowest(|r| r.1)));
-        out.metrics.push(("scopes_per_s_alloc".into(), total / slowest(|r| r.2)));
+        out.metrics
+            .push(("scopes_per_s_empty".into(), total / slowest(|r| r.1)));
+        out.metrics
+            .push(("scopes_per_s_alloc".into(), total / slowest(|r| r.2)));
     }
     if *w == Workload::Parse {
         out.metrics.push(("files".into(), sources.len() as f64));
