@@ -15,8 +15,9 @@
 //! [`Config::warnings`], that says they have no effect here; `from_env` prints
 //! each warning once. Keys of this engine: `max_reserved_mb` (a byte cap on
 //! reserved memory), `trace_buffer_entries` (the trace ring buffer's length,
-//! 0 = off) and `max_cached_fraction` (expandable segments: before mapping
-//! more pages, unmap free pages until cached ≤ this fraction of reserved).
+//! 0 = off); `max_cached_fraction` is still accepted, with a warning that it
+//! has no effect (the engine unmaps cached pages only when a map would raise
+//! reserved memory past its peak or the cap).
 //! Unknown keys and bad values are errors naming the key, the value and the
 //! rule.
 
@@ -37,8 +38,8 @@ pub const MIN_MAX_SPLIT_MB: usize = 20;
 /// `max_non_split_rounding_mb` this engine implements (PyTorch's default).
 pub const LARGE_SEGMENT_MB: usize = 20;
 
-/// Default of `max_cached_fraction` (chosen by replaying the shipped traces,
-/// see `benches/RESULTS.md`).
+/// Default of `max_cached_fraction`, a key kept for compatibility that has no
+/// effect (see the module docs).
 pub const DEFAULT_MAX_CACHED_FRACTION: f64 = 0.05;
 
 /// The longest trace ring buffer `trace_buffer_entries` may ask for (16 Mi
@@ -348,6 +349,9 @@ impl Config {
                     return Err(bad(key, value, "must be in [0, 1]"));
                 }
                 self.max_cached_fraction = f;
+                self.warnings.push(format!(
+                    "`{key}:{value}` has no effect: the engine unmaps cached pages only when a map would raise reserved memory past its peak or the cap; remove the key"
+                ));
             }
             _ => return Ok(false),
         }

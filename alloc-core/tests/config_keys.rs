@@ -180,11 +180,22 @@ fn arb_config_text() -> impl Strategy<Value = String> {
                 1u64 << i,
                 1u32 << k
             )),
-            (0u32..=100).prop_map(|p| format!("max_cached_fraction:{}", p as f64 / 100.0)),
         ],
         0..6,
     );
     entries.prop_map(|v| v.join(","))
+}
+
+#[test]
+fn max_cached_fraction_is_accepted_with_a_no_effect_warning() {
+    let c = Config::parse("max_cached_fraction:0.2").unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("max_cached_fraction") && w.contains("no effect")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 proptest! {
