@@ -2,47 +2,12 @@
 //! per-name aggregates of closed scopes (`alloc_host::aggregates`) and the
 //! registry's occupancy.
 
+use alloc_host::PeakSummary;
 use serde::Serialize;
 
-/// A distribution of per-scope bytes: power-of-two buckets `(upper bound,
-/// count in this bucket)`, count, sum and max.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// Values recorded.
-    pub count: u64,
-    /// Their sum.
-    pub sum: u64,
-    /// The largest.
-    pub max: u64,
-    /// Non-empty power-of-two buckets, counts not cumulative.
-    pub buckets: Vec<(u64, u64)>,
-}
-
-impl Summary {
-    /// The `q`-quantile (`0.0..=1.0`), interpolated inside its power-of-two
-    /// bucket and never above the maximum: within a factor of 2 of the exact
-    /// value, exact at `q = 1.0`; 0 when nothing was recorded.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-        if q >= 1.0 {
-            return self.max;
-        }
-        let rank = ((q * self.count as f64).ceil() as u64).max(1);
-        let mut below = 0u64;
-        for &(upper, n) in &self.buckets {
-            if below + n >= rank {
-                let lo = if upper <= 1 { 0 } else { upper / 2 };
-                let frac = (rank - below) as f64 / n as f64;
-                return ((lo as f64 + frac * (upper - lo) as f64) as u64).min(self.max);
-            }
-            below += n;
-        }
-        self.max
-    }
-}
+/// A distribution of per-scope bytes: alloc-host's [`PeakSummary`]
+/// (power-of-two buckets, count, sum, max, `quantile`).
+pub type Summary = PeakSummary;
 
 /// The closed scopes of one name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -74,17 +39,6 @@ pub struct RegistryFigures {
     pub not_created: u64,
 }
 
-impl From<&alloc_host::PeakSummary> for Summary {
-    fn from(p: &alloc_host::PeakSummary) -> Self {
-        Summary {
-            count: p.count,
-            sum: p.sum,
-            max: p.max,
-            buckets: p.buckets.clone(),
-        }
-    }
-}
-
 /// The per-name aggregates now (`alloc_host::aggregates`).
 pub fn name_figures() -> Vec<NameFigures> {
     alloc_host::aggregates()
@@ -92,8 +46,8 @@ pub fn name_figures() -> Vec<NameFigures> {
         .map(|a| NameFigures {
             name: a.name.clone(),
             closed: a.closed,
-            host_peak: (&a.host_peak).into(),
-            device_peak: (&a.device_peak).into(),
+            host_peak: a.host_peak.clone(),
+            device_peak: a.device_peak.clone(),
             bytes_allocated: a.bytes_allocated,
             allocations: a.allocations,
             wall_seconds: a.wall_time.as_secs_f64(),
