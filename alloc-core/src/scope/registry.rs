@@ -95,6 +95,24 @@ impl<const N: usize> Registry<N> {
         }
     }
 
+    /// `from` and its ancestors up to the root, at most [`MAX_DEPTH`] of them
+    /// (G3: a corrupted link cannot loop).
+    #[inline]
+    pub(crate) fn chain(&self, from: Option<u32>) -> impl Iterator<Item = u32> + '_ {
+        let mut cur = from;
+        let mut steps = 0;
+        core::iter::from_fn(move || {
+            let slot = cur?;
+            steps += 1;
+            cur = if steps < MAX_DEPTH {
+                self.parent(slot)
+            } else {
+                None
+            };
+            Some(slot)
+        })
+    }
+
     /// Takes a free slot (G1), or `None` when all `N` are in use.
     pub(crate) fn take_slot(&self) -> Option<u32> {
         loop {
@@ -161,20 +179,12 @@ impl<const N: usize> Registry<N> {
     /// changes by the batch's net allocations. No budget check: used for batches
     /// of chains without budgets.
     pub(crate) fn apply_batch(&self, owner: u32, d: &Delta, device: bool) {
-        let mut cur = Some(owner);
-        let mut steps = 0;
-        while let Some(slot) = cur {
+        for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let live = counters(r, device).apply(d);
             if !device {
                 self.check_soft(r, live);
             }
-            steps += 1;
-            cur = if steps < MAX_DEPTH {
-                self.parent(slot)
-            } else {
-                None
-            };
         }
         self.adjust_life(owner, d.net_allocations());
     }
@@ -252,9 +262,7 @@ impl<const N: usize> Registry<N> {
     /// hard limit with a compare-and-swap (G4); returns false, with nothing
     /// changed, when a limit refuses.
     pub(crate) fn reserve_chain(&self, owner: u32, bytes: i64) -> bool {
-        let mut cur = Some(owner);
-        let mut steps = 0;
-        while let Some(slot) = cur {
+        for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let hard = r.meta.0.hard_limit.load(Relaxed);
             let live = &r.host.0.live_bytes;
@@ -275,12 +283,6 @@ impl<const N: usize> Registry<N> {
                     }
                 }
             }
-            steps += 1;
-            cur = if steps < MAX_DEPTH {
-                self.parent(slot)
-            } else {
-                None
-            };
         }
         true
     }
@@ -291,40 +293,24 @@ impl<const N: usize> Registry<N> {
     }
 
     fn unreserve_until(&self, owner: u32, stop: u32, bytes: i64) {
-        let mut cur = Some(owner);
-        let mut steps = 0;
-        while let Some(slot) = cur {
+        for slot in self.chain(Some(owner)) {
             if slot == stop {
                 return;
             }
             let Some(r) = self.record(slot) else { return };
             r.host.0.unreserve(bytes);
-            steps += 1;
-            cur = if steps < MAX_DEPTH {
-                self.parent(slot)
-            } else {
-                None
-            };
         }
     }
 
     /// Records the totals and peaks of an operation whose live bytes
     /// [`Registry::reserve_chain`] reserved, and its life change.
     pub(crate) fn commit_reserved(&self, owner: u32, d: &Delta) {
-        let mut cur = Some(owner);
-        let mut steps = 0;
-        while let Some(slot) = cur {
+        for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let c = &r.host.0;
             let live = c.live_bytes.load(Relaxed);
             c.commit_reserved(d, live);
             self.check_soft(r, live);
-            steps += 1;
-            cur = if steps < MAX_DEPTH {
-                self.parent(slot)
-            } else {
-                None
-            };
         }
         self.adjust_life(owner, d.net_allocations());
     }
@@ -504,20 +490,12 @@ impl<const N: usize> Registry<N> {
             into.bytes_allocated = live as u64;
             into.live = live;
             into.max_prefix = live.max(0);
-            let mut cur = self.parent(slot);
-            let mut steps = 0;
             // The process root sees both (its live bytes do not change), so
             // C1–C4 hold everywhere.
-            while let Some(p) = cur {
+            for p in self.chain(self.parent(slot)) {
                 if let Some(pr) = self.record(p) {
                     counters(pr, device).apply(&out);
                 }
-                steps += 1;
-                cur = if steps < MAX_DEPTH {
-                    self.parent(p)
-                } else {
-                    None
-                };
             }
             for p in [RETIRED, 0] {
                 if let Some(pr) = self.record(p) {
