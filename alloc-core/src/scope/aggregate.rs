@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::record::Name;
-use super::stats::ScopeStats;
+use super::registry::REGISTRY;
 use super::thread;
 
 /// Distinct names kept (names are cut at 63 bytes, as scope names are); scopes
@@ -172,18 +172,15 @@ impl Entry {
         }
     }
 
-    fn add(&self, s: &ScopeStats) {
+    fn add(&self, f: &Closed) {
         self.closed.fetch_add(1, Relaxed);
-        self.host.add(s.peak_bytes);
-        self.device.add(s.device.peak_bytes);
-        self.bytes_allocated.fetch_add(s.bytes_allocated, Relaxed);
-        self.allocations.fetch_add(s.allocations, Relaxed);
+        self.host.add(f.host_peak);
+        self.device.add(f.device_peak);
+        self.bytes_allocated.fetch_add(f.bytes_allocated, Relaxed);
+        self.allocations.fetch_add(f.allocations, Relaxed);
         self.device_bytes_allocated
-            .fetch_add(s.device.bytes_allocated, Relaxed);
-        self.wall_ns.fetch_add(
-            u64::try_from(s.wall_time.as_nanos()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+            .fetch_add(f.device_bytes_allocated, Relaxed);
+        self.wall_ns.fetch_add(f.wall_ns, Relaxed);
     }
 
     fn read(&self, name: String) -> ScopeAggregate {
@@ -221,7 +218,7 @@ fn entry_of(name: &str) -> &'static Entry {
         loop {
             match e.state.load(Acquire) {
                 2 => {
-                    if e.hash.load(Relaxed) == h && e.name.load() == name {
+                    if e.hash.load(Relaxed) == h && e.name.with_str(|n| n == name) {
                         return e;
                     }
                     break;
@@ -241,12 +238,35 @@ fn entry_of(name: &str) -> &'static Entry {
     &OTHER_ENTRY
 }
 
+/// What a closing scope adds to its name's entry.
+struct Closed {
+    host_peak: u64,
+    device_peak: u64,
+    bytes_allocated: u64,
+    allocations: u64,
+    device_bytes_allocated: u64,
+    wall_ns: u64,
+}
+
 /// Records a scope that just closed (called with its life reference held).
+/// No allocation and no lock: the name is read into a stack buffer.
 pub(crate) fn record_close(slot: u32) {
-    thread::untracked(|| {
-        let s = ScopeStats::read(slot);
-        entry_of(&s.name).add(&s);
-    });
+    let Some(r) = REGISTRY.record(slot) else {
+        return;
+    };
+    let (h, d, m) = (r.host.0.read(), r.device.0.read(), &r.meta.0);
+    let f = Closed {
+        host_peak: h.peak_bytes.max(0) as u64,
+        device_peak: d.peak_bytes.max(0) as u64,
+        bytes_allocated: h.bytes_allocated,
+        allocations: h.allocations,
+        device_bytes_allocated: d.bytes_allocated,
+        wall_ns: m
+            .closed_ns
+            .load(Relaxed)
+            .saturating_sub(m.opened_ns.load(Relaxed)),
+    };
+    r.name.0.with_str(|name| entry_of(name).add(&f));
 }
 
 /// The aggregates of every scope name seen closing, sorted by name.

@@ -109,7 +109,7 @@ pub(crate) fn name_of(slot: u32) -> String {
 /// counts such scopes, and the test helpers refuse to measure with one. Use
 /// [`ScopeBuilder::enter`] to get the error instead.
 pub fn scope(name: &str) -> ScopeGuard {
-    match thread::untracked(|| ScopeBuilder::new(name).build()) {
+    match thread::untracked(|| create(name, thread::current(), None, None, None)) {
         Ok(h) => h.enter_owned(),
         Err(_) => {
             let mut g = ScopeHandle::current().enter_owned();
@@ -181,48 +181,7 @@ impl ScopeBuilder {
             Some(p) => p.id,
             None => thread::current(),
         };
-        let Some(slot) = REGISTRY.take_slot() else {
-            return Err(ScopeError::RegistryFull {
-                name: self.name,
-                capacity: super::registry::CAPACITY,
-            });
-        };
-        let Some(r) = REGISTRY.record(slot) else {
-            return Err(ScopeError::RegistryFull {
-                name: self.name,
-                capacity: super::registry::CAPACITY,
-            });
-        };
-        r.name.0.store(&self.name);
-        let parent_rec = REGISTRY.record(parent.slot());
-        let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
-        r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
-        let m = &r.meta.0;
-        m.hard_limit.store(self.hard.unwrap_or(0), Relaxed);
-        m.soft_limit.store(self.soft.unwrap_or(0), Relaxed);
-        let inherited = parent_rec.is_some_and(|p| p.meta.0.budget_in_chain.load(Relaxed) != 0);
-        m.budget_in_chain
-            .store(u8::from(inherited || r.has_budget()), Relaxed);
-        if parent.slot() >= FIXED {
-            if let Some(p) = parent_rec {
-                p.meta.0.life.fetch_add(REF, Relaxed);
-            }
-        }
-        let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
-        m.state.store(OPEN, Release);
-        let id = ScopeId::new(slot, generation);
-        // Only scopes with a callback take this lock (never an allocator path;
-        // a stale entry of a reused slot fails the generation check when due).
-        if let Some(cb) = self.on_soft {
-            lock(&CALLBACKS).get_or_insert_with(HashMap::new).insert(
-                slot,
-                CallbackEntry {
-                    scope: id,
-                    callback: cb,
-                },
-            );
-        }
-        Ok(ScopeHandle { id })
+        create(&self.name, parent, self.hard, self.soft, self.on_soft)
     }
 
     /// Creates the scope and enters it on the calling thread.
@@ -251,6 +210,60 @@ impl ScopeBuilder {
         }
         Ok(())
     }
+}
+
+/// Takes a slot and opens a scope in it: the one path of [`scope`] and
+/// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
+/// allocated unless the registry is full).
+fn create(
+    name: &str,
+    parent: ScopeId,
+    hard: Option<u64>,
+    soft: Option<u64>,
+    on_soft: Option<Callback>,
+) -> Result<ScopeHandle, ScopeError> {
+    let Some(slot) = REGISTRY.take_slot() else {
+        return Err(ScopeError::RegistryFull {
+            name: name.to_owned(),
+            capacity: super::registry::CAPACITY,
+        });
+    };
+    let Some(r) = REGISTRY.record(slot) else {
+        return Err(ScopeError::RegistryFull {
+            name: name.to_owned(),
+            capacity: super::registry::CAPACITY,
+        });
+    };
+    r.name.0.store(name);
+    let parent_rec = REGISTRY.record(parent.slot());
+    let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
+    r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
+    let m = &r.meta.0;
+    m.hard_limit.store(hard.unwrap_or(0), Relaxed);
+    m.soft_limit.store(soft.unwrap_or(0), Relaxed);
+    let inherited = parent_rec.is_some_and(|p| p.meta.0.budget_in_chain.load(Relaxed) != 0);
+    m.budget_in_chain
+        .store(u8::from(inherited || r.has_budget()), Relaxed);
+    if parent.slot() >= FIXED {
+        if let Some(p) = parent_rec {
+            p.meta.0.life.fetch_add(REF, Relaxed);
+        }
+    }
+    let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
+    m.state.store(OPEN, Release);
+    let id = ScopeId::new(slot, generation);
+    // Only scopes with a callback take this lock (never an allocator path;
+    // a stale entry of a reused slot fails the generation check when due).
+    if let Some(cb) = on_soft {
+        lock(&CALLBACKS).get_or_insert_with(HashMap::new).insert(
+            slot,
+            CallbackEntry {
+                scope: id,
+                callback: cb,
+            },
+        );
+    }
+    Ok(ScopeHandle { id })
 }
 
 /// A shared reference to a scope: `Clone + Send + Sync`. Entering it on another

@@ -90,6 +90,17 @@ impl Name {
         }
     }
 
+    /// Runs `f` on the name, read into a stack buffer (no allocation; names
+    /// are stored cut at a character boundary, so they are valid UTF-8).
+    pub(crate) fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let mut bytes = [0u8; 64];
+        for (w, chunk) in self.0.iter().zip(bytes.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        let len = (bytes[0] as usize).min(NAME_MAX);
+        f(core::str::from_utf8(&bytes[1..=len]).unwrap_or(""))
+    }
+
     pub(crate) fn load(&self) -> String {
         let mut bytes = [0u8; 64];
         for (w, chunk) in self.0.iter().zip(bytes.chunks_exact_mut(8)) {
