@@ -782,9 +782,9 @@ impl<B: DeviceBackend> State<B> {
     }
 }
 
-/// A slot as the trace ring records it (saturating: the trace is a
-/// diagnostic, the engine's slots are never truncated).
+/// A slot as the trace ring records it (whole: trace entries hold 64 bits, so
+/// streams past the 65,536th keep distinct numbers in snapshots too).
 #[inline]
-pub(crate) fn trace_slot(slot: Slot) -> u16 {
-    u16::try_from(slot).unwrap_or(u16::MAX)
+pub(crate) fn trace_slot(slot: Slot) -> u32 {
+    slot
 }
