@@ -240,62 +240,25 @@ pub fn memory_info_from(sources: &MemorySources) -> MemoryInfo {
 /// The macOS sources: no /proc, no cgroups.
 #[cfg(target_os = "macos")]
 mod macos {
-    use super::{ProcessMemory, SystemMemory, page_size};
+    use super::{ProcessMemory, SystemMemory};
 
     /// Total from `hw.memsize`; free = free pages, available = free +
     /// inactive pages of `host_statistics64(HOST_VM_INFO64)` (what the kernel
-    /// can hand out without compressing or swapping pages in use).
+    /// can hand out without compressing or swapping pages in use); read by
+    /// alloc-core's `vm_memory`, shared with the host backend.
     pub(super) fn system_memory() -> SystemMemory {
-        let mut total: u64 = 0;
-        let mut len = core::mem::size_of::<u64>();
-        // SAFETY: the name is NUL-terminated and `total`/`len` describe a
-        // writable u64, which is what `hw.memsize` holds.
-        let r = unsafe {
-            libc::sysctlbyname(
-                c"hw.memsize".as_ptr(),
-                (&raw mut total).cast(),
-                &mut len,
-                core::ptr::null_mut(),
-                0,
-            )
-        };
-        if r != 0 || len != core::mem::size_of::<u64>() {
-            total = 0;
-        }
-        // SAFETY: an all-zero vm_statistics64 is a valid value of it.
-        let mut vm: libc::vm_statistics64 = unsafe { core::mem::zeroed() };
-        let mut count = libc::HOST_VM_INFO64_COUNT;
-        // SAFETY: `vm` is writable for `count` integers (its size in
-        // integers); the kernel writes at most `count` of them.
-        let kr = unsafe {
-            libc::host_statistics64(
-                host_port(),
-                libc::HOST_VM_INFO64,
-                (&raw mut vm).cast(),
-                &mut count,
-            )
-        };
-        let (free, available) = if kr == libc::KERN_SUCCESS {
-            let free = u64::from(vm.free_count);
-            (free, free + u64::from(vm.inactive_count))
-        } else {
-            (0, 0)
-        };
+        let m = alloc_core::backends::host::vm_memory().unwrap_or(
+            alloc_core::backends::host::VmMemory {
+                total: 0,
+                free: 0,
+                inactive: 0,
+            },
+        );
         SystemMemory {
-            total,
-            available: (available * page_size()).min(total),
-            free: (free * page_size()).min(total),
+            total: m.total,
+            available: (m.free + m.inactive).min(m.total),
+            free: m.free.min(m.total),
         }
-    }
-
-    /// The host port, asked for once: each `mach_host_self` call adds a
-    /// reference to the port that would otherwise have to be released.
-    fn host_port() -> libc::mach_port_t {
-        static HOST: std::sync::OnceLock<libc::mach_port_t> = std::sync::OnceLock::new();
-        // SAFETY: mach_host_self has no preconditions. libc marks it
-        // deprecated in favour of the mach2 crate (a dependency for one call).
-        #[allow(deprecated)]
-        *HOST.get_or_init(|| unsafe { libc::mach_host_self() })
     }
 
     /// Resident bytes now (`proc_pidinfo(PROC_PIDTASKINFO)`), 0 on failure.

@@ -216,11 +216,34 @@ fn system_mem_info() -> Option<MemInfo> {
     })
 }
 
-/// Total RAM from `sysctl hw.memsize`; free RAM = (free + inactive pages) of
-/// `host_statistics64(HOST_VM_INFO64)` × the page size: what the kernel can
-/// hand out without compressing or swapping pages in use.
+/// Total RAM from `sysctl hw.memsize`; free RAM = free + inactive pages
+/// ([`vm_memory`]): what the kernel can hand out without compressing or
+/// swapping pages in use.
 #[cfg(target_vendor = "apple")]
 fn system_mem_info() -> Option<MemInfo> {
+    let m = vm_memory()?;
+    Some(MemInfo {
+        free: usize::try_from(m.free + m.inactive).unwrap_or(usize::MAX),
+        total: usize::try_from(m.total).unwrap_or(usize::MAX),
+    })
+}
+
+/// The machine's memory as macOS counts it, in bytes.
+#[cfg(target_vendor = "apple")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmMemory {
+    /// `sysctl hw.memsize`.
+    pub total: u64,
+    /// Free pages of `host_statistics64(HOST_VM_INFO64)` × the page size.
+    pub free: u64,
+    /// Inactive pages (reclaimable without swapping) × the page size.
+    pub inactive: u64,
+}
+
+/// Reads [`VmMemory`]: `sysctl hw.memsize` and `host_statistics64`; `None`
+/// when either call fails. Shared with alloc-toolkit's memory info.
+#[cfg(target_vendor = "apple")]
+pub fn vm_memory() -> Option<VmMemory> {
     let mut total: u64 = 0;
     let mut len = core::mem::size_of::<u64>();
     // SAFETY: the name is NUL-terminated and `total`/`len` describe a valid,
@@ -255,10 +278,10 @@ fn system_mem_info() -> Option<MemInfo> {
     }
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    let free_pages = u64::from(vm.free_count) + u64::from(vm.inactive_count);
-    Some(MemInfo {
-        free: usize::try_from(free_pages.saturating_mul(page)).unwrap_or(usize::MAX),
-        total: usize::try_from(total).unwrap_or(usize::MAX),
+    Some(VmMemory {
+        total,
+        free: u64::from(vm.free_count).saturating_mul(page),
+        inactive: u64::from(vm.inactive_count).saturating_mul(page),
     })
 }
 
