@@ -199,6 +199,21 @@ impl Model {
     }
 }
 
+/// Checks a real answer against the model's: refused by a budget (counted on
+/// the scope that refused; the budget is checked before the inner allocator
+/// is asked) or by the inner allocator, else granted. True when refused.
+fn refused(m: &mut Model, refuser: Option<usize>, refuse: bool, p: *mut u8, op: &Op) -> bool {
+    if let Some(r) = refuser {
+        m.scopes[r].fig.refused += 1;
+    }
+    if refuse || refuser.is_some() {
+        assert!(p.is_null(), "{op:?}: expected a refusal");
+        return true;
+    }
+    assert!(!p.is_null(), "{op:?}: refused although it fits");
+    false
+}
+
 fn layout(size: usize, align_log2: u8) -> Layout {
     Layout::from_size_align(size, 1usize << align_log2).unwrap()
 }
@@ -267,15 +282,9 @@ fn step(m: &mut Model, op: &Op) {
                 } else {
                     None
                 };
-                // The budget is checked before the inner allocator is asked.
-                if let Some(r) = refuser {
-                    m.scopes[r].fig.refused += 1;
-                }
-                if refuse || refuser.is_some() {
-                    assert!(p.is_null(), "{op:?}: expected a refusal");
+                if refused(m, refuser, refuse, p, op) {
                     return;
                 }
-                assert!(!p.is_null(), "{op:?}: refused although it fits");
                 assert_eq!(p as usize % l.align(), 0);
                 m.alloc_done(p as usize, l, if m.tracking { owner } else { None });
             });
@@ -321,15 +330,9 @@ fn step(m: &mut Model, op: &Op) {
                 } else {
                     None
                 };
-                // The budget is checked before the inner allocator is asked.
-                if let Some(r) = refuser {
-                    m.scopes[r].fig.refused += 1;
-                }
-                if refuse || refuser.is_some() {
-                    assert!(p.is_null(), "{op:?}: expected a refusal");
+                if refused(m, refuser, refuse, p, op) {
                     return;
                 }
-                assert!(!p.is_null(), "{op:?}: refused although it fits");
                 m.charge(owner, |f| {
                     f.reallocs += 1;
                     if new >= old {
