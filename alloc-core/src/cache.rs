@@ -22,6 +22,12 @@
 //! - P1 a pending block waits for one event per stream that used it; each
 //!   stream's events are queried in the order they were recorded, stopping at
 //!   the first that has not completed.
+//! - S6 a device-wide sync runs outside the lock (it blocks for as long as
+//!   the queued work runs); what it proves idle is decided by a
+//!   [`SyncMark`] taken under the lock before it: the frees deferred before
+//!   the mark, and the free blocks of streams with no free completed since.
+//!   A block freed by another thread meanwhile may still be in use by work
+//!   queued after the sync, so its stream is queried as usual.
 //!
 //! # Streams
 //! The stream registry gives each stream a slot on first use: a hash
@@ -56,14 +62,20 @@ pub type OomObserver = Arc<dyn Fn(&OutOfMemory) + Send + Sync>;
 pub const LARGE_SPLIT_REMAINDER: usize = SMALL_SIZE;
 
 /// Frees waiting for events recorded on the streams that used their blocks
-/// (P1): one queue of (event, block) per stream, in recording order.
+/// (P1): one queue of (event, block, deferral number) per stream, in
+/// recording order.
 pub(crate) struct Pending<E> {
-    queues: Vec<VecDeque<(E, BlockId)>>,
+    queues: Vec<VecDeque<(E, BlockId, u64)>>,
     /// Slots whose queue is not empty.
     active: Vec<Slot>,
-    /// Per pending block: events still outstanding, and whether an event
-    /// could not be recorded (then only a device-wide sync frees it).
-    waits: HashMap<BlockId, (u32, bool)>,
+    /// Per pending block: events still outstanding, whether an event could
+    /// not be recorded (then only a device-wide sync frees it), and its
+    /// deferral number.
+    waits: HashMap<BlockId, (u32, bool, u64)>,
+    /// The next deferral number (they increase with time, so a device-wide
+    /// sync completes exactly the deferrals numbered below a mark taken
+    /// before it).
+    next_seq: u64,
 }
 
 impl<E> Default for Pending<E> {
@@ -72,8 +84,21 @@ impl<E> Default for Pending<E> {
             queues: Vec::new(),
             active: Vec::new(),
             waits: HashMap::new(),
+            next_seq: 0,
         }
     }
+}
+
+/// What a device-wide synchronisation run outside the lock covers: taken
+/// under the lock just before it. Frees deferred before the mark, and free
+/// blocks of streams that had no free since the mark, are idle after it;
+/// whatever other threads did while the lock was released is judged by
+/// querying events, as without a sync (S6).
+pub(crate) struct SyncMark {
+    /// Deferrals numbered below this were recorded before the sync.
+    seq: u64,
+    /// Frees completed on each slot when the mark was taken.
+    frees: Vec<u64>,
 }
 
 impl<E> Pending<E> {
@@ -147,6 +172,9 @@ pub(crate) struct State<B: DeviceBackend> {
     pub(crate) trace: TraceRing,
     /// Cap on reserved bytes (memory fraction / byte cap).
     pub(crate) limit: Option<usize>,
+    /// Per slot: frees completed on it (blocks that launched work may have
+    /// used becoming free), for [`SyncMark`].
+    pub(crate) frees: Vec<u64>,
 }
 
 /// The block-caching device allocator, generic over its backend.
@@ -188,6 +216,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             stats: Stats::default(),
             trace: TraceRing::new(config.trace_entries),
             limit,
+            frees: Vec::new(),
         };
         CachingAllocator {
             backend,
@@ -255,18 +284,22 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let mut st = self.lock();
         let slot = st.stream_slot(stream);
         if !st.pending.is_empty() {
-            st.process_pending(&self.backend, false);
+            st.process_pending(&self.backend);
         }
         let id = match st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             Some(id) => id,
-            None => match self.alloc_slow(&mut st, slot, pool, bytes, rounded) {
-                Ok(id) => id,
-                Err(e) => {
-                    drop(st);
-                    self.notify_oom(&e);
-                    return Err(e);
+            None => {
+                let (g, got) = self.alloc_slow(st, slot, pool, bytes, rounded);
+                st = g;
+                match got {
+                    Ok(id) => id,
+                    Err(e) => {
+                        drop(st);
+                        self.notify_oom(&e);
+                        return Err(e);
+                    }
                 }
-            },
+            }
         };
         let expandable = self.expandable_seg(&st, id);
         let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size, expandable);
@@ -467,6 +500,26 @@ fn fit_verdict(
     }
 }
 
+/// Whether a free block of `size` bytes handed out for `rounded` bytes is
+/// split: PyTorch's `should_split`, where the request's size, not the
+/// block's, is tested against `max_split` (small-pool and expandable blocks
+/// split down to [`MIN_BLOCK`]).
+#[inline]
+pub(crate) fn should_split(
+    pool: Pool,
+    expandable: bool,
+    size: usize,
+    rounded: usize,
+    max_split: usize,
+) -> bool {
+    let rest = size.saturating_sub(rounded);
+    match pool {
+        Pool::Small => rest >= MIN_BLOCK,
+        Pool::Large if expandable => rest >= MIN_BLOCK,
+        Pool::Large => rest > LARGE_SPLIT_REMAINDER && rounded < max_split,
+    }
+}
+
 /// Whether free block `b` counts in `inactive_split` (T2): it shares a fixed
 /// segment with other blocks.
 #[inline]
@@ -511,6 +564,7 @@ impl<B: DeviceBackend> State<B> {
         let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);
         self.streams.push(stream);
         self.retired.push(false);
+        self.frees.push(0);
         self.slot_of.insert(stream, slot);
         self.index.ensure_stream(slot);
         let need = (slot as usize + 1) * 2;
@@ -588,15 +642,7 @@ impl<B: DeviceBackend> State<B> {
             size >= rounded,
             "block of {size} B handed out for {rounded} B"
         );
-        // PyTorch's should_split: the request's size, not the block's, is
-        // tested against max_split_size
-        let rest = size.saturating_sub(rounded);
-        let split = match pool {
-            Pool::Small => rest >= MIN_BLOCK,
-            Pool::Large if expandable => rest >= MIN_BLOCK,
-            Pool::Large => rest > LARGE_SPLIT_REMAINDER && rounded < max_split,
-        };
-        let rest = if split {
+        let rest = if should_split(pool, expandable, size, rounded, max_split) {
             self.blocks.split(id, rounded)
         } else {
             None
@@ -671,6 +717,9 @@ impl<B: DeviceBackend> State<B> {
         self.stats.active.sub(pool, 1);
         self.stats.active_bytes.sub(pool, size);
         self.stats.requested_bytes.sub(pool, requested);
+        if let Some(n) = self.frees.get_mut(slot as usize) {
+            *n += 1;
+        }
         self.trace
             .push(TraceAction::FreeCompleted, ptr, size, trace_slot(slot));
         self.blocks.at_mut(id).state = BlockState::Free;
@@ -707,6 +756,7 @@ impl<B: DeviceBackend> State<B> {
     /// (retired streams completed their work when they were forgotten).
     fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<Slot>) {
         let (mut n, mut needs_sync) = (0u32, false);
+        let seq = self.pending.next_seq;
         for slot in streams {
             let Some(&s) = self.streams.get(slot as usize) else {
                 continue;
@@ -723,7 +773,7 @@ impl<B: DeviceBackend> State<B> {
                     if self.pending.queues[i].is_empty() {
                         self.pending.active.push(slot);
                     }
-                    self.pending.queues[i].push_back((e, id));
+                    self.pending.queues[i].push_back((e, id, seq));
                     n += 1;
                 }
                 Err(_) => needs_sync = true,
@@ -733,29 +783,63 @@ impl<B: DeviceBackend> State<B> {
             self.complete_free(id);
             return;
         }
+        self.pending.next_seq += 1;
         self.blocks.at_mut(id).state = BlockState::Pending;
-        self.pending.waits.insert(id, (n, needs_sync));
+        self.pending.waits.insert(id, (n, needs_sync, seq));
     }
 
-    /// Frees pending blocks whose events completed (all of them after a
-    /// device-wide sync when `synced`). Each stream's queue is queried in
-    /// order and left at its first event that has not completed (P1).
-    pub(crate) fn process_pending(&mut self, backend: &B, synced: bool) {
-        if synced {
-            for q in &mut self.pending.queues {
-                q.clear();
-            }
-            self.pending.active.clear();
-            let blocks: Vec<BlockId> = self.pending.waits.drain().map(|(b, _)| b).collect();
-            for b in blocks {
-                self.complete_free(b);
-            }
-            return;
+    /// The mark a device-wide sync started after now will cover.
+    pub(crate) fn sync_mark(&self) -> SyncMark {
+        SyncMark {
+            seq: self.pending.next_seq,
+            frees: self.frees.clone(),
         }
+    }
+
+    /// After a device-wide sync that started after `mark` was taken: frees
+    /// every block deferred before the mark (its events have completed),
+    /// whatever was deferred since (by other threads while the lock was
+    /// released) stays pending (S6).
+    pub(crate) fn complete_synced(&mut self, mark: &SyncMark) {
+        for q in &mut self.pending.queues {
+            while q.front().is_some_and(|(_, _, seq)| *seq < mark.seq) {
+                q.pop_front();
+            }
+        }
+        let queues = &self.pending.queues;
+        self.pending
+            .active
+            .retain(|&s| queues.get(s as usize).is_some_and(|q| !q.is_empty()));
+        let mut done: Vec<BlockId> = self
+            .pending
+            .waits
+            .iter()
+            .filter(|(_, w)| w.2 < mark.seq)
+            .map(|(b, _)| *b)
+            .collect();
+        done.sort_unstable();
+        for b in done {
+            self.pending.waits.remove(&b);
+            self.complete_free(b);
+        }
+    }
+
+    /// Whether stream `slot` is idle by the sync that followed `mark`: no
+    /// free completed on it since (so every free block it has was free
+    /// before the sync).
+    pub(crate) fn idle_by_sync(&self, mark: &SyncMark, slot: Slot) -> bool {
+        let i = slot as usize;
+        matches!((mark.frees.get(i), self.frees.get(i)), (Some(a), Some(b)) if a == b)
+    }
+
+    /// Frees pending blocks whose events completed. Each stream's queue is
+    /// queried in order and left at its first event that has not completed
+    /// (P1).
+    pub(crate) fn process_pending(&mut self, backend: &B) {
         let mut i = 0;
         while i < self.pending.active.len() {
             let slot = self.pending.active[i] as usize;
-            while let Some((e, b)) = self.pending.queues[slot].front() {
+            while let Some((e, b, _)) = self.pending.queues[slot].front() {
                 if !backend.event_done(e) {
                     break;
                 }

@@ -16,9 +16,11 @@
 //! there and reserved memory never grows past what is mapped for live blocks
 //! plus the free pages the cache keeps.
 
+use std::sync::MutexGuard;
+
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
 use crate::block::{Block, BlockId, BlockState, NIL, Slot};
-use crate::cache::{CachingAllocator, State, trace_slot};
+use crate::cache::{CachingAllocator, State, SyncMark, should_split, trace_slot};
 use crate::error::{AllocError, OutOfMemory};
 use crate::segment::Segment;
 use crate::size_class::{Pool, segment_size};
@@ -35,33 +37,66 @@ pub(crate) enum Release {
 
 impl<B: DeviceBackend> CachingAllocator<B> {
     /// The slow path of [`allocate`](Self::allocate): the reclaim ladder.
+    /// Takes the lock's guard and gives it back: the device-wide sync of the
+    /// last step runs with the lock released (S6).
     #[cold]
     #[inline(never)]
-    pub(crate) fn alloc_slow(
+    pub(crate) fn alloc_slow<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State<B>>,
+        slot: Slot,
+        pool: Pool,
+        bytes: usize,
+        rounded: usize,
+    ) -> (MutexGuard<'a, State<B>>, Result<BlockId, AllocError>) {
+        match self.ladder_before_sync(&mut st, slot, pool, rounded) {
+            Ok(Some(id)) => return (st, Ok(id)),
+            Err(e) => return (st, Err(e)),
+            Ok(None) => {}
+        }
+        let (mut st, mark) = self.synchronize_unlocked(st);
+        let got = self.ladder_after_sync(&mut st, &mark, slot, pool, bytes, rounded);
+        (st, got)
+    }
+
+    /// The ladder's steps that need no device-wide sync.
+    fn ladder_before_sync(
         &self,
         st: &mut State<B>,
+        slot: Slot,
+        pool: Pool,
+        rounded: usize,
+    ) -> Result<Option<BlockId>, AllocError> {
+        if self.over_gc_threshold(st, rounded) {
+            self.release_cached(st, Release::All, None);
+        }
+        if let Some(id) = self.reuse_idle_cache(st, slot, pool, rounded) {
+            return Ok(Some(id));
+        }
+        if let Some(id) = self.grow(st, slot, pool, rounded)? {
+            return Ok(Some(id));
+        }
+        st.stats.num_alloc_retries += 1;
+        if self.config.max_split_size != usize::MAX
+            && self.release_cached(st, Release::Oversize, None)
+            && let Some(id) = self.grow(st, slot, pool, rounded)?
+        {
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    /// The ladder's last steps, after the sync that followed `mark`.
+    fn ladder_after_sync(
+        &self,
+        st: &mut State<B>,
+        mark: &SyncMark,
         slot: Slot,
         pool: Pool,
         bytes: usize,
         rounded: usize,
     ) -> Result<BlockId, AllocError> {
-        if self.over_gc_threshold(st, rounded) {
-            self.release_cached(st, Release::All, false);
-        }
-        if let Some(id) = self.reuse_idle_cache(st, slot, pool, rounded) {
-            return Ok(id);
-        }
-        if let Some(id) = self.grow(st, slot, pool, rounded)? {
-            return Ok(id);
-        }
-        st.stats.num_alloc_retries += 1;
-        if self.config.max_split_size != usize::MAX
-            && self.release_cached(st, Release::Oversize, false)
-            && let Some(id) = self.grow(st, slot, pool, rounded)?
-        {
-            return Ok(id);
-        }
-        self.release_cached(st, Release::All, true);
+        self.release_cached(st, Release::All, Some(mark));
         self.release_empty_reservations(st);
         if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             return Ok(id);
@@ -73,6 +108,22 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return Ok(id);
         }
         Err(self.out_of_memory(st, slot, bytes, rounded))
+    }
+
+    /// Synchronises the device with the lock released (it may block for as
+    /// long as the queued work runs), then takes the lock again and frees the
+    /// pending blocks the sync covers (S6).
+    pub(crate) fn synchronize_unlocked<'a>(
+        &'a self,
+        st: MutexGuard<'a, State<B>>,
+    ) -> (MutexGuard<'a, State<B>>, SyncMark) {
+        let mark = st.sync_mark();
+        drop(st);
+        self.backend.synchronize();
+        let mut st = self.lock();
+        st.stats.num_sync_all_streams += 1;
+        st.complete_synced(&mark);
+        (st, mark)
     }
 
     /// Whether reserved memory plus `rounded` passes the garbage-collection
@@ -106,10 +157,26 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if !self.stream_idle(st, other) {
                 continue;
             }
-            st.index_remove(key.2);
-            st.blocks.at_mut(key.2).stream = slot;
+            let id = key.2;
+            st.index_remove(id);
+            // only what the request takes moves to `slot`: the remainder
+            // stays with the idle stream (had it moved, work on `slot` would
+            // pin memory it never used until `slot` is idle)
+            let (size, expandable) = (key.0, st.blocks.at(id).expandable);
+            let rest = if should_split(pool, expandable, size, rounded, self.config.max_split_size)
+            {
+                st.blocks.split(id, rounded)
+            } else {
+                None
+            };
+            // moved before the remainder is indexed, so that it cannot merge
+            // back into the block taken
+            st.blocks.at_mut(id).stream = slot;
+            if let Some(rest) = rest {
+                st.merge_and_index(rest);
+            }
             st.stats.num_cross_stream_reuse += 1;
-            return Some(key.2);
+            return Some(id);
         }
         None
     }
@@ -190,17 +257,17 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
     }
 
-    /// Releases cached memory of `which` kind; waits for every stream first
-    /// when `wait`, else skips streams that are busy. Whether anything was
-    /// released.
-    pub(crate) fn release_cached(&self, st: &mut State<B>, which: Release, wait: bool) -> bool {
-        if wait {
-            self.backend.synchronize();
-            st.stats.num_sync_all_streams += 1;
-            st.process_pending(&self.backend, true);
-        }
+    /// Releases cached memory of `which` kind from the streams that are idle:
+    /// by the sync that followed `synced` (S6), or else by their events now.
+    /// Whether anything was released.
+    pub(crate) fn release_cached(
+        &self,
+        st: &mut State<B>,
+        which: Release,
+        synced: Option<&SyncMark>,
+    ) -> bool {
         let idle: Vec<bool> = (0..st.streams.len() as Slot)
-            .map(|s| wait || self.stream_idle(st, s))
+            .map(|s| synced.is_some_and(|m| st.idle_by_sync(m, s)) || self.stream_idle(st, s))
             .collect();
         st.coalesce_idle(&idle);
         let min = match which {
@@ -266,8 +333,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Releases every cached block, waiting for pending events first, and
     /// releases expandable reservations with nothing mapped.
     pub fn empty_cache(&self) {
-        let mut st = self.lock();
-        self.release_cached(&mut st, Release::All, true);
+        let (mut st, mark) = self.synchronize_unlocked(self.lock());
+        self.release_cached(&mut st, Release::All, Some(&mark));
         self.release_empty_reservations(&mut st);
     }
 
@@ -275,8 +342,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// waiting on any stream.
     pub fn trim(&self) {
         let mut st = self.lock();
-        st.process_pending(&self.backend, false);
-        self.release_cached(&mut st, Release::All, false);
+        st.process_pending(&self.backend);
+        self.release_cached(&mut st, Release::All, None);
         self.release_empty_reservations(&mut st);
     }
 

@@ -97,10 +97,15 @@ impl SimState {
     }
 }
 
+/// A callback run by [`SimBackend::on_synchronize`].
+type SyncHook = Arc<dyn Fn() + Send + Sync>;
+
 struct SimInner {
     capacity: usize,
     page: Option<usize>,
     state: Mutex<SimState>,
+    /// Run after each device-wide sync, outside the sim's lock.
+    sync_hook: Mutex<Option<SyncHook>>,
 }
 
 /// A simulated device. Clones share one device, so a test can keep a clone to
@@ -133,6 +138,7 @@ impl SimBackend {
                 capacity,
                 page,
                 state: Mutex::new(state),
+                sync_hook: Mutex::new(None),
             }),
         }
     }
@@ -152,6 +158,19 @@ impl SimBackend {
     /// Reports `info` from `mem_info` instead of the simulated figures.
     pub fn set_mem_info(&self, info: Option<MemInfo>) {
         self.lock().mem_info = info;
+    }
+
+    /// Runs `hook` after every device-wide sync (while the engine's
+    /// `synchronize` call is still in progress, outside the sim's lock): a
+    /// test's way to act "during" a sync, say from another thread, to check
+    /// that the engine does not hold its lock across the sync and trusts it
+    /// only for what it covers.
+    pub fn on_synchronize(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .inner
+            .sync_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
     }
 
     /// When on (the default), work completes as soon as it is launched; when
@@ -390,10 +409,21 @@ unsafe impl DeviceBackend for SimBackend {
     }
 
     fn synchronize(&self) {
-        let mut s = self.lock();
-        s.syncs += 1;
-        for e in s.streams.values_mut() {
-            e.1 = e.0;
+        {
+            let mut s = self.lock();
+            s.syncs += 1;
+            for e in s.streams.values_mut() {
+                e.1 = e.0;
+            }
+        }
+        let hook = self
+            .inner
+            .sync_hook
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h();
         }
     }
 

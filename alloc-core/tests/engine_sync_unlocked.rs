@@ -1,0 +1,175 @@
+//! S6: the device-wide sync of the reclaim ladder and of `empty_cache` runs
+//! with the engine's lock released, and after it the engine trusts the sync
+//! only for what it covers. The sim's `on_synchronize` hook acts "during" the
+//! sync from another thread: it allocates, launches work and frees, as a
+//! server's other request threads would. Those operations must get through
+//! (the lock is free), and what they did must not be treated as idle: a block
+//! freed meanwhile while its stream's work still runs must not be released
+//! (the sim's in-flight oracle panics on an unmap of a busy range), and a
+//! free deferred meanwhile must stay pending.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
+
+const MIB: usize = 1 << 20;
+
+type Engine = CachingAllocator<SimBackend>;
+
+/// What the other thread did during the sync.
+#[derive(Default, Debug)]
+struct During {
+    /// The other thread finished within the window (the lock was free).
+    got_through: bool,
+    /// Size of the block whose free was deferred during the sync.
+    deferred: usize,
+}
+
+/// Installs a hook that, on the first sync only, runs `work` on another
+/// thread and waits up to 10 s for it.
+fn hook_once(
+    sim: &SimBackend,
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    during: Arc<Mutex<During>>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    work: fn(&Engine, &SimBackend) -> usize,
+) {
+    let fired = AtomicBool::new(false);
+    let sim2 = sim.clone();
+    sim.on_synchronize(move || {
+        if fired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let (engine, sim) = (engine.clone(), sim2.clone());
+        let h = std::thread::spawn(move || {
+            let a = engine.get().expect("engine set before use");
+            let deferred = work(a, &sim);
+            let _ = tx.send(deferred);
+        });
+        threads.lock().unwrap().push(h);
+        let mut d = during.lock().unwrap();
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(n) => {
+                d.got_through = true;
+                d.deferred = n;
+            }
+            Err(_) => d.got_through = false,
+        }
+    });
+}
+
+/// During the sync: a block freed on stream 2 while work launched on stream
+/// 2 uses it, and a block freed on stream 3 after stream 4 used it (its free
+/// deferred to an event of stream 4). Returns the deferred block's size.
+fn free_busy_blocks(a: &Engine, sim: &SimBackend) -> usize {
+    let (s2, s3, s4) = (SimStream(2), SimStream(3), SimStream(4));
+    let x = a.allocate(8 * MIB, s2).expect("8 MiB fits during the sync");
+    sim.launch_using(s2, &[(x.ptr().0, x.capacity())]);
+    drop(x);
+    let y = a.allocate(MIB, s3).expect("1 MiB fits during the sync");
+    y.record_stream(s4);
+    sim.launch_using(s4, &[(y.ptr().0, y.capacity())]);
+    let n = y.capacity();
+    drop(y);
+    n
+}
+
+struct Setup {
+    sim: SimBackend,
+    a: Arc<Engine>,
+    during: Arc<Mutex<During>>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+fn setup(capacity: usize, cfg: &str) -> Setup {
+    let sim = SimBackend::new(capacity);
+    sim.set_auto_complete(false);
+    let cell: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let during = Arc::new(Mutex::new(During::default()));
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    hook_once(
+        &sim,
+        cell.clone(),
+        during.clone(),
+        threads.clone(),
+        free_busy_blocks,
+    );
+    let a = Arc::new(CachingAllocator::new(
+        sim.clone(),
+        Config::parse(cfg).unwrap(),
+    ));
+    let _ = cell.set(a.clone());
+    Setup {
+        sim,
+        a,
+        during,
+        threads,
+    }
+}
+
+fn check_after(s: &Setup, in_use: usize) {
+    for h in s.threads.lock().unwrap().drain(..) {
+        h.join().expect("the other thread did not panic");
+    }
+    let d = s.during.lock().unwrap();
+    assert!(
+        d.got_through,
+        "the other thread's allocate and free did not get through during the sync: the engine held its lock across it"
+    );
+    s.a.validate().unwrap();
+    let st = s.a.stats();
+    // in use + pending: the free deferred to stream 4's event during the sync
+    // is still pending (stream 4's work runs)
+    assert_eq!(
+        st.active_bytes.all.current as usize,
+        in_use + d.deferred,
+        "the free deferred during the sync was completed by it"
+    );
+    assert!(s.sim.violations().is_empty(), "{:?}", s.sim.violations());
+}
+
+#[test]
+fn the_ladders_sync_releases_the_lock_and_covers_only_what_came_before() {
+    for cfg in ["", "expandable_segments:false"] {
+        let s = setup(100 * MIB, cfg);
+        let (s0, s1) = (SimStream(0), SimStream(1));
+        // 70 MiB cached on stream 1 (a 40 and a 30 MiB block: with fixed
+        // segments, two segments), whose work is still running
+        let b1 = s.a.allocate(40 * MIB, s1).unwrap();
+        let b2 = s.a.allocate(30 * MIB, s1).unwrap();
+        s.sim.launch(s1);
+        drop((b1, b2));
+        // 50 MiB on stream 0 fits only once stream 1's cache is released,
+        // which needs the sync; during it the other thread takes 8 MiB of
+        // stream 1's cache (the 30 MiB block: best fit) and frees it while
+        // stream 2's work uses it, so the rest of that block (or with fixed
+        // segments, that whole segment) must stay
+        let big = s.a.allocate(50 * MIB, s0).expect("fits after the sync");
+        assert!(s.sim.syncs() >= 1, "{cfg}: the ladder synchronised");
+        check_after(&s, big.capacity());
+        drop(big);
+    }
+}
+
+#[test]
+fn empty_caches_sync_releases_the_lock_and_covers_only_what_came_before() {
+    let s = setup(1 << 30, "");
+    let b = s.a.allocate(40 * MIB, SimStream(1)).unwrap();
+    s.sim.launch(SimStream(1));
+    drop(b);
+    s.a.empty_cache();
+    check_after(&s, 0);
+    // stream 1's cache went back (the sync covered it); stream 2's block,
+    // freed during the sync while its work ran, was kept
+    let st = s.a.stats();
+    assert!(
+        st.reserved_bytes.all.current as usize >= 8 * MIB,
+        "stream 2's busy block was released: {}",
+        st.reserved_bytes.all.current
+    );
+    assert!((st.reserved_bytes.all.current as usize) < 40 * MIB);
+}
