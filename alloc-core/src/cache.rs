@@ -32,10 +32,16 @@
 //! # Streams
 //! The stream registry gives each stream a slot on first use: a hash
 //! lookup (after a one-entry cache of the last stream), no size limit, no
-//! aliasing (slots are never reused). [`CachingAllocator::forget_stream`]
-//! waits for the stream's work and retires its slot: a retired slot is idle
-//! forever, so its cached blocks serve any stream, and the stream's handle
-//! may come back as a new stream with a fresh slot.
+//! aliasing: a slot names one live stream at a time.
+//! [`CachingAllocator::forget_stream`] waits for the stream's work and
+//! retires its slot: a retired slot is idle, so its cached blocks serve any
+//! stream, and the stream's handle may come back as a new stream. The next
+//! new stream reuses the retired slot (its idle cache becomes that stream's
+//! cache), so a server that creates and forgets a stream per request keeps
+//! as many slots as it has streams alive at once. Blocks still in use from
+//! the forgotten stream stay valid; freed later, they go to the slot's new
+//! stream without waiting (the forgotten stream's work completed; uses on
+//! other streams were recorded and are waited for as usual).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -155,8 +161,11 @@ pub(crate) struct State<B: DeviceBackend> {
     /// Stream of each slot (slots in order of first use; a forgotten
     /// stream's handle stays for its name).
     pub(crate) streams: Vec<B::Stream>,
-    /// Whether each slot's stream was forgotten (idle forever).
+    /// Whether each slot's stream was forgotten (idle until the slot is
+    /// reused).
     pub(crate) retired: Vec<bool>,
+    /// Retired slots, reused by the next new streams.
+    free_slots: Vec<Slot>,
     /// The slot of each registered stream.
     slot_of: FxMap<B::Stream, Slot>,
     /// The last stream looked up and its slot.
@@ -207,6 +216,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             segs: SegmentTable::default(),
             streams: Vec::new(),
             retired: Vec::new(),
+            free_slots: Vec::new(),
             slot_of: FxMap::default(),
             last: None,
             index: FreeIndex::default(),
@@ -383,7 +393,16 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if let Some(r) = st.retired.get_mut(slot as usize) {
                 *r = true;
             }
+            // the events recorded on it before the wait have completed
+            st.process_pending(&self.backend);
+            st.free_slots.push(slot);
         }
+    }
+
+    /// Stream slots the registry holds: streams alive plus retired slots
+    /// waiting for reuse (at most the most streams ever alive at once).
+    pub fn stream_slots(&self) -> usize {
+        self.lock().streams.len()
     }
 
     /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),
@@ -559,6 +578,13 @@ impl<B: DeviceBackend> State<B> {
     #[cold]
     #[inline(never)]
     fn register(&mut self, stream: B::Stream) -> Slot {
+        if let Some(slot) = self.free_slots.pop() {
+            let i = slot as usize;
+            self.streams[i] = stream;
+            self.retired[i] = false;
+            self.slot_of.insert(stream, slot);
+            return slot;
+        }
         // 2^32 streams would need far more memory than the registry holds
         // first; saturating keeps the arithmetic total.
         let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);

@@ -143,6 +143,67 @@ fn forgotten_streams_are_forgotten() {
     a.validate().unwrap();
 }
 
+/// A stream per request, forgotten after it: the registry keeps as many
+/// slots as streams alive at once (the retired slot is reused), cached
+/// memory stays bounded, and the in-flight oracle sees no unsafe reuse.
+#[test]
+fn a_stream_per_request_keeps_the_registry_bounded() {
+    for cfg_s in ["", "expandable_segments:false"] {
+        let sim = SimBackend::new(1 << 30);
+        sim.set_auto_complete(false);
+        let a = CachingAllocator::new(sim.clone(), cfg(cfg_s));
+        let long = SimStream(1_000_000);
+        let _kept = must_fit!(a, 4096, long);
+        for i in 0..20_000u32 {
+            let s = SimStream(i);
+            let x = must_fit!(a, 1000, s);
+            let y = must_fit!(a, 3 * MIB, s);
+            sim.check_handout(s, x.ptr(), x.capacity());
+            sim.check_handout(s, y.ptr(), y.capacity());
+            sim.launch_using(s, &[(x.ptr().0, x.capacity()), (y.ptr().0, y.capacity())]);
+            drop((x, y));
+            a.forget_stream(s);
+        }
+        assert_eq!(a.stream_count(), 1, "{cfg_s}");
+        assert!(a.stream_slots() <= 2, "{cfg_s}: {} slots", a.stream_slots());
+        assert!(
+            a.stats().reserved_bytes.all.peak <= 64 * MIB as i64,
+            "{cfg_s}: reserved peak {}",
+            a.stats().reserved_bytes.all.peak
+        );
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+        a.validate().unwrap();
+    }
+}
+
+/// A buffer of a forgotten stream, used on another stream and freed after
+/// the slot went to a new stream, waits for that other stream's work.
+#[test]
+fn a_reused_slot_does_not_skip_recorded_uses() {
+    let sim = SimBackend::without_vm(1 << 30);
+    sim.set_auto_complete(false);
+    let a = CachingAllocator::new(sim.clone(), cfg("expandable_segments:false"));
+    let (s2, s3) = (SimStream(2), SimStream(3));
+    let x = must_fit!(a, 1000, S1);
+    a.forget_stream(S1);
+    // S1's slot goes to s3
+    let first = must_fit!(a, 1000, s3);
+    x.record_stream(s2);
+    sim.launch_using(s2, &[(x.ptr().0, x.capacity())]);
+    let p = x.ptr();
+    drop(x);
+    for _ in 0..4 {
+        let y = must_fit!(a, 1000, s3);
+        sim.check_handout(s3, y.ptr(), y.capacity());
+        assert_ne!(y.ptr(), p, "handed to s3 while s2's work uses it");
+    }
+    sim.complete(s2);
+    let y = must_fit!(a, 1000, s3);
+    sim.check_handout(s3, y.ptr(), y.capacity());
+    drop((first, y));
+    a.validate().unwrap();
+}
+
 #[test]
 fn num_device_alloc_counts_every_map() {
     let sim = SimBackend::new(1 << 30);
