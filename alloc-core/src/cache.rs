@@ -166,6 +166,9 @@ pub(crate) struct State<B: DeviceBackend> {
     pub(crate) retired: Vec<bool>,
     /// Retired slots, reused by the next new streams.
     free_slots: Vec<Slot>,
+    /// The slot that holds the blocks and reservations of every forgotten
+    /// stream: idle forever, never reused, in no stream's name.
+    orphan: Option<Slot>,
     /// The slot of each registered stream.
     slot_of: FxMap<B::Stream, Slot>,
     /// The last stream looked up and its slot.
@@ -217,6 +220,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             streams: Vec::new(),
             retired: Vec::new(),
             free_slots: Vec::new(),
+            orphan: None,
             slot_of: FxMap::default(),
             last: None,
             index: FreeIndex::default(),
@@ -393,14 +397,25 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if let Some(r) = st.retired.get_mut(slot as usize) {
                 *r = true;
             }
-            // the events recorded on it before the wait have completed
-            st.process_pending(&self.backend);
+            // frees waiting for events on it stay in its queue (those
+            // events completed; the next allocation processes them, as any
+            // completed event), also once the slot names a new stream
+            // uses recorded on it are over (its work completed): once the
+            // slot names another stream they must not make frees wait for
+            // that stream
+            st.uses.retain(|_, streams| {
+                streams.retain(|&s| s != slot);
+                !streams.is_empty()
+            });
+            st.rehome_to_orphan(slot, stream);
             st.free_slots.push(slot);
         }
     }
 
-    /// Stream slots the registry holds: streams alive plus retired slots
-    /// waiting for reuse (at most the most streams ever alive at once).
+    /// Stream slots the registry holds: streams alive, retired slots waiting
+    /// for reuse, and (once a stream was forgotten) the one slot that keeps
+    /// forgotten streams' blocks: at most the most streams ever alive at
+    /// once, plus one.
     pub fn stream_slots(&self) -> usize {
         self.lock().streams.len()
     }
@@ -585,19 +600,98 @@ impl<B: DeviceBackend> State<B> {
             self.slot_of.insert(stream, slot);
             return slot;
         }
+        let slot = self.new_slot(stream);
+        self.slot_of.insert(stream, slot);
+        slot
+    }
+
+    /// A slot never used before, for `stream`.
+    fn new_slot(&mut self, stream: B::Stream) -> Slot {
         // 2^32 streams would need far more memory than the registry holds
         // first; saturating keeps the arithmetic total.
         let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);
         self.streams.push(stream);
         self.retired.push(false);
         self.frees.push(0);
-        self.slot_of.insert(stream, slot);
         self.index.ensure_stream(slot);
         let need = (slot as usize + 1) * 2;
         if self.expandable.len() < need {
             self.expandable.resize_with(need, Vec::new);
         }
         slot
+    }
+
+    /// Moves every block and reservation of forgotten slot `slot` to the
+    /// orphan slot (made on first use, named by `stream`), so that the slot
+    /// can name a new stream: blocks still in use from the forgotten stream
+    /// are then nobody's own when freed (they wait for the uses recorded on
+    /// other streams, then serve any stream), never the new stream's.
+    fn rehome_to_orphan(&mut self, slot: Slot, stream: B::Stream) {
+        let orphan = match self.orphan {
+            Some(o) => o,
+            None => {
+                let o = self.new_slot(stream);
+                self.retired[o as usize] = true;
+                self.orphan = Some(o);
+                o
+            }
+        };
+        let mut moved = Vec::new();
+        let mut free = Vec::new();
+        let sids: Vec<u32> = self.segs.iter().map(|(sid, _)| sid).collect();
+        for sid in sids {
+            let Some(seg) = self.segs.get_mut(sid) else {
+                continue;
+            };
+            if seg.stream == slot {
+                seg.stream = orphan;
+            }
+            let mut id = seg.head;
+            while id != NIL {
+                let b = self.blocks.at(id);
+                let next = b.next;
+                if b.stream == slot {
+                    if b.state == BlockState::Free {
+                        self.index_remove(id);
+                        free.push(id);
+                    }
+                    moved.push(id);
+                }
+                id = next;
+            }
+        }
+        for &id in &moved {
+            self.blocks.at_mut(id).stream = orphan;
+        }
+        for id in free {
+            // an earlier merge may have absorbed it
+            if self
+                .blocks
+                .get(id)
+                .is_some_and(|b| b.state == BlockState::Free && b.stream == orphan)
+                && !self.index_holds(id)
+            {
+                self.merge_and_index(id);
+            }
+        }
+        for pool in [Pool::Small, Pool::Large] {
+            let from = slot as usize * 2 + pool.index();
+            let to = orphan as usize * 2 + pool.index();
+            let list = self
+                .expandable
+                .get_mut(from)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if let Some(dst) = self.expandable.get_mut(to) {
+                dst.extend(list);
+            }
+        }
+    }
+
+    /// Whether free block `id` is in the index.
+    fn index_holds(&self, id: BlockId) -> bool {
+        let b = self.blocks.at(id);
+        self.index.contains(b.stream, b.pool, &(b.size, b.ptr, id))
     }
 
     #[inline]

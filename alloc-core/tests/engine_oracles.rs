@@ -165,7 +165,8 @@ fn a_stream_per_request_keeps_the_registry_bounded() {
             a.forget_stream(s);
         }
         assert_eq!(a.stream_count(), 1, "{cfg_s}");
-        assert!(a.stream_slots() <= 2, "{cfg_s}: {} slots", a.stream_slots());
+        // the long-lived stream, the per-request slot and the orphan slot
+        assert!(a.stream_slots() <= 3, "{cfg_s}: {} slots", a.stream_slots());
         assert!(
             a.stats().reserved_bytes.all.peak <= 64 * MIB as i64,
             "{cfg_s}: reserved peak {}",
