@@ -51,7 +51,14 @@ pub(crate) struct Block {
     pub(crate) pool: Pool,
     /// Whether the segment is expandable (copied likewise).
     pub(crate) expandable: bool,
+    /// The scope (`ScopeId::to_bits`) current when the block was handed out
+    /// while history was recorded, else [`NO_SCOPE`]: a snapshot names it
+    /// in the block's frames for as long as the block lives.
+    pub(crate) scope: u64,
 }
+
+/// [`Block::scope`] of a block handed out while history was off.
+pub(crate) const NO_SCOPE: u64 = u64::MAX;
 
 impl Block {
     /// Whether the block shares its segment with other blocks.
@@ -135,6 +142,7 @@ impl BlockSlab {
             stream: b.stream,
             pool: b.pool,
             expandable: b.expandable,
+            scope: NO_SCOPE,
         };
         let old_next = b.next;
         let rid = self.insert(rest)?;

@@ -767,9 +767,15 @@ impl<B: DeviceBackend> State<B> {
         } else {
             None
         };
+        let scope = if self.trace.is_on() {
+            self.pin_scope()
+        } else {
+            crate::block::NO_SCOPE
+        };
         let b = self.blocks.at_mut(id);
         b.state = BlockState::InUse;
         b.requested = requested;
+        b.scope = scope;
         if let Some(r) = rest {
             // merges only after a cross-stream reuse put `id` next to a free
             // block of its new stream
@@ -789,6 +795,37 @@ impl<B: DeviceBackend> State<B> {
         self.trace
             .push(TraceAction::Alloc, ptr, size, trace_slot(slot));
         (ptr, size)
+    }
+
+    /// The current scope (bits) for a block handed out while history is
+    /// recorded, its name pinned; drops the pinned names no live block
+    /// mentions once they outnumber twice the live blocks by
+    /// `NAMES_SLACK` (amortized: a walk of the blocks).
+    #[cold]
+    #[inline(never)]
+    fn pin_scope(&mut self) -> u64 {
+        let bits = self.trace.pin_current_scope();
+        let live = self.stats.active.all.current.max(0) as usize;
+        if self.trace.pinned_len() > crate::trace::NAMES_SLACK + 2 * live {
+            let mut keep: std::collections::HashSet<u64> = self
+                .segs
+                .iter()
+                .flat_map(|(_, s)| {
+                    let mut out = Vec::new();
+                    let mut id = s.head;
+                    while let Some(b) = self.blocks.get(id) {
+                        if matches!(b.state, BlockState::InUse | BlockState::Pending) {
+                            out.push(b.scope);
+                        }
+                        id = b.next;
+                    }
+                    out
+                })
+                .collect();
+            keep.insert(bits);
+            self.trace.retain_pinned(&keep);
+        }
+        bits
     }
 
     /// Adds free block `id` to the index (and the inactive-split counters).
@@ -842,8 +879,10 @@ impl<B: DeviceBackend> State<B> {
         }
         self.trace
             .push(TraceAction::FreeCompleted, ptr, size, trace_slot(slot));
-        self.blocks.at_mut(id).state = BlockState::Free;
-        self.blocks.at_mut(id).requested = 0;
+        let b = self.blocks.at_mut(id);
+        b.state = BlockState::Free;
+        b.requested = 0;
+        b.scope = crate::block::NO_SCOPE;
         self.merge_and_index(id)
     }
 

@@ -424,6 +424,7 @@ impl<B: DeviceBackend> State<B> {
             stream: seg.stream,
             pool: seg.pool,
             expandable: seg.expandable,
+            scope: crate::block::NO_SCOPE,
         };
         let bid = self.blocks.insert(block)?;
         seg.head = bid;

@@ -28,6 +28,10 @@ pub struct BlockSnapshot {
     pub stream: String,
     /// The block's stream slot (order of first use, from 0).
     pub stream_slot: u64,
+    /// The name of the scope the block was allocated in, for blocks in use or
+    /// pending that were handed out while history was recorded
+    /// ([`record_memory_history`](CachingAllocator::record_memory_history)).
+    pub scope: Option<String>,
 }
 
 /// One segment with its blocks in address order.
@@ -85,6 +89,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 let mut blocks = Vec::new();
                 let mut id = seg.head;
                 while let Some(b) = st.blocks.get(id) {
+                    let scope = (b.scope != crate::block::NO_SCOPE).then(|| {
+                        let s = crate::scope::ScopeId::from_bits(b.scope);
+                        st.trace
+                            .scope_name(s)
+                            .map_or_else(|| format!("scope#{}", s.slot()), str::to_owned)
+                    });
                     blocks.push(BlockSnapshot {
                         address: b.ptr,
                         size: b.size,
@@ -92,6 +102,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                         state: b.state,
                         stream: stream(b.stream as usize),
                         stream_slot: u64::from(b.stream),
+                        scope,
                     });
                     id = if b.next == NIL { NIL } else { b.next };
                 }

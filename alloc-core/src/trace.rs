@@ -80,7 +80,7 @@ pub struct TraceEntry {
 /// Scope names kept beyond twice the entries before the ring forgets the
 /// names no entry mentions (one scope per request would otherwise grow the
 /// map for as long as history is on).
-const NAMES_SLACK: usize = 1024;
+pub(crate) const NAMES_SLACK: usize = 1024;
 
 /// A fixed-capacity ring of [`TraceEntry`]s, with the names of the scopes they
 /// mention.
@@ -97,6 +97,9 @@ pub(crate) struct TraceRing {
     epoch_us: u64,
     /// Name of each scope an entry mentions, by `ScopeId::to_bits`.
     names: HashMap<u64, String>,
+    /// Name of each scope a live block was handed out in (while recording),
+    /// kept for as long as such a block lives (see `State::pin_scope`).
+    pinned: HashMap<u64, String>,
 }
 
 impl Default for TraceRing {
@@ -119,6 +122,7 @@ impl TraceRing {
             start: Instant::now(),
             epoch_us,
             names: HashMap::new(),
+            pinned: HashMap::new(),
         }
     }
 
@@ -210,10 +214,43 @@ impl TraceRing {
         self.buf.iter().copied().collect()
     }
 
-    /// The name of `scope` when an entry first mentioned it (`None` if no
-    /// entry did).
+    /// The name of `scope` when an entry or a live block first mentioned it
+    /// (`None` if none did).
     pub(crate) fn scope_name(&self, scope: ScopeId) -> Option<&str> {
-        self.names.get(&scope.to_bits()).map(String::as_str)
+        let bits = scope.to_bits();
+        self.names
+            .get(&bits)
+            .or_else(|| self.pinned.get(&bits))
+            .map(String::as_str)
+    }
+
+    /// Whether history is being recorded.
+    #[inline]
+    pub(crate) fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// The calling thread's scope (bits), its name kept among the pinned
+    /// names.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn pin_current_scope(&mut self) -> u64 {
+        let scope = crate::scope::current();
+        // the thread is inside this scope, so the handle is not the last one
+        self.pinned
+            .entry(scope.to_bits())
+            .or_insert_with(|| ScopeHandle::current().name());
+        scope.to_bits()
+    }
+
+    /// Pinned names.
+    pub(crate) fn pinned_len(&self) -> usize {
+        self.pinned.len()
+    }
+
+    /// Keeps the pinned names of the scopes `keep` holds.
+    pub(crate) fn retain_pinned(&mut self, keep: &std::collections::HashSet<u64>) {
+        self.pinned.retain(|k, _| keep.contains(k));
     }
 }
 

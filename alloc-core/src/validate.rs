@@ -119,6 +119,7 @@ const END: Block = Block {
     stream: 0,
     pool: Pool::Small,
     expandable: false,
+    scope: crate::block::NO_SCOPE,
 };
 
 /// The blocks of `seg` in address order.

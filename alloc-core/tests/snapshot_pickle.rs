@@ -466,3 +466,57 @@ fn unmapped_hole_splits_an_expandable_reservation_into_two_segments() {
     );
     assert!(large[1].0 <= l && l < large[1].0 + large[1].1, "{large:?}");
 }
+
+/// A block keeps the scope it was allocated in for as long as it lives, after
+/// the ring (4 entries here) has dropped its `alloc` event; a block allocated
+/// while history was off has no frames.
+#[test]
+fn a_live_block_keeps_its_scope_after_the_ring_dropped_its_alloc() {
+    let sim = SimBackend::new(256 * MIB);
+    let a = CachingAllocator::new(sim, Config::default());
+    let before = a.allocate(4096, S0).unwrap();
+    a.record_memory_history(true, 4);
+    let g = alloc_core::scope::scope("request-7");
+    let kept = a.allocate(3 * MIB, S0).unwrap();
+    drop(g);
+    for _ in 0..50 {
+        drop(a.allocate(1000, S0).unwrap());
+    }
+    // the JSON snapshot names it too
+    let snap = a.snapshot();
+    let block = snap
+        .segments
+        .iter()
+        .flat_map(|s| &s.blocks)
+        .find(|b| b.address == kept.ptr().0)
+        .unwrap();
+    assert_eq!(block.scope.as_deref(), Some("request-7"));
+    let old = snap
+        .segments
+        .iter()
+        .flat_map(|s| &s.blocks)
+        .find(|b| b.address == before.ptr().0)
+        .unwrap();
+    assert_eq!(old.scope, None, "allocated while history was off");
+
+    let bytes = a.snapshot_pickle();
+    check_snapshot(&bytes);
+    let top = parse(&bytes);
+    let mut seen = 0;
+    for seg in list(get(&top, "segments", "top"), "segments") {
+        let seg = dict(seg, "seg");
+        for b in list(get(seg, "blocks", "seg"), "blocks") {
+            let b = dict(b, "block");
+            let addr = int(get(b, "address", "block"), "address") as usize;
+            if addr == kept.ptr().0 {
+                assert_scope_frames(get(b, "frames", "block"), "request-7", "kept block");
+                seen += 1;
+            } else if addr == before.ptr().0 {
+                assert!(list(get(b, "frames", "block"), "frames").is_empty());
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+    drop((kept, before));
+}

@@ -23,9 +23,11 @@
 //! - `frames` name the scope that was current when the block was allocated, as
 //!   one frame `{"name": <scope name>, "filename": "scope", "line": 0}` (so
 //!   `_memory_viz.py` shows `scope:0:<scope name>`); trace entries carry the
-//!   same name in `user_metadata`. Blocks get frames only from the trace
-//!   history (turn it on with
-//!   [`record_memory_history`](CachingAllocator::record_memory_history)).
+//!   same name in `user_metadata`. A block handed out while history is
+//!   recorded (turn it on with
+//!   [`record_memory_history`](CachingAllocator::record_memory_history))
+//!   keeps its scope for as long as it lives, however many events the ring
+//!   has dropped since (as PyTorch keeps a block's allocation context).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -211,15 +213,19 @@ fn torch_segment(seg: &SegmentSnapshot, run: &[usize], frames: &Frames<'_>) -> P
         .iter()
         .map(|b| {
             let live = matches!(b.state, BlockState::InUse | BlockState::Pending);
-            let owner = live
-                .then(|| frames.alloc_at.get(&b.address).copied())
-                .flatten();
+            // the scope kept with the block, else the latest alloc the ring
+            // still holds at its address
+            let block_frames = match (&b.scope, live) {
+                (Some(name), true) => Py::List(vec![scope_frame(name)]),
+                (None, true) => frames.of(frames.alloc_at.get(&b.address).copied()),
+                (_, false) => Py::List(Vec::new()),
+            };
             Py::Dict(vec![
                 ("address", Py::int(b.address as u64)),
                 ("size", Py::int(b.size as u64)),
                 ("requested_size", Py::int(b.requested_size as u64)),
                 ("state", Py::str(state_name(b.state))),
-                ("frames", frames.of(owner)),
+                ("frames", block_frames),
             ])
         })
         .collect();
