@@ -60,6 +60,51 @@ fn cache_hit_threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// The floor exact global statistics put under any sharding of the engine:
+/// per alloc+free pair, the least a shared exact counter with an exact peak
+/// needs (current += n, peak = max(peak, current), current -= n: three
+/// atomic read-modify-writes on one shared cache line), on 1 and 2 threads,
+/// timed per pair of the aggregate; beside it the same work on a counter per
+/// thread (cache-line padded: nothing shared), to show what the machine
+/// gives two threads when nothing is shared.
+fn shared_stats_floor(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+    #[repr(align(128))]
+    #[derive(Default)]
+    struct Line {
+        current: AtomicI64,
+        peak: AtomicI64,
+    }
+    let mut g = c.benchmark_group("engine/stats_floor_pair_aggregate");
+    for (name, threads, shared) in [
+        ("1_thread", 1usize, true),
+        ("2_threads_shared_line", 2, true),
+        ("2_threads_own_line", 2, false),
+    ] {
+        let lines: Vec<Line> = (0..2).map(|_| Line::default()).collect();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                std::thread::scope(|s| {
+                    for th in 0..threads {
+                        let line = &lines[if shared { 0 } else { th }];
+                        s.spawn(move || {
+                            for _ in 0..iters / threads as u64 {
+                                let n = black_box(4096);
+                                let now = line.current.fetch_add(n, Relaxed) + n;
+                                line.peak.fetch_max(now, Relaxed);
+                                line.current.fetch_sub(n, Relaxed);
+                            }
+                        });
+                    }
+                });
+                t.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
 /// RMM's random_allocations: `n` ops, 73 % allocate (uniform size up to
 /// `max`), 27 % free a random live buffer; allocations that would pass `cap`
 /// free first.
@@ -137,5 +182,5 @@ fn random(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cache_hit, cache_hit_threads, random);
+criterion_group!(benches, cache_hit, cache_hit_threads, shared_stats_floor, random);
 criterion_main!(benches);
