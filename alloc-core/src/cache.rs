@@ -303,7 +303,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let id = match st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             Some(id) => id,
             None => {
-                let (g, got) = self.alloc_slow(st, slot, pool, bytes, rounded);
+                let (g, got) = self.alloc_slow(st, stream, slot, pool, bytes, rounded);
                 st = g;
                 match got {
                     Ok(id) => id,

@@ -44,6 +44,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     pub(crate) fn alloc_slow<'a>(
         &'a self,
         mut st: MutexGuard<'a, State<B>>,
+        stream: B::Stream,
         slot: Slot,
         pool: Pool,
         bytes: usize,
@@ -55,6 +56,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             Ok(None) => {}
         }
         let (mut st, mark) = self.synchronize_unlocked(st);
+        // the slot again: while the lock was released, another thread may
+        // have forgotten the stream (and the slot gone to a new stream)
+        let slot = st.stream_slot(stream);
         let got = self.ladder_after_sync(&mut st, &mark, slot, pool, bytes, rounded);
         (st, got)
     }

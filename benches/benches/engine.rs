@@ -182,5 +182,11 @@ fn random(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cache_hit, cache_hit_threads, shared_stats_floor, random);
+criterion_group!(
+    benches,
+    cache_hit,
+    cache_hit_threads,
+    shared_stats_floor,
+    random
+);
 criterion_main!(benches);
