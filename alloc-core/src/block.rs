@@ -12,8 +12,10 @@
 
 use crate::size_class::Pool;
 
-/// A stream's slot: its index in the engine's stream registry, in order of
-/// first use. Slots are never reused, so two streams never share one.
+/// A stream's slot: its index in the engine's stream registry. A slot names
+/// one live stream at a time: a forgotten stream's slot goes to a later new
+/// stream only after the forgotten stream's blocks moved to the orphan slot
+/// (see `cache.rs`, "Streams").
 pub(crate) type Slot = u32;
 
 /// Index of a block in the slab.
