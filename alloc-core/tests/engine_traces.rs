@@ -127,6 +127,12 @@ fn default_config_reaches_095_on_every_trace() {
         let pytorch = replay(&text, "expandable_segments:false");
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         let pt_lb = pytorch_expandable_lower_bound(&text);
+        let parsed = alloc_core::replay::load(&f).unwrap();
+        assert_eq!(
+            parsed[0].pytorch_expandable_map_calls_at_least(),
+            pt_lb,
+            "{name}: the replay module's bound against this test's"
+        );
         eprintln!(
             "{name}: efficiency {:.3} (fixed {:.3}), maps {} unmaps {} pages mapped {} (fixed: {} cudaMalloc); driver calls to map: ours {} vs PyTorch expandable >= {pt_lb}",
             ours.efficiency(),

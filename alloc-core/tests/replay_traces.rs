@@ -91,6 +91,37 @@ fn assert_sane(r: &ReplayResult, expected_peak: u64, ops: u64) {
     assert!(r.ns_per_op > 0.0, "{name}");
 }
 
+/// The replay's backend counts are the calls the backend received: a sim
+/// clone counts every allocate + map and deallocate + unmap (once each, not
+/// once per statistic that counts them).
+#[test]
+fn replay_counts_match_the_backends_calls() {
+    for file in SHIPPED {
+        let path = format!("{TRACES}/{file}");
+        let trace = load_one(&path);
+        for config in ["", "expandable_segments:false"] {
+            let sim = SimBackend::new(SIM_CAPACITY);
+            let allocator = CachingAllocator::new(sim.clone(), Config::parse(config).unwrap());
+            let r = replay::replay(&trace, &allocator, config);
+            // read before the allocator is dropped (which releases its cache)
+            let (obtains, returns) = sim.driver_calls();
+            drop(allocator);
+            assert_eq!(r.device_allocs, obtains, "{file} [{config}]");
+            assert_eq!(r.device_frees, returns, "{file} [{config}]");
+            assert_eq!(
+                r.driver_calls,
+                r.segment_allocs + 2 * r.pages_mapped + r.page_maps,
+                "{file} [{config}]"
+            );
+            if config.is_empty() {
+                assert!(r.page_maps >= 1 && r.segment_allocs == 0, "{file}: {r:?}");
+            } else {
+                assert!(r.page_maps == 0 && r.segment_allocs >= 1, "{file}: {r:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn shipped_traces_replay_on_sim_with_default_config() {
     for file in SHIPPED {

@@ -36,10 +36,21 @@ pub struct ReplayResult {
     /// reserved).
     pub efficiency: f64,
     /// Backend calls that obtained memory: segment allocations plus page maps
-    /// of expandable segments.
+    /// of expandable segments (the engine's `num_device_alloc`).
     pub device_allocs: u64,
-    /// Backend calls that gave memory back: segment frees plus page unmaps.
+    /// Backend calls that gave memory back: segment frees plus page unmaps
+    /// (`num_device_free`).
     pub device_frees: u64,
+    /// Pages mapped in all (`num_pages_mapped`).
+    pub pages_mapped: u64,
+    /// The CUDA driver calls these allocations and maps make on this
+    /// engine's CUDA backend, which maps every page with its own handle:
+    /// one `cudaMalloc` per segment allocation; per map of n pages, n
+    /// `cuMemCreate` + n `cuMemMap` + one `cuMemSetAccess`.
+    pub driver_calls: u64,
+    /// A lower bound on the same count for PyTorch's expandable segments
+    /// ([`Trace::pytorch_expandable_map_calls_at_least`]).
+    pub pytorch_expandable_driver_calls_at_least: u64,
     /// Of `device_allocs`: segment allocations.
     pub segment_allocs: u64,
     /// Of `device_allocs`: page map calls.
@@ -123,9 +134,15 @@ pub fn replay<B: DeviceBackend>(
     let stats = allocator.stats();
     drop(live);
     let count = |v: i64| u64::try_from(v).unwrap_or(0);
-    let (segment_allocs, page_maps) = (count(stats.num_device_alloc), count(stats.num_device_map));
-    let (segment_frees, page_unmaps) =
-        (count(stats.num_device_free), count(stats.num_device_unmap));
+    // num_device_alloc counts segment allocations and map calls alike (as
+    // PyTorch counts each map), num_device_map the map calls alone
+    let (device_allocs, page_maps) = (count(stats.num_device_alloc), count(stats.num_device_map));
+    let (device_frees, page_unmaps) = (count(stats.num_device_free), count(stats.num_device_unmap));
+    let (segment_allocs, segment_frees) = (
+        device_allocs.saturating_sub(page_maps),
+        device_frees.saturating_sub(page_unmaps),
+    );
+    let pages_mapped = count(stats.num_pages_mapped);
     ReplayResult {
         trace: trace.name().to_owned(),
         config: config.to_owned(),
@@ -134,8 +151,11 @@ pub fn replay<B: DeviceBackend>(
         peak_requested_bytes: count(stats.requested_bytes.all.peak),
         peak_reserved_bytes: count(stats.reserved_bytes.all.peak),
         efficiency: stats.efficiency(),
-        device_allocs: segment_allocs + page_maps,
-        device_frees: segment_frees + page_unmaps,
+        device_allocs,
+        device_frees,
+        pages_mapped,
+        driver_calls: segment_allocs + 2 * pages_mapped + page_maps,
+        pytorch_expandable_driver_calls_at_least: trace.pytorch_expandable_map_calls_at_least(),
         segment_allocs,
         page_maps,
         segment_frees,

@@ -23,12 +23,13 @@ pub fn trace_header(name: &str, stats: &TraceStats) -> String {
 }
 
 /// The column titles of the table, right-aligned after the config column.
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 8] = [
     "peak requested",
     "peak reserved",
     "efficiency",
     "device allocs",
     "device frees",
+    "driver calls (PyTorch >=)",
     "ns/op",
     "OOMs",
 ];
@@ -36,7 +37,7 @@ const COLUMNS: [&str; 7] = [
 /// A table with one row per result (normally one trace under several
 /// configs), followed by a line for each result whose allocations failed.
 pub fn table(results: &[ReplayResult]) -> String {
-    let rows: Vec<[String; 7]> = results
+    let rows: Vec<[String; 8]> = results
         .iter()
         .map(|r| {
             [
@@ -45,6 +46,10 @@ pub fn table(results: &[ReplayResult]) -> String {
                 format!("{:.4}", r.efficiency),
                 r.device_allocs.to_string(),
                 r.device_frees.to_string(),
+                format!(
+                    "{} ({})",
+                    r.driver_calls, r.pytorch_expandable_driver_calls_at_least
+                ),
                 format!("{:.1}", r.ns_per_op),
                 r.ooms.to_string(),
             ]

@@ -134,6 +134,63 @@ impl Trace {
         self.slots
     }
 
+    /// A lower bound on the CUDA driver calls PyTorch's expandable segments
+    /// make to map memory for this trace (`cuMemCreate` + `cuMemMap` per
+    /// handle, at least one `cuMemSetAccess` per segment): PyTorch keeps one
+    /// expandable segment per (stream, pool), maps 20 MiB handles in the
+    /// large pool and 2 MiB handles in the small pool (requests up to 1 MiB),
+    /// and unmaps only after an out of memory or in `empty_cache`. So each
+    /// (stream, pool) creates and maps at least ⌈peak of its allocated bytes
+    /// (rounded as PyTorch rounds requests) ÷ handle size⌉ handles.
+    pub fn pytorch_expandable_map_calls_at_least(&self) -> u64 {
+        const LARGE_HANDLE: usize = 20 << 20;
+        const SMALL_HANDLE: usize = 2 << 20;
+        let no_divisions = [0; crate::size_class::ROUNDUP_INTERVALS];
+        let mut held = vec![(0u64, false, 0usize); self.slots];
+        // (stream, small pool) → (current, peak)
+        let mut per: Vec<((u64, bool), (usize, usize))> = Vec::new();
+        for event in &self.events {
+            match *event {
+                Event::Alloc {
+                    slot,
+                    bytes,
+                    stream,
+                } => {
+                    if bytes == 0 {
+                        continue;
+                    }
+                    let rounded =
+                        crate::size_class::round_size(bytes, &no_divisions).unwrap_or(usize::MAX);
+                    let key = (stream, rounded <= crate::size_class::SMALL_SIZE);
+                    let at = match per.iter().position(|(k, _)| *k == key) {
+                        Some(i) => i,
+                        None => {
+                            per.push((key, (0, 0)));
+                            per.len() - 1
+                        }
+                    };
+                    let (cur, peak) = &mut per[at].1;
+                    *cur = cur.saturating_add(rounded);
+                    *peak = (*peak).max(*cur);
+                    held[slot] = (key.0, key.1, rounded);
+                }
+                Event::Free { slot } => {
+                    let (stream, small, rounded) = held[slot];
+                    if let Some((_, (cur, _))) = per.iter_mut().find(|(k, _)| *k == (stream, small))
+                    {
+                        *cur = cur.saturating_sub(rounded);
+                    }
+                }
+            }
+        }
+        per.iter()
+            .map(|&((_, small), (_, peak))| {
+                let handle = if small { SMALL_HANDLE } else { LARGE_HANDLE };
+                2 * peak.div_ceil(handle) as u64 + 1
+            })
+            .sum()
+    }
+
     /// Counts and the peak of live requested bytes, from the events alone.
     pub fn stats(&self) -> TraceStats {
         let mut sizes = vec![0u64; self.slots];
