@@ -24,7 +24,7 @@
 //!   the first that has not completed.
 //! - S6 a device-wide sync runs outside the lock (it blocks for as long as
 //!   the queued work runs); what it proves idle is decided by a
-//!   [`SyncMark`] taken under the lock before it: the frees deferred before
+//!   `SyncMark` taken under the lock before it: the frees deferred before
 //!   the mark, and the free blocks of streams with no free completed since.
 //!   A block freed by another thread meanwhile may still be in use by work
 //!   queued after the sync, so its stream is queried as usual.

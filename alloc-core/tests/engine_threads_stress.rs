@@ -371,6 +371,22 @@ fn maintenance(
                     *current = false;
                 }
                 counts.forgets += 1;
+                if rng.below(2) == 0 {
+                    // then a transient stream, whose slot the next new
+                    // stream (this one) takes: a block freed on it while
+                    // its work runs must never reach a user of the
+                    // transient stream (say, one whose allocation was in a
+                    // device-wide sync meanwhile)
+                    a.forget_stream(TRANSIENT[rng.below(TRANSIENT.len())]);
+                    counts.forgets += 1;
+                    let bytes = pick_size(&mut rng);
+                    if let Some(b) = allocate(a, sim, bytes, DEDICATED, &mut counts) {
+                        sim.launch_using(DEDICATED, &[(b.ptr().0, b.capacity())]);
+                        counts.launches += 1;
+                        drop(b);
+                        counts.frees += 1;
+                    }
+                }
             }
             95..98 => sim.complete(DEDICATED),
             _ => std::thread::yield_now(),
@@ -533,4 +549,63 @@ fn threads_without_vm_default_config() {
 #[test]
 fn threads_without_vm_fixed_segments() {
     run_seeds(SimBackend::without_vm, "expandable_segments:false");
+}
+
+/// A stream forgotten while its own allocation waits for the ladder's
+/// device-wide sync (the lock is released then), its slot taken meanwhile
+/// by a new stream that frees a block while its work still runs: once the
+/// allocation resumes, it must not draw on the new stream's cache under the
+/// slot it looked up before the sync (the block handed out would be in
+/// flight on the new stream: the sim's oracle panics in `check_handout`).
+/// The sync hook plays the other thread.
+#[test]
+fn a_stream_forgotten_during_its_allocations_sync() {
+    use std::sync::{Arc, OnceLock};
+    for (make, cfg) in [
+        (SimBackend::new as fn(usize) -> SimBackend, ""),
+        (SimBackend::new, "expandable_segments:false"),
+        (SimBackend::without_vm, ""),
+    ] {
+        let (s2, t, d) = (SimStream(2), SimStream(1), SimStream(3));
+        let sim = make(100 * MIB);
+        sim.set_auto_complete(false);
+        let cell: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+        let fired = Arc::new(AtomicBool::new(false));
+        let (cell2, fired2, sim2) = (cell.clone(), fired.clone(), sim.clone());
+        sim.on_synchronize(move || {
+            if fired2.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let a = cell2.get().expect("engine set before use");
+            a.forget_stream(t);
+            // `d` is new: it takes the slot `t` had (its allocation needs
+            // a sync of its own, which releases stream 2's cache)
+            let b = a.allocate(50 * MIB, d).expect("50 MiB fit on stream 3");
+            sim2.check_handout(d, b.ptr(), b.capacity());
+            sim2.launch_using(d, &[(b.ptr().0, b.capacity())]);
+            drop(b);
+        });
+        let a = Arc::new(CachingAllocator::new(
+            sim.clone(),
+            Config::parse(cfg).unwrap(),
+        ));
+        let _ = cell.set(a.clone());
+        // 60 MiB cached on stream 2, whose work runs; stream 1 registered
+        let x = a.allocate(60 * MIB, s2).unwrap();
+        sim.launch_using(s2, &[(x.ptr().0, x.capacity())]);
+        drop(x);
+        drop(a.allocate(MIB, t).unwrap());
+        // 50 MiB on stream 1 fit only after the sync
+        let b = match a.allocate(50 * MIB, t) {
+            Ok(b) => b,
+            Err(e) => panic!("{cfg:?}: 50 MiB on stream 1: {e}"),
+        };
+        assert!(fired.load(Ordering::SeqCst), "{cfg:?}: the ladder did not sync");
+        sim.check_handout(t, b.ptr(), b.capacity());
+        if let Err(e) = a.validate() {
+            panic!("{cfg:?}: {e}");
+        }
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+        drop(b);
+    }
 }
