@@ -15,7 +15,10 @@
 //!   reserved memory past the bound or the cap: below it, keeping them costs
 //!   nothing and saves map calls; at it, they are the cheapest bytes to give
 //!   back. So no unmap happens on the ordinary path unless it avoids a new
-//!   reserved peak (or an out of memory);
+//!   reserved peak (or an out of memory). With several streams, adjacent
+//!   free blocks of idle streams are joined first (a block of an idle stream
+//!   is safe on any stream): cross-stream reuse leaves blocks of different
+//!   streams side by side, and unjoined, their pages were never whole;
 //! - a grow maps a chunk ([`MIN_MAP_CHUNK`], or 1/16 of what is mapped) up
 //!   to the bound; past the bound, at most 1/[`FRONT_SLACK_DIVISOR`] of what
 //!   is reserved beyond the need; never past the cap; a chunk the device
@@ -230,6 +233,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if !over(st) {
             return false;
         }
+        let mut idle: Vec<Option<bool>> = vec![None; st.streams.len()];
+        if st.streams.len() > 1 {
+            let now: Vec<bool> = (0..st.streams.len() as Slot)
+                .map(|s| self.stream_idle(st, s))
+                .collect();
+            st.coalesce_idle(&now);
+            idle = now.into_iter().map(Some).collect();
+        }
         let mut free: Vec<(usize, Slot, BlockId)> = st
             .index
             .all()
@@ -239,7 +250,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             .map(|(s, _, (size, _, id))| (size, s, id))
             .collect();
         free.sort_unstable_by(|a, b| b.cmp(a));
-        let mut idle: Vec<Option<bool>> = vec![None; st.streams.len()];
         for (_, slot, id) in free {
             let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
             let deficit = reserved.saturating_add(need).saturating_sub(target);

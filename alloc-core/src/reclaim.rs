@@ -443,7 +443,7 @@ impl<B: DeviceBackend> State<B> {
     /// Merges adjacent free blocks of different streams when both streams
     /// are idle (a block of an idle stream is safe on any stream), so that
     /// whole segments and pages become releasable.
-    fn coalesce_idle(&mut self, idle: &[bool]) {
+    pub(crate) fn coalesce_idle(&mut self, idle: &[bool]) {
         let heads: Vec<BlockId> = self.segs.iter().map(|(_, s)| s.head).collect();
         let is_idle = |slot: Slot| idle.get(slot as usize).copied().unwrap_or(false);
         for head in heads {
