@@ -168,7 +168,7 @@ pub(crate) struct State<B: DeviceBackend> {
     free_slots: Vec<Slot>,
     /// The slot that holds the blocks and reservations of every forgotten
     /// stream: idle forever, never reused, in no stream's name.
-    orphan: Option<Slot>,
+    pub(crate) orphan: Option<Slot>,
     /// The slot of each registered stream.
     slot_of: FxMap<B::Stream, Slot>,
     /// The last stream looked up and its slot.

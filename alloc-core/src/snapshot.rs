@@ -13,6 +13,10 @@ use crate::cache::CachingAllocator;
 use crate::size_class::Pool;
 use crate::stats::Stats;
 
+/// The `stream` of blocks and segments that belonged to streams since
+/// forgotten ([`forget_stream`](CachingAllocator::forget_stream)).
+pub const FORGOTTEN_STREAMS: &str = "forgotten streams";
+
 /// One block of a segment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct BlockSnapshot {
@@ -78,6 +82,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
         let stream = |slot: usize| {
+            if st.orphan.is_some_and(|o| o as usize == slot) {
+                return FORGOTTEN_STREAMS.to_string();
+            }
             st.streams
                 .get(slot)
                 .map_or_else(String::new, |s| format!("{s:?}"))

@@ -174,6 +174,25 @@ fn a_stream_per_request_keeps_the_registry_bounded() {
         );
         assert!(sim.violations().is_empty(), "{:?}", sim.violations());
         a.validate().unwrap();
+        // the cache of the forgotten streams is labelled as theirs, not as
+        // the first forgotten stream's
+        let snap = a.snapshot();
+        assert!(
+            snap.segments
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .any(|b| b.stream == alloc_core::snapshot::FORGOTTEN_STREAMS),
+            "{cfg_s}: no block labelled {:?}",
+            alloc_core::snapshot::FORGOTTEN_STREAMS
+        );
+        assert!(
+            !snap
+                .segments
+                .iter()
+                .flat_map(|s| &s.blocks)
+                .any(|b| b.stream == format!("{:?}", SimStream(0))),
+            "{cfg_s}: a block still labelled with the first forgotten stream"
+        );
     }
 }
 
