@@ -33,15 +33,16 @@
 //! The stream registry gives each stream a slot on first use: a hash
 //! lookup (after a one-entry cache of the last stream), no size limit, no
 //! aliasing: a slot names one live stream at a time.
-//! [`CachingAllocator::forget_stream`] waits for the stream's work and
-//! retires its slot: a retired slot is idle, so its cached blocks serve any
-//! stream, and the stream's handle may come back as a new stream. The next
-//! new stream reuses the retired slot (its idle cache becomes that stream's
-//! cache), so a server that creates and forgets a stream per request keeps
-//! as many slots as it has streams alive at once. Blocks still in use from
-//! the forgotten stream stay valid; freed later, they go to the slot's new
-//! stream without waiting (the forgotten stream's work completed; uses on
-//! other streams were recorded and are waited for as usual).
+//! [`CachingAllocator::forget_stream`] waits for the stream's work, moves
+//! its blocks and reservations to the *orphan* slot (one slot for all
+//! forgotten streams, idle forever, so its cached blocks serve any stream)
+//! and retires its slot; the stream's handle may come back as a new stream.
+//! The next new stream reuses the retired slot, empty, so a server that
+//! creates and forgets a stream per request keeps as many slots as it has
+//! streams alive at once, plus the orphan. Blocks still in use from the
+//! forgotten stream stay valid; freed later, they wait for the uses recorded
+//! on other streams, then join the orphan's cache (never the new stream's:
+//! it did not allocate them).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -397,12 +398,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if let Some(r) = st.retired.get_mut(slot as usize) {
                 *r = true;
             }
-            // frees waiting for events on it stay in its queue (those
-            // events completed; the next allocation processes them, as any
-            // completed event), also once the slot names a new stream
-            // uses recorded on it are over (its work completed): once the
+            // Frees waiting for events on it stay in its queue: those events
+            // completed, and the next allocation processes them as any
+            // completed event, also once the slot names a new stream.
+            // Uses recorded on it are over (its work completed): once the
             // slot names another stream they must not make frees wait for
-            // that stream
+            // that stream.
             st.uses.retain(|_, streams| {
                 streams.retain(|&s| s != slot);
                 !streams.is_empty()
