@@ -960,7 +960,9 @@ impl<B: DeviceBackend> State<B> {
     /// every block deferred before the mark (its events have completed),
     /// whatever was deferred since (by other threads while the lock was
     /// released) stays pending (S6).
-    pub(crate) fn complete_synced(&mut self, mark: &SyncMark) {
+    /// The mark counts these frees as its own (they are covered by the sync),
+    /// so they do not make their streams look freed-since.
+    pub(crate) fn complete_synced(&mut self, mark: &mut SyncMark) {
         for q in &mut self.pending.queues {
             while q.front().is_some_and(|(_, _, seq)| *seq < mark.seq) {
                 q.pop_front();
@@ -980,7 +982,11 @@ impl<B: DeviceBackend> State<B> {
         done.sort_unstable();
         for b in done {
             self.pending.waits.remove(&b);
+            let slot = self.blocks.at(b).stream as usize;
             self.complete_free(b);
+            if let Some(n) = mark.frees.get_mut(slot) {
+                *n += 1;
+            }
         }
     }
 

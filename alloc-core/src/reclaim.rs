@@ -121,12 +121,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         &'a self,
         st: MutexGuard<'a, State<B>>,
     ) -> (MutexGuard<'a, State<B>>, SyncMark) {
-        let mark = st.sync_mark();
+        let mut mark = st.sync_mark();
         drop(st);
         self.backend.synchronize();
         let mut st = self.lock();
         st.stats.num_sync_all_streams += 1;
-        st.complete_synced(&mark);
+        st.complete_synced(&mut mark);
         (st, mark)
     }
 

@@ -173,3 +173,36 @@ fn empty_caches_sync_releases_the_lock_and_covers_only_what_came_before() {
     );
     assert!((st.reserved_bytes.all.current as usize) < 40 * MIB);
 }
+
+/// A free deferred before the sync (its block used on another stream) is
+/// completed by the sync, and its block counts as idle although its own
+/// stream got new work during the sync: the new work cannot use a block that
+/// was not allocated. So the ladder can release it, and 70 MiB fits.
+#[test]
+fn a_free_completed_by_the_sync_is_idle_although_its_stream_got_new_work() {
+    let sim = SimBackend::new(100 * MIB);
+    sim.set_auto_complete(false);
+    let (s0, s1, s2) = (SimStream(0), SimStream(1), SimStream(2));
+    let fired = AtomicBool::new(false);
+    let sim2 = sim.clone();
+    sim.on_synchronize(move || {
+        if !fired.swap(true, Ordering::SeqCst) {
+            // another thread's work on stream 1, launched during the sync
+            sim2.launch(s1);
+        }
+    });
+    let a = CachingAllocator::new(sim.clone(), Config::default());
+    let x = a.allocate(40 * MIB, s1).unwrap();
+    x.record_stream(s2);
+    sim.launch_using(s2, &[(x.ptr().0, x.capacity())]);
+    drop(x); // pending until stream 2's work completes
+    let big = a.allocate(70 * MIB, s0);
+    assert!(
+        big.is_ok(),
+        "70 MiB did not fit after the sync freed 40 MiB: {:?}",
+        big.err()
+    );
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    drop(big);
+    a.validate().unwrap();
+}
