@@ -57,6 +57,11 @@ pub(crate) struct Block {
     /// while history was recorded, else [`NO_SCOPE`]: a snapshot names it
     /// in the block's frames for as long as the block lives.
     pub(crate) scope: u64,
+    /// The engine's free clock when this memory last became free (the
+    /// latest of its parts after a merge; 0 for memory never handed out):
+    /// a device-wide sync started after the clock passed it covers the work
+    /// that used it (S6).
+    pub(crate) freed_at: u64,
 }
 
 /// [`Block::scope`] of a block handed out while history was off.
@@ -145,6 +150,7 @@ impl BlockSlab {
             pool: b.pool,
             expandable: b.expandable,
             scope: NO_SCOPE,
+            freed_at: b.freed_at,
         };
         let old_next = b.next;
         let rid = self.insert(rest)?;
@@ -167,6 +173,7 @@ impl BlockSlab {
         let b = self.at_mut(id);
         b.size += n.size;
         b.next = n.next;
+        b.freed_at = b.freed_at.max(n.freed_at);
     }
 }
 

@@ -23,11 +23,13 @@
 //!   stream's events are queried in the order they were recorded, stopping at
 //!   the first that has not completed.
 //! - S6 a device-wide sync runs outside the lock (it blocks for as long as
-//!   the queued work runs); what it proves idle is decided by a
-//!   `SyncMark` taken under the lock before it: the frees deferred before
-//!   the mark, and the free blocks of streams with no free completed since.
-//!   A block freed by another thread meanwhile may still be in use by work
-//!   queued after the sync, so its stream is queried as usual.
+//!   the queued work runs); what it proves idle is decided by the free
+//!   clock read under the lock before it (a `SyncMark`): every free (an
+//!   immediate one, or the deferral of a pending one) takes the next tick,
+//!   and a free block remembers the latest tick of its parts. After the
+//!   sync, a block freed before the mark is idle whoever completed its
+//!   free; a block freed since (by another thread meanwhile) may be in use
+//!   by work queued after the sync, so its stream is queried as usual.
 //!
 //! # Streams
 //! The stream registry gives each stream a slot on first use: a hash
@@ -96,16 +98,15 @@ impl<E> Default for Pending<E> {
     }
 }
 
-/// What a device-wide synchronisation run outside the lock covers: taken
-/// under the lock just before it. Frees deferred before the mark, and free
-/// blocks of streams that had no free since the mark, are idle after it;
-/// whatever other threads did while the lock was released is judged by
-/// querying events, as without a sync (S6).
+/// What a device-wide synchronisation run outside the lock covers: the free
+/// clock, read under the lock just before it. Memory freed (or whose free
+/// was deferred) before the mark is idle after the sync; whatever other
+/// threads did while the lock was released is judged by querying events, as
+/// without a sync (S6).
+#[derive(Clone, Copy)]
 pub(crate) struct SyncMark {
-    /// Deferrals numbered below this were recorded before the sync.
-    seq: u64,
-    /// Frees completed on each slot when the mark was taken.
-    frees: Vec<u64>,
+    /// Frees that took a tick below this happened before the sync.
+    pub(crate) seq: u64,
 }
 
 impl<E> Pending<E> {
@@ -167,6 +168,9 @@ pub(crate) struct State<B: DeviceBackend> {
     pub(crate) retired: Vec<bool>,
     /// Retired slots, reused by the next new streams.
     free_slots: Vec<Slot>,
+    /// Per slot: how many times it was reused (a registration is a slot and
+    /// its generation).
+    slot_gen: Vec<u32>,
     /// The slot that holds the blocks and reservations of every forgotten
     /// stream: idle forever, never reused, in no stream's name.
     pub(crate) orphan: Option<Slot>,
@@ -185,9 +189,6 @@ pub(crate) struct State<B: DeviceBackend> {
     pub(crate) trace: TraceRing,
     /// Cap on reserved bytes (memory fraction / byte cap).
     pub(crate) limit: Option<usize>,
-    /// Per slot: frees completed on it (blocks that launched work may have
-    /// used becoming free), for [`SyncMark`].
-    pub(crate) frees: Vec<u64>,
 }
 
 /// The block-caching device allocator, generic over its backend.
@@ -221,6 +222,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             streams: Vec::new(),
             retired: Vec::new(),
             free_slots: Vec::new(),
+            slot_gen: Vec::new(),
             orphan: None,
             slot_of: FxMap::default(),
             last: None,
@@ -231,7 +233,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             stats: Stats::default(),
             trace: TraceRing::new(config.trace_entries),
             limit,
-            frees: Vec::new(),
         };
         CachingAllocator {
             backend,
@@ -359,7 +360,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         match uses {
             Some(streams) => st.defer_free(&self.backend, id, streams),
             None => {
-                st.complete_free(id);
+                let tick = st.tick();
+                st.complete_free(id, tick);
             }
         }
     }
@@ -382,17 +384,34 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Forgets `stream` (say, before the program destroys it): waits for the
     /// work issued on it so far, then retires its slot. Its cached blocks
     /// stay, idle, for any stream to reuse; a stream with the same handle
-    /// used later is a new stream. Buffers still allocated on it stay valid.
+    /// used later is a new stream. Buffers still allocated on it stay valid;
+    /// work launched on the handle after this call that uses such a buffer
+    /// must be declared with the buffer's `record_stream(handle)`, as for
+    /// any other stream (the handle now names a new stream). Call it once no
+    /// other thread issues work on `stream`.
     pub fn forget_stream(&self, stream: B::Stream) {
-        if !self.lock().slot_of.contains_key(&stream) {
-            return;
-        }
+        let registration = {
+            let st = self.lock();
+            match st.slot_of.get(&stream) {
+                Some(&slot) => (slot, st.slot_gen.get(slot as usize).copied()),
+                None => return,
+            }
+        };
         // outside the lock: waiting may block for as long as the work runs
         match self.backend.record_event(stream) {
             Ok(e) => self.backend.wait_event(&e),
             Err(_) => self.backend.synchronize(),
         }
         let mut st = self.lock();
+        // only the registration waited for: another thread may have
+        // forgotten it meanwhile, and the handle come back as a new stream
+        let current = st
+            .slot_of
+            .get(&stream)
+            .map(|&slot| (slot, st.slot_gen.get(slot as usize).copied()));
+        if current != Some(registration) {
+            return;
+        }
         if let Some(slot) = st.slot_of.remove(&stream) {
             st.last = None;
             if let Some(r) = st.retired.get_mut(slot as usize) {
@@ -598,6 +617,9 @@ impl<B: DeviceBackend> State<B> {
             let i = slot as usize;
             self.streams[i] = stream;
             self.retired[i] = false;
+            if let Some(g) = self.slot_gen.get_mut(i) {
+                *g = g.wrapping_add(1);
+            }
             self.slot_of.insert(stream, slot);
             return slot;
         }
@@ -613,7 +635,7 @@ impl<B: DeviceBackend> State<B> {
         let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);
         self.streams.push(stream);
         self.retired.push(false);
-        self.frees.push(0);
+        self.slot_gen.push(0);
         self.index.ensure_stream(slot);
         let need = (slot as usize + 1) * 2;
         if self.expandable.len() < need {
@@ -778,8 +800,8 @@ impl<B: DeviceBackend> State<B> {
         b.requested = requested;
         b.scope = scope;
         if let Some(r) = rest {
-            // merges only after a cross-stream reuse put `id` next to a free
-            // block of its new stream
+            // the remainder merges with a free block that follows it, if any
+            // (the block taken was free, so its own neighbours were not)
             self.merge_and_index(r);
         }
         let b = self.blocks.at(id);
@@ -865,9 +887,18 @@ impl<B: DeviceBackend> State<B> {
         }
     }
 
-    /// Makes in-use or pending block `id` free: merges it with free neighbours
-    /// of its stream and indexes the result, which it returns.
-    pub(crate) fn complete_free(&mut self, id: BlockId) -> BlockId {
+    /// The next tick of the free clock (S6).
+    #[inline]
+    pub(crate) fn tick(&mut self) -> u64 {
+        let t = self.pending.next_seq;
+        self.pending.next_seq += 1;
+        t
+    }
+
+    /// Makes in-use or pending block `id` free, freed at tick `freed_at` (its
+    /// free, or the deferral of its free): merges it with free neighbours of
+    /// its stream and indexes the result, which it returns.
+    pub(crate) fn complete_free(&mut self, id: BlockId, freed_at: u64) -> BlockId {
         let (pool, size, ptr, slot, requested) = {
             let b = self.blocks.at(id);
             (self.pool_of(b), b.size, b.ptr, b.stream, b.requested)
@@ -875,15 +906,13 @@ impl<B: DeviceBackend> State<B> {
         self.stats.active.sub(pool, 1);
         self.stats.active_bytes.sub(pool, size);
         self.stats.requested_bytes.sub(pool, requested);
-        if let Some(n) = self.frees.get_mut(slot as usize) {
-            *n += 1;
-        }
         self.trace
             .push(TraceAction::FreeCompleted, ptr, size, trace_slot(slot));
         let b = self.blocks.at_mut(id);
         b.state = BlockState::Free;
         b.requested = 0;
         b.scope = crate::block::NO_SCOPE;
+        b.freed_at = freed_at;
         self.merge_and_index(id)
     }
 
@@ -916,7 +945,7 @@ impl<B: DeviceBackend> State<B> {
     /// (retired streams completed their work when they were forgotten).
     fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<Slot>) {
         let (mut n, mut needs_sync) = (0u32, false);
-        let seq = self.pending.next_seq;
+        let seq = self.tick();
         for slot in streams {
             let Some(&s) = self.streams.get(slot as usize) else {
                 continue;
@@ -940,10 +969,9 @@ impl<B: DeviceBackend> State<B> {
             }
         }
         if n == 0 && !needs_sync {
-            self.complete_free(id);
+            self.complete_free(id, seq);
             return;
         }
-        self.pending.next_seq += 1;
         self.blocks.at_mut(id).state = BlockState::Pending;
         self.pending.waits.insert(id, (n, needs_sync, seq));
     }
@@ -952,7 +980,6 @@ impl<B: DeviceBackend> State<B> {
     pub(crate) fn sync_mark(&self) -> SyncMark {
         SyncMark {
             seq: self.pending.next_seq,
-            frees: self.frees.clone(),
         }
     }
 
@@ -960,9 +987,7 @@ impl<B: DeviceBackend> State<B> {
     /// every block deferred before the mark (its events have completed),
     /// whatever was deferred since (by other threads while the lock was
     /// released) stays pending (S6).
-    /// The mark counts these frees as its own (they are covered by the sync),
-    /// so they do not make their streams look freed-since.
-    pub(crate) fn complete_synced(&mut self, mark: &mut SyncMark) {
+    pub(crate) fn complete_synced(&mut self, mark: SyncMark) {
         for q in &mut self.pending.queues {
             while q.front().is_some_and(|(_, _, seq)| *seq < mark.seq) {
                 q.pop_front();
@@ -972,30 +997,18 @@ impl<B: DeviceBackend> State<B> {
         self.pending
             .active
             .retain(|&s| queues.get(s as usize).is_some_and(|q| !q.is_empty()));
-        let mut done: Vec<BlockId> = self
+        let mut done: Vec<(BlockId, u64)> = self
             .pending
             .waits
             .iter()
             .filter(|(_, w)| w.2 < mark.seq)
-            .map(|(b, _)| *b)
+            .map(|(b, w)| (*b, w.2))
             .collect();
         done.sort_unstable();
-        for b in done {
+        for (b, seq) in done {
             self.pending.waits.remove(&b);
-            let slot = self.blocks.at(b).stream as usize;
-            self.complete_free(b);
-            if let Some(n) = mark.frees.get_mut(slot) {
-                *n += 1;
-            }
+            self.complete_free(b, seq);
         }
-    }
-
-    /// Whether stream `slot` is idle by the sync that followed `mark`: no
-    /// free completed on it since (so every free block it has was free
-    /// before the sync).
-    pub(crate) fn idle_by_sync(&self, mark: &SyncMark, slot: Slot) -> bool {
-        let i = slot as usize;
-        matches!((mark.frees.get(i), self.frees.get(i)), (Some(a), Some(b)) if a == b)
     }
 
     /// Frees pending blocks whose events completed. Each stream's queue is
@@ -1014,13 +1027,13 @@ impl<B: DeviceBackend> State<B> {
                 let done = match self.pending.waits.get_mut(&b) {
                     Some(w) => {
                         w.0 = w.0.saturating_sub(1);
-                        w.0 == 0 && !w.1
+                        (w.0 == 0 && !w.1).then_some(w.2)
                     }
-                    None => false,
+                    None => None,
                 };
-                if done {
+                if let Some(seq) = done {
                     self.pending.waits.remove(&b);
-                    self.complete_free(b);
+                    self.complete_free(b, seq);
                 }
             }
             if self.pending.queues[slot].is_empty() {

@@ -101,8 +101,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let Some(mut r) = self.best_range(st, slot, pool, rounded) else {
             return Ok(None);
         };
-        let keep = st.blocks.at(r.uid).prev;
-        if self.unmap_to_stay_under_peak(st, r.exact, keep) {
+        if self.unmap_to_stay_under_peak(st, r.exact, r.uid) {
             // unmapped pages may have joined the chosen range: look again
             match self.best_range(st, slot, pool, rounded) {
                 Some(again) => r = again,
@@ -137,6 +136,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let b = st.blocks.at_mut(uid);
         b.state = BlockState::Free;
         b.stream = slot;
+        // fresh pages: no work ever used them
+        b.freed_at = 0;
         if let Some(s) = st.segs.get_mut(r.seg) {
             s.mapped += bytes;
         }
@@ -217,11 +218,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         best
     }
 
-    /// Before mapping `need` bytes: if that would raise the reserved peak or
-    /// pass the cap, unmaps just enough free pages of idle streams (the last
-    /// pages of the largest free blocks first, never block `keep`, which the
-    /// grow extends) that it would not. Whether anything was unmapped.
-    fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, keep: BlockId) -> bool {
+    /// Before mapping `need` bytes into unmapped block `range`: if that would
+    /// raise the reserved peak or pass the cap, unmaps just enough free pages
+    /// of idle streams (the last pages of the largest free blocks first,
+    /// never the block just before `range`, which the grow extends) that it
+    /// would not. Whether anything was unmapped.
+    fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, range: BlockId) -> bool {
         let target = {
             let peak = reserve_bound(st);
             st.limit.map_or(peak, |l| l.min(peak))
@@ -238,9 +240,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             let now: Vec<bool> = (0..st.streams.len() as Slot)
                 .map(|s| self.stream_idle(st, s))
                 .collect();
-            st.coalesce_idle(&now);
+            st.coalesce_idle(&now, None);
             idle = now.into_iter().map(Some).collect();
         }
+        // after the joining above, which may have merged it into its
+        // predecessor (an unmapped block is never joined)
+        let keep = st.blocks.get(range).map_or(NIL, |b| b.prev);
         let mut free: Vec<(usize, Slot, BlockId)> = st
             .index
             .all()

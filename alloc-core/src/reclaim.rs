@@ -121,12 +121,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         &'a self,
         st: MutexGuard<'a, State<B>>,
     ) -> (MutexGuard<'a, State<B>>, SyncMark) {
-        let mut mark = st.sync_mark();
+        let mark = st.sync_mark();
         drop(st);
         self.backend.synchronize();
         let mut st = self.lock();
         st.stats.num_sync_all_streams += 1;
-        st.complete_synced(&mut mark);
+        st.complete_synced(mark);
         (st, mark)
     }
 
@@ -261,9 +261,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
     }
 
-    /// Releases cached memory of `which` kind from the streams that are idle:
-    /// by the sync that followed `synced` (S6), or else by their events now.
-    /// Whether anything was released.
+    /// Releases cached memory of `which` kind that is idle: freed before the
+    /// sync that followed `synced` (S6), or of a stream idle by its events
+    /// now. Whether anything was released.
     pub(crate) fn release_cached(
         &self,
         st: &mut State<B>,
@@ -271,9 +271,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         synced: Option<&SyncMark>,
     ) -> bool {
         let idle: Vec<bool> = (0..st.streams.len() as Slot)
-            .map(|s| synced.is_some_and(|m| st.idle_by_sync(m, s)) || self.stream_idle(st, s))
+            .map(|s| self.stream_idle(st, s))
             .collect();
-        st.coalesce_idle(&idle);
+        let before = synced.map(|m| m.seq);
+        st.coalesce_idle(&idle, before);
         let min = match which {
             Release::Oversize => self.config.max_split_size,
             Release::All => 0,
@@ -281,8 +282,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let candidates: Vec<BlockId> = st
             .index
             .all()
-            .filter(|&(s, _, (size, _, _))| {
-                size >= min && idle.get(s as usize).copied().unwrap_or(false)
+            .filter(|&(_, _, (size, _, id))| {
+                size >= min && block_idle(st.blocks.at(id), &idle, before)
             })
             .map(|(_, _, (_, _, id))| id)
             .collect();
@@ -403,6 +404,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 }
 
+/// Whether free block `b` is idle: its stream is idle by its events now
+/// (`idle`, by slot), or it was freed before a device-wide sync that started
+/// at free tick `before` (S6).
+#[inline]
+pub(crate) fn block_idle(b: &Block, idle: &[bool], before: Option<u64>) -> bool {
+    idle.get(b.stream as usize).copied().unwrap_or(false) || before.is_some_and(|t| b.freed_at < t)
+}
+
 pub(crate) fn within_limit<B: DeviceBackend>(st: &State<B>, bytes: usize) -> bool {
     let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
     st.limit
@@ -429,6 +438,7 @@ impl<B: DeviceBackend> State<B> {
             pool: seg.pool,
             expandable: seg.expandable,
             scope: crate::block::NO_SCOPE,
+            freed_at: 0,
         };
         let bid = self.blocks.insert(block)?;
         seg.head = bid;
@@ -440,23 +450,25 @@ impl<B: DeviceBackend> State<B> {
         Some((sid, bid))
     }
 
-    /// Merges adjacent free blocks of different streams when both streams
-    /// are idle (a block of an idle stream is safe on any stream), so that
-    /// whole segments and pages become releasable.
-    pub(crate) fn coalesce_idle(&mut self, idle: &[bool]) {
+    /// Merges adjacent free blocks of different streams when both are idle
+    /// ([`block_idle`]: an idle block is safe on any stream), so that whole
+    /// segments and pages become releasable. The merged block keeps the
+    /// first block's stream and the later of their free ticks.
+    pub(crate) fn coalesce_idle(&mut self, idle: &[bool], before: Option<u64>) {
         let heads: Vec<BlockId> = self.segs.iter().map(|(_, s)| s.head).collect();
-        let is_idle = |slot: Slot| idle.get(slot as usize).copied().unwrap_or(false);
         for head in heads {
             let mut id = head;
             while id != NIL {
                 let b = self.blocks.at(id);
                 let next = b.next;
+                // a join can leave the merged block next to a free block of
+                // its stream, which then merges as any two such blocks (S2)
                 let joinable = b.state == BlockState::Free
-                    && is_idle(b.stream)
-                    && self
-                        .blocks
-                        .get(next)
-                        .is_some_and(|n| n.state == BlockState::Free && is_idle(n.stream));
+                    && self.blocks.get(next).is_some_and(|n| {
+                        n.state == BlockState::Free
+                            && (n.stream == b.stream
+                                || block_idle(b, idle, before) && block_idle(n, idle, before))
+                    });
                 if joinable {
                     let slot = b.stream;
                     self.index_remove(id);

@@ -120,6 +120,7 @@ const END: Block = Block {
     pool: Pool::Small,
     expandable: false,
     scope: crate::block::NO_SCOPE,
+    freed_at: 0,
 };
 
 /// The blocks of `seg` in address order.

@@ -206,3 +206,73 @@ fn a_free_completed_by_the_sync_is_idle_although_its_stream_got_new_work() {
     drop(big);
     a.validate().unwrap();
 }
+
+/// Runs the ladder's sync scenario of stream 1's cached 40 MiB on a 100 MiB
+/// device with `during` acting in the sync (once, on this thread: the lock is
+/// free then), and returns whether 70 MiB on stream 0 then fits.
+fn seventy_after(during: fn(&Engine, &SimBackend), defer_via_stream_2: bool) -> bool {
+    let sim = SimBackend::new(100 * MIB);
+    sim.set_auto_complete(false);
+    let (s0, s1, s2) = (SimStream(0), SimStream(1), SimStream(2));
+    let cell: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let fired = AtomicBool::new(false);
+    let (sim2, cell2) = (sim.clone(), cell.clone());
+    sim.on_synchronize(move || {
+        if !fired.swap(true, Ordering::SeqCst)
+            && let Some(a) = cell2.get()
+        {
+            during(a, &sim2);
+        }
+    });
+    let a = Arc::new(CachingAllocator::new(sim.clone(), Config::default()));
+    let _ = cell.set(a.clone());
+    let x = a.allocate(40 * MIB, s1).unwrap();
+    if defer_via_stream_2 {
+        x.record_stream(s2);
+        sim.launch_using(s2, &[(x.ptr().0, x.capacity())]);
+    } else {
+        sim.launch_using(s1, &[(x.ptr().0, x.capacity())]);
+    }
+    drop(x);
+    let fits = a.allocate(70 * MIB, s0).is_ok();
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    a.validate().unwrap();
+    fits
+}
+
+/// The covered free is completed by another thread's `trim` during the sync
+/// (any allocation there does the same), not by the syncing thread: its
+/// block is still idle by the sync.
+#[test]
+fn a_covered_free_completed_by_another_thread_during_the_sync_stays_idle() {
+    assert!(
+        seventy_after(
+            |a, sim| {
+                sim.launch(SimStream(1));
+                a.trim();
+            },
+            true
+        ),
+        "70 MiB did not fit: the 40 MiB freed before the sync was kept"
+    );
+}
+
+/// Stream 1's 40 MiB was free before the sync; during it another thread
+/// frees an unrelated small buffer on stream 1 and queues more work there.
+/// The 40 MiB is still idle by the sync (PyTorch, syncing under its lock,
+/// releases it too).
+#[test]
+fn an_unrelated_free_during_the_sync_does_not_pin_the_streams_cache() {
+    assert!(
+        seventy_after(
+            |a, sim| {
+                let s1 = SimStream(1);
+                let small = a.allocate(512, s1).unwrap();
+                sim.launch_using(s1, &[(small.ptr().0, small.capacity())]);
+                drop(small);
+            },
+            false
+        ),
+        "70 MiB did not fit: one small free on stream 1 during the sync pinned its 40 MiB"
+    );
+}

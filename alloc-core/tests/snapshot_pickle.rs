@@ -520,3 +520,42 @@ fn a_live_block_keeps_its_scope_after_the_ring_dropped_its_alloc() {
     assert_eq!(seen, 2);
     drop((kept, before));
 }
+
+/// A block handed out while history was off has no frames, even when the
+/// ring still holds an older allocation at the same address (whose scope is
+/// not this block's).
+#[test]
+fn a_block_from_while_history_was_off_is_not_given_an_older_blocks_scope() {
+    let sim = SimBackend::new(256 * MIB);
+    let a = CachingAllocator::new(sim, Config::default());
+    a.record_memory_history(true, 1000);
+    let g = alloc_core::scope::scope("request-old");
+    let old = a.allocate(3 * MIB, S0).unwrap();
+    let p = old.ptr();
+    drop(old);
+    drop(g);
+    a.record_memory_history(false, 0);
+    let g = alloc_core::scope::scope("request-new");
+    let new = a.allocate(3 * MIB, S0).unwrap();
+    drop(g);
+    assert_eq!(new.ptr(), p, "the cached block is reused");
+    let bytes = a.snapshot_pickle();
+    let top = parse(&bytes);
+    let mut seen = false;
+    for seg in list(get(&top, "segments", "top"), "segments") {
+        let seg = dict(seg, "seg");
+        for b in list(get(seg, "blocks", "seg"), "blocks") {
+            let b = dict(b, "block");
+            if int(get(b, "address", "block"), "address") as usize == p.0 {
+                assert!(
+                    list(get(b, "frames", "block"), "frames").is_empty(),
+                    "block from while history was off got frames {:?}",
+                    get(b, "frames", "block")
+                );
+                seen = true;
+            }
+        }
+    }
+    assert!(seen);
+    drop(new);
+}

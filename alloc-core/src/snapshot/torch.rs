@@ -111,35 +111,23 @@ fn fallback_name(scope: ScopeId) -> String {
     format!("scope#{}", scope.slot())
 }
 
-/// Scope names and who allocated what, from the trace history.
+/// Scope names, and which scope mapped each segment, from the trace history
+/// (blocks carry their own scope).
 struct Frames<'a> {
     names: &'a HashMap<u64, String>,
-    /// Scope of the latest `alloc` at each address.
-    alloc_at: HashMap<usize, ScopeId>,
     /// Scope of the latest `segment_alloc` / `segment_map` at each address.
     segment_at: HashMap<usize, ScopeId>,
 }
 
 impl<'a> Frames<'a> {
     fn new(entries: &[TraceEntry], names: &'a HashMap<u64, String>) -> Self {
-        let mut alloc_at = HashMap::new();
         let mut segment_at = HashMap::new();
         for e in entries {
-            match e.action {
-                TraceAction::Alloc => {
-                    alloc_at.insert(e.addr, e.scope);
-                }
-                TraceAction::SegmentAlloc | TraceAction::Map => {
-                    segment_at.insert(e.addr, e.scope);
-                }
-                _ => {}
+            if matches!(e.action, TraceAction::SegmentAlloc | TraceAction::Map) {
+                segment_at.insert(e.addr, e.scope);
             }
         }
-        Frames {
-            names,
-            alloc_at,
-            segment_at,
-        }
+        Frames { names, segment_at }
     }
 
     fn name(&self, scope: ScopeId) -> String {
@@ -213,12 +201,12 @@ fn torch_segment(seg: &SegmentSnapshot, run: &[usize], frames: &Frames<'_>) -> P
         .iter()
         .map(|b| {
             let live = matches!(b.state, BlockState::InUse | BlockState::Pending);
-            // the scope kept with the block, else the latest alloc the ring
-            // still holds at its address
+            // the scope kept with the block; none when it was handed out
+            // while history was off (the ring then holds no alloc of it,
+            // only maybe an older one at the same address)
             let block_frames = match (&b.scope, live) {
                 (Some(name), true) => Py::List(vec![scope_frame(name)]),
-                (None, true) => frames.of(frames.alloc_at.get(&b.address).copied()),
-                (_, false) => Py::List(Vec::new()),
+                _ => Py::List(Vec::new()),
             };
             Py::Dict(vec![
                 ("address", Py::int(b.address as u64)),
