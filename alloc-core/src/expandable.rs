@@ -101,7 +101,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let Some(mut r) = self.best_range(st, slot, pool, rounded) else {
             return Ok(None);
         };
-        if self.unmap_to_stay_under_peak(st, r.exact, r.uid) {
+        let keep = st.blocks.at(r.uid).prev;
+        if self.unmap_to_stay_under_peak(st, r.exact, keep) {
             // unmapped pages may have joined the chosen range: look again
             match self.best_range(st, slot, pool, rounded) {
                 Some(again) => r = again,
@@ -218,12 +219,19 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         best
     }
 
-    /// Before mapping `need` bytes into unmapped block `range`: if that would
-    /// raise the reserved peak or pass the cap, unmaps just enough free pages
-    /// of idle streams (the last pages of the largest free blocks first,
-    /// never the block just before `range`, which the grow extends) that it
-    /// would not. Whether anything was unmapped.
-    fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, range: BlockId) -> bool {
+    /// Before mapping `need` bytes: if that would raise the reserved peak or
+    /// pass the cap, unmaps just enough free pages of idle streams (the last
+    /// pages of the largest free blocks first, never block `keep`, which the
+    /// grow extends) that it would not. Whether anything was unmapped.
+    ///
+    /// `keep` is chosen before idle blocks are joined: when the joining
+    /// merges it into a block of another stream, the merged block is no
+    /// longer protected and its last pages may be unmapped and the range
+    /// chosen again. Protecting the merged block instead was measured worse
+    /// (bert_serving with two streams taking turns every 500 allocations:
+    /// efficiency 0.9465 against 0.9717), so the unmap can pick the largest
+    /// idle block even when it borders the grow.
+    fn unmap_to_stay_under_peak(&self, st: &mut State<B>, need: usize, keep: BlockId) -> bool {
         let target = {
             let peak = reserve_bound(st);
             st.limit.map_or(peak, |l| l.min(peak))
@@ -243,9 +251,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             st.coalesce_idle(&now, None);
             idle = now.into_iter().map(Some).collect();
         }
-        // after the joining above, which may have merged it into its
-        // predecessor (an unmapped block is never joined)
-        let keep = st.blocks.get(range).map_or(NIL, |b| b.prev);
         let mut free: Vec<(usize, Slot, BlockId)> = st
             .index
             .all()
