@@ -110,6 +110,11 @@ impl BlockSlab {
         self.slots.get(id as usize)?.as_ref()
     }
 
+    /// The blocks of a segment in address order, from its first block `head`.
+    pub(crate) fn chain(&self, head: BlockId) -> impl Iterator<Item = &Block> + '_ {
+        std::iter::successors(self.get(head), move |b| self.get(b.next))
+    }
+
     /// The block `id`, which the caller knows is live (an engine invariant).
     #[inline]
     pub(crate) fn at(&self, id: BlockId) -> &Block {

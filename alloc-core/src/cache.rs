@@ -833,17 +833,9 @@ impl<B: DeviceBackend> State<B> {
             let mut keep: std::collections::HashSet<u64> = self
                 .segs
                 .iter()
-                .flat_map(|(_, s)| {
-                    let mut out = Vec::new();
-                    let mut id = s.head;
-                    while let Some(b) = self.blocks.get(id) {
-                        if matches!(b.state, BlockState::InUse | BlockState::Pending) {
-                            out.push(b.scope);
-                        }
-                        id = b.next;
-                    }
-                    out
-                })
+                .flat_map(|(_, s)| self.blocks.chain(s.head))
+                .filter(|b| matches!(b.state, BlockState::InUse | BlockState::Pending))
+                .map(|b| b.scope)
                 .collect();
             keep.insert(bits);
             self.trace.retain_pinned(&keep);

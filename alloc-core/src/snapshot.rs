@@ -8,7 +8,7 @@ mod pickle;
 mod torch;
 
 use crate::backend::DeviceBackend;
-use crate::block::{BlockState, NIL};
+use crate::block::BlockState;
 use crate::cache::CachingAllocator;
 use crate::size_class::Pool;
 use crate::stats::Stats;
@@ -94,13 +94,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             .iter()
             .map(|(_, seg)| {
                 let mut blocks = Vec::new();
-                let mut id = seg.head;
-                while let Some(b) = st.blocks.get(id) {
+                for b in st.blocks.chain(seg.head) {
                     let scope = (b.scope != crate::block::NO_SCOPE).then(|| {
                         let s = crate::scope::ScopeId::from_bits(b.scope);
                         st.trace
                             .scope_name(s)
-                            .map_or_else(|| format!("scope#{}", s.slot()), str::to_owned)
+                            .map_or_else(|| torch::fallback_name(s), str::to_owned)
                     });
                     blocks.push(BlockSnapshot {
                         address: b.ptr,
@@ -111,7 +110,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                         stream_slot: u64::from(b.stream),
                         scope,
                     });
-                    id = if b.next == NIL { NIL } else { b.next };
                 }
                 SegmentSnapshot {
                     address: seg.base,

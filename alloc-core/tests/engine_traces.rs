@@ -25,15 +25,19 @@ fn traces_dir() -> Option<PathBuf> {
     d.is_dir().then_some(d)
 }
 
+/// The CSV trace's records (`op,id,bytes,stream` split at commas), without
+/// comments and the header.
+fn records(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("op,") && !l.is_empty())
+        .map(|l| l.split(',').collect())
+}
+
 fn replay(text: &str, cfg: &str) -> Stats {
     let sim = SimBackend::new(80 << 30);
     let a = CachingAllocator::new(sim.clone(), Config::parse(cfg).unwrap());
     let mut live = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("op,") && !l.is_empty())
-    {
-        let f: Vec<&str> = line.split(',').collect();
+    for f in records(text) {
         match f[0] {
             "a" => {
                 let b = a
@@ -64,11 +68,7 @@ fn pytorch_expandable_lower_bound(text: &str) -> u64 {
     let mut live: HashMap<String, (u64, bool, usize)> = HashMap::new();
     let mut cur: HashMap<(u64, bool), usize> = HashMap::new();
     let mut peak: HashMap<(u64, bool), usize> = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("op,") && !l.is_empty())
-    {
-        let f: Vec<&str> = line.split(',').collect();
+    for f in records(text) {
         match f[0] {
             "a" => {
                 let bytes: usize = f[2].parse().unwrap();
@@ -178,17 +178,14 @@ fn two_streams_taking_turns() {
         };
         for n in [500usize, 2000] {
             let mut allocs = 0usize;
-            let spread: String = text
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.starts_with("op,") && !l.is_empty())
-                .map(|l| {
-                    let f: Vec<&str> = l.split(',').collect();
+            let spread: String = records(&text)
+                .map(|f| {
                     if f[0] == "a" {
                         let s = (allocs / n) % 2;
                         allocs += 1;
                         format!("a,{},{},{s}\n", f[1], f[2])
                     } else {
-                        format!("{l}\n")
+                        format!("{}\n", f.join(","))
                     }
                 })
                 .collect();

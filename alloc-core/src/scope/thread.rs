@@ -537,13 +537,7 @@ pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
     }
     STATE.with(|s| {
         if s.batched() && owner == s.current.get() {
-            let flush = s.with_batch(|b| {
-                b.free(bytes as u64);
-                b.left == 0 || b.live < -BATCH_BYTES
-            });
-            if flush {
-                flush_state(s);
-            }
+            free_in_batch(s, bytes);
         } else {
             free_remote(s, owner, bytes as u64);
         }
@@ -564,17 +558,24 @@ pub unsafe fn charge_host_free_compact(id: u32, bytes: usize) {
     }
     STATE.with(|s| {
         if s.batched() && id == s.current_compact.get() {
-            let flush = s.with_batch(|b| {
-                b.free(bytes as u64);
-                b.left == 0 || b.live < -BATCH_BYTES
-            });
-            if flush {
-                flush_state(s);
-            }
+            free_in_batch(s, bytes);
         } else {
             free_remote(s, REGISTRY.owner_of_compact(id), bytes as u64);
         }
     })
+}
+
+/// A free in the thread's current scope: into the batch, flushed when the
+/// batch is used up or holds more than [`BATCH_BYTES`] of frees.
+#[inline]
+fn free_in_batch(s: &ThreadState, bytes: usize) {
+    let flush = s.with_batch(|b| {
+        b.free(bytes as u64);
+        b.left == 0 || b.live < -BATCH_BYTES
+    });
+    if flush {
+        flush_state(s);
+    }
 }
 
 #[cold]

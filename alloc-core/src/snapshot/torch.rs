@@ -107,7 +107,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 }
 
 /// A scope's name when the trace did not capture it (never expected).
-fn fallback_name(scope: ScopeId) -> String {
+pub(super) fn fallback_name(scope: ScopeId) -> String {
     format!("scope#{}", scope.slot())
 }
 
