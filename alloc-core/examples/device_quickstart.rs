@@ -4,7 +4,8 @@
 //!
 //! `cargo run -p alloc-core --example device_quickstart`
 
-use alloc_core::{CachingAllocator, Config, HostBackend, scope};
+use alloc_core::{CachingAllocator, Config, HostBackend};
+use alloc_scope as scope;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // PyTorch-style settings; `CachingAllocator::from_env` reads ALLOC_CONF.

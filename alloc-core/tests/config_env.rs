@@ -1,7 +1,6 @@
 //! `Config::from_env` reads `ALLOC_CONF`, else PyTorch's
 //! `PYTORCH_CUDA_ALLOC_CONF`, else `PYTORCH_ALLOC_CONF`. The only test of this
 //! binary, so nothing else reads the environment meanwhile.
-#![cfg(not(loom))]
 
 use alloc_core::config::{Config, ConfigError};
 

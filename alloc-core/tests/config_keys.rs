@@ -4,7 +4,6 @@
 //!
 //! The key list is PyTorch's (c10/core/AllocatorConfig.cpp `getKeys` and
 //! c10/cuda/CUDAAllocatorConfig.h `getKeys`), written out here as the oracle.
-#![cfg(not(loom))]
 
 use alloc_core::config::{Config, ConfigError, KEYS};
 use proptest::prelude::*;

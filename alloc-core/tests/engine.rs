@@ -326,7 +326,7 @@ fn trace_ring_records_events_when_on() {
 #[test]
 fn device_bytes_are_charged_to_the_scope() {
     let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::default());
-    let g = alloc_core::scope::scope("engine-test");
+    let g = alloc_scope::scope("engine-test");
     let b = a.allocate(3000, S0).unwrap();
     assert_eq!(b.owner(), g.id());
     let during = g.stats();

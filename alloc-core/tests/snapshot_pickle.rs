@@ -6,7 +6,6 @@
 //!
 //! With `SNAPSHOT_DUMP_DIR` set, the snapshots are also written there, for
 //! `tests/memory_viz/check.sh` to open with PyTorch's own `_memory_viz.py`.
-#![cfg(not(loom))]
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -254,11 +253,11 @@ fn expandable_snapshot_has_pytorch_shape_states_and_scope_frames() {
     a.record_memory_history(true, 10_000);
     sim.set_auto_complete(false);
 
-    let req_a = alloc_core::scope::scope("request-a");
+    let req_a = alloc_scope::scope("request-a");
     let small = a.allocate(3000, S0).unwrap();
     let large = a.allocate(30 * MIB, S0).unwrap();
     drop(req_a);
-    let req_b = alloc_core::scope::scope("request-b");
+    let req_b = alloc_scope::scope("request-b");
     // first: the ladder's device-wide sync would complete the pending free
     let oom = a.allocate(1 << 40, S0);
     assert!(oom.is_err());
@@ -358,7 +357,7 @@ fn fixed_snapshot_records_segment_alloc_and_free() {
     let cfg = "expandable_segments:False,max_split_size_mb:40,garbage_collection_threshold:0.5";
     let a = CachingAllocator::new(SimBackend::without_vm(1 << 30), Config::parse(cfg).unwrap());
     a.record_memory_history(true, 1000);
-    let g = alloc_core::scope::scope("fixed");
+    let g = alloc_scope::scope("fixed");
     let x = a.allocate(3 * MIB, S0).unwrap();
     let y = a.allocate(200, S0).unwrap();
     drop(x);
@@ -476,7 +475,7 @@ fn a_live_block_keeps_its_scope_after_the_ring_dropped_its_alloc() {
     let a = CachingAllocator::new(sim, Config::default());
     let before = a.allocate(4096, S0).unwrap();
     a.record_memory_history(true, 4);
-    let g = alloc_core::scope::scope("request-7");
+    let g = alloc_scope::scope("request-7");
     let kept = a.allocate(3 * MIB, S0).unwrap();
     drop(g);
     for _ in 0..50 {
@@ -529,13 +528,13 @@ fn a_block_from_while_history_was_off_is_not_given_an_older_blocks_scope() {
     let sim = SimBackend::new(256 * MIB);
     let a = CachingAllocator::new(sim, Config::default());
     a.record_memory_history(true, 1000);
-    let g = alloc_core::scope::scope("request-old");
+    let g = alloc_scope::scope("request-old");
     let old = a.allocate(3 * MIB, S0).unwrap();
     let p = old.ptr();
     drop(old);
     drop(g);
     a.record_memory_history(false, 0);
-    let g = alloc_core::scope::scope("request-new");
+    let g = alloc_scope::scope("request-new");
     let new = a.allocate(3 * MIB, S0).unwrap();
     drop(g);
     assert_eq!(new.ptr(), p, "the cached block is reused");

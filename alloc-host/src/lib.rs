@@ -13,7 +13,7 @@ mod tracking;
 pub use mimalloc_inner::Mimalloc;
 pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};
 
-pub use alloc_core::scope::{
+pub use alloc_scope::{
     BATCH_BYTES, BATCH_OPS, CAPACITY, DeviceScopeStats, InScope, Instrument, MAX_NAMES, OTHER,
     PeakSummary, RegistryStats, STACK_MAX, ScopeAggregate, ScopeBuilder, ScopeError, ScopeGuard,
     ScopeHandle, ScopeId, ScopeNode, ScopeStats, ScopeTree, SoftLimitExceeded, aggregate,
@@ -23,7 +23,7 @@ pub use alloc_core::scope::{
 
 /// The scope tree as JSON (see [`snapshot`]).
 pub fn report_json() -> String {
-    alloc_core::scope::untracked(|| {
+    alloc_scope::untracked(|| {
         serde_json::to_string_pretty(&snapshot())
             .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     })

@@ -5,7 +5,7 @@
 //! global allocator of the test binary; without one they panic instead of
 //! passing vacuously. Figures are exact when the closure runs on one thread.
 
-use alloc_core::scope::{ScopeBuilder, ScopeGuard, ScopeStats, format_bytes};
+use alloc_scope::{ScopeBuilder, ScopeGuard, ScopeStats, format_bytes};
 
 fn require_installed() {
     assert!(

@@ -9,7 +9,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use alloc_core::scope::{
+use alloc_scope::{
     ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, charge_host_free_compact,
     finish_host_alloc, finish_host_realloc, mark_host_allocator_seen, owner_from_compact,
 };
@@ -49,12 +49,12 @@ pub fn tracking_enabled() -> bool {
 /// never touches the tracking switch, so it is safe to call while other
 /// threads allocate, with tracking off, and inside `untracked`.
 pub fn is_installed() -> bool {
-    if alloc_core::scope::host_allocator_seen() {
+    if alloc_scope::host_allocator_seen() {
         return true;
     }
     let b = std::hint::black_box(Box::new(0u64));
     drop(b);
-    alloc_core::scope::host_allocator_seen()
+    alloc_scope::host_allocator_seen()
 }
 
 /// A global allocator that charges each allocation to the calling thread's

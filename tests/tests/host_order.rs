@@ -35,7 +35,7 @@ fn guards_dropped_oldest_first_leave_the_registry_intact() {
     );
     drop(v);
     drop(c);
-    alloc_core::scope::validate().unwrap();
+    alloc_scope::validate().unwrap();
 }
 
 #[test]

@@ -54,14 +54,14 @@ fn closed_scopes_owning_memory_recycle_into_retired() {
         (N * 48) as u64,
         "{s:?} {moved:?}"
     );
-    alloc_core::scope::validate().unwrap();
+    alloc_scope::validate().unwrap();
     // Frees of recycled owners go to `retired`, the others to their request.
     drop(cache);
     assert_eq!(retired().live_bytes, 0);
     assert_eq!(server.stats().live_bytes, 0);
     let after = process_stats();
     assert_eq!(after.live_bytes, before.live_bytes);
-    alloc_core::scope::validate().unwrap();
+    alloc_scope::validate().unwrap();
     let agg = aggregate("request").unwrap();
     assert_eq!(agg.closed, N as u64);
     assert_eq!(agg.host_peak.max, 48);

@@ -133,5 +133,5 @@ fn eight_threads_match_an_independent_count() {
     assert_eq!(s.bytes_freed, total.bytes_freed + left_bytes);
     // C1–C4 over the whole tree, now that every thread has applied its charges.
     alloc_host::flush();
-    alloc_core::scope::validate().unwrap();
+    alloc_scope::validate().unwrap();
 }

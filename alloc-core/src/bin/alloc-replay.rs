@@ -14,20 +14,10 @@
 //! The arguments are parsed by hand: a handful of options do not justify a
 //! dependency, and this keeps the messages in the project's own words.
 
-#[cfg(not(loom))]
 fn main() {
     std::process::exit(cli::main(std::env::args().skip(1).collect()));
 }
 
-/// The replay module is left out of `--cfg loom` builds (they test the scope
-/// registry only), so the binary only says so.
-#[cfg(loom)]
-fn main() {
-    eprintln!("alloc-replay is not available in a --cfg loom build; build without --cfg loom");
-    std::process::exit(1);
-}
-
-#[cfg(not(loom))]
 mod cli {
     use std::io::{self, Write as _};
     use std::path::{Path, PathBuf};
@@ -210,7 +200,7 @@ options:
         ) -> io::Result<()> {
             let allocator = CachingAllocator::new(backend, config);
             allocator.record_memory_history(true, HISTORY_ENTRIES);
-            let scope = alloc_core::scope::scope(&format!("replay {}", trace.name()));
+            let scope = alloc_scope::scope(&format!("replay {}", trace.name()));
             replay::replay(trace, &allocator, label);
             drop(scope);
             allocator.dump_snapshot(out)

@@ -15,7 +15,7 @@ use super::handle::ScopeHandle;
 /// can be given to `tokio::spawn`.
 ///
 /// ```
-/// use alloc_core::scope::{Instrument, ScopeBuilder};
+/// use alloc_scope::{Instrument, ScopeBuilder};
 ///
 /// let request = ScopeBuilder::new("request").build().unwrap();
 /// let fut = async { vec![0u8; 4096].len() }.in_scope(&request);

@@ -324,7 +324,7 @@ impl ScopeHandle {
     /// owns a handle, so it is `'static` and `Send` when `f` is.
     ///
     /// ```
-    /// let request = alloc_core::scope::ScopeBuilder::new("request").build().unwrap();
+    /// let request = alloc_scope::ScopeBuilder::new("request").build().unwrap();
     /// let work = request.bind(|| vec![0u8; 1024].len());
     /// assert_eq!(std::thread::spawn(work).join().unwrap(), 1024);
     /// ```

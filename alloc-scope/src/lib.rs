@@ -1,5 +1,4 @@
-//! The scope registry: named regions of execution to which host and device
-//! memory is charged.
+#![doc = include_str!("../README.md")]
 //!
 //! A scope is a record in a fixed table (no allocation, so the host allocator
 //! can charge it from inside `GlobalAlloc`). Scopes nest: a charge is applied to
@@ -58,11 +57,9 @@ pub use stats::{
 #[cfg(not(loom))]
 pub use thread::{
     BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, STACK_MAX, begin_host_alloc,
-    begin_host_realloc, charge_host_free, charge_host_free_compact, current, finish_host_alloc,
-    finish_host_realloc, flush, host_allocator_seen, mark_host_allocator_seen, owner_from_compact,
-    untracked,
+    begin_host_realloc, charge_device_alloc, charge_device_free, charge_host_free,
+    charge_host_free_compact, current, finish_host_alloc, finish_host_realloc, flush,
+    host_allocator_seen, mark_host_allocator_seen, owner_from_compact, untracked,
 };
-#[cfg(not(loom))]
-pub(crate) use thread::{charge_device_alloc, charge_device_free};
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

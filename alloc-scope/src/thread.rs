@@ -679,8 +679,9 @@ pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: boo
 /// Charges `bytes` of device memory to the calling thread's scope chain and
 /// returns the owner; the device allocator keeps it with the buffer and passes it
 /// to [`charge_device_free`]. Batched per thread like host charges (same bounds),
-/// so a cache hit pays no shared atomic.
-pub(crate) fn charge_device_alloc(bytes: u64) -> ScopeId {
+/// so a cache hit pays no shared atomic. Called by a device allocator (the
+/// engine in `alloc-core`), not by users.
+pub fn charge_device_alloc(bytes: u64) -> ScopeId {
     STATE.with(|s| {
         if !s.batched() {
             s.attach_hook();
@@ -704,7 +705,7 @@ pub(crate) fn charge_device_alloc(bytes: u64) -> ScopeId {
 }
 
 /// Charges the release of `bytes` of device memory back to `owner`.
-pub(crate) fn charge_device_free(owner: ScopeId, bytes: u64) {
+pub fn charge_device_free(owner: ScopeId, bytes: u64) {
     if !owner.is_tracked() {
         return;
     }
