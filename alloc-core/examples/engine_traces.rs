@@ -3,7 +3,7 @@
 //! peak reserved, efficiency and the backend calls that obtained memory.
 //!
 //! `cargo run --release -p alloc-core --example engine_traces -- [DIR] [CONFIG...]`
-//! (DIR defaults to `../shared/traces`; configs default to the default config,
+//! (DIR defaults to the repository's `traces/`; configs default to the default config,
 //! `expandable_segments:false` and `expandable_segments:false,max_split_size_mb:20`).
 
 use std::collections::HashMap;
@@ -64,7 +64,9 @@ fn replay(events: &[Ev], config: &Config) -> Result<(alloc_core::Stats, f64), St
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| "../shared/traces".into());
+    let dir = args
+        .next()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../traces").into());
     let mut configs: Vec<String> = args.collect();
     if configs.is_empty() {
         configs = vec![

@@ -1,11 +1,10 @@
 //! The `alloc-replay` binary: JSON and table output, exit codes and messages
 //! for bad arguments (2) and bad files (1).
-#![cfg(not(loom))]
 
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_alloc-replay");
-const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/traces");
+const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../traces");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn run(args: &[&str]) -> Output {

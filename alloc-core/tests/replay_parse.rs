@@ -1,6 +1,5 @@
 //! Trace parsers: the CSV format and PyTorch snapshot pickles, good and bad
 //! inputs, with the exact error messages.
-#![cfg(not(loom))]
 
 use std::collections::BTreeMap;
 
@@ -8,7 +7,7 @@ use alloc_core::replay::{self, Event, Format, Trace, TraceError};
 use serde_pickle::{HashableValue, SerOptions, Value};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/traces");
+const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../traces");
 
 fn csv_err(text: &str) -> String {
     match replay::parse_csv("t.csv", text) {
@@ -121,7 +120,7 @@ fn csv_error_variant_carries_file_and_line() {
 /// The shipped traces parse, with the counts and peaks of their README.
 #[test]
 fn shipped_traces_match_their_readme() {
-    // (file, allocs, peak live in MiB to one decimal) from shared/traces/README.md
+    // (file, allocs, peak live in MiB to one decimal) from traces/README.md
     let table = [
         ("gpt2_decode.csv", 20_830, "621.9"),
         ("bert_serving.csv", 9_355, "509.2"),

@@ -2,14 +2,13 @@
 //! no OOM, the engine's peak requested bytes equal the trace's own peak of live
 //! bytes (computed here from the CSV text, independently of the parser), and
 //! efficiency in (0, 1].
-#![cfg(not(loom))]
 
 use std::collections::HashMap;
 
 use alloc_core::replay::{self, Event, ReplayResult, Trace};
 use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
 
-const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/traces");
+const TRACES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../traces");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const SHIPPED: [&str; 4] = [
     "gpt2_decode.csv",

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo run -p alloc-cuda --release --example gpu_alloc -- \
-//!     --trace shared/traces/bert_serving.csv
+//!     --trace traces/bert_serving.csv
 //! ```
 //!
 //! Compare with `examples/torch_replay.py` (PyTorch's caching allocator on

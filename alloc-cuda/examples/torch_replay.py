@@ -1,9 +1,9 @@
 """Replay allocation traces through PyTorch's caching allocator, for
 comparison with `cargo run -p alloc-cuda --release --example gpu_alloc`.
 
-    python alloc-cuda/examples/torch_replay.py shared/traces/*.csv
+    python alloc-cuda/examples/torch_replay.py traces/*.csv
 
-For each CSV trace (`op,id,bytes,stream` lines, see shared/traces/README.md)
+For each CSV trace (`op,id,bytes,stream` lines, see traces/README.md)
 it prints one JSON line with PyTorch's peak reserved bytes, efficiency (peak
 requested / peak reserved) and num_device_alloc, read from
 torch.cuda.memory_stats(); then the alloc + free latency of

@@ -13,7 +13,7 @@
 #   bin/gpu_alloc              examples/gpu_alloc.rs (the benchmark), release
 #   lib/liballoc_cuda_capi.so  the C ABI for PyTorch (alloc-cuda-capi)
 #   python/                    alloc_cuda_torch.py and the PyTorch scripts
-#   traces/                    ../shared/traces
+#   traces/                    traces/ of this repository
 #   MANIFEST                   commit, date, toolchain, sha256 of every file
 set -euo pipefail
 
@@ -24,7 +24,7 @@ fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 CRATE=$(cd "$HERE/.." && pwd)
 ROOT=$(cd "$CRATE/.." && pwd)
-TRACES=${TRACES:-$ROOT/../shared/traces}
+TRACES=${TRACES:-$ROOT/traces}
 DIR=$1
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)

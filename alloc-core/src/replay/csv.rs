@@ -1,4 +1,4 @@
-//! The CSV trace format of `shared/traces/README.md`:
+//! The CSV trace format of `traces/README.md` at the repository root:
 //!
 //! ```text
 //! # free-text header lines start with '#'

@@ -58,7 +58,7 @@ pub const PICKLE_MAGIC: u8 = 0x80;
 /// The format of a trace file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// The CSV format of `shared/traces/README.md`.
+    /// The CSV format of `traces/README.md` at the repository root.
     Csv,
     /// A PyTorch memory snapshot pickle.
     Snapshot,

@@ -15,7 +15,7 @@ set -euo pipefail
 MV=${MEMORY_VIZ:-/tmp/mv/_memory_viz.py}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
-traces=${TRACES:-$root/../shared/traces}
+traces=${TRACES:-$root/traces}
 if [ ! -f "$MV" ]; then
     echo "SKIPPED memory_viz check: $MV not found (see the header of $0 for how to get it)"
     exit 0
