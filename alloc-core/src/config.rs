@@ -90,9 +90,9 @@ pub struct Key {
     pub examples: &'static [&'static str],
     /// Checks `value` and stores it in the config: `(config, key, value)`.
     parse: fn(&mut Config, &str, &str) -> Result<Applied, ConfigError>,
-    /// The value [`Config::to_conf_string`] writes for this key, `None` when
-    /// the setting is the default; `None` here: the key is never written (it
-    /// has no effect here).
+    /// How [`Config::to_conf_string`] writes this key: a function giving its
+    /// value, or `None` when the setting is the default. `None` instead of a
+    /// function: the key is never written (it has no effect here).
     conf: Option<fn(&Config) -> Option<String>>,
 }
 
