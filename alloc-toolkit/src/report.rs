@@ -15,16 +15,19 @@ fn opt(v: Option<u64>) -> String {
 
 /// The device table: one column per row of [`DEVICE_COLUMNS`].
 fn device_table(out: &mut String, devices: &[DeviceInfo]) {
-    // Each column as wide as its title, and at least as a formatted size.
+    // Each column as wide as its title, and at least as a formatted size;
+    // the first as the longest device label.
     let width = |c: &DeviceColumn| c.title.len().max(11);
-    let _ = write!(out, "\n{:<14}", "device");
+    let labels: Vec<String> = devices.iter().map(device_label).collect();
+    let first = labels.iter().map(String::len).max().unwrap_or(0).max(14);
+    let _ = write!(out, "\n{:<first$}", "device");
     for c in DEVICE_COLUMNS {
         let _ = write!(out, " {:>w$}", c.title, w = width(c));
     }
-    let rule = 14 + DEVICE_COLUMNS.iter().map(|c| 1 + width(c)).sum::<usize>();
+    let rule = first + DEVICE_COLUMNS.iter().map(|c| 1 + width(c)).sum::<usize>();
     let _ = writeln!(out, "\n{}", "-".repeat(rule));
-    for d in devices {
-        let _ = write!(out, "{:<14}", device_label(d));
+    for (d, label) in devices.iter().zip(&labels) {
+        let _ = write!(out, "{label:<first$}");
         for c in DEVICE_COLUMNS {
             let _ = write!(out, " {:>w$}", c.text(d), w = width(c));
         }
