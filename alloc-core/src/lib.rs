@@ -28,6 +28,8 @@ pub(crate) mod free_index;
 #[cfg(not(loom))]
 pub mod ops;
 #[cfg(not(loom))]
+pub(crate) mod pending;
+#[cfg(not(loom))]
 pub(crate) mod reclaim;
 #[cfg(not(loom))]
 pub(crate) mod segment;
@@ -37,6 +39,8 @@ pub mod size_class;
 pub mod snapshot;
 #[cfg(not(loom))]
 pub mod stats;
+#[cfg(not(loom))]
+pub(crate) mod streams;
 #[cfg(not(loom))]
 pub mod trace;
 #[cfg(not(loom))]
