@@ -17,7 +17,7 @@
 //! # Type map
 //! | word | type |
 //! |---|---|
-//! | segment | memory held from the backend ([`Segment`](crate::segment)): fixed (one allocation) or expandable (an address-space reservation whose pages are mapped as needed); the segment's *kind* |
+//! | segment | memory held from the backend (`segment.rs`): fixed (one allocation) or expandable (an address-space reservation whose pages are mapped as needed); the segment's *kind* |
 //! | expandable | only that segment kind (`SegmentKind::Expandable`; [`Config::expandable_segments`] asks for it); an expandable segment is also called a *reservation* (`Reservations`: those of each stream and pool) |
 //! | block | a free, in-use, pending or unmapped sub-range of a segment (`block.rs`) |
 //! | pool | small (≤ 1 MiB) or large blocks ([`Pool`]) |
