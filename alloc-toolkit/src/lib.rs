@@ -13,6 +13,7 @@ pub mod estimator;
 pub mod export;
 pub mod guards;
 pub mod info;
+mod invariant;
 #[cfg(feature = "criterion")]
 pub mod measurement;
 #[cfg(feature = "metal")]
@@ -57,6 +58,7 @@ pub use info::{
     MemoryInfo, MemorySources, ProcessMemory, SystemMemory, TrackedHost, memory_info,
     memory_info_from,
 };
+pub use invariant::ToolkitInvariant;
 #[cfg(feature = "criterion")]
 pub use measurement::HostAllocs;
 #[cfg(feature = "prometheus")]
