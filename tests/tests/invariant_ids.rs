@@ -1,5 +1,6 @@
 //! Invariant ids are unique across the workspace: every crate's invariant enum
-//! is listed here, and no two variants share a displayed id.
+//! (and the engine's locking rules, which share the id space) is listed here,
+//! and no two variants share a displayed id.
 
 use std::collections::HashMap;
 
@@ -18,6 +19,11 @@ fn all() -> Vec<(String, String)> {
         "alloc_scope::ScopeInvariant",
         alloc_scope::ScopeInvariant::ALL,
     ));
+    out.extend(each(
+        "alloc_core::CoreInvariant",
+        alloc_core::CoreInvariant::ALL,
+    ));
+    out.extend(each("alloc_core::LockRule", alloc_core::LockRule::ALL));
     out.extend(each(
         "alloc_host::HostInvariant",
         alloc_host::HostInvariant::ALL,
