@@ -10,13 +10,9 @@
 //!   boundaries and occur only in expandable segments.
 //! - A1 every block starts at a multiple of [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
 
+use crate::segment::{SegmentId, SegmentKind};
 use crate::size_class::Pool;
-
-/// A stream's slot: its index in the engine's stream registry. A slot names
-/// one live stream at a time: a forgotten stream's slot goes to a later new
-/// stream only after the forgotten stream's blocks moved to the orphan slot
-/// (see `cache.rs`, "Streams").
-pub(crate) type Slot = u32;
+use crate::streams::Slot;
 
 /// Index of a block in the slab.
 pub(crate) type BlockId = u32;
@@ -43,7 +39,7 @@ pub(crate) struct Block {
     pub(crate) size: usize,
     /// Bytes the user asked for (in-use and pending blocks).
     pub(crate) requested: usize,
-    pub(crate) seg: u32,
+    pub(crate) seg: SegmentId,
     pub(crate) prev: BlockId,
     pub(crate) next: BlockId,
     pub(crate) state: BlockState,
@@ -51,8 +47,8 @@ pub(crate) struct Block {
     pub(crate) stream: Slot,
     /// The segment's pool (copied here so the hot path reads one struct).
     pub(crate) pool: Pool,
-    /// Whether the segment is expandable (copied likewise).
-    pub(crate) expandable: bool,
+    /// The segment's kind (copied likewise).
+    pub(crate) seg_kind: SegmentKind,
     /// The scope (`ScopeId::to_bits`) current when the block was handed out
     /// while history was recorded, else [`NO_SCOPE`]: a snapshot names it
     /// in the block's frames for as long as the block lives.
@@ -83,7 +79,7 @@ impl Block {
 /// The slab every block lives in; ids stay valid until the block is removed.
 #[derive(Default)]
 pub(crate) struct BlockSlab {
-    slots: Vec<Option<Block>>,
+    entries: Vec<Option<Block>>,
     vacant: Vec<BlockId>,
 }
 
@@ -91,23 +87,25 @@ impl BlockSlab {
     /// Stores `b`, or `None` when the slab has `u32::MAX - 1` blocks.
     pub(crate) fn insert(&mut self, b: Block) -> Option<BlockId> {
         if let Some(id) = self.vacant.pop() {
-            self.slots[id as usize] = Some(b);
+            self.entries[id as usize] = Some(b);
             return Some(id);
         }
-        let id = u32::try_from(self.slots.len()).ok().filter(|&i| i != NIL)?;
-        self.slots.push(Some(b));
+        let id = u32::try_from(self.entries.len())
+            .ok()
+            .filter(|&i| i != NIL)?;
+        self.entries.push(Some(b));
         Some(id)
     }
 
     pub(crate) fn remove(&mut self, id: BlockId) -> Option<Block> {
-        let b = self.slots.get_mut(id as usize)?.take()?;
+        let b = self.entries.get_mut(id as usize)?.take()?;
         self.vacant.push(id);
         Some(b)
     }
 
     #[inline]
     pub(crate) fn get(&self, id: BlockId) -> Option<&Block> {
-        self.slots.get(id as usize)?.as_ref()
+        self.entries.get(id as usize)?.as_ref()
     }
 
     /// The blocks of a segment in address order, from its first block `head`.
@@ -127,7 +125,7 @@ impl BlockSlab {
     /// The block `id`, mutably, which the caller knows is live.
     #[inline]
     pub(crate) fn at_mut(&mut self, id: BlockId) -> &mut Block {
-        match self.slots.get_mut(id as usize).and_then(Option::as_mut) {
+        match self.entries.get_mut(id as usize).and_then(Option::as_mut) {
             Some(b) => b,
             None => unreachable_block(id),
         }
@@ -153,7 +151,7 @@ impl BlockSlab {
             state: b.state,
             stream: b.stream,
             pool: b.pool,
-            expandable: b.expandable,
+            seg_kind: b.seg_kind,
             scope: NO_SCOPE,
             freed_at: b.freed_at,
         };

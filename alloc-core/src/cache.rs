@@ -1,16 +1,33 @@
-//! [`CachingAllocator`]: the block-caching engine. The fast path (best fit in
-//! the free index of the request's stream and pool, split, hand out) lives
-//! here; growing, reclaiming and out-of-memory are in `reclaim.rs`.
+//! [`CachingAllocator`]: the block-caching engine, and its fast path: best
+//! fit in the free index of the request's stream and pool, split, hand out;
+//! a free merges with free neighbours of its stream and is indexed again.
+//! The rest of the engine, by concept:
+//! - `streams.rs`: the stream registry (which slot names which stream,
+//!   `forget_stream`, the orphan slot);
+//! - `pending.rs`: frees that wait for events of other streams, the free
+//!   clock and the mark of a device-wide sync;
+//! - `reclaim.rs`: the slow path (the reclaim ladder: reuse of other
+//!   streams' idle cache, grow, release, out of memory), `empty_cache`,
+//!   `trim`;
+//! - `expandable.rs`: growing and releasing expandable segments;
+//! - `block.rs`, `segment.rs`, `free_index.rs`: the structures;
+//! - `snapshot.rs`, `trace.rs`, `stats.rs`, `validate.rs`: what the engine
+//!   reports and checks.
 //!
 //! # Type map
 //! | word | type |
 //! |---|---|
-//! | segment | memory held from the backend: one allocation, or an expandable reservation (`segment.rs`) |
+//! | segment | memory held from the backend (`segment.rs`): fixed (one allocation) or expandable (an address-space reservation whose pages are mapped as needed); the segment's *kind* |
+//! | expandable | only that segment kind (`SegmentKind::Expandable`; [`Config::expandable_segments`] asks for it); an expandable segment is also called a *reservation* (`Reservations`: those of each stream and pool) |
 //! | block | a free, in-use, pending or unmapped sub-range of a segment (`block.rs`) |
 //! | pool | small (≤ 1 MiB) or large blocks ([`Pool`]) |
 //! | stream | the backend's queue of work; each block belongs to one |
+//! | slot | a stream's number in the stream registry (`streams.rs`), only that |
+//! | key | a free block as the free index holds it (size, address, id) |
+//! | tick | the free clock's unit: every free takes one (`pending.rs`) |
 //! | reserved / in use / cached | held from the backend / handed out / reserved − in use ([`Stats`]) |
 //! | release | give memory back to the backend (`empty_cache`, `trim`, the reclaim ladder) |
+//! | snapshot | the memory snapshot only: every segment and block ([`Snapshot`](crate::snapshot::Snapshot), also pickled in PyTorch's shape); the scope tree's report is the scope registry's |
 //!
 //! # Invariants
 //! - T1 `allocated_bytes` = Σ in-use block sizes; `active_bytes` = Σ in-use and
@@ -19,46 +36,26 @@
 //! - T2 `inactive_split` counts the free blocks of fixed segments that share
 //!   their segment (PyTorch's definition: free pages of an expandable segment
 //!   can always be released, so its free blocks are never "inactive split").
-//! - P1 a pending block waits for one event per stream that used it; each
-//!   stream's events are queried in the order they were recorded, stopping at
-//!   the first that has not completed.
-//! - S6 a device-wide sync runs outside the lock (it blocks for as long as
-//!   the queued work runs); what it proves idle is decided by the free
-//!   clock read under the lock before it (a `SyncMark`): every free (an
-//!   immediate one, or the deferral of a pending one) takes the next tick,
-//!   and a free block remembers the latest tick of its parts. After the
-//!   sync, a block freed before the mark is idle whoever completed its
-//!   free; a block freed since (by another thread meanwhile) may be in use
-//!   by work queued after the sync, so its stream is queried as usual.
 //!
-//! # Streams
-//! The stream registry gives each stream a slot on first use: a hash
-//! lookup (after a one-entry cache of the last stream), no size limit, no
-//! aliasing: a slot names one live stream at a time.
-//! [`CachingAllocator::forget_stream`] waits for the stream's work, moves
-//! its blocks and reservations to the *orphan* slot (one slot for all
-//! forgotten streams, idle forever, so its cached blocks serve any stream)
-//! and retires its slot; the stream's handle may come back as a new stream.
-//! The next new stream reuses the retired slot, empty, so a server that
-//! creates and forgets a stream per request keeps as many slots as it has
-//! streams alive at once, plus the orphan. Blocks still in use from the
-//! forgotten stream stay valid; freed later, they wait for the uses recorded
-//! on other streams, then join the orphan's cache (never the new stream's:
-//! it did not allocate them).
+//! The other invariants live with their concept: S1–S3 and A1 in
+//! `block.rs`, S4 in `segment.rs`, F1 in `free_index.rs`, P1 and S6 in
+//! `pending.rs`.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::backend::{DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockSlab, BlockState, NIL, Slot};
+use crate::block::{Block, BlockId, BlockSlab, BlockState, NIL};
 use crate::buffer::DeviceBuffer;
 use crate::config::Config;
 use crate::error::{AllocError, OutOfMemory};
+use crate::expandable::Reservations;
 use crate::free_index::{FreeIndex, Key, Verdict};
-use crate::segment::SegmentTable;
+use crate::pending::Pending;
+use crate::segment::{SegmentKind, SegmentTable};
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE, round_size};
 use crate::stats::Stats;
+use crate::streams::{Slot, StreamRegistry};
 use crate::trace::{TraceAction, TraceEntry, TraceRing};
 
 /// A callback run (outside the engine's lock) when an allocation fails with
@@ -70,118 +67,16 @@ pub type OomObserver = Arc<dyn Fn(&OutOfMemory) + Send + Sync>;
 /// split down to [`MIN_BLOCK`]).
 pub const LARGE_SPLIT_REMAINDER: usize = SMALL_SIZE;
 
-/// Frees waiting for events recorded on the streams that used their blocks
-/// (P1): one queue of (event, block, deferral number) per stream, in
-/// recording order.
-pub(crate) struct Pending<E> {
-    queues: Vec<VecDeque<(E, BlockId, u64)>>,
-    /// Slots whose queue is not empty.
-    active: Vec<Slot>,
-    /// Per pending block: events still outstanding, whether an event could
-    /// not be recorded (then only a device-wide sync frees it), and its
-    /// deferral number.
-    waits: HashMap<BlockId, (u32, bool, u64)>,
-    /// The next deferral number (they increase with time, so a device-wide
-    /// sync completes exactly the deferrals numbered below a mark taken
-    /// before it).
-    next_seq: u64,
-}
-
-impl<E> Default for Pending<E> {
-    fn default() -> Self {
-        Pending {
-            queues: Vec::new(),
-            active: Vec::new(),
-            waits: HashMap::new(),
-            next_seq: 0,
-        }
-    }
-}
-
-/// What a device-wide synchronisation run outside the lock covers: the free
-/// clock, read under the lock just before it. Memory freed (or whose free
-/// was deferred) before the mark is idle after the sync; whatever other
-/// threads did while the lock was released is judged by querying events, as
-/// without a sync (S6).
-#[derive(Clone, Copy)]
-pub(crate) struct SyncMark {
-    /// Frees that took a tick below this happened before the sync.
-    pub(crate) seq: u64,
-}
-
-impl<E> Pending<E> {
-    /// Whether no free is pending.
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.waits.is_empty()
-    }
-
-    /// Blocks whose free is pending.
-    pub(crate) fn len(&self) -> usize {
-        self.waits.len()
-    }
-}
-
-/// FxHash: the stream registry hashes small `Copy` handles, where SipHash's
-/// resistance to chosen keys buys nothing and costs a cache hit's budget.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    #[inline]
-    fn write_u32(&mut self, w: u32) {
-        self.write_u64(u64::from(w));
-    }
-    #[inline]
-    fn write_usize(&mut self, w: usize) {
-        self.write_u64(w as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
 /// The engine state behind the lock.
 pub(crate) struct State<B: DeviceBackend> {
     pub(crate) blocks: BlockSlab,
     pub(crate) segs: SegmentTable,
-    /// Stream of each slot (slots in order of first use; a forgotten
-    /// stream's handle stays for its name).
-    pub(crate) streams: Vec<B::Stream>,
-    /// Whether each slot's stream was forgotten (idle until the slot is
-    /// reused).
-    pub(crate) retired: Vec<bool>,
-    /// Retired slots, reused by the next new streams.
-    free_slots: Vec<Slot>,
-    /// Per slot: how many times it was reused (a registration is a slot and
-    /// its generation).
-    slot_gen: Vec<u32>,
-    /// The slot that holds the blocks and reservations of every forgotten
-    /// stream: idle forever, never reused, in no stream's name.
-    pub(crate) orphan: Option<Slot>,
-    /// The slot of each registered stream.
-    slot_of: FxMap<B::Stream, Slot>,
-    /// The last stream looked up and its slot.
-    last: Option<(B::Stream, Slot)>,
+    /// The stream registry (`streams.rs`).
+    pub(crate) streams: StreamRegistry<B::Stream>,
     pub(crate) index: FreeIndex,
-    /// Expandable segments (reservations) of each (stream slot, pool), in the
-    /// order they were reserved.
-    pub(crate) expandable: Vec<Vec<u32>>,
+    /// The expandable segments of each (stream slot, pool).
+    pub(crate) reservations: Reservations,
+    /// Deferred frees and the free clock (`pending.rs`).
     pub(crate) pending: Pending<B::Event>,
     /// Other streams (slots) that used an in-use block (`record_stream`).
     pub(crate) uses: HashMap<BlockId, Vec<Slot>>,
@@ -198,8 +93,9 @@ pub(crate) struct State<B: DeviceBackend> {
 pub struct CachingAllocator<B: DeviceBackend> {
     pub(crate) backend: B,
     pub(crate) config: Config,
-    /// Expandable segments are in use (configured and supported).
-    pub(crate) expandable: bool,
+    /// The kind of segment this engine makes: expandable when configured and
+    /// supported, else fixed.
+    pub(crate) segment_kind: SegmentKind,
     /// Page size of expandable segments.
     pub(crate) page: usize,
     pub(crate) state: Mutex<State<B>>,
@@ -214,20 +110,18 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let page = backend
             .page_size()
             .filter(|p| p.is_power_of_two() && *p >= MIN_BLOCK);
-        let expandable = page.is_some() && config.expandable_segments.unwrap_or(true);
+        let segment_kind = if page.is_some() && config.expandable_segments.unwrap_or(true) {
+            SegmentKind::Expandable
+        } else {
+            SegmentKind::Fixed
+        };
         let limit = compute_limit(&config, backend.mem_info().map(|m| m.total));
         let state = State {
             blocks: BlockSlab::default(),
             segs: SegmentTable::default(),
-            streams: Vec::new(),
-            retired: Vec::new(),
-            free_slots: Vec::new(),
-            slot_gen: Vec::new(),
-            orphan: None,
-            slot_of: FxMap::default(),
-            last: None,
+            streams: StreamRegistry::default(),
             index: FreeIndex::default(),
-            expandable: Vec::new(),
+            reservations: Reservations::default(),
             pending: Pending::default(),
             uses: HashMap::new(),
             stats: Stats::default(),
@@ -237,7 +131,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         CachingAllocator {
             backend,
             config,
-            expandable,
+            segment_kind,
             page: page.unwrap_or(crate::size_class::ROUND_LARGE),
             state: Mutex::new(state),
             observers: RwLock::new(Vec::new()),
@@ -261,7 +155,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// Whether this engine uses expandable segments.
     pub fn uses_expandable_segments(&self) -> bool {
-        self.expandable
+        self.segment_kind.is_expandable()
     }
 
     #[inline]
@@ -317,8 +211,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 }
             }
         };
-        let expandable = self.expandable_seg(&st, id);
-        let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size, expandable);
+        let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size);
         drop(st);
         let owner = crate::scope::charge_device_alloc(size as u64);
         Ok(DeviceBuffer {
@@ -332,26 +225,19 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         })
     }
 
-    #[inline]
-    fn expandable_seg(&self, st: &State<B>, id: BlockId) -> bool {
-        st.blocks.at(id).expandable
-    }
-
     /// Returns block `id` (a dropped buffer) to the cache.
     pub(crate) fn free_block(&self, id: BlockId) {
         let mut st = self.lock();
         let (ptr, size, pool, slot) = {
             let b = st.blocks.at(id);
-            let pool = st.pool_of(b);
-            (b.ptr, b.size, pool, b.stream)
+            (b.ptr, b.size, b.pool, b.stream)
         };
         st.stats.allocation.sub(pool, 1);
         st.stats.allocated_bytes.sub(pool, size);
         if size >= self.config.max_split_size {
             st.stats.oversize_allocations.sub(1);
         }
-        st.trace
-            .push(TraceAction::FreeRequested, ptr, size, trace_slot(slot));
+        st.trace.push(TraceAction::FreeRequested, ptr, size, slot);
         let uses = if st.uses.is_empty() {
             None
         } else {
@@ -366,110 +252,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         }
     }
 
-    /// Notes that block `id` (allocated on `own`) is used on `stream`.
-    /// (`own` is only a quick test: after `forget_stream`, the same handle
-    /// can name a new stream, so the slots decide.)
-    pub(crate) fn record_stream(&self, id: BlockId, own: B::Stream, stream: B::Stream) {
-        let mut st = self.lock();
-        let slot = st.stream_slot(stream);
-        if stream == own && st.blocks.at(id).stream == slot {
-            return;
-        }
-        let uses = st.uses.entry(id).or_default();
-        if !uses.contains(&slot) {
-            uses.push(slot);
-        }
-    }
-
-    /// Forgets `stream` (say, before the program destroys it): waits for the
-    /// work issued on it so far, then retires its slot. Its cached blocks
-    /// stay, idle, for any stream to reuse; a stream with the same handle
-    /// used later is a new stream. Buffers still allocated on it stay valid;
-    /// work launched on the handle after this call that uses such a buffer
-    /// must be declared with the buffer's `record_stream(handle)`, as for
-    /// any other stream (the handle now names a new stream). Call it once no
-    /// other thread issues work on `stream`.
-    pub fn forget_stream(&self, stream: B::Stream) {
-        let registration = {
-            let st = self.lock();
-            match st.slot_of.get(&stream) {
-                Some(&slot) => (slot, st.slot_gen.get(slot as usize).copied()),
-                None => return,
-            }
-        };
-        // outside the lock: waiting may block for as long as the work runs
-        match self.backend.record_event(stream) {
-            Ok(e) => self.backend.wait_event(&e),
-            Err(_) => self.backend.synchronize(),
-        }
-        let mut st = self.lock();
-        // only the registration waited for: another thread may have
-        // forgotten it meanwhile, and the handle come back as a new stream
-        let current = st
-            .slot_of
-            .get(&stream)
-            .map(|&slot| (slot, st.slot_gen.get(slot as usize).copied()));
-        if current != Some(registration) {
-            return;
-        }
-        if let Some(slot) = st.slot_of.remove(&stream) {
-            st.last = None;
-            if let Some(r) = st.retired.get_mut(slot as usize) {
-                *r = true;
-            }
-            // Frees waiting for events on it stay in its queue: those events
-            // completed, and the next allocation processes them as any
-            // completed event, also once the slot names a new stream.
-            // Uses recorded on it are over (its work completed): once the
-            // slot names another stream they must not make frees wait for
-            // that stream.
-            st.uses.retain(|_, streams| {
-                streams.retain(|&s| s != slot);
-                !streams.is_empty()
-            });
-            st.rehome_to_orphan(slot, stream);
-            st.free_slots.push(slot);
-        }
-    }
-
-    /// Stream slots the registry holds: streams alive, retired slots waiting
-    /// for reuse, and (once a stream was forgotten) the one slot that keeps
-    /// forgotten streams' blocks: at most the most streams ever alive at
-    /// once, plus one.
-    pub fn stream_slots(&self) -> usize {
-        self.lock().streams.len()
-    }
-
     /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),
     /// if any.
     pub fn memory_cap(&self) -> Option<usize> {
         self.lock().limit
-    }
-
-    /// Streams registered and not forgotten.
-    pub fn stream_count(&self) -> usize {
-        self.lock().slot_of.len()
-    }
-
-    /// Registers a callback run when an allocation fails with out of memory
-    /// (outside the engine's lock, so it may call the engine).
-    pub fn add_oom_observer(&self, f: impl Fn(&OutOfMemory) + Send + Sync + 'static) {
-        self.observers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(f));
-    }
-
-    fn notify_oom(&self, e: &AllocError) {
-        let Some(oom) = e.as_oom() else { return };
-        let observers = self
-            .observers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for f in observers {
-            f(oom);
-        }
     }
 
     /// A copy of the statistics.
@@ -493,7 +279,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         format!(
             "{} allocator ({} segments{})\n{}",
             self.backend.name(),
-            if self.expandable {
+            if self.segment_kind.is_expandable() {
                 "expandable"
             } else {
                 "fixed"
@@ -536,8 +322,11 @@ fn fit_verdict(
     max_split: usize,
     key: &Key,
 ) -> Verdict {
-    let (size, _, id) = *key;
-    if pool == Pool::Small || size < max_split && rounded < max_split || blocks.at(id).expandable {
+    let Key { size, id, .. } = *key;
+    if pool == Pool::Small
+        || size < max_split && rounded < max_split
+        || blocks.at(id).seg_kind.is_expandable()
+    {
         return Verdict::Take;
     }
     if rounded < max_split {
@@ -561,7 +350,7 @@ fn fit_verdict(
 #[inline]
 pub(crate) fn should_split(
     pool: Pool,
-    expandable: bool,
+    kind: SegmentKind,
     size: usize,
     rounded: usize,
     max_split: usize,
@@ -569,7 +358,7 @@ pub(crate) fn should_split(
     let rest = size.saturating_sub(rounded);
     match pool {
         Pool::Small => rest >= MIN_BLOCK,
-        Pool::Large if expandable => rest >= MIN_BLOCK,
+        Pool::Large if kind.is_expandable() => rest >= MIN_BLOCK,
         Pool::Large => rest > LARGE_SPLIT_REMAINDER && rounded < max_split,
     }
 }
@@ -578,7 +367,7 @@ pub(crate) fn should_split(
 /// segment with other blocks.
 #[inline]
 fn counts_inactive_split(b: &Block) -> bool {
-    b.is_split() && !b.expandable
+    b.is_split() && b.seg_kind == SegmentKind::Fixed
 }
 
 /// The cap on reserved bytes from the memory fraction and the byte cap.
@@ -594,139 +383,6 @@ fn compute_limit(config: &Config, total: Option<usize>) -> Option<usize> {
 }
 
 impl<B: DeviceBackend> State<B> {
-    /// The slot of `stream`, registering it on first use.
-    #[inline]
-    pub(crate) fn stream_slot(&mut self, stream: B::Stream) -> Slot {
-        if let Some((s, slot)) = self.last
-            && s == stream
-        {
-            return slot;
-        }
-        let slot = match self.slot_of.get(&stream) {
-            Some(&slot) => slot,
-            None => self.register(stream),
-        };
-        self.last = Some((stream, slot));
-        slot
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn register(&mut self, stream: B::Stream) -> Slot {
-        if let Some(slot) = self.free_slots.pop() {
-            let i = slot as usize;
-            self.streams[i] = stream;
-            self.retired[i] = false;
-            if let Some(g) = self.slot_gen.get_mut(i) {
-                *g = g.wrapping_add(1);
-            }
-            self.slot_of.insert(stream, slot);
-            return slot;
-        }
-        let slot = self.new_slot(stream);
-        self.slot_of.insert(stream, slot);
-        slot
-    }
-
-    /// A slot never used before, for `stream`.
-    fn new_slot(&mut self, stream: B::Stream) -> Slot {
-        // 2^32 streams would need far more memory than the registry holds
-        // first; saturating keeps the arithmetic total.
-        let slot = Slot::try_from(self.streams.len()).unwrap_or(Slot::MAX);
-        self.streams.push(stream);
-        self.retired.push(false);
-        self.slot_gen.push(0);
-        self.index.ensure_stream(slot);
-        let need = (slot as usize + 1) * 2;
-        if self.expandable.len() < need {
-            self.expandable.resize_with(need, Vec::new);
-        }
-        slot
-    }
-
-    /// Moves every block and reservation of forgotten slot `slot` to the
-    /// orphan slot (made on first use, named by `stream`), so that the slot
-    /// can name a new stream: blocks still in use from the forgotten stream
-    /// are then nobody's own when freed (they wait for the uses recorded on
-    /// other streams, then serve any stream), never the new stream's.
-    fn rehome_to_orphan(&mut self, slot: Slot, stream: B::Stream) {
-        let orphan = match self.orphan {
-            Some(o) => o,
-            None => {
-                let o = self.new_slot(stream);
-                self.retired[o as usize] = true;
-                self.orphan = Some(o);
-                o
-            }
-        };
-        let mut moved = Vec::new();
-        let mut free = Vec::new();
-        let sids: Vec<u32> = self.segs.iter().map(|(sid, _)| sid).collect();
-        for sid in sids {
-            let Some(seg) = self.segs.get_mut(sid) else {
-                continue;
-            };
-            if seg.stream == slot {
-                seg.stream = orphan;
-            }
-            let mut id = seg.head;
-            while id != NIL {
-                let b = self.blocks.at(id);
-                let next = b.next;
-                if b.stream == slot {
-                    if b.state == BlockState::Free {
-                        self.index_remove(id);
-                        free.push(id);
-                    }
-                    moved.push(id);
-                }
-                id = next;
-            }
-        }
-        for &id in &moved {
-            self.blocks.at_mut(id).stream = orphan;
-        }
-        for id in free {
-            // an earlier merge may have absorbed it
-            if self
-                .blocks
-                .get(id)
-                .is_some_and(|b| b.state == BlockState::Free && b.stream == orphan)
-                && !self.index_holds(id)
-            {
-                self.merge_and_index(id);
-            }
-        }
-        for pool in [Pool::Small, Pool::Large] {
-            let from = slot as usize * 2 + pool.index();
-            let to = orphan as usize * 2 + pool.index();
-            let list = self
-                .expandable
-                .get_mut(from)
-                .map(std::mem::take)
-                .unwrap_or_default();
-            if let Some(dst) = self.expandable.get_mut(to) {
-                dst.extend(list);
-            }
-        }
-    }
-
-    /// Whether free block `id` is in the index.
-    fn index_holds(&self, id: BlockId) -> bool {
-        let b = self.blocks.at(id);
-        self.index.contains(b.stream, b.pool, &(b.size, b.ptr, id))
-    }
-
-    #[inline]
-    pub(crate) fn pool_of(&self, b: &Block) -> Pool {
-        b.pool
-    }
-
-    #[inline]
-    pub(crate) fn is_expandable(&self, b: &Block) -> bool {
-        b.expandable
-    }
-
     /// Best fit for `rounded` bytes among the free blocks of (slot, pool),
     /// removed from the index. Fixed-segment blocks follow the oversize rule.
     #[inline]
@@ -741,11 +397,11 @@ impl<B: DeviceBackend> State<B> {
         let key = index.take_first(slot, pool, rounded, |k| {
             fit_verdict(blocks, pool, rounded, max_split, k)
         })?;
-        if counts_inactive_split(self.blocks.at(key.2)) {
+        if counts_inactive_split(self.blocks.at(key.id)) {
             self.stats.inactive_split.sub(pool, 1);
-            self.stats.inactive_split_bytes.sub(pool, key.0);
+            self.stats.inactive_split_bytes.sub(pool, key.size);
         }
-        Some(key.2)
+        Some(key.id)
     }
 
     #[inline]
@@ -755,7 +411,7 @@ impl<B: DeviceBackend> State<B> {
         pool: Pool,
         rounded: usize,
         max_split: usize,
-    ) -> Option<(usize, usize, BlockId)> {
+    ) -> Option<Key> {
         for key in self.index.at_least(slot, pool, rounded) {
             match fit_verdict(&self.blocks, pool, rounded, max_split, key) {
                 Verdict::Take => return Some(*key),
@@ -775,17 +431,16 @@ impl<B: DeviceBackend> State<B> {
         rounded: usize,
         requested: usize,
         max_split: usize,
-        expandable: bool,
     ) -> (usize, usize) {
-        let (size, pool) = {
+        let (size, pool, kind) = {
             let b = self.blocks.at(id);
-            (b.size, self.pool_of(b))
+            (b.size, b.pool, b.seg_kind)
         };
         debug_assert!(
             size >= rounded,
             "block of {size} B handed out for {rounded} B"
         );
-        let rest = if should_split(pool, expandable, size, rounded, max_split) {
+        let rest = if should_split(pool, kind, size, rounded, max_split) {
             self.blocks.split(id, rounded)
         } else {
             None
@@ -815,8 +470,7 @@ impl<B: DeviceBackend> State<B> {
         if size >= max_split {
             s.oversize_allocations.add(1);
         }
-        self.trace
-            .push(TraceAction::Alloc, ptr, size, trace_slot(slot));
+        self.trace.push(TraceAction::Alloc, ptr, size, slot);
         (ptr, size)
     }
 
@@ -854,12 +508,16 @@ impl<B: DeviceBackend> State<B> {
             b.ptr,
             b.state
         );
-        let pool = self.pool_of(b);
-        let (key, slot, split) = ((b.size, b.ptr, id), b.stream, counts_inactive_split(b));
+        let key = Key {
+            size: b.size,
+            ptr: b.ptr,
+            id,
+        };
+        let (pool, slot, split) = (b.pool, b.stream, counts_inactive_split(b));
         self.index.insert(slot, pool, key);
         if split {
             self.stats.inactive_split.add(pool, 1);
-            self.stats.inactive_split_bytes.add(pool, key.0);
+            self.stats.inactive_split_bytes.add(pool, key.size);
         }
     }
 
@@ -867,24 +525,16 @@ impl<B: DeviceBackend> State<B> {
     #[inline]
     pub(crate) fn index_remove(&mut self, id: BlockId) {
         let b = self.blocks.at(id);
-        let pool = self.pool_of(b);
-        self.index_remove_key(b.stream, pool, (b.size, b.ptr, id));
-    }
-
-    #[inline]
-    fn index_remove_key(&mut self, slot: Slot, pool: Pool, key: (usize, usize, BlockId)) {
-        if self.index.remove(slot, pool, key) && counts_inactive_split(self.blocks.at(key.2)) {
+        let (slot, pool) = (b.stream, b.pool);
+        let key = Key {
+            size: b.size,
+            ptr: b.ptr,
+            id,
+        };
+        if self.index.remove(slot, pool, key) && counts_inactive_split(self.blocks.at(key.id)) {
             self.stats.inactive_split.sub(pool, 1);
-            self.stats.inactive_split_bytes.sub(pool, key.0);
+            self.stats.inactive_split_bytes.sub(pool, key.size);
         }
-    }
-
-    /// The next tick of the free clock (S6).
-    #[inline]
-    pub(crate) fn tick(&mut self) -> u64 {
-        let t = self.pending.next_seq;
-        self.pending.next_seq += 1;
-        t
     }
 
     /// Makes in-use or pending block `id` free, freed at tick `freed_at` (its
@@ -893,13 +543,12 @@ impl<B: DeviceBackend> State<B> {
     pub(crate) fn complete_free(&mut self, id: BlockId, freed_at: u64) -> BlockId {
         let (pool, size, ptr, slot, requested) = {
             let b = self.blocks.at(id);
-            (self.pool_of(b), b.size, b.ptr, b.stream, b.requested)
+            (b.pool, b.size, b.ptr, b.stream, b.requested)
         };
         self.stats.active.sub(pool, 1);
         self.stats.active_bytes.sub(pool, size);
         self.stats.requested_bytes.sub(pool, requested);
-        self.trace
-            .push(TraceAction::FreeCompleted, ptr, size, trace_slot(slot));
+        self.trace.push(TraceAction::FreeCompleted, ptr, size, slot);
         let b = self.blocks.at_mut(id);
         b.state = BlockState::Free;
         b.requested = 0;
@@ -932,114 +581,4 @@ impl<B: DeviceBackend> State<B> {
         let b = self.blocks.at(id);
         b.state == BlockState::Free && b.stream == slot
     }
-
-    /// Holds block `id` until events recorded now on `streams` complete
-    /// (retired streams completed their work when they were forgotten).
-    fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<Slot>) {
-        let (mut n, mut needs_sync) = (0u32, false);
-        let seq = self.tick();
-        for slot in streams {
-            let Some(&s) = self.streams.get(slot as usize) else {
-                continue;
-            };
-            if self.retired.get(slot as usize).copied().unwrap_or(true) {
-                continue;
-            }
-            match backend.record_event(s) {
-                Ok(e) => {
-                    let i = slot as usize;
-                    if self.pending.queues.len() <= i {
-                        self.pending.queues.resize_with(i + 1, VecDeque::new);
-                    }
-                    if self.pending.queues[i].is_empty() {
-                        self.pending.active.push(slot);
-                    }
-                    self.pending.queues[i].push_back((e, id, seq));
-                    n += 1;
-                }
-                Err(_) => needs_sync = true,
-            }
-        }
-        if n == 0 && !needs_sync {
-            self.complete_free(id, seq);
-            return;
-        }
-        self.blocks.at_mut(id).state = BlockState::Pending;
-        self.pending.waits.insert(id, (n, needs_sync, seq));
-    }
-
-    /// The mark a device-wide sync started after now will cover.
-    pub(crate) fn sync_mark(&self) -> SyncMark {
-        SyncMark {
-            seq: self.pending.next_seq,
-        }
-    }
-
-    /// After a device-wide sync that started after `mark` was taken: frees
-    /// every block deferred before the mark (its events have completed),
-    /// whatever was deferred since (by other threads while the lock was
-    /// released) stays pending (S6).
-    pub(crate) fn complete_synced(&mut self, mark: SyncMark) {
-        for q in &mut self.pending.queues {
-            while q.front().is_some_and(|(_, _, seq)| *seq < mark.seq) {
-                q.pop_front();
-            }
-        }
-        let queues = &self.pending.queues;
-        self.pending
-            .active
-            .retain(|&s| queues.get(s as usize).is_some_and(|q| !q.is_empty()));
-        let mut done: Vec<(BlockId, u64)> = self
-            .pending
-            .waits
-            .iter()
-            .filter(|(_, w)| w.2 < mark.seq)
-            .map(|(b, w)| (*b, w.2))
-            .collect();
-        done.sort_unstable();
-        for (b, seq) in done {
-            self.pending.waits.remove(&b);
-            self.complete_free(b, seq);
-        }
-    }
-
-    /// Frees pending blocks whose events completed. Each stream's queue is
-    /// queried in order and left at its first event that has not completed
-    /// (P1).
-    pub(crate) fn process_pending(&mut self, backend: &B) {
-        let mut i = 0;
-        while i < self.pending.active.len() {
-            let slot = self.pending.active[i] as usize;
-            while let Some((e, b, _)) = self.pending.queues[slot].front() {
-                if !backend.event_done(e) {
-                    break;
-                }
-                let b = *b;
-                self.pending.queues[slot].pop_front();
-                let done = match self.pending.waits.get_mut(&b) {
-                    Some(w) => {
-                        w.0 = w.0.saturating_sub(1);
-                        (w.0 == 0 && !w.1).then_some(w.2)
-                    }
-                    None => None,
-                };
-                if let Some(seq) = done {
-                    self.pending.waits.remove(&b);
-                    self.complete_free(b, seq);
-                }
-            }
-            if self.pending.queues[slot].is_empty() {
-                self.pending.active.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
-    }
-}
-
-/// A slot as the trace ring records it (whole: trace entries hold 64 bits, so
-/// streams past the 65,536th keep distinct numbers in snapshots too).
-#[inline]
-pub(crate) fn trace_slot(slot: Slot) -> u32 {
-    slot
 }

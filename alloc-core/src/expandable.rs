@@ -29,12 +29,13 @@
 //! (`set_memory_fraction`) applies at the next map.
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockState, NIL, Slot};
-use crate::cache::{CachingAllocator, State, trace_slot};
+use crate::block::{Block, BlockId, BlockState, NIL};
+use crate::cache::{CachingAllocator, State};
 use crate::error::AllocError;
 use crate::reclaim::within_limit;
-use crate::segment::Segment;
+use crate::segment::{Segment, SegmentId, SegmentKind};
 use crate::size_class::Pool;
+use crate::streams::Slot;
 use crate::trace::TraceAction;
 
 /// Expandable segments of the large pool map at least this much at once
@@ -70,11 +71,68 @@ pub const SLACK_DIVISOR: usize = 32;
 /// not known (1 TiB; nothing is mapped until needed).
 pub const DEFAULT_RESERVATION: usize = 1 << 40;
 
+/// The expandable segments (reservations) of each (stream slot, pool), in
+/// the order they were reserved.
+#[derive(Default)]
+pub(crate) struct Reservations {
+    /// One list per (stream slot, pool), at [`Reservations::list_index`].
+    lists: Vec<Vec<SegmentId>>,
+}
+
+impl Reservations {
+    #[inline]
+    fn list_index(slot: Slot, pool: Pool) -> usize {
+        slot as usize * 2 + pool.index()
+    }
+
+    /// Makes room for stream slot `slot`.
+    pub(crate) fn ensure_stream(&mut self, slot: Slot) {
+        let need = (slot as usize + 1) * 2;
+        if self.lists.len() < need {
+            self.lists.resize_with(need, Vec::new);
+        }
+    }
+
+    /// The reservations of (slot, pool).
+    fn of(&self, slot: Slot, pool: Pool) -> &[SegmentId] {
+        self.lists
+            .get(Self::list_index(slot, pool))
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    fn push(&mut self, slot: Slot, pool: Pool, seg: SegmentId) {
+        if let Some(list) = self.lists.get_mut(Self::list_index(slot, pool)) {
+            list.push(seg);
+        }
+    }
+
+    fn remove(&mut self, slot: Slot, pool: Pool, seg: SegmentId) {
+        if let Some(list) = self.lists.get_mut(Self::list_index(slot, pool)) {
+            list.retain(|&e| e != seg);
+        }
+    }
+
+    /// Moves the reservations of slot `from` to slot `to` (a forgotten
+    /// stream's, to the orphan slot).
+    pub(crate) fn move_all(&mut self, from: Slot, to: Slot) {
+        for pool in [Pool::Small, Pool::Large] {
+            let list = self
+                .lists
+                .get_mut(Self::list_index(from, pool))
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if let Some(dst) = self.lists.get_mut(Self::list_index(to, pool)) {
+                dst.extend(list);
+            }
+        }
+    }
+}
+
 /// An unmapped range a grow can map: the unmapped block, how many bytes of
 /// it the request needs (whole pages) and how large it is.
 #[derive(Clone, Copy)]
 struct Range {
-    seg: u32,
+    seg: SegmentId,
     uid: BlockId,
     exact: usize,
     room: usize,
@@ -146,8 +204,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.stats.num_device_map += 1;
         st.stats.num_pages_mapped += (bytes / self.page) as i64;
         st.stats.reserved_bytes.add(pool, bytes);
-        st.trace
-            .push(TraceAction::Map, ptr, bytes, trace_slot(slot));
+        st.trace.push(TraceAction::Map, ptr, bytes, slot);
         let id = st.merge_and_index(uid);
         st.index_remove(id);
         Ok(Some(id))
@@ -188,9 +245,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// a free block of `slot` just before it.
     fn best_range(&self, st: &State<B>, slot: Slot, pool: Pool, rounded: usize) -> Option<Range> {
         let page = self.page;
-        let si = slot as usize * 2 + pool.index();
         let mut best: Option<Range> = None;
-        for &seg in st.expandable.get(si).map_or(&[][..], Vec::as_slice) {
+        for &seg in st.reservations.of(slot, pool) {
             let mut id = st.segs.get(seg).map_or(NIL, |s| s.head);
             while id != NIL {
                 let b = st.blocks.at(id);
@@ -254,10 +310,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let mut free: Vec<(usize, Slot, BlockId)> = st
             .index
             .all()
-            .filter(|&(_, _, (size, _, id))| {
-                size >= self.page && id != keep && st.is_expandable(st.blocks.at(id))
+            .filter(|&(_, _, k)| {
+                k.size >= self.page && k.id != keep && st.blocks.at(k.id).seg_kind.is_expandable()
             })
-            .map(|(s, _, (size, _, id))| (size, s, id))
+            .map(|(s, _, k)| (k.size, s, k.id))
             .collect();
         free.sort_unstable_by(|a, b| b.cmp(a));
         for (_, slot, id) in free {
@@ -287,7 +343,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         slot: Slot,
         pool: Pool,
         need: usize,
-    ) -> Result<Option<u32>, AllocError> {
+    ) -> Result<Option<SegmentId>, AllocError> {
         let device = self.backend.mem_info().map(|m| m.total);
         let wanted = device
             .map_or(DEFAULT_RESERVATION, |d| d.saturating_add(d / 8))
@@ -319,7 +375,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             mapped: 0,
             pool,
             stream: slot,
-            expandable: true,
+            kind: SegmentKind::Expandable,
             head: NIL,
         };
         let Some((sid, _)) = st.add_segment(seg, BlockState::Unmapped) else {
@@ -327,18 +383,16 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             unsafe { self.backend.release(ptr, size) };
             return Ok(None);
         };
-        if let Some(e) = st.expandable.get_mut(slot as usize * 2 + pool.index()) {
-            e.push(sid);
-        }
+        st.reservations.push(slot, pool, sid);
         st.stats.segment.add(pool, 1);
         Ok(Some(sid))
     }
 
     pub(crate) fn release_empty_reservations(&self, st: &mut State<B>) {
-        let empty: Vec<u32> = st
+        let empty: Vec<SegmentId> = st
             .segs
             .iter()
-            .filter(|(_, s)| s.expandable && s.mapped == 0)
+            .filter(|(_, s)| s.kind.is_expandable() && s.mapped == 0)
             .map(|(i, _)| i)
             .collect();
         for sid in empty {
@@ -346,12 +400,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 continue;
             };
             st.blocks.remove(seg.head);
-            if let Some(list) = st
-                .expandable
-                .get_mut(seg.stream as usize * 2 + seg.pool.index())
-            {
-                list.retain(|&e| e != sid);
-            }
+            st.reservations.remove(seg.stream, seg.pool, sid);
             // SAFETY: the reservation has nothing mapped (mapped == 0) and is
             // no longer reachable from the engine.
             unsafe { self.backend.release(DevicePtr(seg.base), seg.size) };
@@ -419,14 +468,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.stats.num_device_free += 1;
         st.stats.reserved_bytes.sub(pool, end - start);
         st.trace
-            .push(TraceAction::Unmap, start, end - start, trace_slot(b.stream));
+            .push(TraceAction::Unmap, start, end - start, b.stream);
         st.merge_unmapped(mid);
     }
 }
 
 impl<B: DeviceBackend> State<B> {
     /// Merges unmapped block `id` with unmapped neighbours (S3).
-    pub(crate) fn merge_unmapped(&mut self, mut id: BlockId) {
+    pub(crate) fn merge_unmapped(&mut self, id: BlockId) {
         let next = self.blocks.at(id).next;
         if next != NIL && self.blocks.at(next).state == BlockState::Unmapped {
             self.blocks.absorb_next(id);
@@ -434,8 +483,6 @@ impl<B: DeviceBackend> State<B> {
         let prev = self.blocks.at(id).prev;
         if prev != NIL && self.blocks.at(prev).state == BlockState::Unmapped {
             self.blocks.absorb_next(prev);
-            id = prev;
         }
-        let _ = id;
     }
 }

@@ -12,12 +12,22 @@
 //! - F1 the index holds exactly the free blocks, each under its stream and its
 //!   segment's pool, keyed by its current size and address.
 
-use crate::block::{BlockId, Slot};
+use crate::block::BlockId;
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE};
+use crate::streams::Slot;
 
-/// (size, address, block) — ordered so that the first key ≥ (n, 0, 0) is the
-/// best fit for n bytes (lowest address among equals).
-pub(crate) type Key = (usize, usize, BlockId);
+/// A free block as the index holds it, ordered by (size, address, id) (the
+/// fields' order), so that the first key of at least n bytes is the best fit
+/// for n bytes (lowest address among equals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Key {
+    /// The block's size.
+    pub(crate) size: usize,
+    /// The block's address.
+    pub(crate) ptr: usize,
+    /// The block.
+    pub(crate) id: BlockId,
+}
 
 /// Exact bins: one per 512 B step up to [`SMALL_SIZE`].
 const EXACT_BINS: usize = SMALL_SIZE / MIN_BLOCK;
@@ -65,7 +75,7 @@ impl Bins {
 
     #[inline]
     fn insert(&mut self, key: Key) {
-        let b = bin_of(key.0);
+        let b = bin_of(key.size);
         if self.bins.len() <= b {
             self.bins.resize_with(b + 1, Vec::new);
         }
@@ -82,7 +92,7 @@ impl Bins {
 
     #[inline]
     fn remove(&mut self, key: Key) -> bool {
-        let b = bin_of(key.0);
+        let b = bin_of(key.size);
         let Some(v) = self.bins.get(b) else {
             return false;
         };
@@ -116,7 +126,7 @@ impl Bins {
         let mut pos = self
             .bins
             .get(b)
-            .map_or(0, |v| v.partition_point(|k| k.0 < size));
+            .map_or(0, |v| v.partition_point(|k| k.size < size));
         loop {
             match self.bins.get(b).and_then(|v| v.get(pos)) {
                 Some(k) => match verdict(k) {
@@ -151,7 +161,7 @@ impl Bins {
 
     fn contains(&self, key: &Key) -> bool {
         self.bins
-            .get(bin_of(key.0))
+            .get(bin_of(key.size))
             .is_some_and(|v| v.binary_search(key).is_ok())
     }
 }
@@ -191,20 +201,23 @@ impl<'a> Iterator for AtLeast<'a> {
     }
 }
 
+/// The free blocks of every (stream, pool).
 #[derive(Default)]
 pub(crate) struct FreeIndex {
+    /// One set per (stream slot, pool), at [`set_index`].
     sets: Vec<Bins>,
 }
 
+/// The position of (stream, pool)'s set in [`FreeIndex::sets`].
 #[inline]
-fn slot_of(stream: Slot, pool: Pool) -> usize {
+fn set_index(stream: Slot, pool: Pool) -> usize {
     stream as usize * 2 + pool.index()
 }
 
 impl FreeIndex {
     /// Makes room for stream slot `stream`.
     pub(crate) fn ensure_stream(&mut self, stream: Slot) {
-        let need = slot_of(stream, Pool::Large) + 1;
+        let need = set_index(stream, Pool::Large) + 1;
         while self.sets.len() < need {
             self.sets.push(Bins::new());
         }
@@ -212,7 +225,7 @@ impl FreeIndex {
 
     #[inline]
     pub(crate) fn insert(&mut self, stream: Slot, pool: Pool, key: Key) {
-        if let Some(s) = self.sets.get_mut(slot_of(stream, pool)) {
+        if let Some(s) = self.sets.get_mut(set_index(stream, pool)) {
             s.insert(key);
         }
     }
@@ -220,7 +233,7 @@ impl FreeIndex {
     #[inline]
     pub(crate) fn remove(&mut self, stream: Slot, pool: Pool, key: Key) -> bool {
         self.sets
-            .get_mut(slot_of(stream, pool))
+            .get_mut(set_index(stream, pool))
             .is_some_and(|s| s.remove(key))
     }
 
@@ -235,7 +248,7 @@ impl FreeIndex {
         verdict: impl FnMut(&Key) -> Verdict,
     ) -> Option<Key> {
         self.sets
-            .get_mut(slot_of(stream, pool))?
+            .get_mut(set_index(stream, pool))?
             .take_first(size, verdict)
     }
 
@@ -243,7 +256,7 @@ impl FreeIndex {
     /// first (lowest address among equals).
     #[inline]
     pub(crate) fn at_least(&self, stream: Slot, pool: Pool, size: usize) -> AtLeast<'_> {
-        let Some(bins) = self.sets.get(slot_of(stream, pool)) else {
+        let Some(bins) = self.sets.get(set_index(stream, pool)) else {
             return AtLeast {
                 bins: None,
                 bin: 0,
@@ -254,7 +267,7 @@ impl FreeIndex {
         let pos = bins
             .bins
             .get(b)
-            .map_or(0, |v| v.partition_point(|k| k.0 < size));
+            .map_or(0, |v| v.partition_point(|k| k.size < size));
         AtLeast {
             bins: Some(bins),
             bin: b,
@@ -264,13 +277,13 @@ impl FreeIndex {
 
     pub(crate) fn is_empty(&self, stream: Slot, pool: Pool) -> bool {
         self.sets
-            .get(slot_of(stream, pool))
+            .get(set_index(stream, pool))
             .is_none_or(|s| s.len == 0)
     }
 
     /// The largest free block of any stream and pool.
     pub(crate) fn largest(&self) -> usize {
-        self.all().map(|(_, _, k)| k.0).max().unwrap_or(0)
+        self.all().map(|(_, _, k)| k.size).max().unwrap_or(0)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -279,7 +292,7 @@ impl FreeIndex {
 
     pub(crate) fn contains(&self, stream: Slot, pool: Pool, key: &Key) -> bool {
         self.sets
-            .get(slot_of(stream, pool))
+            .get(set_index(stream, pool))
             .is_some_and(|s| s.contains(key))
     }
 
@@ -308,6 +321,10 @@ impl FreeIndex {
 mod tests {
     use super::*;
 
+    fn key(size: usize, ptr: usize, id: BlockId) -> Key {
+        Key { size, ptr, id }
+    }
+
     #[test]
     fn bins_are_ordered_by_size() {
         let mut last = 0;
@@ -327,19 +344,27 @@ mod tests {
             .iter()
             .enumerate()
         {
-            ix.insert(0, Pool::Large, (size, addr, i as u32));
+            ix.insert(
+                0,
+                Pool::Large,
+                Key {
+                    size,
+                    ptr: addr,
+                    id: i as u32,
+                },
+            );
         }
         let got: Vec<_> = ix
             .at_least(0, Pool::Large, 3000)
-            .map(|k| (k.0, k.1))
+            .map(|k| (k.size, k.ptr))
             .collect();
         assert_eq!(got, [(4096, 3), (4096, 9), (3 << 20, 1), (5 << 20, 2)]);
         assert_eq!(
-            ix.at_least(0, Pool::Large, 4 << 20).next().map(|k| k.0),
+            ix.at_least(0, Pool::Large, 4 << 20).next().map(|k| k.size),
             Some(5 << 20)
         );
-        assert!(ix.remove(0, Pool::Large, (4096, 3, 2)));
-        assert!(!ix.remove(0, Pool::Large, (4096, 3, 2)));
+        assert!(ix.remove(0, Pool::Large, key(4096, 3, 2)));
+        assert!(!ix.remove(0, Pool::Large, key(4096, 3, 2)));
         assert_eq!(ix.len(), 4);
         assert_eq!(ix.largest(), 5 << 20);
         assert!(ix.at_least(0, Pool::Large, 6 << 20).next().is_none());
@@ -365,7 +390,7 @@ mod tests {
                 Pool::Small => ((x >> 8) as usize % 2048 + 1) * 512,
                 Pool::Large => ((x >> 8) as usize % 4096 + 1) << 20,
             };
-            let key = (size, (x >> 20) as usize % 64, step % 97);
+            let key = key(size, (x >> 20) as usize % 64, step % 97);
             if x & 16 == 0 || model.is_empty() {
                 ix.insert(stream, pool, key);
                 model.insert((stream, pool.index(), key));

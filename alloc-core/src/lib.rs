@@ -3,7 +3,8 @@
 
 // The scope registry lives in its own crate (`alloc-scope`), shared with the
 // host allocator; the engine charges device bytes to it at four points
-// (allocate, free, the trace ring and snapshots).
+// (allocate, free, the trace ring and snapshots) and formats bytes with its
+// `format_bytes`.
 use alloc_scope as scope;
 
 pub mod adaptors;
@@ -18,12 +19,14 @@ pub(crate) mod expandable;
 pub(crate) mod free_index;
 mod invariant;
 pub mod ops;
+pub(crate) mod pending;
 pub(crate) mod reclaim;
 pub mod replay;
 pub(crate) mod segment;
 pub mod size_class;
 pub mod snapshot;
 pub mod stats;
+pub(crate) mod streams;
 pub mod trace;
 pub mod validate;
 

@@ -16,14 +16,16 @@
 //! there and reserved memory never grows past what is mapped for live blocks
 //! plus the free pages the cache keeps.
 
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
-use crate::block::{Block, BlockId, BlockState, NIL, Slot};
-use crate::cache::{CachingAllocator, State, SyncMark, should_split, trace_slot};
+use crate::block::{Block, BlockId, BlockState, NIL};
+use crate::cache::{CachingAllocator, State, should_split};
 use crate::error::{AllocError, OutOfMemory};
-use crate::segment::Segment;
+use crate::pending::SyncMark;
+use crate::segment::{Segment, SegmentId, SegmentKind};
 use crate::size_class::{Pool, segment_size};
+use crate::streams::Slot;
 use crate::trace::TraceAction;
 
 /// Which cached memory a release gives back.
@@ -114,22 +116,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         Err(self.out_of_memory(st, slot, bytes, rounded))
     }
 
-    /// Synchronises the device with the lock released (it may block for as
-    /// long as the queued work runs), then takes the lock again and frees the
-    /// pending blocks the sync covers (S6).
-    pub(crate) fn synchronize_unlocked<'a>(
-        &'a self,
-        st: MutexGuard<'a, State<B>>,
-    ) -> (MutexGuard<'a, State<B>>, SyncMark) {
-        let mark = st.sync_mark();
-        drop(st);
-        self.backend.synchronize();
-        let mut st = self.lock();
-        st.stats.num_sync_all_streams += 1;
-        st.complete_synced(mark);
-        (st, mark)
-    }
-
     /// Whether reserved memory plus `rounded` passes the garbage-collection
     /// threshold of the cap.
     fn over_gc_threshold(&self, st: &State<B>, rounded: usize) -> bool {
@@ -161,14 +147,13 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if !self.stream_idle(st, other) {
                 continue;
             }
-            let id = key.2;
+            let id = key.id;
             st.index_remove(id);
             // only what the request takes moves to `slot`: the remainder
             // stays with the idle stream (had it moved, work on `slot` would
             // pin memory it never used until `slot` is idle)
-            let (size, expandable) = (key.0, st.blocks.at(id).expandable);
-            let rest = if should_split(pool, expandable, size, rounded, self.config.max_split_size)
-            {
+            let kind = st.blocks.at(id).seg_kind;
+            let rest = if should_split(pool, kind, key.size, rounded, self.config.max_split_size) {
                 st.blocks.split(id, rounded)
             } else {
                 None
@@ -185,19 +170,6 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         None
     }
 
-    /// Whether every event recorded now on the stream of `slot` has completed.
-    pub(crate) fn stream_idle(&self, st: &State<B>, slot: Slot) -> bool {
-        if st.retired.get(slot as usize).copied().unwrap_or(false) {
-            return true; // forgotten: its work was waited for then
-        }
-        let Some(&s) = st.streams.get(slot as usize) else {
-            return false;
-        };
-        self.backend
-            .record_event(s)
-            .is_ok_and(|e| self.backend.event_done(&e))
-    }
-
     /// Obtains memory for `rounded` bytes on (slot, pool): `Ok(None)` when the
     /// backend or the cap says out of memory.
     fn grow(
@@ -207,7 +179,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         pool: Pool,
         rounded: usize,
     ) -> Result<Option<BlockId>, AllocError> {
-        if self.expandable {
+        if self.segment_kind.is_expandable() {
             return self.grow_expandable(st, slot, pool, rounded);
         }
         let Some(size) = segment_size(rounded) else {
@@ -226,10 +198,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             mapped: size,
             pool,
             stream: slot,
-            expandable: false,
+            kind: SegmentKind::Fixed,
             head: NIL,
         };
-        let Some((sid, bid)) = st.add_segment(seg, BlockState::Free) else {
+        let Some((_, bid)) = st.add_segment(seg, BlockState::Free) else {
             // SAFETY: `ptr`/`size` is the segment just obtained; nothing used it.
             unsafe { self.backend.deallocate(ptr, size) };
             return Ok(None);
@@ -240,9 +212,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if size >= self.config.max_split_size {
             st.stats.oversize_segments.add(1);
         }
-        st.trace
-            .push(TraceAction::SegmentAlloc, ptr.0, size, trace_slot(slot));
-        let _ = sid;
+        st.trace.push(TraceAction::SegmentAlloc, ptr.0, size, slot);
         Ok(Some(bid))
     }
 
@@ -273,7 +243,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let idle: Vec<bool> = (0..st.streams.len() as Slot)
             .map(|s| self.stream_idle(st, s))
             .collect();
-        let before = synced.map(|m| m.seq);
+        let before = synced.map(|m| m.tick);
         st.coalesce_idle(&idle, before);
         let min = match which {
             Release::Oversize => self.config.max_split_size,
@@ -282,10 +252,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let candidates: Vec<BlockId> = st
             .index
             .all()
-            .filter(|&(_, _, (size, _, id))| {
-                size >= min && block_idle(st.blocks.at(id), &idle, before)
-            })
-            .map(|(_, _, (_, _, id))| id)
+            .filter(|&(_, _, k)| k.size >= min && block_idle(st.blocks.at(k.id), &idle, before))
+            .map(|(_, _, k)| k.id)
             .collect();
         let before = st.stats.reserved_bytes.all.current;
         for id in candidates {
@@ -308,7 +276,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let Some(seg) = st.segs.get(b.seg).cloned() else {
             return;
         };
-        if !seg.expandable {
+        if seg.kind == SegmentKind::Fixed {
             if b.is_split() {
                 return;
             }
@@ -324,12 +292,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             if seg.size >= self.config.max_split_size {
                 st.stats.oversize_segments.sub(1);
             }
-            st.trace.push(
-                TraceAction::SegmentFree,
-                seg.base,
-                seg.size,
-                trace_slot(b.stream),
-            );
+            st.trace
+                .push(TraceAction::SegmentFree, seg.base, seg.size, b.stream);
             return;
         }
         self.unmap_pages(st, id, &b, seg.pool);
@@ -352,6 +316,27 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         self.release_empty_reservations(&mut st);
     }
 
+    /// Registers a callback run when an allocation fails with out of memory
+    /// (outside the engine's lock, so it may call the engine).
+    pub fn add_oom_observer(&self, f: impl Fn(&OutOfMemory) + Send + Sync + 'static) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
+    }
+
+    pub(crate) fn notify_oom(&self, e: &AllocError) {
+        let Some(oom) = e.as_oom() else { return };
+        let observers = self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in observers {
+            f(oom);
+        }
+    }
+
     /// Builds the out-of-memory error and counts it.
     fn out_of_memory(
         &self,
@@ -364,12 +349,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.trace.push_oom(
             || self.backend.mem_info().map_or(0, |m| m.free),
             rounded,
-            trace_slot(slot),
+            slot,
         );
         let in_use = st.stats.allocated_bytes.all.current.max(0) as usize;
         let reserved = st.stats.reserved_bytes.all.current.max(0) as usize;
         let info = self.backend.mem_info();
-        let remedy = if !self.expandable && self.backend.page_size().is_some() {
+        let remedy = if !self.segment_kind.is_expandable() && self.backend.page_size().is_some() {
             "try expandable_segments:true (cached memory is fragmented into fixed segments)"
                 .to_string()
         } else if st.limit.is_some_and(|l| {
@@ -379,7 +364,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             // the cap, not the device, is what refuses the request
             "raise per_process_memory_fraction or max_reserved_mb, or free buffers you no longer need".to_string()
         } else if self.config.max_split_size == usize::MAX
-            && !self.expandable
+            && !self.segment_kind.is_expandable()
             && reserved > in_use + rounded
         {
             "try max_split_size_mb:<size> to stop large cached blocks from being split".to_string()
@@ -391,7 +376,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             rounded,
             stream: st
                 .streams
-                .get(slot as usize)
+                .handle(slot)
                 .map_or_else(String::new, |s| format!("{s:?}")),
             in_use,
             cached: reserved.saturating_sub(in_use),
@@ -425,7 +410,7 @@ impl<B: DeviceBackend> State<B> {
         &mut self,
         mut seg: Segment,
         state: BlockState,
-    ) -> Option<(u32, BlockId)> {
+    ) -> Option<(SegmentId, BlockId)> {
         let block = Block {
             ptr: seg.base,
             size: seg.size,
@@ -436,7 +421,7 @@ impl<B: DeviceBackend> State<B> {
             state,
             stream: seg.stream,
             pool: seg.pool,
-            expandable: seg.expandable,
+            seg_kind: seg.kind,
             scope: crate::block::NO_SCOPE,
             freed_at: 0,
         };

@@ -7,8 +7,30 @@
 //!   unmapped; a fixed segment is fully mapped.
 //! - T1 `reserved_bytes` = Σ `mapped` over segments.
 
-use crate::block::{BlockId, Slot};
+use crate::block::BlockId;
 use crate::size_class::Pool;
+use crate::streams::Slot;
+
+/// Index of a segment in the [`SegmentTable`].
+pub(crate) type SegmentId = u32;
+
+/// How a segment holds memory: the one place the word "expandable" names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentKind {
+    /// One backend allocation, fully mapped, released whole.
+    Fixed,
+    /// An address-space reservation whose pages are mapped as blocks need
+    /// them and unmapped when free (`expandable.rs`).
+    Expandable,
+}
+
+impl SegmentKind {
+    /// Whether this is [`SegmentKind::Expandable`].
+    #[inline]
+    pub(crate) fn is_expandable(self) -> bool {
+        self == SegmentKind::Expandable
+    }
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Segment {
@@ -20,7 +42,7 @@ pub(crate) struct Segment {
     pub(crate) pool: Pool,
     /// Slot of the stream the segment was created for.
     pub(crate) stream: Slot,
-    pub(crate) expandable: bool,
+    pub(crate) kind: SegmentKind,
     /// The block at `base`.
     pub(crate) head: BlockId,
 }
@@ -28,43 +50,43 @@ pub(crate) struct Segment {
 /// All live segments.
 #[derive(Default)]
 pub(crate) struct SegmentTable {
-    slots: Vec<Option<Segment>>,
-    vacant: Vec<u32>,
+    entries: Vec<Option<Segment>>,
+    vacant: Vec<SegmentId>,
 }
 
 impl SegmentTable {
-    pub(crate) fn insert(&mut self, s: Segment) -> Option<u32> {
+    pub(crate) fn insert(&mut self, s: Segment) -> Option<SegmentId> {
         if let Some(id) = self.vacant.pop() {
-            self.slots[id as usize] = Some(s);
+            self.entries[id as usize] = Some(s);
             return Some(id);
         }
-        let id = u32::try_from(self.slots.len())
+        let id = u32::try_from(self.entries.len())
             .ok()
             .filter(|&i| i != u32::MAX)?;
-        self.slots.push(Some(s));
+        self.entries.push(Some(s));
         Some(id)
     }
 
-    pub(crate) fn remove(&mut self, id: u32) -> Option<Segment> {
-        let s = self.slots.get_mut(id as usize)?.take()?;
+    pub(crate) fn remove(&mut self, id: SegmentId) -> Option<Segment> {
+        let s = self.entries.get_mut(id as usize)?.take()?;
         self.vacant.push(id);
         Some(s)
     }
 
     #[inline]
-    pub(crate) fn get(&self, id: u32) -> Option<&Segment> {
-        self.slots.get(id as usize)?.as_ref()
+    pub(crate) fn get(&self, id: SegmentId) -> Option<&Segment> {
+        self.entries.get(id as usize)?.as_ref()
     }
 
     #[inline]
-    pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut Segment> {
-        self.slots.get_mut(id as usize)?.as_mut()
+    pub(crate) fn get_mut(&mut self, id: SegmentId) -> Option<&mut Segment> {
+        self.entries.get_mut(id as usize)?.as_mut()
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Segment)> {
-        self.slots
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (SegmentId, &Segment)> {
+        self.entries
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+            .filter_map(|(i, s)| Some((i as SegmentId, s.as_ref()?)))
     }
 }

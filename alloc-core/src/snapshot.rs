@@ -12,6 +12,7 @@ use crate::block::BlockState;
 use crate::cache::CachingAllocator;
 use crate::size_class::Pool;
 use crate::stats::Stats;
+use crate::streams::Slot;
 
 /// The `stream` of blocks and segments that belonged to streams since
 /// forgotten ([`forget_stream`](CachingAllocator::forget_stream)).
@@ -81,12 +82,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// A snapshot of every segment and block.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
-        let stream = |slot: usize| {
-            if st.orphan.is_some_and(|o| o as usize == slot) {
+        let stream = |slot: Slot| {
+            if st.streams.orphan() == Some(slot) {
                 return FORGOTTEN_STREAMS.to_string();
             }
             st.streams
-                .get(slot)
+                .handle(slot)
                 .map_or_else(String::new, |s| format!("{s:?}"))
         };
         let mut segments: Vec<SegmentSnapshot> = st
@@ -106,7 +107,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                         size: b.size,
                         requested_size: b.requested,
                         state: b.state,
-                        stream: stream(b.stream as usize),
+                        stream: stream(b.stream),
                         stream_slot: u64::from(b.stream),
                         scope,
                     });
@@ -116,8 +117,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                     total_size: seg.size,
                     mapped_size: seg.mapped,
                     pool: seg.pool,
-                    expandable: seg.expandable,
-                    stream: stream(seg.stream as usize),
+                    expandable: seg.kind.is_expandable(),
+                    stream: stream(seg.stream),
                     stream_slot: u64::from(seg.stream),
                     blocks,
                 }

@@ -321,19 +321,11 @@ impl Stats {
     }
 }
 
-/// Bytes in B, KiB, MiB or GiB with two decimals (`5.00 MiB`).
+/// Bytes with a binary unit and two decimals (`512 B`, `5.00 MiB`): the
+/// scope registry's `format_bytes`, the one byte formatter of the workspace,
+/// for `usize` sizes.
 pub fn format_size(bytes: usize) -> String {
-    const K: f64 = 1024.0;
-    let b = bytes as f64;
-    if b < K {
-        format!("{bytes} B")
-    } else if b < K * K {
-        format!("{:.2} KiB", b / K)
-    } else if b < K * K * K {
-        format!("{:.2} MiB", b / (K * K))
-    } else {
-        format!("{:.2} GiB", b / (K * K * K))
-    }
+    crate::scope::format_bytes(bytes as u64)
 }
 
 #[cfg(test)]

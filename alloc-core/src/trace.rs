@@ -2,7 +2,7 @@
 //! PyTorch's memory_viz (`device_traces` of a
 //! [`dump_snapshot`](crate::CachingAllocator::dump_snapshot)). Off (capacity 0)
 //! it costs one branch per event; on, a clock read, a thread-local read of the
-//! current scope and one slot write (and, the first time a scope is seen, a
+//! current scope and one entry write (and, the first time a scope is seen, a
 //! copy of its name, so the name survives the scope).
 //!
 //! Turned on by `trace_buffer_entries:N` in the config or at run time by
@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::scope::{ScopeHandle, ScopeId};
+use crate::streams::Slot;
 
 /// What happened (the `action` of a PyTorch trace entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -141,35 +142,25 @@ impl TraceRing {
 
     /// Records an event. `stream` is the stream's slot.
     #[inline]
-    pub(crate) fn push(
-        &mut self,
-        action: TraceAction,
-        addr: usize,
-        size: usize,
-        stream: impl Into<u64>,
-    ) {
+    pub(crate) fn push(&mut self, action: TraceAction, addr: usize, size: usize, stream: Slot) {
         if !self.on {
             return;
         }
-        self.push_on(action, addr, size, stream.into());
+        self.push_on(action, addr, size, u64::from(stream));
     }
 
     /// Records an out-of-memory failure of a `size`-byte request on `stream`,
     /// with the device's free bytes from `device_free` (asked only when on).
-    #[allow(
-        dead_code,
-        reason = "the out-of-memory path calls it; unused only while that path records no device free"
-    )]
     pub(crate) fn push_oom(
         &mut self,
         device_free: impl FnOnce() -> usize,
         size: usize,
-        stream: impl Into<u64>,
+        stream: Slot,
     ) {
         if !self.on {
             return;
         }
-        self.push_on(TraceAction::Oom, device_free(), size, stream.into());
+        self.push_on(TraceAction::Oom, device_free(), size, u64::from(stream));
     }
 
     #[cold]
@@ -262,12 +253,12 @@ mod tests {
     fn ring_keeps_the_last_entries() {
         let mut r = TraceRing::new(3);
         for i in 0..5 {
-            r.push(TraceAction::Alloc, i, 512, 0u16);
+            r.push(TraceAction::Alloc, i, 512, 0);
         }
         let e = r.entries();
         assert_eq!(e.iter().map(|e| e.addr).collect::<Vec<_>>(), vec![2, 3, 4]);
         let mut off = TraceRing::new(0);
-        off.push(TraceAction::Oom, 0, 1, 0u16);
+        off.push(TraceAction::Oom, 0, 1, 0);
         assert!(off.entries().is_empty());
     }
 
@@ -275,26 +266,26 @@ mod tests {
     fn resizing_keeps_the_newest_entries_in_order() {
         let mut r = TraceRing::new(4);
         for i in 0..6 {
-            r.push(TraceAction::Alloc, i, 512, 0u16);
+            r.push(TraceAction::Alloc, i, 512, 0);
         }
         r.set_recording(true, 2);
         assert_eq!(
             r.entries().iter().map(|e| e.addr).collect::<Vec<_>>(),
             vec![4, 5]
         );
-        r.push(TraceAction::Alloc, 6, 512, 0u16);
+        r.push(TraceAction::Alloc, 6, 512, 0);
         assert_eq!(
             r.entries().iter().map(|e| e.addr).collect::<Vec<_>>(),
             vec![5, 6]
         );
         r.set_recording(true, 8);
-        r.push(TraceAction::Alloc, 7, 512, 0u16);
+        r.push(TraceAction::Alloc, 7, 512, 0);
         assert_eq!(
             r.entries().iter().map(|e| e.addr).collect::<Vec<_>>(),
             vec![5, 6, 7]
         );
         r.set_recording(false, 8);
-        r.push(TraceAction::Alloc, 8, 512, 0u16);
+        r.push(TraceAction::Alloc, 8, 512, 0);
         assert_eq!(r.entries().len(), 3, "off: kept, not extended");
     }
 
@@ -303,7 +294,7 @@ mod tests {
         let mut r = TraceRing::new(4);
         for i in 0..3000 {
             let _g = crate::scope::scope(&format!("trace-ring-request-{i}"));
-            r.push(TraceAction::Alloc, i, 512, 0u16);
+            r.push(TraceAction::Alloc, i, 512, 0);
         }
         assert!(
             r.names.len() <= NAMES_SLACK + 2 * 4 + 1,
@@ -322,7 +313,7 @@ mod tests {
     fn entries_carry_time_and_the_scope_name() {
         let mut r = TraceRing::new(4);
         let g = crate::scope::scope("trace-ring-test-request");
-        r.push(TraceAction::Alloc, 4096, 512, 1u16);
+        r.push(TraceAction::Alloc, 4096, 512, 1);
         let id = g.id();
         drop(g);
         let e = r.entries()[0];

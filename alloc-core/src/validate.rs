@@ -1,12 +1,14 @@
 //! The invariant checker: verifies S1–S4, F1, T1, T2, P1 and A1 (see
-//! `block`, `segment`, `free_index` and `cache`) and names the one that failed, with
+//! `block`, `segment`, `free_index`, `cache` and `pending`) and names the one that failed, with
 //! the values involved. Tests and fuzzers call it after every step.
 
 use crate::backend::DeviceBackend;
-use crate::block::{Block, BlockState, NIL, Slot};
+use crate::block::{Block, BlockState, NIL};
 use crate::cache::{CachingAllocator, State};
-use crate::segment::Segment;
+use crate::free_index::Key;
+use crate::segment::{Segment, SegmentId, SegmentKind};
 use crate::size_class::{MIN_BLOCK, Pool, round_size, segment_size};
+use crate::streams::Slot;
 
 /// A broken invariant: its id (`"S2"`) and the values that break it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,11 +51,15 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let st = self.lock();
         let device = self.backend.mem_info().map_or(usize::MAX, |m| m.total);
         let room = st.limit.map_or(device, |l| l.min(device));
-        if self.expandable {
+        if self.segment_kind.is_expandable() {
             let page = self.page;
             let mut pages = std::collections::BTreeSet::new();
             for (_, seg) in st.segs.iter() {
-                for b in blocks_of(&st, seg).filter(|b| b.state == BlockState::InUse) {
+                for b in st
+                    .blocks
+                    .chain(seg.head)
+                    .filter(|b| b.state == BlockState::InUse)
+                {
                     pages.extend(b.ptr / page..b.end().div_ceil(page));
                 }
             }
@@ -71,12 +77,16 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let max_split = self.config.max_split_size;
         let mut kept = 0usize;
         for (_, seg) in st.segs.iter() {
-            if !blocks_of(&st, seg).any(|b| b.state == BlockState::InUse) {
+            if !st
+                .blocks
+                .chain(seg.head)
+                .any(|b| b.state == BlockState::InUse)
+            {
                 continue;
             }
             kept = kept.saturating_add(seg.size);
             let mut run = 0usize;
-            for b in blocks_of(&st, seg).chain(std::iter::once(&END)) {
+            for b in st.blocks.chain(seg.head).chain(std::iter::once(&END)) {
                 if b.state != BlockState::InUse && b.size > 0 {
                     run += b.size;
                     continue;
@@ -118,23 +128,10 @@ const END: Block = Block {
     state: BlockState::InUse,
     stream: 0,
     pool: Pool::Small,
-    expandable: false,
+    seg_kind: SegmentKind::Fixed,
     scope: crate::block::NO_SCOPE,
     freed_at: 0,
 };
-
-/// The blocks of `seg` in address order.
-fn blocks_of<'a, B: DeviceBackend>(
-    st: &'a State<B>,
-    seg: &Segment,
-) -> impl Iterator<Item = &'a Block> + 'a {
-    let mut id = seg.head;
-    std::iter::from_fn(move || {
-        let b = st.blocks.get(id)?;
-        id = b.next;
-        Some(b)
-    })
-}
 
 #[derive(Default)]
 struct Sums {
@@ -161,7 +158,7 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
 /// S1–S4, A1 and F1 for one segment, adding its blocks to `sums`.
 fn check_segment<B: DeviceBackend>(
     st: &State<B>,
-    sid: u32,
+    sid: SegmentId,
     seg: &Segment,
     page: usize,
     sums: &mut Sums,
@@ -181,7 +178,7 @@ fn check_segment<B: DeviceBackend>(
             || b.prev != prev
             || b.size == 0
             || b.pool != seg.pool
-            || b.expandable != seg.expandable
+            || b.seg_kind != seg.kind
         {
             return fail(
                 "S1",
@@ -213,13 +210,15 @@ fn check_segment<B: DeviceBackend>(
             _ => {}
         }
         if b.state == BlockState::Unmapped
-            && (!seg.expandable || b.ptr % page != 0 || b.size % page != 0)
+            && (!seg.kind.is_expandable() || b.ptr % page != 0 || b.size % page != 0)
         {
             return fail(
                 "S3",
                 format!(
                     "unmapped block at {:#x} size {} (expandable: {}, page {page})",
-                    b.ptr, b.size, seg.expandable
+                    b.ptr,
+                    b.size,
+                    seg.kind.is_expandable()
                 ),
             );
         }
@@ -241,7 +240,12 @@ fn check_segment<B: DeviceBackend>(
             }
             BlockState::Free => {
                 sums.free_n += 1;
-                if !st.index.contains(b.stream, seg.pool, &(b.size, b.ptr, id)) {
+                let key = Key {
+                    size: b.size,
+                    ptr: b.ptr,
+                    id,
+                };
+                if !st.index.contains(b.stream, seg.pool, &key) {
                     return fail(
                         "F1",
                         format!(
@@ -250,7 +254,7 @@ fn check_segment<B: DeviceBackend>(
                         ),
                     );
                 }
-                if b.is_split() && !seg.expandable {
+                if b.is_split() && seg.kind == SegmentKind::Fixed {
                     sums.split_free[p] += sz;
                     sums.split_free_n[p] += 1;
                 }

@@ -5,7 +5,7 @@
 //! The key list is PyTorch's (c10/core/AllocatorConfig.cpp `getKeys` and
 //! c10/cuda/CUDAAllocatorConfig.h `getKeys`), written out here as the oracle.
 
-use alloc_core::config::{Config, ConfigError, KEYS};
+use alloc_core::config::{Config, ConfigError, KEY_TABLE, KEYS};
 use proptest::prelude::*;
 
 /// PyTorch's keys, each with a value PyTorch accepts.
@@ -197,7 +197,34 @@ fn max_cached_fraction_is_accepted_with_a_no_effect_warning() {
     );
 }
 
+/// Any mix of the table's example values, in any order and with repeats.
+fn arb_table_text() -> impl Strategy<Value = Vec<String>> {
+    let entries: Vec<String> = KEY_TABLE
+        .iter()
+        .flat_map(|k| k.examples.iter().map(move |v| format!("{}:{v}", k.name)))
+        .collect();
+    prop::collection::vec(prop::sample::select(entries), 0..12)
+}
+
 proptest! {
+    /// Over every key of the table: the conf string parses back to the same
+    /// settings less those without an effect (the entries that warn), which
+    /// it leaves out, and parses without a warning.
+    #[test]
+    fn conf_string_round_trips_over_the_table(entries in arb_table_text()) {
+        let c = Config::parse(&entries.join(",")).unwrap();
+        let effective: Vec<&str> = entries
+            .iter()
+            .map(String::as_str)
+            .filter(|e| Config::parse(e).unwrap().warnings.is_empty())
+            .collect();
+        let conf = c.to_conf_string();
+        let back = Config::parse(&conf).unwrap();
+        prop_assert!(back.warnings.is_empty(), "{}: {:?}", conf, back.warnings);
+        prop_assert_eq!(&back, &Config::parse(&effective.join(",")).unwrap(), "{}", conf);
+        prop_assert_eq!(c.warnings.len(), entries.len() - effective.len());
+    }
+
     /// `to_conf_string` (what a snapshot reports as PYTORCH_CUDA_ALLOC_CONF)
     /// parses back to the same settings.
     #[test]

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use alloc_host::{ScopeTree, format_bytes as b};
 use serde::Serialize;
 
+use crate::columns::{DEVICE_COLUMNS, device_label};
 use crate::device::DeviceInfo;
 use crate::info::MemoryInfo;
 use crate::monitor::Sample;
@@ -191,39 +192,15 @@ fn device_table(out: &mut String, devices: &[DeviceInfo]) {
         return;
     }
     out.push_str("<table>\n");
-    head(
-        out,
-        &[
-            "device",
-            "allocated",
-            "peak alloc",
-            "reserved",
-            "peak reserved",
-            "cached",
-            "cap",
-            "free",
-            "total",
-            "efficiency",
-            "OOMs",
-        ],
-    );
+    let titles: Vec<&str> = std::iter::once("device")
+        .chain(DEVICE_COLUMNS.iter().map(|c| c.title))
+        .collect();
+    head(out, &titles);
     for d in devices {
-        row(
-            out,
-            &[
-                format!("{} ({})", d.name, d.backend),
-                b(d.allocated),
-                b(d.peak_allocated),
-                b(d.reserved),
-                b(d.peak_reserved),
-                b(d.cached),
-                opt(d.limit),
-                opt(d.free),
-                opt(d.total),
-                format!("{:.3}", d.efficiency),
-                d.num_ooms.to_string(),
-            ],
-        );
+        let cells: Vec<String> = std::iter::once(device_label(d))
+            .chain(DEVICE_COLUMNS.iter().map(|c| c.text(d)))
+            .collect();
+        row(out, &cells);
     }
     out.push_str("</table>\n");
 }

@@ -6,11 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use alloc_core::{CachingAllocator, DeviceBackend, Stats};
 use serde::Serialize;
+use serde::ser::SerializeMap as _;
+
+use crate::columns::DEVICE_COLUMNS;
 
 use crate::error::ToolkitError;
 
-/// One device's memory figures, bytes.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One device's memory figures, bytes. It serializes as its `name` and
+/// `backend` and one entry per row of [`DEVICE_COLUMNS`].
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeviceInfo {
     /// The name it was registered under.
     pub name: String,
@@ -39,6 +43,18 @@ pub struct DeviceInfo {
     pub num_ooms: u64,
     /// Allocations that released cached memory and retried.
     pub num_alloc_retries: u64,
+}
+
+impl Serialize for DeviceInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2 + DEVICE_COLUMNS.len()))?;
+        m.serialize_entry("name", &self.name)?;
+        m.serialize_entry("backend", &self.backend)?;
+        for c in DEVICE_COLUMNS {
+            m.serialize_entry(c.key, &(c.get)(self))?;
+        }
+        m.end()
+    }
 }
 
 /// What the toolkit needs from a device cache. Implemented for every

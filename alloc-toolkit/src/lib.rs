@@ -4,6 +4,7 @@
 pub mod adaptive;
 pub mod cgroup;
 pub mod cleanup;
+pub mod columns;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dashboard;
@@ -41,6 +42,7 @@ pub use cleanup::{
     CleanupReport, cleanup_all, collect_host_heap, empty_device_caches, register_cleanup,
     unregister_cleanup,
 };
+pub use columns::{DEVICE_COLUMNS, DeviceColumn};
 #[cfg(feature = "cuda")]
 pub use cuda::{pinned_hook_name, register_pinned_pool};
 pub use dashboard::{DashboardData, render_html};
@@ -49,7 +51,7 @@ pub use device::{
 };
 pub use error::ToolkitError;
 pub use estimator::{Estimator, Fit};
-pub use export::{json, json_text, prometheus, prometheus_text};
+pub use export::{json, json_text};
 pub use guards::{
     BudgetScope, DEFAULT_SAFETY_FACTOR, ensure_available, ensure_available_in,
     ensure_device_available, ensure_device_available_in,
@@ -62,7 +64,7 @@ pub use invariant::ToolkitInvariant;
 #[cfg(feature = "criterion")]
 pub use measurement::HostAllocs;
 #[cfg(feature = "prometheus")]
-pub use metrics::Metrics;
+pub use metrics::{Metrics, prometheus};
 pub use monitor::{
     MemoryMonitor, Metric, MonitorConfig, MonitorGuard, MonitorSummary, ProcessSource, Sample,
     SampleSource,
@@ -71,7 +73,7 @@ pub use observed::ObservedDevice;
 pub use plan::{ChunkPlan, plan_chunks};
 pub use pool::{BufferPool, PoolStats, Pooled};
 pub use recommend::{Facts, Recommendation, Severity, recommend, recommendations};
-pub use report::{render_report, report};
+pub use report::{memory_report, render_memory_report};
 pub use retry::{
     Attempts, OomError, RetryError, RetryPolicy, retry_counts, retry_on_oom, retry_on_oom_or,
 };

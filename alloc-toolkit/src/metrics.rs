@@ -2,22 +2,24 @@
 //! `prometheus-client`, read at scrape time by one collector.
 //!
 //! **Cardinality is bounded whatever the number of requests.** Scopes are
-//! exported by *name*, never by instance: per name, histograms of the host
-//! and device peaks of the scopes that closed (so a request shorter than the
-//! scrape interval is still counted), and totals. Scope names are bounded by
+//! exported by *name*, never by instance (no `id` label): per name, the
+//! bytes live now in its scopes, histograms of the host and device peaks of
+//! the scopes that closed (so a request shorter than the scrape interval is
+//! still counted), and totals. Scope names are bounded by
 //! the registry (past its limit of distinct names, new names aggregate under
 //! `other`), devices by registration. Name request scopes `request`, not
 //! `request 17`.
 //!
 //! | family | labels | what |
 //! |---|---|---|
+//! | `alloc_scope_live_bytes`, `alloc_scope_device_live_bytes` | `scope` | gauges: bytes live now in the scopes of the name (open, or closed but owning memory) |
 //! | `alloc_scope_host_peak_bytes`, `alloc_scope_device_peak_bytes` | `scope` | histograms of per-scope peaks at close |
 //! | `alloc_scope_closed_total`, `alloc_scope_allocated_bytes_total`, `alloc_scope_allocations_total`, `alloc_scope_wall_seconds_total` | `scope` | totals of closed scopes |
 //! | `alloc_process_resident_bytes`, `alloc_process_resident_peak_bytes`, `alloc_host_live_bytes`, `alloc_host_peak_bytes` | | the process |
 //! | `alloc_system_total_bytes`, `alloc_system_available_bytes` | | the machine |
 //! | `alloc_cgroup_limit_bytes`, `alloc_cgroup_usage_bytes`, `alloc_cgroup_working_set_bytes`, `alloc_cgroup_headroom_bytes` | | the container |
 //! | `alloc_scope_registry_capacity`, `alloc_scope_registry_in_use`, `alloc_scopes_not_created_total` | | the scope registry |
-//! | `alloc_device_*` (reserved, allocated, cached, free, total, limit, peaks, efficiency, `ooms_total`, `alloc_retries_total`) | `device`, `backend` | each device |
+//! | `alloc_device_*`: one family per row of [`DEVICE_COLUMNS`] (reserved, allocated, cached, free, total, limit, peaks, efficiency, `ooms_total`, `alloc_retries_total`) | `device`, `backend` | each device |
 //! | `alloc_oom_retries_total`, `alloc_oom_fallbacks_total` | | `retry_on_oom*` |
 
 use prometheus_client::collector::Collector;
@@ -27,9 +29,13 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::columns::{DEVICE_COLUMNS, Kind, Value};
 use crate::device::{DeviceInfo, device_infos};
 use crate::info::{MemoryInfo, memory_info_untracked};
-use crate::scope_figures::{NameFigures, Summary, name_figures, registry_figures};
+use crate::scope_figures::{
+    LiveFigures, NameFigures, RegistryFigures, Summary, live_by_name, name_figures,
+    registry_figures,
+};
 
 /// The content type of [`Metrics::render`]'s output (Prometheus text 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -64,7 +70,7 @@ impl Metrics {
     /// A registry with the memory collector.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(MemoryCollector));
+        registry.register_collector(Box::new(MemoryCollector(None)));
         Metrics { registry }
     }
 
@@ -83,9 +89,46 @@ impl Metrics {
     }
 }
 
-/// Reads every figure at scrape time.
+/// Every metric now, in the Prometheus text format: a [`Metrics`] rendered
+/// once (for one-off dumps; a server keeps one `Metrics` and renders it per
+/// scrape).
+pub fn prometheus() -> String {
+    Metrics::new().render()
+}
+
+/// Every figure one scrape writes.
+#[derive(Clone, Debug)]
+struct Figures {
+    memory: MemoryInfo,
+    devices: Vec<DeviceInfo>,
+    names: Vec<NameFigures>,
+    live: Vec<LiveFigures>,
+    registry: RegistryFigures,
+    retries: (u64, u64),
+}
+
+impl Figures {
+    fn now() -> Self {
+        let memory = memory_info_untracked();
+        let (devices, names, live, registry) = alloc_host::untracked(|| {
+            let names = name_figures();
+            let live = live_by_name(&alloc_host::snapshot(), &names);
+            (device_infos(), names, live, registry_figures())
+        });
+        Figures {
+            memory,
+            devices,
+            names,
+            live,
+            registry,
+            retries: crate::retry::retry_counts(),
+        }
+    }
+}
+
+/// Reads every figure at scrape time (or, in tests, writes fixed ones).
 #[derive(Debug)]
-struct MemoryCollector;
+struct MemoryCollector(Option<Figures>);
 
 type Enc<'a> = DescriptorEncoder<'a>;
 type R = Result<(), std::fmt::Error>;
@@ -122,7 +165,25 @@ pub(crate) fn fixed_buckets(s: &Summary) -> Vec<(f64, u64)> {
 
 type PerName = fn(&NameFigures) -> u64;
 
-fn scopes(enc: &mut Enc<'_>, names: &[NameFigures]) -> R {
+fn scopes(enc: &mut Enc<'_>, names: &[NameFigures], live: &[LiveFigures]) -> R {
+    for (family, help, pick) in [
+        (
+            "alloc_scope_live_bytes",
+            "Host bytes live in the scopes of this name now, nested scopes included.",
+            (|l| l.live_bytes) as fn(&LiveFigures) -> u64,
+        ),
+        (
+            "alloc_scope_device_live_bytes",
+            "Device bytes live in the scopes of this name now, nested scopes included.",
+            |l| l.device_live_bytes,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(family, help, None, MetricType::Gauge)?;
+        for l in live {
+            let labels = [("scope", l.name.as_str())];
+            ConstGauge::new(pick(l) as i64).encode(m.encode_family(&labels)?)?;
+        }
+    }
     for (family, help, pick) in [
         (
             "alloc_scope_host_peak_bytes",
@@ -248,86 +309,25 @@ fn host(enc: &mut Enc<'_>, m: &MemoryInfo) -> R {
     )
 }
 
-type DevField = fn(&DeviceInfo) -> Option<i64>;
-type DevCount = fn(&DeviceInfo) -> u64;
-
+/// One family per row of [`DEVICE_COLUMNS`], one sample per device that
+/// knows the figure, labelled `device` and `backend`.
 fn devices(enc: &mut Enc<'_>, devs: &[DeviceInfo]) -> R {
-    let gauges: [(&str, &str, DevField); 8] = [
-        (
-            "alloc_device_reserved_bytes",
-            "Bytes the caching engine holds from the device.",
-            |d| Some(d.reserved as i64),
-        ),
-        (
-            "alloc_device_allocated_bytes",
-            "Bytes handed out to users.",
-            |d| Some(d.allocated as i64),
-        ),
-        (
-            "alloc_device_cached_bytes",
-            "Reserved minus allocated bytes.",
-            |d| Some(d.cached as i64),
-        ),
-        (
-            "alloc_device_peak_reserved_bytes",
-            "Highest reserved bytes.",
-            |d| Some(d.peak_reserved as i64),
-        ),
-        (
-            "alloc_device_peak_allocated_bytes",
-            "Highest allocated bytes.",
-            |d| Some(d.peak_allocated as i64),
-        ),
-        (
-            "alloc_device_free_bytes",
-            "Bytes the device reports free (all users).",
-            |d| d.free.map(|v| v as i64),
-        ),
-        ("alloc_device_total_bytes", "Bytes the device has.", |d| {
-            d.total.map(|v| v as i64)
-        }),
-        (
-            "alloc_device_limit_bytes",
-            "The engine's cap on reserved bytes.",
-            |d| d.limit.map(|v| v as i64),
-        ),
-    ];
-    for (family, help, pick) in gauges {
-        let mut m = enc.encode_descriptor(family, help, None, MetricType::Gauge)?;
+    for c in DEVICE_COLUMNS {
+        let kind = match c.kind {
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Counter => MetricType::Counter,
+        };
+        let mut m = enc.encode_descriptor(c.metric, c.help, None, kind)?;
         for d in devs {
-            if let Some(v) = pick(d) {
-                let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
-                ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-            }
-        }
-    }
-    let mut m = enc.encode_descriptor(
-        "alloc_device_efficiency_ratio",
-        "Peak requested over peak reserved bytes.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for d in devs {
-        let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
-        ConstGauge::new(d.efficiency).encode(m.encode_family(&labels)?)?;
-    }
-    let counters: [(&str, &str, DevCount); 2] = [
-        (
-            "alloc_device_ooms",
-            "Allocations that failed with out of memory.",
-            |d| d.num_ooms,
-        ),
-        (
-            "alloc_device_alloc_retries",
-            "Allocations that released the cache and retried.",
-            |d| d.num_alloc_retries,
-        ),
-    ];
-    for (family, help, pick) in counters {
-        let mut m = enc.encode_descriptor(family, help, None, MetricType::Counter)?;
-        for d in devs {
+            let Some(v) = (c.get)(d) else { continue };
             let labels = [("device", d.name.as_str()), ("backend", d.backend.as_str())];
-            ConstCounter::new(pick(d)).encode(m.encode_family(&labels)?)?;
+            let sample = m.encode_family(&labels)?;
+            match (c.kind, v) {
+                (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v as i64).encode(sample)?,
+                (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(sample)?,
+                (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(sample)?,
+                (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(sample)?,
+            }
         }
     }
     Ok(())
@@ -335,10 +335,16 @@ fn devices(enc: &mut Enc<'_>, devs: &[DeviceInfo]) -> R {
 
 impl Collector for MemoryCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let memory = memory_info_untracked();
-        let (devs, names, reg) =
-            alloc_host::untracked(|| (device_infos(), name_figures(), registry_figures()));
-        host(&mut enc, &memory)?;
+        let now;
+        let f = match &self.0 {
+            Some(f) => f,
+            None => {
+                now = Figures::now();
+                &now
+            }
+        };
+        host(&mut enc, &f.memory)?;
+        let reg = &f.registry;
         gauge(
             &mut enc,
             "alloc_scope_registry_capacity",
@@ -357,7 +363,7 @@ impl Collector for MemoryCollector {
             "Scopes not created because the registry was full.",
             reg.not_created,
         )?;
-        let (retries, fallbacks) = crate::retry::retry_counts();
+        let (retries, fallbacks) = f.retries;
         counter(
             &mut enc,
             "alloc_oom_retries",
@@ -370,14 +376,80 @@ impl Collector for MemoryCollector {
             "Fallbacks taken by retry_on_oom_or.",
             fallbacks,
         )?;
-        devices(&mut enc, &devs)?;
-        scopes(&mut enc, &names)
+        devices(&mut enc, &f.devices)?;
+        scopes(&mut enc, &f.names, &f.live)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `f` in the text format, through the same collector as a scrape.
+    fn render_fixed(f: Figures) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(MemoryCollector(Some(f))));
+        Metrics { registry }.render()
+    }
+
+    fn fixed() -> Figures {
+        let mut f = Figures::now();
+        f.devices = vec![DeviceInfo {
+            name: "gpu0".into(),
+            backend: "sim".into(),
+            free: None,
+            total: Some(1 << 30),
+            limit: None,
+            reserved: 2 << 20,
+            allocated: 1 << 20,
+            peak_reserved: 2 << 20,
+            peak_allocated: 1 << 20,
+            cached: 1 << 20,
+            efficiency: 0.5,
+            num_ooms: 0,
+            num_alloc_retries: 0,
+        }];
+        f.live = vec![LiveFigures {
+            name: "req \"2\"\n".into(),
+            live_bytes: 200,
+            device_live_bytes: 0,
+        }];
+        f
+    }
+
+    #[test]
+    fn lines_parse_back_with_escaped_labels() {
+        let text = render_fixed(fixed());
+        assert!(
+            text.contains("alloc_scope_live_bytes{scope=\"req \\\"2\\\"\\n\"} 200\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("alloc_device_reserved_bytes{device=\"gpu0\",backend=\"sim\"} 2097152\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("alloc_device_free_bytes{"),
+            "unknown free is left out"
+        );
+        // every sample line is `name{labels} number`
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            assert!(v.parse::<f64>().is_ok(), "{line}");
+        }
+        for c in DEVICE_COLUMNS {
+            let family = match c.kind {
+                Kind::Gauge => c.metric.to_owned(),
+                Kind::Counter => format!("{}_total", c.metric),
+            };
+            let n = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter(|l| l.split(' ').next() == Some(family.as_str()))
+                .count();
+            assert_eq!(n, 1, "{}:\n{text}", c.metric);
+        }
+    }
 
     #[test]
     fn buckets_land_on_the_first_fixed_bound_above() {

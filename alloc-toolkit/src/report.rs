@@ -5,14 +5,39 @@ use std::fmt::Write as _;
 
 use alloc_host::{ScopeTree, format_bytes as b};
 
+use crate::columns::{DEVICE_COLUMNS, DeviceColumn, device_label};
+use crate::device::DeviceInfo;
 use crate::info::{MemoryInfo, memory_info_untracked};
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), b)
 }
 
-/// The tables for `info` and, when given, the scope tree.
-pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
+/// The device table: one column per row of [`DEVICE_COLUMNS`].
+fn device_table(out: &mut String, devices: &[DeviceInfo]) {
+    // Each column as wide as its title, and at least as a formatted size;
+    // the first as the longest device label.
+    let width = |c: &DeviceColumn| c.title.len().max(11);
+    let labels: Vec<String> = devices.iter().map(device_label).collect();
+    let first = labels.iter().map(String::len).max().unwrap_or(0).max(14);
+    let _ = write!(out, "\n{:<first$}", "device");
+    for c in DEVICE_COLUMNS {
+        let _ = write!(out, " {:>w$}", c.title, w = width(c));
+    }
+    let rule = first + DEVICE_COLUMNS.iter().map(|c| 1 + width(c)).sum::<usize>();
+    let _ = writeln!(out, "\n{}", "-".repeat(rule));
+    for (d, label) in devices.iter().zip(&labels) {
+        let _ = write!(out, "{label:<first$}");
+        for c in DEVICE_COLUMNS {
+            let _ = write!(out, " {:>w$}", c.text(d), w = width(c));
+        }
+        out.push('\n');
+    }
+}
+
+/// The tables for `info` and, when given, the scope tree: the machine, the
+/// container, the process and each device, then the scopes.
+pub fn render_memory_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
     let mut out = String::new();
     let (avail, from) = info.host_available();
     let _ = writeln!(out, "{:<22} {:>12} {:>12}  note", "host", "used", "limit");
@@ -59,37 +84,7 @@ pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
         "-"
     );
     if !info.devices.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6} {:>5}",
-            "device",
-            "allocated",
-            "peak alloc",
-            "reserved",
-            "peak rsvd",
-            "cap",
-            "free",
-            "total",
-            "effic",
-            "ooms"
-        );
-        let _ = writeln!(out, "{}", "-".repeat(112));
-        for d in &info.devices {
-            let _ = writeln!(
-                out,
-                "{:<14} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>6.3} {:>5}",
-                format!("{} ({})", d.name, d.backend),
-                b(d.allocated),
-                b(d.peak_allocated),
-                b(d.reserved),
-                b(d.peak_reserved),
-                opt(d.limit),
-                opt(d.free),
-                opt(d.total),
-                d.efficiency,
-                d.num_ooms
-            );
-        }
+        device_table(&mut out, &info.devices);
     }
     if let Some(tree) = scopes {
         let _ = writeln!(out, "\n{}", tree.render());
@@ -97,10 +92,12 @@ pub fn render_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> String {
     out
 }
 
-/// [`render_report`] of the process now, scopes included.
-pub fn report() -> String {
+/// [`render_memory_report`] of the process now, scopes included: the
+/// machine, container, process and device memory, then the scope tree (not
+/// to be confused with `alloc_host::report`, the scope tree alone).
+pub fn memory_report() -> String {
     let info = memory_info_untracked();
-    alloc_host::untracked(|| render_report(&info, Some(&alloc_host::snapshot())))
+    alloc_host::untracked(|| render_memory_report(&info, Some(&alloc_host::snapshot())))
 }
 
 #[cfg(test)]
@@ -109,7 +106,7 @@ mod tests {
 
     #[test]
     fn has_a_row_per_part() {
-        let text = render_report(&crate::memory_info(), None);
+        let text = render_memory_report(&crate::memory_info(), None);
         for row in ["system", "process RSS", "tracked heap"] {
             assert!(
                 text.lines().any(|l| l.starts_with(row)),
@@ -136,7 +133,7 @@ mod tests {
             num_ooms: 2,
             num_alloc_retries: 0,
         }];
-        let text = render_report(&info, None);
+        let text = render_memory_report(&info, None);
         let header = text.lines().find(|l| l.starts_with("device ")).unwrap();
         let row = text.lines().find(|l| l.starts_with("gpu0 (sim)")).unwrap();
         assert_eq!(header.len(), row.len(), "\n{header}\n{row}");

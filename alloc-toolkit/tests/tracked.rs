@@ -195,7 +195,7 @@ fn an_instrumented_soft_limit_callback_does_not_panic() {
 
 #[test]
 fn report_and_json_see_the_installed_allocator() {
-    let text = alloc_toolkit::report();
+    let text = alloc_toolkit::memory_report();
     assert!(!text.contains("not installed"), "{text}");
     let v: serde_json::Value = serde_json::from_str(&alloc_toolkit::json()).unwrap();
     assert_eq!(v["memory"]["tracked"]["installed"], true);

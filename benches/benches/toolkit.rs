@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use alloc_core::{CachingAllocator, Config, SimBackend, SimStream};
 use alloc_host::{ScopeNode, ScopeStats, ScopeTree, TrackingAllocator};
 use alloc_toolkit::{
-    DeviceInfo, HostAllocs, MemoryMonitor, MonitorConfig, ProcessSource, Sample, SampleSource,
-    json_text, memory_info, prometheus_text, register_device, render_report,
+    HostAllocs, MemoryMonitor, MonitorConfig, ProcessSource, Sample, SampleSource, json_text,
+    memory_info, register_device, render_memory_report,
 };
 use criterion::Criterion;
 
@@ -43,19 +43,16 @@ fn tree(n: usize) -> ScopeTree {
     }
 }
 
-fn exporters(c: &mut Criterion, devices: &[DeviceInfo]) {
+fn exporters(c: &mut Criterion) {
     let t = tree(1000);
     let info = memory_info();
     let mut g = c.benchmark_group("toolkit/export_1000_scopes");
-    g.bench_function("prometheus", |b| {
-        b.iter(|| black_box(prometheus_text(&t, devices)))
-    });
     g.bench_function("json", |b| b.iter(|| black_box(json_text(&info, &t))));
     g.bench_function("report_table", |b| {
-        b.iter(|| black_box(render_report(&info, Some(&t))))
+        b.iter(|| black_box(render_memory_report(&info, Some(&t))))
     });
     g.finish();
-    // A scrape of the scaling exporter: its size depends on the number of
+    // A scrape of the Prometheus exporter: its size depends on the number of
     // scope names and devices, not on the number of scopes.
     let metrics = alloc_toolkit::Metrics::new();
     c.bench_function("toolkit/metrics_scrape", |b| {
@@ -145,9 +142,8 @@ fn main() {
     ));
     let keep = engine.allocate(8 << 20, SimStream(0)).unwrap();
     register_device("sim0", engine.clone());
-    let devices = alloc_toolkit::device_infos();
     let mut c = Criterion::default().configure_from_args();
-    exporters(&mut c, &devices);
+    exporters(&mut c);
     monitor_sample(&mut c);
     c.final_summary();
     host_allocs_measurement();

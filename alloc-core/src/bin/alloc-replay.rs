@@ -23,6 +23,7 @@ mod cli {
     use std::path::{Path, PathBuf};
 
     use alloc_core::replay::{self, ReplayResult, Trace};
+    use alloc_core::stats::format_size;
     use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend};
 
     const USAGE: &str = "\
@@ -237,7 +238,7 @@ options:
         let backend = match args.backend {
             Backend::Sim => {
                 let capacity = args.capacity.unwrap_or(DEFAULT_CAPACITY);
-                format!("backend sim ({} capacity)", gib(capacity))
+                format!("backend sim ({} capacity)", format_size(capacity))
             }
             Backend::Host => "backend host".to_owned(),
         };
@@ -245,16 +246,6 @@ options:
         writeln!(out, "{header}; {backend}")?;
         writeln!(out, "{}", replay::table(results))?;
         out.flush()
-    }
-
-    /// Bytes in GiB, without decimals when whole: `80 GiB`, `1.50 GiB`.
-    fn gib(bytes: usize) -> String {
-        let g = bytes as f64 / (1u64 << 30) as f64;
-        if bytes % (1 << 30) == 0 {
-            format!("{g:.0} GiB")
-        } else {
-            format!("{g:.2} GiB")
-        }
     }
 
     fn parse_args(argv: Vec<String>) -> Result<Parsed, String> {

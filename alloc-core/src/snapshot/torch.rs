@@ -62,7 +62,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// (see the module docs for the keys). Records a `snapshot` trace entry
     /// first when history is on.
     pub fn snapshot_pickle(&self) -> Vec<u8> {
-        pickle::to_vec(&self.torch_snapshot())
+        pickle::to_vec(&self.torch_dict())
     }
 
     /// Writes [`snapshot_pickle`](Self::snapshot_pickle) to `path`: a file
@@ -72,10 +72,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         std::fs::write(path, self.snapshot_pickle())
     }
 
-    fn torch_snapshot(&self) -> Py {
+    /// The memory snapshot as the dict PyTorch's `_snapshot()` returns.
+    fn torch_dict(&self) -> Py {
         let (entries, names) = {
             let mut st = self.lock();
-            st.trace.push(TraceAction::Snapshot, 0, 0, 0u16);
+            st.trace.push(TraceAction::Snapshot, 0, 0, 0);
             let entries = st.trace.entries();
             let mut names: HashMap<u64, String> = HashMap::new();
             for e in &entries {

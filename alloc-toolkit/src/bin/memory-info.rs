@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use alloc_toolkit::{Facts, memory_info, recommend, render_report};
+use alloc_toolkit::{Facts, memory_info, recommend, render_memory_report};
 
 const USAGE: &str = "usage: memory-info [--json] [--watch [SECONDS]] [--count N]
   --json             one JSON document: memory, devices, recommendations
@@ -88,7 +88,7 @@ fn advice(facts: &Facts) -> Vec<alloc_toolkit::Recommendation> {
 
 fn text(gpus: &str) -> String {
     let facts = Facts::now();
-    let mut out = render_report(&facts.memory, None);
+    let mut out = render_memory_report(&facts.memory, None);
     out.push_str(&format!("\n{gpus}\n\nrecommendations:\n"));
     let recs = advice(&facts);
     if recs.is_empty() {
