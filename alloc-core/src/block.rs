@@ -2,17 +2,16 @@
 //! a slab and linked in address order within their segment.
 //!
 //! # Invariants
-//! - S1 the blocks of a segment tile it: the first starts at the segment's
-//!   base, each next block starts where its predecessor ends, `prev`/`next`
-//!   links agree, and the sizes sum to the segment's size.
-//! - S2 no two adjacent free blocks of one stream in one segment (they merge).
-//! - S3 no two adjacent unmapped blocks; unmapped blocks start and end on page
-//!   boundaries and occur only in expandable segments.
-//! - A1 every block starts at a multiple of [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
+//! Blocks keep [`CoreInvariant::S1`] (they tile their segment),
+//! [`CoreInvariant::S2`] (free neighbours merge), [`CoreInvariant::S3`]
+//! (unmapped blocks are whole pages) and [`CoreInvariant::A1`] (blocks are
+//! aligned); their definitions are on the variants.
 
 use crate::segment::{SegmentId, SegmentKind};
 use crate::size_class::Pool;
 use crate::streams::Slot;
+#[cfg(doc)]
+use crate::{CoreInvariant, LockRule};
 
 /// Index of a block in the slab.
 pub(crate) type BlockId = u32;
@@ -56,7 +55,7 @@ pub(crate) struct Block {
     /// The engine's free clock when this memory last became free (the
     /// latest of its parts after a merge; 0 for memory never handed out):
     /// a device-wide sync started after the clock passed it covers the work
-    /// that used it (S6).
+    /// that used it ([`LockRule::L1`]).
     pub(crate) freed_at: u64,
 }
 

@@ -30,17 +30,17 @@
 //! | snapshot | the memory snapshot only: every segment and block ([`Snapshot`](crate::snapshot::Snapshot), also pickled in PyTorch's shape); the scope tree's report is the scope registry's |
 //!
 //! # Invariants
-//! - T1 `allocated_bytes` = Σ in-use block sizes; `active_bytes` = Σ in-use and
-//!   pending block sizes; `requested_bytes` = Σ requested bytes of in-use
-//!   and pending blocks (PyTorch's: it drops when the free completes); `reserved_bytes` = Σ mapped bytes of segments.
-//! - T2 `inactive_split` counts the free blocks of fixed segments that share
-//!   their segment (PyTorch's definition: free pages of an expandable segment
-//!   can always be released, so its free blocks are never "inactive split").
-//!
-//! The other invariants live with their concept: S1–S3 and A1 in
-//! `block.rs`, S4 in `segment.rs`, F1 in `free_index.rs`, P1 and S6 in
-//! `pending.rs`.
+//! The statistics keep [`CoreInvariant::T1`] (they are sums over the blocks
+//! and segments) and [`CoreInvariant::T2`] (`inactive_split`). The others
+//! belong to a concept: [`CoreInvariant::S1`]–[`CoreInvariant::S3`] and
+//! [`CoreInvariant::A1`] to `block.rs`, [`CoreInvariant::S4`] to
+//! `segment.rs`, [`CoreInvariant::F1`] to `free_index.rs`,
+//! [`CoreInvariant::P1`] and the locking rule [`LockRule::L1`] to
+//! `pending.rs`. Every definition is on its variant
+//! ([`CoreInvariant`], [`LockRule`]).
 
+#[cfg(doc)]
+use crate::{CoreInvariant, LockRule};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -363,7 +363,7 @@ pub(crate) fn should_split(
     }
 }
 
-/// Whether free block `b` counts in `inactive_split` (T2): it shares a fixed
+/// Whether free block `b` counts in `inactive_split` ([`CoreInvariant::T2`]): it shares a fixed
 /// segment with other blocks.
 #[inline]
 fn counts_inactive_split(b: &Block) -> bool {

@@ -28,6 +28,8 @@
 //! total, as PyTorch), never to the cap: a cap changed later
 //! (`set_memory_fraction`) applies at the next map.
 
+#[cfg(doc)]
+use crate::CoreInvariant;
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
 use crate::block::{Block, BlockId, BlockState, NIL};
 use crate::cache::{CachingAllocator, State};
@@ -174,7 +176,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let ptr = st.blocks.at(r.uid).ptr;
         let mut bytes = chunk;
         // SAFETY: `[ptr, ptr + bytes)` lies in unmapped block `uid` of a live
-        // reservation (S3: unmapped blocks are page-aligned and never mapped).
+        // reservation (core:S3: unmapped blocks are page-aligned and never mapped).
         let mut mapped = unsafe { self.backend.map(DevicePtr(ptr), bytes) };
         if mapped == Err(BackendError::OutOfMemory) && chunk > r.exact {
             bytes = r.exact;
@@ -458,7 +460,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             }
         }
         // SAFETY: `[start, end)` is whole pages of free block `mid`, all mapped
-        // (S3/S4), and the caller checked its stream is idle or synchronized.
+        // (core:S3, core:S4), and the caller checked its stream is idle or synchronized.
         unsafe { self.backend.unmap(DevicePtr(start), end - start) };
         st.blocks.at_mut(mid).state = BlockState::Unmapped;
         if let Some(s) = st.segs.get_mut(b.seg) {
@@ -474,7 +476,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 }
 
 impl<B: DeviceBackend> State<B> {
-    /// Merges unmapped block `id` with unmapped neighbours (S3).
+    /// Merges unmapped block `id` with unmapped neighbours ([`CoreInvariant::S3`]).
     pub(crate) fn merge_unmapped(&mut self, id: BlockId) {
         let next = self.blocks.at(id).next;
         if next != NIL && self.blocks.at(next).state == BlockState::Unmapped {

@@ -9,9 +9,11 @@
 //! tree.
 //!
 //! # Invariants
-//! - F1 the index holds exactly the free blocks, each under its stream and its
-//!   segment's pool, keyed by its current size and address.
+//! The index keeps [`CoreInvariant::F1`] (it is the free blocks); the
+//! definition is on the variant.
 
+#[cfg(doc)]
+use crate::CoreInvariant;
 use crate::block::BlockId;
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE};
 use crate::streams::Slot;

@@ -6,18 +6,11 @@
 //! deferred, takes a tick of the *free clock*; a device-wide sync covers the
 //! frees ticked before the mark taken just before it ([`SyncMark`]).
 //!
-//! # Invariants
-//! - P1 a pending block waits for one event per stream that used it; each
-//!   stream's events are queried in the order they were recorded, stopping at
-//!   the first that has not completed.
-//! - S6 a device-wide sync runs outside the lock (it blocks for as long as
-//!   the queued work runs); what it proves idle is decided by the free
-//!   clock read under the lock before it (a `SyncMark`): every free (an
-//!   immediate one, or the deferral of a pending one) takes the next tick,
-//!   and a free block remembers the latest tick of its parts. After the
-//!   sync, a block freed before the mark is idle whoever completed its
-//!   free; a block freed since (by another thread meanwhile) may be in use
-//!   by work queued after the sync, so its stream is queried as usual.
+//! # Invariants and locking rule
+//! Pending frees keep [`CoreInvariant::P1`] (pending blocks wait for their
+//! events, queried in order); the free clock serves the locking rule
+//! [`LockRule::L1`] (the device-wide sync runs unlocked; a [`SyncMark`]
+//! decides what it proves idle). The definitions are on the variants.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::MutexGuard;
@@ -26,6 +19,8 @@ use crate::backend::DeviceBackend;
 use crate::block::{BlockId, BlockState};
 use crate::cache::{CachingAllocator, State};
 use crate::streams::Slot;
+#[cfg(doc)]
+use crate::{CoreInvariant, LockRule};
 
 /// One event a deferred free waits for, in its stream's queue.
 struct Deferred<E> {
@@ -48,7 +43,7 @@ struct Wait {
 }
 
 /// Frees waiting for events recorded on the streams that used their blocks
-/// (P1): one queue per stream, in recording order.
+/// ([`CoreInvariant::P1`]): one queue per stream, in recording order.
 pub(crate) struct Pending<E> {
     queues: Vec<VecDeque<Deferred<E>>>,
     /// Slots whose queue is not empty.
@@ -89,7 +84,7 @@ impl<E> Pending<E> {
 /// clock, read under the lock just before it. Memory freed (or whose free
 /// was deferred) before the mark is idle after the sync; whatever other
 /// threads did while the lock was released is judged by querying events, as
-/// without a sync (S6).
+/// without a sync ([`LockRule::L1`]).
 #[derive(Clone, Copy)]
 pub(crate) struct SyncMark {
     /// Frees that took a tick below this happened before the sync.
@@ -114,7 +109,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// Synchronises the device with the lock released (it may block for as
     /// long as the queued work runs), then takes the lock again and frees the
-    /// pending blocks the sync covers (S6).
+    /// pending blocks the sync covers ([`LockRule::L1`]).
     pub(crate) fn synchronize_unlocked<'a>(
         &'a self,
         st: MutexGuard<'a, State<B>>,
@@ -130,7 +125,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 }
 
 impl<B: DeviceBackend> State<B> {
-    /// The next tick of the free clock (S6).
+    /// The next tick of the free clock ([`LockRule::L1`]).
     #[inline]
     pub(crate) fn tick(&mut self) -> u64 {
         let t = self.pending.next_tick;
@@ -208,7 +203,7 @@ impl<B: DeviceBackend> State<B> {
     /// After a device-wide sync that started after `mark` was taken: frees
     /// every block deferred before the mark (its events have completed),
     /// whatever was deferred since (by other threads while the lock was
-    /// released) stays pending (S6).
+    /// released) stays pending ([`LockRule::L1`]).
     pub(crate) fn complete_synced(&mut self, mark: SyncMark) {
         for q in &mut self.pending.queues {
             while q.front().is_some_and(|d| d.tick < mark.tick) {
@@ -235,7 +230,7 @@ impl<B: DeviceBackend> State<B> {
 
     /// Frees pending blocks whose events completed. Each stream's queue is
     /// queried in order and left at its first event that has not completed
-    /// (P1).
+    /// ([`CoreInvariant::P1`]).
     pub(crate) fn process_pending(&mut self, backend: &B) {
         let mut i = 0;
         while i < self.pending.active.len() {

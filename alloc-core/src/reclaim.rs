@@ -16,6 +16,8 @@
 //! there and reserved memory never grows past what is mapped for live blocks
 //! plus the free pages the cache keeps.
 
+#[cfg(doc)]
+use crate::LockRule;
 use std::sync::{Arc, MutexGuard};
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr};
@@ -40,7 +42,7 @@ pub(crate) enum Release {
 impl<B: DeviceBackend> CachingAllocator<B> {
     /// The slow path of [`allocate`](Self::allocate): the reclaim ladder.
     /// Takes the lock's guard and gives it back: the device-wide sync of the
-    /// last step runs with the lock released (S6).
+    /// last step runs with the lock released ([`LockRule::L1`]).
     #[cold]
     #[inline(never)]
     pub(crate) fn alloc_slow<'a>(
@@ -232,7 +234,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Releases cached memory of `which` kind that is idle: freed before the
-    /// sync that followed `synced` (S6), or of a stream idle by its events
+    /// sync that followed `synced` ([`LockRule::L1`]), or of a stream idle by its events
     /// now. Whether anything was released.
     pub(crate) fn release_cached(
         &self,
@@ -391,7 +393,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
 /// Whether free block `b` is idle: its stream is idle by its events now
 /// (`idle`, by slot), or it was freed before a device-wide sync that started
-/// at free tick `before` (S6).
+/// at free tick `before` ([`LockRule::L1`]).
 #[inline]
 pub(crate) fn block_idle(b: &Block, idle: &[bool], before: Option<u64>) -> bool {
     idle.get(b.stream as usize).copied().unwrap_or(false) || before.is_some_and(|t| b.freed_at < t)
@@ -447,7 +449,7 @@ impl<B: DeviceBackend> State<B> {
                 let b = self.blocks.at(id);
                 let next = b.next;
                 // a join can leave the merged block next to a free block of
-                // its stream, which then merges as any two such blocks (S2)
+                // its stream, which then merges as any two such blocks (core:S2)
                 let joinable = b.state == BlockState::Free
                     && self.blocks.get(next).is_some_and(|n| {
                         n.state == BlockState::Free

@@ -3,10 +3,12 @@
 //! pages are mapped as needed.
 //!
 //! # Invariants
-//! - S4 a segment's `mapped` bytes equal the sizes of its blocks that are not
-//!   unmapped; a fixed segment is fully mapped.
-//! - T1 `reserved_bytes` = Σ `mapped` over segments.
+//! Segments keep [`CoreInvariant::S4`] (mapped bytes match the blocks), and
+//! their `mapped` bytes sum to `reserved_bytes` ([`CoreInvariant::T1`]); the
+//! definitions are on the variants.
 
+#[cfg(doc)]
+use crate::CoreInvariant;
 use crate::block::BlockId;
 use crate::size_class::Pool;
 use crate::streams::Slot;

@@ -1,6 +1,8 @@
-//! The invariant checker: verifies S1–S4, F1, T1, T2, P1 and A1 (see
-//! `block`, `segment`, `free_index`, `cache` and `pending`) and names the one that failed, with
-//! the values involved. Tests and fuzzers call it after every step.
+//! The invariant checker: verifies [`CoreInvariant::S1`]–[`CoreInvariant::S4`],
+//! [`CoreInvariant::A1`], [`CoreInvariant::F1`], [`CoreInvariant::T1`],
+//! [`CoreInvariant::T2`] and [`CoreInvariant::P1`] (defined on the variants)
+//! and names the one that failed, with the values involved. Tests and fuzzers
+//! call it after every step.
 
 use crate::backend::DeviceBackend;
 use crate::block::{Block, BlockState, NIL};
@@ -10,18 +12,21 @@ use crate::segment::{Segment, SegmentId, SegmentKind};
 use crate::size_class::{MIN_BLOCK, Pool, round_size, segment_size};
 use crate::streams::Slot;
 
-/// A broken invariant: its id (`"S2"`) and the values that break it.
+pub use crate::invariant::{CoreInvariant, LockRule};
+
+/// A broken invariant: which one ([`CoreInvariant::S2`], displayed
+/// `core:S2`) and the values that break it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invariant {id} violated: {detail}")]
+#[error("invariant {invariant} ({}) violated: {detail}", invariant.name())]
 pub struct InvariantViolation {
-    /// The invariant's id, as numbered in the module docs.
-    pub id: &'static str,
+    /// The invariant that fails.
+    pub invariant: CoreInvariant,
     /// What was found, with the values.
     pub detail: String,
 }
 
-fn fail(id: &'static str, detail: String) -> Result<(), InvariantViolation> {
-    Err(InvariantViolation { id, detail })
+fn fail(invariant: CoreInvariant, detail: String) -> Result<(), InvariantViolation> {
+    Err(InvariantViolation { invariant, detail })
 }
 
 impl<B: DeviceBackend> CachingAllocator<B> {
@@ -155,7 +160,8 @@ fn validate_state<B: DeviceBackend>(st: &State<B>, page: usize) -> Result<(), In
     check_totals(st, &sums)
 }
 
-/// S1–S4, A1 and F1 for one segment, adding its blocks to `sums`.
+/// [`CoreInvariant::S1`]–[`CoreInvariant::S4`], [`CoreInvariant::A1`] and
+/// [`CoreInvariant::F1`] for one segment, adding its blocks to `sums`.
 fn check_segment<B: DeviceBackend>(
     st: &State<B>,
     sid: SegmentId,
@@ -171,7 +177,10 @@ fn check_segment<B: DeviceBackend>(
     let mut last: Option<(BlockState, Slot)> = None;
     while id != NIL {
         let Some(b) = st.blocks.get(id) else {
-            return fail("S1", format!("segment {sid} links to dead block {id}"));
+            return fail(
+                CoreInvariant::S1,
+                format!("segment {sid} links to dead block {id}"),
+            );
         };
         if b.seg != sid
             || b.ptr != expect_ptr
@@ -181,7 +190,7 @@ fn check_segment<B: DeviceBackend>(
             || b.seg_kind != seg.kind
         {
             return fail(
-                "S1",
+                CoreInvariant::S1,
                 format!(
                     "segment {sid} at {:#x}: block {id} (seg {}, ptr {:#x}, size {}, prev {}) expected ptr {expect_ptr:#x} prev {prev}",
                     seg.base, b.seg, b.ptr, b.size, b.prev
@@ -190,14 +199,14 @@ fn check_segment<B: DeviceBackend>(
         }
         if b.ptr % MIN_BLOCK != 0 {
             return fail(
-                "A1",
+                CoreInvariant::A1,
                 format!("block {id} at {:#x} is not {MIN_BLOCK}-aligned", b.ptr),
             );
         }
         match (last, b.state) {
             (Some((BlockState::Free, s)), BlockState::Free) if s == b.stream => {
                 return fail(
-                    "S2",
+                    CoreInvariant::S2,
                     format!(
                         "free blocks at {:#x} and its predecessor (stream slot {s}) are adjacent and unmerged",
                         b.ptr
@@ -205,7 +214,10 @@ fn check_segment<B: DeviceBackend>(
                 );
             }
             (Some((BlockState::Unmapped, _)), BlockState::Unmapped) => {
-                return fail("S3", format!("unmapped blocks adjacent at {:#x}", b.ptr));
+                return fail(
+                    CoreInvariant::S3,
+                    format!("unmapped blocks adjacent at {:#x}", b.ptr),
+                );
             }
             _ => {}
         }
@@ -213,7 +225,7 @@ fn check_segment<B: DeviceBackend>(
             && (!seg.kind.is_expandable() || b.ptr % page != 0 || b.size % page != 0)
         {
             return fail(
-                "S3",
+                CoreInvariant::S3,
                 format!(
                     "unmapped block at {:#x} size {} (expandable: {}, page {page})",
                     b.ptr,
@@ -247,7 +259,7 @@ fn check_segment<B: DeviceBackend>(
                 };
                 if !st.index.contains(b.stream, seg.pool, &key) {
                     return fail(
-                        "F1",
+                        CoreInvariant::F1,
                         format!(
                             "free block {id} at {:#x} ({} B, stream slot {}) is not in the free index",
                             b.ptr, b.size, b.stream
@@ -269,7 +281,7 @@ fn check_segment<B: DeviceBackend>(
     }
     if total != seg.size {
         return fail(
-            "S1",
+            CoreInvariant::S1,
             format!(
                 "segment {sid} at {:#x}: blocks sum to {total} B, segment is {} B",
                 seg.base, seg.size
@@ -278,7 +290,7 @@ fn check_segment<B: DeviceBackend>(
     }
     if mapped != seg.mapped {
         return fail(
-            "S4",
+            CoreInvariant::S4,
             format!(
                 "segment {sid} at {:#x}: mapped blocks sum to {mapped} B, segment says {} B",
                 seg.base, seg.mapped
@@ -288,11 +300,12 @@ fn check_segment<B: DeviceBackend>(
     Ok(())
 }
 
-/// F1 (count) and T1/T2: the statistics against the sums over the blocks.
+/// [`CoreInvariant::F1`] (count), [`CoreInvariant::P1`] (count) and
+/// [`CoreInvariant::T1`]/[`CoreInvariant::T2`]: the statistics against the sums over the blocks.
 fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), InvariantViolation> {
     if st.index.len() != sums.free_n {
         return fail(
-            "F1",
+            CoreInvariant::F1,
             format!(
                 "the free index holds {} keys, the segments {} free blocks",
                 st.index.len(),
@@ -302,7 +315,7 @@ fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), Inva
     }
     if st.pending.len() != sums.pending_n {
         return fail(
-            "P1",
+            CoreInvariant::P1,
             format!(
                 "{} blocks are pending, {} wait for events",
                 sums.pending_n,
@@ -313,60 +326,60 @@ fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), Inva
     let s = &st.stats;
     for pool in [Pool::Small, Pool::Large] {
         let p = pool.index();
-        let checks: [(&'static str, &str, i64, i64); 8] = [
+        let checks: [(CoreInvariant, &str, i64, i64); 8] = [
             (
-                "T1",
+                CoreInvariant::T1,
                 "allocated_bytes",
                 s.allocated_bytes.pool(pool).current,
                 sums.in_use[p],
             ),
             (
-                "T1",
+                CoreInvariant::T1,
                 "allocation",
                 s.allocation.pool(pool).current,
                 sums.in_use_n[p],
             ),
             (
-                "T1",
+                CoreInvariant::T1,
                 "active_bytes",
                 s.active_bytes.pool(pool).current,
                 sums.active[p],
             ),
             (
-                "T1",
+                CoreInvariant::T1,
                 "requested_bytes",
                 s.requested_bytes.pool(pool).current,
                 sums.requested[p],
             ),
             (
-                "T1",
+                CoreInvariant::T1,
                 "reserved_bytes",
                 s.reserved_bytes.pool(pool).current,
                 sums.reserved[p],
             ),
             (
-                "T1",
+                CoreInvariant::T1,
                 "segment",
                 s.segment.pool(pool).current,
                 sums.segments[p],
             ),
             (
-                "T2",
+                CoreInvariant::T2,
                 "inactive_split_bytes",
                 s.inactive_split_bytes.pool(pool).current,
                 sums.split_free[p],
             ),
             (
-                "T2",
+                CoreInvariant::T2,
                 "inactive_split",
                 s.inactive_split.pool(pool).current,
                 sums.split_free_n[p],
             ),
         ];
-        for (id, name, stat, actual) in checks {
+        for (invariant, name, stat, actual) in checks {
             if stat != actual {
                 return fail(
-                    id,
+                    invariant,
                     format!(
                         "{name}.{}.current is {stat}, the blocks say {actual}",
                         pool.key()
@@ -384,7 +397,7 @@ fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), Inva
             || a.all.peak < a.all.current
         {
             return fail(
-                "T1",
+                CoreInvariant::T1,
                 format!(
                     "{name}: all {:?} vs small {:?} + large {:?}",
                     a.all, a.small_pool, a.large_pool

@@ -1,6 +1,7 @@
-//! S6: the device-wide sync of the reclaim ladder and of `empty_cache` runs
-//! with the engine's lock released, and after it the engine trusts the sync
-//! only for what it covers. The sim's `on_synchronize` hook acts "during" the
+//! core:L1 (the locking rule `alloc_core::LockRule::L1`): the device-wide sync
+//! of the reclaim ladder and of `empty_cache` runs with the engine's lock
+//! released, and after it the engine trusts the sync only for what it covers.
+//! The sim's `on_synchronize` hook acts "during" the
 //! sync from another thread: it allocates, launches work and frees, as a
 //! server's other request threads would. Those operations must get through
 //! (the lock is free), and what they did must not be treated as idle: a block

@@ -405,6 +405,7 @@ fn trace_from_events_checks_slots() {
         err.to_string(),
         "event 0: alloc of slot 1; expected slot 0 (slots are numbered in order of allocation)"
     );
+    assert_eq!(err.invariant, alloc_core::CoreInvariant::R1);
     let err = Trace::from_events(
         "x",
         vec![
@@ -419,6 +420,7 @@ fn trace_from_events_checks_slots() {
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "event 2: slot 0 is freed twice");
+    assert_eq!(err.invariant, alloc_core::CoreInvariant::R2);
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! block used on another stream is freed, returned to the pool on drop.
 //!
 //! # Invariants
-//! E1 every event in the free list is owned by the pool alone (no
-//!    [`PooledEvent`] names it), so it may be recorded again.
-//! E2 a [`PooledEvent`] keeps its pool (and so the context) alive.
+//! The pool keeps [`CudaInvariant::E1`] (free events are the pool's) and
+//! [`CudaInvariant::E2`] (a [`PooledEvent`] keeps its pool alive); their
+//! definitions are on the variants.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +12,8 @@ use cudarc::driver::{CudaContext, sys};
 
 use alloc_core::BackendError;
 
+#[cfg(doc)]
+use crate::CudaInvariant;
 use crate::driver::{CurrentContext, RelaxedCapture, backend_error, capturing, check};
 use crate::stream::StreamHandle;
 
@@ -22,7 +24,7 @@ pub const EVENT_BATCH: usize = 32;
 /// A free list of events of one context.
 pub(crate) struct EventPool {
     ctx: Arc<CudaContext>,
-    /// Raw `CUevent` handles (E1).
+    /// Raw `CUevent` handles ([`CudaInvariant::E1`]).
     free: Mutex<Vec<usize>>,
 }
 
@@ -77,7 +79,7 @@ impl EventPool {
             raw,
             pool: Arc::clone(self),
         };
-        // SAFETY: `raw` is a live event of this context owned by `ev` (E1);
+        // SAFETY: `raw` is a live event of this context owned by `ev` (cuda:E1);
         // `stream` is a stream handle the caller got from this context.
         check(unsafe { sys::cuEventRecord(raw as sys::CUevent, stream) })
             .map_err(|e| backend_error("cuEventRecord", e))?;
@@ -120,7 +122,7 @@ impl Drop for EventPool {
         let _cur = CurrentContext::enter(self.ctx.cu_ctx());
         for raw in self.lock().drain(..) {
             // SAFETY: no `PooledEvent` is alive (each holds the pool), so the
-            // pool owns every event in its list (E1).
+            // pool owns every event in its list (cuda:E1).
             let _ = unsafe { sys::cuEventDestroy_v2(raw as sys::CUevent) };
         }
     }

@@ -12,10 +12,9 @@
 //! which only that thread can hand back to the driver.
 //!
 //! # Invariants
-//! H1 a per-thread key has the top bit set and an even value, so it is never
-//!    a real stream (a pointer below 2^63), the legacy stream (0) or
-//!    [`StreamHandle::HOST`] (odd).
-//! H2 thread indices are never reused: a per-thread key names one thread.
+//! The handles keep [`CudaInvariant::H1`] (per-thread keys are tagged) and
+//! [`CudaInvariant::H2`] (thread indices are never reused); [`KnownStreams`]
+//! keeps [`CudaInvariant::K1`]. Their definitions are on the variants.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -23,12 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaStream, sys};
 
+#[cfg(doc)]
+use crate::CudaInvariant;
+
 /// `CU_STREAM_LEGACY`: the legacy default stream, as a handle.
 pub const RAW_LEGACY: usize = 0x1;
 /// `CU_STREAM_PER_THREAD`: the calling thread's default stream, as a handle.
 pub const RAW_PER_THREAD: usize = 0x2;
 
-/// The tag of per-thread keys (H1).
+/// The tag of per-thread keys ([`CudaInvariant::H1`]).
 const PER_THREAD_TAG: usize = 1 << (usize::BITS - 1);
 
 /// A CUDA stream as the engine keys it: the raw `CUstream` as an integer
@@ -40,11 +42,11 @@ pub struct StreamHandle(pub usize);
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
-    /// This thread's index (H2), 0 until first asked for.
+    /// This thread's index ([`CudaInvariant::H2`]), 0 until first asked for.
     static THREAD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The calling thread's index, assigned on first use (H2).
+/// The calling thread's index, assigned on first use ([`CudaInvariant::H2`]).
 fn thread_index() -> usize {
     THREAD.with(|t| match t.get() {
         0 => {
@@ -130,15 +132,13 @@ pub const MAX_KNOWN_STREAMS: usize = 64;
 /// lock: a fixed array filled once per stream. Looking a stream up scans
 /// the filled prefix (a few entries in practice).
 ///
-/// # Invariants
-/// K1 slots are filled in order and never emptied; `0` marks an empty slot,
-///    so the legacy stream (key 0) is stored as `usize::MAX - 1`.
+/// Keeps [`CudaInvariant::K1`] (the slots fill in order).
 pub struct KnownStreams {
     slots: [AtomicUsize; MAX_KNOWN_STREAMS],
     overflowed: AtomicBool,
 }
 
-/// The stored value of the legacy stream (K1).
+/// The stored value of the legacy stream ([`CudaInvariant::K1`]).
 const LEGACY_SLOT: usize = usize::MAX - 1;
 
 impl Default for KnownStreams {

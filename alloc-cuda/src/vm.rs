@@ -13,9 +13,9 @@
 //! runs.
 //!
 //! # Invariants
-//! V1 `pages` holds exactly the mapped pages: page address → its physical
-//!    allocation handle.
-//! V2 every handle in `pages` is mapped at its key and nowhere else.
+//! The page table keeps [`CudaInvariant::V1`] (it is the mapped pages) and
+//! [`CudaInvariant::V2`] (a handle is mapped once); their definitions are on
+//! the variants.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +24,8 @@ use cudarc::driver::sys;
 
 use alloc_core::{BackendError, DevicePtr};
 
+#[cfg(doc)]
+use crate::CudaInvariant;
 use crate::driver::{VM_SYMBOLS, backend_error, check, has_symbols};
 
 /// The smallest page of expandable segments (the driver's granularity is
@@ -36,7 +38,7 @@ pub(crate) struct Vm {
     device: i32,
     /// Devices that can access this one's memory as peers.
     peers: Vec<i32>,
-    /// V1.
+    /// The mapped pages ([`CudaInvariant::V1`]).
     pages: Mutex<HashMap<usize, sys::CUmemGenericAllocationHandle>>,
 }
 
@@ -244,7 +246,7 @@ impl Vm {
         let mut pages = self.lock();
         for addr in (ptr.0..ptr.0 + bytes).step_by(self.page) {
             match pages.remove(&addr) {
-                // SAFETY: V1: `h` is mapped at `addr`; the caller guarantees
+                // SAFETY: cuda:V1: `h` is mapped at `addr`; the caller guarantees
                 // no work uses it.
                 Some(h) => failed += usize::from(!unsafe { self.unmap_page(addr, h) }),
                 None => failed += 1,

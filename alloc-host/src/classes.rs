@@ -4,15 +4,13 @@
 //! mimalloc uses.
 //!
 //! # Invariants
-//! - K1 for every size `s` up to [`MEDIUM_MAX`], `class(s)` is the block size
-//!   mimalloc's `mi_good_size(s)` reports (tested for every size), and every
-//!   block `mi_malloc(s)` returns has at least `class(s)` usable bytes.
-//! - K2 above it, `class(s)` rounds up to 4 KiB (mimalloc's OS page), and blocks
-//!   are at least [`HUGE_GRANULE`] apart.
-//! - K3 the placement is decided once per process, before the first block is
-//!   placed ([`mode`]): with classes only when K1 holds for the linked mimalloc
-//!   (a build with padding, guard pages or another major version gets the
-//!   8-byte header instead), so it never changes while blocks are live.
+//! The classes keep [`HostInvariant::K1`] (classes are mimalloc's),
+//! [`HostInvariant::K2`] (huge blocks, above [`MEDIUM_MAX`]) and
+//! [`HostInvariant::K3`] (the placement is decided once, by `mode`); their
+//! definitions are on the variants.
+
+#[cfg(doc)]
+use crate::HostInvariant;
 
 /// Largest size mimalloc serves from its size-class bins (64 KiB on 64-bit).
 pub(crate) const MEDIUM_MAX: usize = 64 << 10;
@@ -117,7 +115,7 @@ pub(crate) static BIN_SIZE: [u32; BINS] = {
     t
 };
 
-/// How owners are kept, decided once per process (K3).
+/// How owners are kept, decided once per process ([`HostInvariant::K3`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// In the block's slack, or the per-class side table.
@@ -134,8 +132,8 @@ mod detect {
 
     static MODE: AtomicU8 = AtomicU8::new(0);
 
-    /// The placement for blocks of the mimalloc inner allocator (K3): checks
-    /// K1 on the linked mimalloc the first time. No allocation.
+    /// The placement for blocks of the mimalloc inner allocator (host:K3):
+    /// checks host:K1 on the linked mimalloc the first time. No allocation.
     #[inline(always)]
     pub(crate) fn mode() -> Mode {
         match MODE.load(Relaxed) {

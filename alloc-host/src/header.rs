@@ -19,11 +19,14 @@
 //! insert and remove on a shared structure per allocation.
 //!
 //! # Invariants
-//! - H1 `user = base + h`, `user % align == 0`, `base % max(8, align) == 0`.
-//! - H2 the 8 bytes at `user - 8` hold the owner's `ScopeId` bits from
-//!   allocation until free; realloc copies them along with the block.
+//! The header keeps [`HostInvariant::H1`] (alignment) and
+//! [`HostInvariant::H2`] (the owner word); their definitions are on the
+//! variants.
 
 use core::alloc::Layout;
+
+#[cfg(doc)]
+use crate::HostInvariant;
 
 /// Bytes of the owner word.
 pub(crate) const WORD: usize = 8;

@@ -3,12 +3,14 @@
 
 mod classes;
 mod header;
+mod invariant;
 #[cfg(feature = "mimalloc")]
 mod mimalloc_inner;
 mod owner;
 pub mod testing;
 mod tracking;
 
+pub use invariant::HostInvariant;
 #[cfg(feature = "mimalloc")]
 pub use mimalloc_inner::Mimalloc;
 pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};

@@ -27,15 +27,15 @@
 //! leaves its block untracked, consistently at allocation and free.
 //!
 //! # Invariants
-//! - O1 a block placed by class carries its owner's compact id from allocation
-//!   until free: in its slack if `class(size) - size >= 4`, else in its
-//!   class's table entry; 0 means untracked.
-//! - O2 the placement is a function of the size alone (and the process-wide
-//!   mode), so allocation, reallocation and free agree on it.
+//! The table keeps [`HostInvariant::O1`] (the owner kept by class) and
+//! [`HostInvariant::O2`] (placement by size alone); their definitions are on
+//! the variants.
 
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
 
+#[cfg(doc)]
+use crate::HostInvariant;
 use crate::classes::{BINS, Class, HUGE_BIN, HUGE_SHIFT};
 
 /// Bytes of the compact owner id.
@@ -60,7 +60,7 @@ pub(crate) fn in_slack(size: usize, c: Class) -> bool {
 /// Reads the owner id from the slack of a block at `p` of class `c`.
 ///
 /// # Safety
-/// `p` is a live block with at least `c.size` usable bytes (K1, K2).
+/// `p` is a live block with at least `c.size` usable bytes (host:K1, host:K2).
 #[inline(always)]
 pub(crate) unsafe fn read_slack(p: *const u8, c: Class) -> u32 {
     // SAFETY: the 4 bytes end at `p + c.size`, inside the block (contract).

@@ -117,7 +117,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     }
 
     /// The size class that keeps this layout's owner, or `None` for the
-    /// header (O2: a function of the layout and the process-wide mode only).
+    /// header (host:O2: a function of the layout and the process-wide mode only).
     #[inline(always)]
     fn class_of(&self, layout: Layout) -> Option<Class> {
         #[cfg(feature = "mimalloc")]
@@ -144,7 +144,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             mark_host_allocator_seen();
             let p = get(&self.inner, layout);
             if !p.is_null() {
-                // SAFETY: a live block of class `c` (K1).
+                // SAFETY: a live block of class `c` (host:K1).
                 unsafe { put_owner(p, size, c, 0) };
             }
             return p;
@@ -154,7 +154,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             return null_mut();
         };
         let p = get(&self.inner, layout);
-        // SAFETY: a live block of class `c` (K1) when not null.
+        // SAFETY: a live block of class `c` (host:K1) when not null.
         let kept = !p.is_null() && unsafe { put_owner(p, size, c, charge.owner().to_compact()) };
         // SAFETY: finishes the charge begun above: a block that is null, or
         // whose owner has nowhere to go (it stays untracked), is charged nothing.
@@ -208,14 +208,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 ///
 /// # Safety
 /// `base` is a live block of at least `h` bytes, aligned to `max(8, align)`,
-/// `h` a multiple of 8 and at least 8 (header.rs, H1).
+/// `h` a multiple of 8 and at least 8 (host:H1).
 #[inline(always)]
 unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
     {
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes, so
         // `base + h` is inside it or one past its end (size 0), and the 8 bytes
         // before it lie in the header (h >= 8). `base` is aligned to max(8,
-        // align) and h is a multiple of 8, so `user - 8` is 8-aligned (H1, H2).
+        // align) and h is a multiple of 8, so `user - 8` is 8-aligned (host:H1, host:H2).
         unsafe {
             let user = base.add(h);
             user.sub(WORD).cast::<u64>().write(owner.to_bits());
@@ -227,7 +227,7 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
 // SAFETY: every method returns blocks obtained from `inner` (offset by the header
 // size `h`, inside the inner block) and passes the inner pointer and layout back
 // unchanged on dealloc/realloc, so `inner`'s GlobalAlloc contract carries over;
-// the returned pointer meets the caller's layout (header.rs, H1).
+// the returned pointer meets the caller's layout (host:H1).
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -255,7 +255,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if let Some(c) = self.class_of(layout) {
             // SAFETY: `ptr` is a live block of this layout, so of class `c`,
-            // its owner kept by class (O1, O2); `charge_host_free` gets the
+            // its owner kept by class (host:O1, host:O2); `charge_host_free` gets the
             // owner and size charged for it.
             unsafe {
                 charge_host_free_compact(get_owner(ptr, layout.size(), c), layout.size());
@@ -266,7 +266,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         let (outer, h) = outer_unchecked(layout);
         // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
         // so the owner word sits at `ptr - 8` and the inner block starts at
-        // `ptr - h` with layout `outer` (H1, H2).
+        // `ptr - h` with layout `outer` (host:H1, host:H2).
         // `charge_host_free`'s contract: the owner and size this allocator
         // charged for this block.
         unsafe {
@@ -304,7 +304,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             return base;
         }
         // SAFETY: `base` is the moved inner block of `new_outer = new_size + h`
-        // bytes; `base + h` is the user pointer (H1).
+        // bytes; `base + h` is the user pointer (host:H1).
         unsafe { base.add(h) }
     }
 }
@@ -341,7 +341,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if p.is_null() {
             return p;
         }
-        // SAFETY: the moved (or grown) block is live and of class `nc` (K1).
+        // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
         if !unsafe { put_owner(p, new_size, nc, owner.to_compact()) } {
             // Nowhere to keep the owner: the block leaves tracking now.
             // SAFETY: the charge for this block, made to `owner`.
@@ -355,7 +355,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 /// false when the side table cannot hold it (the block is then untracked).
 ///
 /// # Safety
-/// `p` is a live block of `size` bytes with `c.size` usable bytes (K1).
+/// `p` is a live block of `size` bytes with `c.size` usable bytes (host:K1).
 #[inline(always)]
 unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
     if crate::owner::in_slack(size, c) {

@@ -180,13 +180,12 @@ impl core::fmt::Debug for MetalBackend {
 // SAFETY:
 // 1. `allocate` returns a fresh MTLBuffer of `bytes` bytes at an address from
 //    a counter that only grows by the segment length rounded up to 16 KiB
-//    (invariant A1 of sys/apple.rs): aligned to 16 KiB ≥ 512 and overlapping
-//    no live segment.
+//    (mps:A1): aligned to 16 KiB ≥ 512 and overlapping no live segment.
 // 2. There is no reservation: `page_size` is `None`, so the engine never
 //    calls `reserve` or `map` (their defaults fail).
 // 3. `event_done` is true only once the queue's shared event reaches the
 //    value signalled by a command buffer committed after all earlier work of
-//    that queue (invariant A2). That this value is reached only after the
+//    that queue (mps:A2). That this value is reached only after the
 //    earlier command buffers complete rests on the queue running its command
 //    buffers in commit order: Apple documents that a queue starts them in
 //    that order, and PyTorch's MPS backend relies on the same for its

@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod backend;
 pub mod buffer;
 pub mod error;
+mod invariant;
 pub mod stream;
 mod sys;
 
@@ -12,6 +13,7 @@ pub use allocator::MetalAllocator;
 pub use backend::{DEFAULT_HIGH_WATERMARK_RATIO, MetalBackend, Resolved};
 pub use buffer::MetalBuffer;
 pub use error::MetalError;
+pub use invariant::MpsInvariant;
 pub use stream::MetalStream;
 pub use sys::MetalEvent;
 

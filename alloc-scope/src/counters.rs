@@ -1,13 +1,10 @@
 //! Per-scope counters and the per-thread `Delta` that batches changes to them.
 //!
 //! # Invariants
-//! After every thread has flushed (quiescence), for every scope:
-//! - C1 `live_bytes = bytes_allocated - bytes_freed`
-//! - C2 `live_allocations = allocations - frees`
-//! - C3 `peak_bytes >= live_bytes`
-//! - C4 a parent's counters = its own charges + Σ its children's counters
-//!   (every charge is applied to the whole chain), so a parent's peak is the peak
-//!   of that sum, not the sum of the children's peaks.
+//! After every thread has flushed (quiescence), for every scope, the counter
+//! invariants [`ScopeInvariant::C1`] (live bytes), [`ScopeInvariant::C2`] (live
+//! allocations), [`ScopeInvariant::C3`] (peak) and [`ScopeInvariant::C4`] (a
+//! parent includes its children) hold; their definitions are on the variants.
 //!
 //! A `Delta` is a run of changes made by one thread; `max_prefix` is the highest
 //! running total its live bytes reached. Applying it adds the totals and raises
@@ -15,6 +12,8 @@
 //! changed the scope in between (always, single-threaded).
 
 use super::sync::{AtomicI64, AtomicU64, Ordering::Relaxed};
+#[cfg(doc)]
+use crate::ScopeInvariant;
 
 /// Operations a thread may hold back before applying its batch.
 pub(crate) const OPS_PER_BATCH: u32 = 256;
@@ -80,7 +79,7 @@ impl Delta {
     }
 
     /// Records a reallocation from `old` to `new` bytes: growth counts as bytes
-    /// allocated, shrinking as bytes freed, so C1 holds.
+    /// allocated, shrinking as bytes freed, so [`ScopeInvariant::C1`] holds.
     #[inline]
     pub(crate) fn realloc(&mut self, old: u64, new: u64) {
         self.reallocs = self.reallocs.wrapping_add(1);

@@ -14,6 +14,7 @@
 
 mod counters;
 mod id;
+mod invariant;
 mod record;
 mod registry;
 mod sync;
@@ -37,6 +38,7 @@ mod validate;
 mod loom_tests;
 
 pub use id::ScopeId;
+pub use invariant::ScopeInvariant;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
 #[cfg(not(loom))]

@@ -9,7 +9,7 @@ use super::record::{FREE, REF};
 use super::registry::Registry;
 use super::sync::Ordering::Relaxed;
 
-/// C1–C3 under any interleaving of two batches: totals add up exactly and the
+/// scope:C1–scope:C3 under any interleaving of two batches: totals add up exactly and the
 /// peak lies between the final live bytes and the sum of both high-water marks.
 #[test]
 fn loom_concurrent_batches_sum_exactly_and_bound_the_peak() {
@@ -39,7 +39,7 @@ fn loom_concurrent_batches_sum_exactly_and_bound_the_peak() {
     });
 }
 
-/// R1: the last handle dropping and the last owned allocation being freed race;
+/// scope:R1: the last handle dropping and the last owned allocation being freed race;
 /// exactly one of them retires the slot, which goes back on the free list once.
 #[test]
 fn loom_a_record_retires_exactly_once() {
@@ -68,7 +68,7 @@ fn loom_a_record_retires_exactly_once() {
     });
 }
 
-/// G1: two threads taking slots while a third returns one never get the same
+/// scope:G1: two threads taking slots while a third returns one never get the same
 /// slot.
 #[test]
 fn loom_free_list_never_hands_one_slot_to_two_owners() {
@@ -90,7 +90,7 @@ fn loom_free_list_never_hands_one_slot_to_two_owners() {
     });
 }
 
-/// A child holds a reference on its parent (R2): the parent retires only after
+/// A child holds a reference on its parent (scope:R2): the parent retires only after
 /// both its own handle and the child are gone, whichever goes last.
 #[test]
 fn loom_a_parent_outlives_its_child() {
@@ -116,7 +116,7 @@ fn loom_a_parent_outlives_its_child() {
     });
 }
 
-/// E1: a free racing with the recycling of its closed owner lands exactly once,
+/// scope:R4: a free racing with the recycling of its closed owner lands exactly once,
 /// on the owner or on `retired`, never on the slot's next scope.
 #[test]
 fn loom_a_recycled_slot_never_takes_a_stale_charge() {

@@ -2,25 +2,17 @@
 //! budgets, times, and the life word that decides when the slot can be reused.
 //!
 //! # Invariants
-//! - R1 `life = refs·2³² + owned_live`, where `refs` counts handles, guards and
-//!   live children, and `owned_live` the live allocations (host and device) whose
-//!   owner is this scope. The operation that brings `life` to 0 retires the slot,
-//!   exactly once (a single atomic add observes the zero).
-//! - R2 a record's parent outlives it: a child holds one ref on its parent until
-//!   it retires.
-//! - R4 (E1) a slot is recycled while it still owns memory only from the
-//!   CLOSED state (no handle, guard or child holds it): the recycler claims it
-//!   (CLOSED → EVICTING), bumps its generation, waits until `pins` is 0, then
-//!   moves its remaining live figures to `retired`. A charge to an owner pins
-//!   the slot, then compares the generation: a stale id is charged to
-//!   `retired`, so no charge ever lands on a recycled slot.
-//! - R3 the all-zero bit pattern is a valid free record, so the registry lives
-//!   in `.bss` and works before `main`.
+//! The records keep [`ScopeInvariant::R1`] (the life word),
+//! [`ScopeInvariant::R2`] (a parent outlives its children),
+//! [`ScopeInvariant::R3`] (zero is a free record) and [`ScopeInvariant::R4`]
+//! (recycling a closed slot); their definitions are on the variants.
 
 use super::counters::Counters;
 use super::sync::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+#[cfg(doc)]
+use crate::ScopeInvariant;
 
-/// One reference in the life word (R1).
+/// One reference in the life word ([`ScopeInvariant::R1`]).
 pub(crate) const REF: i64 = 1 << 32;
 
 /// Slot states.
@@ -43,13 +35,13 @@ pub(crate) struct Meta {
     pub state: AtomicU8,
     /// 1 when this scope or an ancestor has a budget: its charges are unbatched.
     pub budget_in_chain: AtomicU8,
-    /// R1.
+    /// The life word ([`ScopeInvariant::R1`]).
     pub life: AtomicI64,
     pub refs: AtomicU32,
     /// Next free slot + 1 while on the free list.
     pub next_free: AtomicU32,
     /// Charges in flight to this slot from threads that are not inside it
-    /// (frees of blocks it owns): recycling waits until none is (E1).
+    /// (frees of blocks it owns): recycling waits until none is ([`ScopeInvariant::R4`]).
     pub pins: AtomicU32,
     /// Host live-byte budgets; 0 means none.
     pub hard_limit: AtomicU64,

@@ -2,31 +2,25 @@
 //! list), charging a scope chain, and retirement.
 //!
 //! # Invariants
-//! - G1 a slot is on the free list, or handed out by bumping, at most once at a
-//!   time (tagged Treiber stack: each successful pop or push bumps the tag, so an
-//!   ABA interleaving fails its compare-and-swap).
-//! - G2 slots 0 (the process), 1 (unattributed) and 2 (retired) are fixed:
-//!   never retired, never on the free list; the parent of slots 1 and 2 is 0.
-//! - G3 every walk up a chain stops at the root; it is bounded by
-//!   [`MAX_DEPTH`] as well, so a corrupted link cannot loop.
-//!
-//! - G4 budgets: for a scope with a hard limit `L`, live bytes never exceed
-//!   `L` (a reservation is a compare-and-swap that checks the limit), so no
-//!   other thread ever sees a refused request's bytes there, and the peak is
-//!   at most `L`.
+//! The registry keeps [`ScopeInvariant::G1`] (slot exclusivity),
+//! [`ScopeInvariant::G2`] (fixed slots), [`ScopeInvariant::G3`] (bounded walks)
+//! and [`ScopeInvariant::G4`] (hard budgets); their definitions are on the
+//! variants.
 //!
 //! Nothing here allocates, locks or panics: the host allocator calls it. The one
-//! wait (E1 in `record.rs`, recycling a closed slot) happens only when a scope
-//! is opened, never in an allocator path.
+//! wait ([`ScopeInvariant::R4`], recycling a closed slot) happens only when a
+//! scope is opened, never in an allocator path.
 
 use super::counters::{Counters, Delta};
 use super::record::{CLOSED, EVICTING, FREE, REF, Record};
 use super::sync::{AtomicU32, AtomicU64, Ordering::*};
+#[cfg(doc)]
+use crate::ScopeInvariant;
 
 /// Scopes that can exist at once (open, or closed but still owning memory).
 /// 16,384 records of 256 B: 4 MiB of zeroed address space, touched on use.
 pub const CAPACITY: usize = 16_384;
-/// Slots 0, 1 and 2 (G2).
+/// Slots 0, 1 and 2 ([`ScopeInvariant::G2`]).
 pub(crate) const FIXED: u32 = 3;
 /// The fixed slot that receives the live figures of recycled scopes.
 pub(crate) const RETIRED: u32 = 2;
@@ -96,7 +90,7 @@ impl<const N: usize> Registry<N> {
     }
 
     /// `from` and its ancestors up to the root, at most [`MAX_DEPTH`] of them
-    /// (G3: a corrupted link cannot loop).
+    /// ([`ScopeInvariant::G3`]: a corrupted link cannot loop).
     #[inline]
     pub(crate) fn chain(&self, from: Option<u32>) -> impl Iterator<Item = u32> + '_ {
         let mut cur = from;
@@ -113,7 +107,7 @@ impl<const N: usize> Registry<N> {
         })
     }
 
-    /// Takes a free slot (G1), or `None` when all `N` are in use.
+    /// Takes a free slot ([`ScopeInvariant::G1`]), or `None` when all `N` are in use.
     pub(crate) fn take_slot(&self) -> Option<u32> {
         loop {
             let head = self.free_head.load(Acquire);
@@ -151,7 +145,7 @@ impl<const N: usize> Registry<N> {
         }
     }
 
-    /// Returns a retired slot to the free list (G1).
+    /// Returns a retired slot to the free list ([`ScopeInvariant::G1`]).
     pub(crate) fn put_slot(&self, slot: u32) {
         let Some(r) = self.record(slot) else { return };
         loop {
@@ -213,7 +207,8 @@ impl<const N: usize> Registry<N> {
         }
     }
 
-    /// Pins `owner`'s slot for a charge from outside the scope (E1) and
+    /// Pins `owner`'s slot for a charge from outside the scope
+    /// ([`ScopeInvariant::R4`]) and
     /// returns the slot to charge: the owner's, or [`RETIRED`] when the owner's
     /// slot was recycled. Every `Some(slot)` with `slot >= FIXED` must be
     /// followed by [`Registry::unpin`].
@@ -228,7 +223,7 @@ impl<const N: usize> Registry<N> {
         let m = &r.meta.0;
         // Both sides use read-modify-writes (here and in `evict`): of two
         // threads that each write one word and then read the other, at least
-        // one sees the other's write (E1).
+        // one sees the other's write (scope:R4).
         m.pins.fetch_add(1, AcqRel);
         if m.generation.fetch_add(0, AcqRel) == generation {
             owner
@@ -259,7 +254,7 @@ impl<const N: usize> Registry<N> {
     }
 
     /// Reserves `bytes` of host live bytes along `owner`'s chain, checking every
-    /// hard limit with a compare-and-swap (G4); returns false, with nothing
+    /// hard limit with a compare-and-swap ([`ScopeInvariant::G4`]); returns false, with nothing
     /// changed, when a limit refuses.
     pub(crate) fn reserve_chain(&self, owner: u32, bytes: i64) -> bool {
         for slot in self.chain(Some(owner)) {
@@ -341,7 +336,7 @@ impl<const N: usize> Registry<N> {
         }
     }
 
-    /// Adds to a record's life word (R1); retires the chain of records whose
+    /// Adds to a record's life word ([`ScopeInvariant::R1`]); retires the chain of records whose
     /// life reaches zero.
     pub(crate) fn adjust_life(&self, slot: u32, delta: i64) {
         if delta == 0 || slot < FIXED {
@@ -432,7 +427,8 @@ impl<const N: usize> Registry<N> {
         (pr.meta.0.life.fetch_sub(REF, AcqRel) == REF).then_some(parent)
     }
 
-    /// Recycles one closed slot that still owns memory (E1): its remaining
+    /// Recycles one closed slot that still owns memory
+    /// ([`ScopeInvariant::R4`]): its remaining
     /// live figures move to [`RETIRED`], and the slot is returned for reuse.
     fn evict_one(&self) -> Option<u32> {
         let high = self.high_water();
@@ -469,7 +465,7 @@ impl<const N: usize> Registry<N> {
         while m.pins.fetch_add(0, AcqRel) != 0 {
             super::sync::spin();
         }
-        // Exclusive now: no charge can reach this slot (E1). Its counters hold
+        // Exclusive now: no charge can reach this slot (scope:R4). Its counters hold
         // its own live figures only (children hold a reference while open, and
         // closed children either retired with nothing live or were recycled,
         // moving their live figures out of this chain).
@@ -491,7 +487,7 @@ impl<const N: usize> Registry<N> {
             into.live = live;
             into.max_prefix = live.max(0);
             // The process root sees both (its live bytes do not change), so
-            // C1–C4 hold everywhere.
+            // scope:C1–scope:C4 hold everywhere.
             for p in self.chain(self.parent(slot)) {
                 if let Some(pr) = self.record(p) {
                     counters(pr, device).apply(&out);

@@ -1,35 +1,36 @@
-//! Checks the counter invariants C1–C4 (see `counters.rs`) over the whole scope
-//! tree. Meaningful at quiescence: when no thread holds unapplied charges (every
+//! Checks the counter invariants [`ScopeInvariant::C1`]–[`ScopeInvariant::C4`]
+//! over the whole scope tree. Meaningful at quiescence: when no thread holds unapplied charges (every
 //! thread has left its scopes, exited, or called `flush`).
 
+use super::invariant::ScopeInvariant;
 use super::report::snapshot;
 
 /// An invariant that does not hold, with the values involved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("scope invariant {id} fails for `{scope}`: {detail}")]
+#[error("{invariant} ({}) fails for `{scope}`: {detail}", invariant.name())]
 pub struct ScopeInvariantViolation {
-    /// `C1`..`C4`.
-    pub id: &'static str,
+    /// The invariant that fails: [`ScopeInvariant::C1`]..[`ScopeInvariant::C4`].
+    pub invariant: ScopeInvariant,
     /// The scope's name.
     pub scope: String,
     /// The equation and its values.
     pub detail: String,
 }
 
-/// Checks C1–C4 for every scope in the registry.
+/// Checks [`ScopeInvariant::C1`]–[`ScopeInvariant::C4`] for every scope in the registry.
 pub fn validate() -> Result<(), ScopeInvariantViolation> {
     let tree = snapshot();
     for node in &tree.scopes {
         let s = &node.stats;
-        let fail = |id, detail: String| ScopeInvariantViolation {
-            id,
+        let fail = |invariant, detail: String| ScopeInvariantViolation {
+            invariant,
             scope: s.name.clone(),
             detail,
         };
         let net = s.bytes_allocated.wrapping_sub(s.bytes_freed);
         if s.live_bytes != net {
             return Err(fail(
-                "C1",
+                ScopeInvariant::C1,
                 format!(
                     "live_bytes {} != bytes_allocated {} - bytes_freed {}",
                     s.live_bytes, s.bytes_allocated, s.bytes_freed
@@ -38,7 +39,7 @@ pub fn validate() -> Result<(), ScopeInvariantViolation> {
         }
         if s.live_allocations != s.allocations.wrapping_sub(s.frees) {
             return Err(fail(
-                "C2",
+                ScopeInvariant::C2,
                 format!(
                     "live_allocations {} != allocations {} - frees {}",
                     s.live_allocations, s.allocations, s.frees
@@ -47,7 +48,7 @@ pub fn validate() -> Result<(), ScopeInvariantViolation> {
         }
         if s.peak_bytes < s.live_bytes || s.device.peak_bytes < s.device.live_bytes {
             return Err(fail(
-                "C3",
+                ScopeInvariant::C3,
                 format!(
                     "peak {} < live {} (device: peak {} < live {})",
                     s.peak_bytes, s.live_bytes, s.device.peak_bytes, s.device.live_bytes
@@ -67,7 +68,7 @@ pub fn validate() -> Result<(), ScopeInvariantViolation> {
         }
         if allocs > s.allocations || bytes > s.bytes_allocated || live > s.live_bytes {
             return Err(fail(
-                "C4",
+                ScopeInvariant::C4,
                 format!(
                     "children's allocations {allocs}, bytes allocated {bytes}, live {live} exceed the parent's {}, {}, {}",
                     s.allocations, s.bytes_allocated, s.live_bytes

@@ -14,6 +14,7 @@ pub mod estimator;
 pub mod export;
 pub mod guards;
 pub mod info;
+mod invariant;
 #[cfg(feature = "criterion")]
 pub mod measurement;
 #[cfg(feature = "metal")]
@@ -59,6 +60,7 @@ pub use info::{
     MemoryInfo, MemorySources, ProcessMemory, SystemMemory, TrackedHost, memory_info,
     memory_info_from,
 };
+pub use invariant::ToolkitInvariant;
 #[cfg(feature = "criterion")]
 pub use measurement::HostAllocs;
 #[cfg(feature = "prometheus")]

@@ -2,10 +2,9 @@
 //! cap on the bytes it keeps, hit/miss statistics and `trim`.
 //!
 //! # Invariants
-//! - P1 every vector in class `c` has capacity ≥ 2^c elements, so any of them
-//!   serves a request of at most 2^c elements;
-//! - P2 `pooled_bytes` = Σ capacity × `size_of::<T>()` of the pooled vectors
-//!   ≤ `max_pooled_bytes`.
+//! The pool keeps [`ToolkitInvariant::P1`] (classes serve their size) and
+//! [`ToolkitInvariant::P2`] (pooled bytes are counted and capped); their
+//! definitions are on the variants.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::Serialize;
 
+#[cfg(doc)]
+use crate::ToolkitInvariant;
 use crate::error::ToolkitError;
 
 /// Capacity classes: powers of two of elements, 2^0 … 2^63.
@@ -324,7 +325,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// P1 and P2 over random programs of take / put / trim.
+        /// toolkit:P1 and toolkit:P2 over random programs of take / put / trim.
         #[test]
         fn invariants_hold(ops in proptest::collection::vec((0u8..3, 1usize..5000), 1..60), cap in 1u64..40_000) {
             let pool = BufferPool::<u32>::new("prop", cap).unwrap();
@@ -350,13 +351,13 @@ mod tests {
                     }
                 }
                 let s = pool.stats();
-                proptest::prop_assert!(s.pooled_bytes <= cap, "P2: {} > {}", s.pooled_bytes, cap);
+                proptest::prop_assert!(s.pooled_bytes <= cap, "{}: {} > {}", crate::ToolkitInvariant::P2, s.pooled_bytes, cap);
                 let classes = pool.inner.lock();
                 let mut sum = 0u64;
                 let mut count = 0u64;
                 for (c, vs) in classes.iter().enumerate() {
                     for v in vs {
-                        proptest::prop_assert!(v.capacity() >= 1 << c, "P1: class {} holds capacity {}", c, v.capacity());
+                        proptest::prop_assert!(v.capacity() >= 1 << c, "{}: class {} holds capacity {}", crate::ToolkitInvariant::P1, c, v.capacity());
                         sum += bytes_of(v);
                         count += 1;
                     }

@@ -4,15 +4,16 @@
 //! optional one when it recovers (falls below a lower level: hysteresis).
 //!
 //! # Invariants
-//! - H1 a threshold alternates: cross, recover, cross, … (never two
-//!   crossings without a recovery in between);
-//! - H2 the recovery level is at most the crossing level, so a value that
-//!   crossed cannot be "recovered" while still above the crossing level.
+//! A threshold keeps [`ToolkitInvariant::H1`] (it alternates) and
+//! [`ToolkitInvariant::H2`] (recovery is at most the crossing); their
+//! definitions are on the variants.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+#[cfg(doc)]
+use crate::ToolkitInvariant;
 use crate::error::ToolkitError;
 use crate::monitor::{Metric, Sample};
 
@@ -212,7 +213,7 @@ impl Threshold {
         Ok(())
     }
 
-    /// The callback due for this sample, if any (H1: state alternates).
+    /// The callback due for this sample, if any ([`ToolkitInvariant::H1`]: state alternates).
     pub(crate) fn step(
         &mut self,
         s: &Sample,
@@ -226,7 +227,7 @@ impl Threshold {
             }
         };
         let cross = self.level.bytes(capacity)?;
-        // H2: a recovery level is never above the crossing level.
+        // toolkit:H2: a recovery level is never above the crossing level.
         let recover = self
             .recover
             .and_then(|r| r.bytes(capacity))

@@ -131,7 +131,8 @@ fn eight_threads_match_an_independent_count() {
     assert_eq!(s.live_bytes, 0, "all blocks freed: {s:?}");
     assert_eq!(s.live_allocations, 0);
     assert_eq!(s.bytes_freed, total.bytes_freed + left_bytes);
-    // C1–C4 over the whole tree, now that every thread has applied its charges.
+    // scope:C1–scope:C4 over the whole tree, now that every thread has applied
+    // its charges.
     alloc_host::flush();
     alloc_scope::validate().unwrap();
 }

@@ -1,14 +1,16 @@
 //! The parsed form of a trace: a list of allocate and free events on slots.
 //!
 //! # Invariants
-//! R1 every slot is allocated by exactly one `Alloc` event, and slots are
-//! numbered `0..slots` in the order of their `Alloc` events;
-//! R2 a slot is freed at most once, and only after its `Alloc`.
+//! A trace keeps [`CoreInvariant::R1`] (slots are allocated once, in order)
+//! and [`CoreInvariant::R2`] (slots are freed once, after their alloc); their
+//! definitions are on the variants.
 //!
-//! The parsers establish R1 and R2 ([`Trace::from_events`] checks them), so the
+//! The parsers establish both ([`Trace::from_events`] checks them), so the
 //! replay driver can hold live buffers in a `Vec` indexed by slot.
 
 use serde::Serialize;
+
+use crate::invariant::CoreInvariant;
 
 /// One step of a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,37 +55,56 @@ pub struct TraceStats {
     pub streams: Vec<u64>,
 }
 
-/// Why a list of events is not a valid trace (invariants R1, R2).
+/// Why a list of events is not a valid trace ([`CoreInvariant::R1`],
+/// [`CoreInvariant::R2`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("event {index}: {what}")]
 pub struct InvalidEvents {
     /// The index of the offending event.
     pub index: usize,
+    /// The invariant it breaks: [`CoreInvariant::R1`] or [`CoreInvariant::R2`].
+    pub invariant: CoreInvariant,
     /// What is wrong.
     pub what: String,
 }
 
 impl Trace {
-    /// A trace from events that satisfy R1 and R2; the error names the first
-    /// event that breaks them.
+    /// A trace from events that satisfy [`CoreInvariant::R1`] and
+    /// [`CoreInvariant::R2`]; the error names the first event that breaks
+    /// them, and which.
     pub fn from_events(name: impl Into<String>, events: Vec<Event>) -> Result<Self, InvalidEvents> {
         // 0 = never allocated, 1 = live, 2 = freed.
         let mut state: Vec<u8> = Vec::new();
         for (index, event) in events.iter().enumerate() {
-            let bad = |what: String| InvalidEvents { index, what };
+            let bad = |invariant, what: String| InvalidEvents {
+                index,
+                invariant,
+                what,
+            };
             match *event {
                 Event::Alloc { slot, .. } if slot != state.len() => {
-                    return Err(bad(format!(
-                        "alloc of slot {slot}; expected slot {} (slots are numbered in order of allocation)",
-                        state.len()
-                    )));
+                    return Err(bad(
+                        CoreInvariant::R1,
+                        format!(
+                            "alloc of slot {slot}; expected slot {} (slots are numbered in order of allocation)",
+                            state.len()
+                        ),
+                    ));
                 }
                 Event::Alloc { .. } => state.push(1),
                 Event::Free { slot } => match state.get(slot) {
                     Some(1) => state[slot] = 2,
-                    Some(_) => return Err(bad(format!("slot {slot} is freed twice"))),
+                    Some(_) => {
+                        return Err(bad(
+                            CoreInvariant::R2,
+                            format!("slot {slot} is freed twice"),
+                        ));
+                    }
                     None => {
-                        return Err(bad(format!("free of slot {slot}, which is not allocated")));
+                        return Err(bad(
+                            CoreInvariant::R2,
+                            format!("free of slot {slot}, which is not allocated"),
+                        ));
                     }
                 },
             }
@@ -97,11 +118,11 @@ impl Trace {
     }
 
     /// A trace whose events the caller (a parser of this module) has built
-    /// to satisfy R1 and R2.
+    /// to satisfy [`CoreInvariant::R1`] and [`CoreInvariant::R2`].
     pub(crate) fn new_unchecked(name: String, events: Vec<Event>, slots: usize) -> Self {
         debug_assert!(
             Self::from_events(String::new(), events.clone()).is_ok_and(|t| t.slots == slots),
-            "parser produced events that break R1/R2 or a wrong slot count {slots}"
+            "parser produced events that break core:R1/core:R2 or a wrong slot count {slots}"
         );
         Self {
             name,

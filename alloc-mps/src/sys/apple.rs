@@ -2,13 +2,9 @@
 //! `MTLCommandQueue`s, events are values of one `MTLSharedEvent` per queue.
 //!
 //! # Invariants
-//! - A1 every live segment is one `MTLBuffer` in `segments`, keyed by its
-//!   address; addresses come from a counter that only grows, in steps of the
-//!   segment's length rounded up to [`ADDRESS_GRANULE`], so two segments
-//!   never overlap and no address is reused.
-//! - A2 a queue's `last` is the highest value encoded into a committed
-//!   command buffer of that queue; values are taken and committed under the
-//!   queue's lock, so they reach the queue in increasing order.
+//! The device keeps [`MpsInvariant::A1`] (segments never overlap, with
+//! addresses in steps of [`ADDRESS_GRANULE`]) and [`MpsInvariant::A2`] (queue
+//! values commit in order); their definitions are on the variants.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ptr::NonNull;
@@ -23,6 +19,9 @@ use objc2_metal::{
 };
 
 use alloc_core::{BackendError, DevicePtr, MemInfo};
+
+#[cfg(doc)]
+use crate::MpsInvariant;
 
 use crate::error::MetalError;
 use crate::stream::MetalStream;
@@ -110,7 +109,7 @@ impl core::fmt::Debug for MetalEvent {
 struct Queue {
     queue: Retained<RawQueue>,
     event: Retained<RawEvent>,
-    /// The last value committed (A2).
+    /// The last value committed ([`MpsInvariant::A2`]).
     last: Mutex<u64>,
 }
 
