@@ -71,3 +71,80 @@ fn every_id_has_a_crate_prefix_and_a_short_number() {
         );
     }
 }
+
+/// Every invariant's (displayed id, name), as the enums define them.
+fn names() -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = Vec::new();
+    out.extend(
+        alloc_scope::ScopeInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_core::CoreInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_core::LockRule::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_host::HostInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_cuda::CudaInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_mps::MpsInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out.extend(
+        alloc_toolkit::ToolkitInvariant::ALL
+            .iter()
+            .map(|v| (v.to_string(), v.name())),
+    );
+    out
+}
+
+/// ARCHITECTURE.md's invariants table lists exactly the invariants the code
+/// defines, each with its name: the map cannot fall behind the code.
+#[test]
+fn architecture_md_lists_exactly_the_invariants_of_the_code() {
+    let text = include_str!("../../ARCHITECTURE.md");
+    let mut listed: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        // Rows of the invariants table: | `prefix:ID` | name | ... |
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with('`') || !cells[1].contains(':') {
+            continue;
+        }
+        let id = cells[1].trim_matches('`').to_string();
+        let prefix = id.split(':').next().unwrap_or_default();
+        if ["scope", "core", "host", "cuda", "mps", "toolkit"].contains(&prefix) {
+            assert!(
+                listed.insert(id.clone(), cells[2].to_string()).is_none(),
+                "ARCHITECTURE.md lists {id} twice"
+            );
+        }
+    }
+    let defined = names();
+    for (id, name) in &defined {
+        match listed.get(id) {
+            None => panic!("ARCHITECTURE.md does not list {id} ({name})"),
+            Some(n) => assert_eq!(n, name, "ARCHITECTURE.md names {id} differently"),
+        }
+    }
+    for id in listed.keys() {
+        assert!(
+            defined.iter().any(|(d, _)| d == id),
+            "ARCHITECTURE.md lists {id}, which no invariant enum defines"
+        );
+    }
+}
