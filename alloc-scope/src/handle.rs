@@ -389,7 +389,7 @@ impl std::fmt::Debug for ScopeHandle {
 /// The calling thread is inside a scope while this lives. Not `Send` (it
 /// changes the scope of the thread that made it). Guards may drop in any order:
 /// the thread is in the most recently entered scope whose guard still lives
-/// (see the `thread` module docs in alloc-core's scope registry).
+/// (see the `thread` module docs of this crate).
 pub struct ScopeGuard {
     handle: ScopeHandle,
     token: EnterToken,

@@ -1,5 +1,5 @@
 //! Loom models of the registry's concurrent protocols. Run with
-//! `RUSTFLAGS="--cfg loom" cargo test -p alloc-core --release --lib loom`.
+//! `RUSTFLAGS="--cfg loom" cargo test -p alloc-scope --release --lib loom`.
 
 use loom::sync::Arc;
 use loom::thread;
