@@ -16,16 +16,19 @@ fn threads_that_exit_unflushed_lose_nothing() {
         .map(|i| {
             let h = request.clone();
             std::thread::spawn(move || {
+                // `black_box`: an allocation whose block is never used may be
+                // optimised away (the test then measured nothing when built
+                // with optimisations, as under the sanitizers).
                 if i % 2 == 0 {
                     // Never enters a scope: charges go to the process root.
                     for _ in 0..BOXES {
-                        Box::leak(Box::new([0u8; 64]));
+                        std::hint::black_box(Box::leak(Box::new([0u8; 64])));
                     }
                 } else {
                     // Exits while still inside the scope (guard forgotten).
                     let g = h.enter();
                     for _ in 0..BOXES {
-                        Box::leak(Box::new([0u8; 64]));
+                        std::hint::black_box(Box::leak(Box::new([0u8; 64])));
                     }
                     std::mem::forget(g);
                 }

@@ -293,6 +293,11 @@ fn step(m: &mut Model, op: &Op) {
             let l = Layout::from_size_align(1 << 50, 8).unwrap();
             // SAFETY: non-zero size.
             let p = unsafe { std::alloc::alloc(l) };
+            // `black_box`: with optimisations the compiler may drop an
+            // allocation only compared with null and take it as granted
+            // (the test then failed at opt-level 1 without calling the
+            // allocator at all).
+            let p = std::hint::black_box(p);
             assert!(p.is_null(), "1 PiB granted");
             // A limited scope in the chain refuses first and counts it.
             untracked(|| {
