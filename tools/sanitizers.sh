@@ -51,14 +51,15 @@ export CARGO_PROFILE_DEV_OPT_LEVEL=1
 
 # Every invocation selects the same packages, so both share one build
 # (alloc-core's test features are unified the same way each time).
-PACKAGES=(-p alloc-tests -p alloc-core)
+PACKAGES=(-p alloc-tests -p alloc-core -p alloc-scope)
 
 # The thread-heavy suites: package-independent test target names.
 TSAN_SUITES=(host_threads host_stress host_async host_teardown
   engine_threads_stress engine_sync_unlocked)
 
 # Host and engine: every test binary of the `tests` crate and of alloc-core,
-# and the unit tests of both (`lib`), but host_zeroed: it checks that a 1 GiB
+# and the unit tests of those two and of alloc-scope, the registry (`lib`),
+# but host_zeroed: it checks that a 1 GiB
 # zeroed block leaves RSS alone, and under ASan mimalloc's tracking poisons
 # and unpoisons the block's shadow (128 MiB of RSS), so it cannot hold there.
 asan_suites() {
@@ -106,9 +107,9 @@ build() {
 run_suite() {
   local san=$1 name=$2 log="$LOGS/$1-$2.log" dir exe start rc passed reports status
   if [ "$name" = lib ]; then
-    # Both crates' unit tests: one line each.
+    # The crates' unit tests: one line each.
     while read -r dir n exe; do
-      [ "$n" = alloc_core ] || [ "$n" = alloc_tests ] || continue
+      [ "$n" = alloc_core ] || [ "$n" = alloc_tests ] || [ "$n" = alloc_scope ] || continue
       run_one "$san" "lib:$n" "$dir" "$exe"
     done <"target/$san/suites"
     return
