@@ -159,41 +159,6 @@ fn the_scope_peak_is_recorded_on_the_span() {
 }
 
 #[test]
-fn an_instrumented_soft_limit_callback_does_not_panic() {
-    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-    use tracing_subscriber::prelude::*;
-    let fired = Arc::new(AtomicU32::new(0));
-    let f = fired.clone();
-    let budgeted = alloc_host::ScopeBuilder::new("soft-budgeted")
-        .soft_limit(1 << 20)
-        .on_soft_limit(move |_| {
-            // The callback is itself instrumented: it enters a span while
-            // the layer is leaving another.
-            let span = tracing::info_span!("in-callback");
-            let _g = span.enter();
-            f.fetch_add(1, Relaxed);
-        })
-        .build()
-        .unwrap();
-    let subscriber = tracing_subscriber::registry().with(alloc_toolkit::ScopeLayer::new());
-    tracing::subscriber::with_default(subscriber, || {
-        let _in = budgeted.enter();
-        let outer = tracing::info_span!("outer");
-        let _o = outer.enter();
-        let span = tracing::info_span!("work");
-        let g = span.enter();
-        let v = vec![1u8; 2 << 20]; // over the soft limit
-        std::hint::black_box(&v);
-        drop(g); // leaving `work` runs the callback
-        drop(v);
-        assert_eq!(fired.load(Relaxed), 1);
-        let outer_scope = alloc_host::current();
-        drop(_o);
-        assert_ne!(alloc_host::current(), outer_scope, "outer left");
-    });
-}
-
-#[test]
 fn report_and_json_see_the_installed_allocator() {
     let text = alloc_toolkit::memory_report();
     assert!(!text.contains("not installed"), "{text}");
