@@ -544,4 +544,47 @@ mod tests {
         assert_eq!(v["names"][0]["host_p99"], 2 << 20);
         assert!(v["memory"]["system"]["total"].as_u64().unwrap() > 0);
     }
+
+    fn node(id: u64, parent: Option<u64>, open: bool, live: u64) -> alloc_host::ScopeNode {
+        alloc_host::ScopeNode {
+            stats: ScopeStats {
+                id,
+                name: format!("s{id}"),
+                open,
+                live_bytes: live,
+                ..ScopeStats::default()
+            },
+            parent,
+        }
+    }
+
+    #[test]
+    fn open_rows_are_bounded_and_keep_the_scopes_they_hang_from() {
+        // The process, a closed scope with 250 open children, and one closed
+        // scope that still owns memory.
+        let mut scopes = vec![node(1, None, true, 0), node(2, Some(1), false, 0)];
+        scopes.extend((3..253).map(|id| node(id, Some(2), true, 0)));
+        scopes.push(node(900, Some(1), false, 4096));
+        let l = LiveScopes::from_tree(ScopeTree {
+            scopes,
+            scopes_not_created: 0,
+            capacity: 16_384,
+        });
+        assert_eq!(l.open.scopes.len(), OPEN_ROWS);
+        let ids: Vec<u64> = l.open.scopes.iter().map(|n| n.stats.id).collect();
+        assert_eq!(&ids[..3], [1, 2, 3], "the closed parent is kept");
+        assert!(!ids.contains(&900), "a closed leaf is not in the tree");
+        assert_eq!((l.open_scopes, l.open_not_listed), (251, 52));
+        assert_eq!(
+            (l.left_behind.scopes, l.left_behind.live_bytes),
+            (1, 4096),
+            "an empty closed parent is not memory left behind"
+        );
+        let html = {
+            let mut out = String::new();
+            live_scopes(&mut out, &l);
+            out
+        };
+        assert!(html.contains("52 more open scope(s) not listed"), "{html}");
+    }
 }
