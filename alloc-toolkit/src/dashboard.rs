@@ -460,9 +460,9 @@ fn live_scopes(out: &mut String, l: &LiveScopes) {
         out.push_str("<p class=sub>none: every closed scope gave its memory back</p>");
         return;
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<p class=sub>{} closed scope(s) still own {} host and {} device memory (exact); the {} largest:</p><table>\n",
+        "<p class=sub>{} closed scope(s) still own {} host and {} device memory (exact); the {} largest:</p><table>",
         left.scopes,
         b(left.live_bytes),
         b(left.device_live_bytes),
