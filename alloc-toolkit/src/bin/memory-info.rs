@@ -1,6 +1,9 @@
 //! `memory-info`: system, container, process and device memory with
-//! recommendations, as tables, as JSON (`--json`), or refreshed in place
-//! (`--watch [SECONDS]`, until Ctrl-C or `--count N` refreshes).
+//! recommendations, as tables, as JSON (`--json`), or every SECONDS
+//! (`--watch [SECONDS]`, 0.1 s to one day, until Ctrl-C, `--count N`
+//! refreshes, or the reader of a pipe going away): redrawn in place on a
+//! terminal, one frame after another into a file or a pipe, one JSON
+//! document per line with `--json`.
 //!
 //! GPUs are observed through the driver's free/total figures
 //! (`ObservedDevice::cuda`) where a CUDA driver is present.
