@@ -5,11 +5,20 @@
 //! It shows host and device memory over time (from a monitor's series), the
 //! machine, container and process, the device summary, the per-name
 //! aggregates of closed scopes (p50/p99/max of host and device peaks), the
-//! live scope tree, and the [`recommendations`](crate::recommendations).
+//! open scopes, the memory that outlived its scope, and the
+//! [`recommendations`](crate::recommendations). Each figure says its unit
+//! and whether it is exact or an estimate (the [`DashboardData::legend`]).
+//!
+//! Its size is bounded whatever the process does: at most [`OPEN_ROWS`]
+//! rows of open scopes and [`LEFT_BEHIND_ROWS`] rows of closed scopes that
+//! still own memory (the largest; all of them are summed and counted), each
+//! row of a bounded size (names are at most 63 bytes), and one row per
+//! scope name (at most `alloc_host::MAX_NAMES` + 1).
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
-use alloc_host::{ScopeTree, format_bytes as b};
+use alloc_host::{ScopeStats, ScopeTree, format_bytes as b};
 use serde::Serialize;
 
 use crate::columns::{DEVICE_COLUMNS, device_label};
@@ -36,6 +45,138 @@ pub struct NameRow {
     pub device_p99: u64,
 }
 
+/// The most rows of open scopes the dashboard lists (depth-first, with the
+/// closed scopes they hang from); the rest are counted.
+pub const OPEN_ROWS: usize = 200;
+
+/// The most closed scopes that still own memory the dashboard lists (the
+/// largest by bytes owned); all of them are summed and counted.
+pub const LEFT_BEHIND_ROWS: usize = 20;
+
+/// Memory that outlived its scope: closed scopes that still own bytes (a
+/// cache filled in a request, a buffer handed to another thread).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LeftBehind {
+    /// Closed scopes that own memory.
+    pub scopes: u64,
+    /// Host bytes they own, together (exact).
+    pub live_bytes: u64,
+    /// Device bytes they own, together (exact).
+    pub device_live_bytes: u64,
+    /// The largest, by host and device bytes owned, at most
+    /// [`LEFT_BEHIND_ROWS`].
+    pub largest: Vec<ScopeStats>,
+}
+
+/// The scope registry's picture as the dashboard shows it: open scopes as a
+/// tree, closed ones that still own memory as a ranked list.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveScopes {
+    /// Open scopes and the closed scopes they hang from, depth-first, at
+    /// most [`OPEN_ROWS`].
+    pub open: ScopeTree,
+    /// Open scopes in all.
+    pub open_scopes: u64,
+    /// Open scopes past [`OPEN_ROWS`], not listed.
+    pub open_not_listed: u64,
+    /// Closed scopes that still own memory.
+    pub left_behind: LeftBehind,
+}
+
+impl LiveScopes {
+    /// `tree` split into the open scopes and what closed scopes left behind.
+    pub fn from_tree(tree: ScopeTree) -> LiveScopes {
+        let ScopeTree {
+            scopes,
+            scopes_not_created,
+            capacity,
+        } = tree;
+        // Keep an open scope and every scope it hangs from: walk children
+        // before parents (the tree is depth-first, parents first).
+        let mut needed: HashSet<u64> = HashSet::new();
+        let mut keep = vec![false; scopes.len()];
+        for (i, n) in scopes.iter().enumerate().rev() {
+            if n.stats.open || needed.contains(&n.stats.id) {
+                keep[i] = true;
+                if let Some(p) = n.parent {
+                    needed.insert(p);
+                }
+            }
+        }
+        let mut left = LeftBehind::default();
+        let mut open = Vec::new();
+        let (mut open_scopes, mut open_not_listed) = (0, 0);
+        for (n, keep) in scopes.into_iter().zip(keep) {
+            let s = &n.stats;
+            open_scopes += u64::from(s.open);
+            if !s.open && s.live_bytes + s.device.live_bytes > 0 {
+                left.scopes += 1;
+                left.live_bytes += s.live_bytes;
+                left.device_live_bytes += s.device.live_bytes;
+                left.largest.push(s.clone());
+                // Keep the list short as it grows: sort and cut now and then.
+                if left.largest.len() >= 8 * LEFT_BEHIND_ROWS {
+                    rank(&mut left.largest);
+                }
+            }
+            if keep {
+                if open.len() < OPEN_ROWS {
+                    open.push(n);
+                } else if n.stats.open {
+                    open_not_listed += 1;
+                }
+            }
+        }
+        rank(&mut left.largest);
+        LiveScopes {
+            open: ScopeTree {
+                scopes: open,
+                scopes_not_created,
+                capacity,
+            },
+            open_scopes,
+            open_not_listed,
+            left_behind: left,
+        }
+    }
+}
+
+/// The largest [`LEFT_BEHIND_ROWS`] by bytes owned, largest first.
+fn rank(v: &mut Vec<ScopeStats>) {
+    v.sort_by_key(|s| std::cmp::Reverse((s.live_bytes + s.device.live_bytes, s.id)));
+    v.truncate(LEFT_BEHIND_ROWS);
+}
+
+/// What each figure of [`DashboardData`] is: its unit, exact or an estimate.
+pub fn legend() -> BTreeMap<&'static str, &'static str> {
+    BTreeMap::from([
+        (
+            "memory",
+            "bytes, exact as read at the time of the page (system, container, process, tracked heap, devices)",
+        ),
+        (
+            "series",
+            "t: time since the monitor started; figures: bytes, exact at each sample",
+        ),
+        (
+            "names.host_p50, host_p99, device_p50, device_p99",
+            "bytes; estimate, ±1% (quantiles of the peaks of closed scopes)",
+        ),
+        (
+            "names.closed, allocations, bytes_allocated, host_peak.max, device_peak.max",
+            "count or bytes, exact",
+        ),
+        (
+            "names.wall_seconds",
+            "seconds, exact (summed over the closed scopes)",
+        ),
+        (
+            "scopes",
+            "bytes and counts, exact (each scope read field by field)",
+        ),
+    ])
+}
+
 /// Everything the page shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct DashboardData {
@@ -49,10 +190,12 @@ pub struct DashboardData {
     pub names: Vec<NameRow>,
     /// The scope registry.
     pub registry: RegistryFigures,
-    /// The live scopes.
-    pub scopes: ScopeTree,
+    /// Open scopes, and the memory closed scopes left behind.
+    pub scopes: LiveScopes,
     /// What to do.
     pub recommendations: Vec<Recommendation>,
+    /// Each figure's unit, and whether it is exact or an estimate.
+    pub legend: BTreeMap<&'static str, &'static str>,
 }
 
 impl DashboardData {
@@ -77,8 +220,9 @@ impl DashboardData {
                 })
                 .collect(),
             registry,
-            scopes,
+            scopes: LiveScopes::from_tree(scopes),
             recommendations,
+            legend: legend(),
         }
     }
 
@@ -208,7 +352,8 @@ fn device_table(out: &mut String, devices: &[DeviceInfo]) {
 fn names_table(out: &mut String, names: &[NameRow], reg: &RegistryFigures) {
     let _ = write!(
         out,
-        "<h2>Closed scopes by name</h2><p class=sub>registry: {} of {} slots in use, {} scope(s) not created</p>",
+        "<h2>Closed scopes by name</h2><p class=sub>registry: {} of {} slots in use, {} scope(s) not created. \
+         p50 and p99 are estimates, ±1%, of the peaks of the closed scopes; max, allocated and counts are exact</p>",
         reg.in_use, reg.capacity, reg.not_created
     );
     if names.is_empty() {
@@ -220,15 +365,15 @@ fn names_table(out: &mut String, names: &[NameRow], reg: &RegistryFigures) {
         out,
         &[
             "scope",
-            "closed",
-            "host p50",
-            "host p99",
-            "host max",
-            "device p50",
-            "device p99",
-            "device max",
-            "allocated",
-            "mean wall",
+            "closed (count)",
+            "host p50 (estimate, ±1%)",
+            "host p99 (estimate, ±1%)",
+            "host max (exact)",
+            "device p50 (estimate, ±1%)",
+            "device p99 (estimate, ±1%)",
+            "device max (exact)",
+            "allocated (exact)",
+            "mean wall (exact)",
         ],
     );
     for n in names {
@@ -290,13 +435,66 @@ pub fn render_html(data: &DashboardData) -> String {
     host_table(&mut out, &data.memory);
     device_table(&mut out, &data.memory.devices);
     names_table(&mut out, &data.names, &data.registry);
+    live_scopes(&mut out, &data.scopes);
+    out.push_str("</body></html>\n");
+    out
+}
+
+fn live_scopes(out: &mut String, l: &LiveScopes) {
+    let _ = write!(
+        out,
+        "<h2>Open scopes ({})</h2><p class=sub>bytes, exact; with the closed scopes they hang from",
+        l.open_scopes
+    );
+    if l.open_not_listed > 0 {
+        let _ = write!(
+            out,
+            "; the first {OPEN_ROWS} rows, {} more open scope(s) not listed",
+            l.open_not_listed
+        );
+    }
+    let _ = write!(out, "</p><pre>{}</pre>", escape_html(&l.open.render()));
+    let left = &l.left_behind;
+    out.push_str("<h2>Memory that outlived its scope</h2>");
+    if left.scopes == 0 {
+        out.push_str("<p class=sub>none: every closed scope gave its memory back</p>");
+        return;
+    }
     let _ = writeln!(
         out,
-        "<h2>Live scopes ({})</h2><pre>{}</pre></body></html>",
-        data.scopes.scopes.len(),
-        escape_html(&data.scopes.render())
+        "<p class=sub>{} closed scope(s) still own {} host and {} device memory (exact); the {} largest:</p><table>",
+        left.scopes,
+        b(left.live_bytes),
+        b(left.device_live_bytes),
+        left.largest.len()
     );
-    out
+    head(
+        out,
+        &[
+            "scope (closed)",
+            "id",
+            "host live (exact)",
+            "device live (exact)",
+            "host peak (exact)",
+            "live blocks",
+            "open for",
+        ],
+    );
+    for s in &left.largest {
+        row(
+            out,
+            &[
+                s.name.clone(),
+                s.id.to_string(),
+                b(s.live_bytes),
+                b(s.device.live_bytes),
+                b(s.peak_bytes),
+                s.live_allocations.to_string(),
+                format!("{:.2} ms", s.wall_time.as_secs_f64() * 1e3),
+            ],
+        );
+    }
+    out.push_str("</table>\n");
 }
 
 #[cfg(test)]
@@ -345,5 +543,48 @@ mod tests {
         assert_eq!(v["names"][0]["name"], "request{route=<x>}");
         assert_eq!(v["names"][0]["host_p99"], 2 << 20);
         assert!(v["memory"]["system"]["total"].as_u64().unwrap() > 0);
+    }
+
+    fn node(id: u64, parent: Option<u64>, open: bool, live: u64) -> alloc_host::ScopeNode {
+        alloc_host::ScopeNode {
+            stats: ScopeStats {
+                id,
+                name: format!("s{id}"),
+                open,
+                live_bytes: live,
+                ..ScopeStats::default()
+            },
+            parent,
+        }
+    }
+
+    #[test]
+    fn open_rows_are_bounded_and_keep_the_scopes_they_hang_from() {
+        // The process, a closed scope with 250 open children, and one closed
+        // scope that still owns memory.
+        let mut scopes = vec![node(1, None, true, 0), node(2, Some(1), false, 0)];
+        scopes.extend((3..253).map(|id| node(id, Some(2), true, 0)));
+        scopes.push(node(900, Some(1), false, 4096));
+        let l = LiveScopes::from_tree(ScopeTree {
+            scopes,
+            scopes_not_created: 0,
+            capacity: 16_384,
+        });
+        assert_eq!(l.open.scopes.len(), OPEN_ROWS);
+        let ids: Vec<u64> = l.open.scopes.iter().map(|n| n.stats.id).collect();
+        assert_eq!(&ids[..3], [1, 2, 3], "the closed parent is kept");
+        assert!(!ids.contains(&900), "a closed leaf is not in the tree");
+        assert_eq!((l.open_scopes, l.open_not_listed), (251, 52));
+        assert_eq!(
+            (l.left_behind.scopes, l.left_behind.live_bytes),
+            (1, 4096),
+            "an empty closed parent is not memory left behind"
+        );
+        let html = {
+            let mut out = String::new();
+            live_scopes(&mut out, &l);
+            out
+        };
+        assert!(html.contains("52 more open scope(s) not listed"), "{html}");
     }
 }

@@ -3,14 +3,23 @@
 //! concrete remedy. A remedy already applied (an engine setting already
 //! made) is never given; the rule then names the next step or stays quiet.
 //!
+//! Rules about events (OOMs, retries, scopes not created) read what happened
+//! over the last [`EVIDENCE_WINDOW`] (a minute), compared with the reading of
+//! an earlier call ([`EvidenceWindow`]), so they clear once the events stop;
+//! the first call, with nothing to compare, reads the totals since start.
+//!
 //! | rule | fires when | remedy |
 //! |---|---|---|
 //! | `fragmentation` | inactive split blocks ≥ 20% of reserved (≥ 64 MiB reserved) | `expandable_segments:True`, else `max_split_size_mb` |
 //! | `cache-near-cap` | cached ≥ 30% of reserved while reserved ≥ 85% of the cap | `trim()` between phases, `garbage_collection_threshold:0.8` |
-//! | `oom-retries` | the engine retried or failed allocations | a batch ceiling (`AdaptiveBatch`), `retry_on_oom` |
+//! | `oom-retries` | the engine retried or failed allocations (over the window) | a batch ceiling (`AdaptiveBatch`), `retry_on_oom` |
 //! | `host-headroom` | host available < limit × (1 − 1 / safety factor) | lower the batch, raise the limit |
-//! | `scopes-not-created` | the scope registry was full | fewer distinct live scopes; name request scopes by kind |
+//! | `scopes-not-created` | the scope registry was full (over the window) | fewer distinct live scopes; name request scopes by kind |
 //! | `tracking-off` | the tracking allocator is not installed | `#[global_allocator] TrackingAllocator` |
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use alloc_core::{Config, Stats};
 use alloc_host::format_bytes as b;
@@ -55,6 +64,27 @@ pub struct DeviceFacts {
     pub stats: Option<Stats>,
     /// The engine's configuration, where known.
     pub config: Option<Config>,
+    /// Out-of-memory errors over the evidence window (`None`: no earlier
+    /// reading to compare with; the rules read the totals since start).
+    pub recent_ooms: Option<Recent>,
+    /// Allocations that released the cache and retried, over the window.
+    pub recent_alloc_retries: Option<Recent>,
+}
+
+/// What a counter did over a window of time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Recent {
+    /// How much it rose.
+    pub count: u64,
+    /// Over how long: from the earlier reading compared with to now.
+    pub over: Duration,
+}
+
+impl Recent {
+    /// Events per second over the window.
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.over.as_secs_f64().max(1e-9)
+    }
 }
 
 /// What the rules read.
@@ -64,8 +94,11 @@ pub struct Facts {
     pub memory: MemoryInfo,
     /// The devices.
     pub devices: Vec<DeviceFacts>,
-    /// Scopes not created because the registry was full.
+    /// Scopes not created because the registry was full (since start).
     pub scopes_not_created: u64,
+    /// Scopes not created over the evidence window (`None`: no earlier
+    /// reading; the rules read [`scopes_not_created`](Self::scopes_not_created)).
+    pub recent_scopes_not_created: Option<Recent>,
     /// The margin to keep (see [`DEFAULT_SAFETY_FACTOR`]).
     pub safety_factor: f64,
 }
@@ -73,10 +106,22 @@ pub struct Facts {
 impl Facts {
     /// The process now: [`memory_info`](crate::memory_info), every
     /// registered device with its statistics and configuration, the scope
-    /// registry.
+    /// registry; the event counts over the last [`EVIDENCE_WINDOW`] from
+    /// the readings of earlier calls.
     pub fn now() -> Facts {
         let memory = memory_info_untracked();
-        alloc_host::untracked(|| Facts {
+        alloc_host::untracked(|| {
+            let mut facts = Facts::read(memory);
+            let mut w = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+            let (start, window) =
+                w.get_or_insert_with(|| (Instant::now(), EvidenceWindow::new(EVIDENCE_WINDOW)));
+            window.observe(start.elapsed(), &mut facts);
+            facts
+        })
+    }
+
+    fn read(memory: MemoryInfo) -> Facts {
+        Facts {
             memory,
             devices: devices()
                 .into_iter()
@@ -87,11 +132,126 @@ impl Facts {
                     },
                     stats: d.stats(),
                     config: d.config(),
+                    recent_ooms: None,
+                    recent_alloc_retries: None,
                 })
                 .collect(),
             scopes_not_created: alloc_host::snapshot().scopes_not_created,
+            recent_scopes_not_created: None,
             safety_factor: DEFAULT_SAFETY_FACTOR,
-        })
+        }
+    }
+}
+
+/// How far back the rules look for events (OOMs, retries, scopes not
+/// created): a rule about events clears once none happened for this long.
+pub const EVIDENCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Readings of the event counters over time, to tell what happened recently
+/// from what happened since start.
+#[derive(Clone, Debug)]
+pub struct EvidenceWindow {
+    window: Duration,
+    readings: VecDeque<(Duration, Reading)>,
+}
+
+#[derive(Clone, Debug)]
+struct Reading {
+    /// Per device: name, OOMs, retries.
+    devices: Vec<(String, u64, u64)>,
+    scopes_not_created: u64,
+}
+
+impl EvidenceWindow {
+    /// A window `window` long (at least a millisecond).
+    pub fn new(window: Duration) -> Self {
+        EvidenceWindow {
+            window: window.max(Duration::from_millis(1)),
+            readings: VecDeque::new(),
+        }
+    }
+
+    /// Records the counters in `facts` at time `t` (any clock that only goes
+    /// forward) and fills its `recent_*` fields.
+    pub fn observe(&mut self, t: Duration, facts: &mut Facts) {
+        let now = Reading {
+            devices: facts
+                .devices
+                .iter()
+                .map(|d| {
+                    (
+                        d.info.name.clone(),
+                        d.info.num_ooms,
+                        d.info.num_alloc_retries,
+                    )
+                })
+                .collect(),
+            scopes_not_created: facts.scopes_not_created,
+        };
+        // Compare with the newest reading at least a window old, else with
+        // the oldest one there is; drop what is older than that.
+        let edge = t.saturating_sub(self.window);
+        while self.readings.len() > 1 && self.readings[1].0 <= edge {
+            self.readings.pop_front();
+        }
+        if let Some((then, before)) = self.readings.front().filter(|r| r.0 < t) {
+            let over = t - *then;
+            let rise = |now: u64, then: u64| {
+                Some(Recent {
+                    count: now.saturating_sub(then),
+                    over,
+                })
+            };
+            for d in &mut facts.devices {
+                // A device not in the earlier reading is new: all its events
+                // are recent.
+                let (ooms, retries) = before
+                    .devices
+                    .iter()
+                    .find(|b| b.0 == d.info.name)
+                    .map_or((0, 0), |b| (b.1, b.2));
+                d.recent_ooms = rise(d.info.num_ooms, ooms);
+                d.recent_alloc_retries = rise(d.info.num_alloc_retries, retries);
+            }
+            facts.recent_scopes_not_created =
+                rise(facts.scopes_not_created, before.scopes_not_created);
+        }
+        // Keep at most about 64 readings a window, however often this runs.
+        let spacing = self.window / 64;
+        if self.readings.back().is_none_or(|r| t >= r.0 + spacing) {
+            self.readings.push_back((t, now));
+        }
+    }
+}
+
+/// The process-wide window [`Facts::now`] reads through.
+static WINDOW: Mutex<Option<(Instant, EvidenceWindow)>> = Mutex::new(None);
+
+/// `n` with thousands separators: `9,339`.
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `n` events "in the last 30 s (2.5/s), 9,339 since start", or "9,339
+/// since start" where there is no earlier reading.
+fn events(recent: Option<Recent>, total: u64) -> String {
+    match recent {
+        Some(r) => format!(
+            "{} in the last {:.0} s ({:.2}/s), {} since start",
+            count(r.count),
+            r.over.as_secs_f64(),
+            r.rate(),
+            count(total)
+        ),
+        None => format!("{} since start", count(total)),
     }
 }
 
@@ -175,16 +335,22 @@ fn cache_near_cap(d: &DeviceFacts, out: &mut Vec<Recommendation>) {
 
 fn oom_retries(d: &DeviceFacts, out: &mut Vec<Recommendation>) {
     let i = &d.info;
-    if i.num_ooms == 0 && i.num_alloc_retries == 0 {
+    // Recent events where an earlier reading tells them apart, else all.
+    let ooms = d.recent_ooms.map_or(i.num_ooms, |r| r.count);
+    let retries = d
+        .recent_alloc_retries
+        .map_or(i.num_alloc_retries, |r| r.count);
+    if ooms == 0 && retries == 0 {
         return;
     }
     out.push(Recommendation {
         rule: "oom-retries",
-        severity: if i.num_ooms > 0 { Severity::Critical } else { Severity::Warning },
+        severity: if ooms > 0 { Severity::Critical } else { Severity::Warning },
         subject: format!("device {}", i.name),
         evidence: format!(
-            "{} allocation(s) released the cache and retried, {} ran out of memory",
-            i.num_alloc_retries, i.num_ooms
+            "allocations that released the cache and retried: {}; out of memory: {}",
+            events(d.recent_alloc_retries, i.num_alloc_retries),
+            events(d.recent_ooms, i.num_ooms)
         ),
         remedy: "size batches with AdaptiveBatch (after an OOM it keeps a ceiling below the failing size) \
                  and wrap device steps in retry_on_oom / retry_on_oom_async with a fallback"
@@ -233,14 +399,17 @@ pub fn recommend(facts: &Facts) -> Vec<Recommendation> {
         cache_near_cap(d, &mut out);
         oom_retries(d, &mut out);
     }
-    if facts.scopes_not_created > 0 {
+    let not_created = facts
+        .recent_scopes_not_created
+        .map_or(facts.scopes_not_created, |r| r.count);
+    if not_created > 0 {
         out.push(Recommendation {
             rule: "scopes-not-created",
             severity: Severity::Warning,
             subject: "scopes".to_owned(),
             evidence: format!(
-                "{} scope(s) were not created: the registry was full, so their memory went to the enclosing scope",
-                facts.scopes_not_created
+                "scopes not created: {}; the registry was full, so their memory went to the enclosing scope",
+                events(facts.recent_scopes_not_created, facts.scopes_not_created)
             ),
             remedy: "close scopes sooner (a scope stays while it owns memory), and keep the number of live scopes \
                      below the registry capacity"
@@ -310,6 +479,8 @@ mod tests {
             },
             stats: Some(stats),
             config: Some(config),
+            recent_ooms: None,
+            recent_alloc_retries: None,
         }
     }
 
@@ -318,6 +489,7 @@ mod tests {
             memory: memory(16 << 30, 12 << 30),
             devices,
             scopes_not_created: 0,
+            recent_scopes_not_created: None,
             safety_factor: 1.2,
         }
     }
@@ -403,5 +575,37 @@ mod tests {
             ]
         );
         assert!(r[0].evidence.contains("1.00 GiB available"), "{r:?}");
+    }
+
+    #[test]
+    fn event_rules_clear_once_the_window_holds_no_event() {
+        // A minute of retries, OOMs and a full registry, then a quiet soak.
+        let mut w = EvidenceWindow::new(EVIDENCE_WINDOW);
+        let mut fired_at = Vec::new();
+        for s in (0..=600u64).step_by(5) {
+            let busy = s.min(60);
+            let mut d = device(1 << 30, 900 << 20, 0, Config::default());
+            d.info.num_alloc_retries = 150 * busy; // 9,000 by the end of the minute
+            d.info.num_ooms = busy / 10;
+            let mut f = facts(vec![d]);
+            f.scopes_not_created = busy;
+            w.observe(Duration::from_secs(s), &mut f);
+            let r = rules(&f);
+            if s == 30 {
+                assert_eq!(r, ["oom-retries", "scopes-not-created"], "at {s} s");
+                let rec = &recommend(&f)[0];
+                assert!(
+                    rec.evidence.contains("4,500") && rec.evidence.contains("last 30 s"),
+                    "the evidence gives the recent count and its window: {rec:?}"
+                );
+            }
+            if !r.is_empty() {
+                fired_at.push(s);
+            }
+        }
+        // The last event is at 60 s: the rules hold until the window has
+        // passed over it, then clear.
+        assert_eq!(fired_at.first(), Some(&5), "{fired_at:?}");
+        assert_eq!(fired_at.last(), Some(&115), "{fired_at:?}");
     }
 }

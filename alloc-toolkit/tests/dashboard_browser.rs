@@ -1,6 +1,7 @@
 //! The `/debug/memory` page in a real headless browser (Chromium from the
 //! distribution's packages): served over HTTP on 127.0.0.1, rendered, its DOM
-//! read back and a screenshot taken (`$CARGO_TARGET_TMPDIR/dashboard.png`).
+//! read back and a screenshot taken (`$CARGO_TARGET_TMPDIR/dashboard.png`),
+//! after ten minutes of monitor samples fed through the monitor's clock.
 //! Without a Chromium binary the test says so loudly and passes; set
 //! `ALLOC_REQUIRE_BROWSER=1` to make a missing browser a failure.
 
@@ -70,24 +71,31 @@ fn the_dashboard_renders_in_headless_chromium() {
         Config::default(),
     ));
     register_device("gpu0", engine.clone());
+    // Ten minutes of samples, one a second, on the monitor's injectable
+    // clock (`tick_at`); it keeps the last two minutes, as a server's would.
     let monitor = MemoryMonitor::new(MonitorConfig {
-        interval: Duration::from_millis(5),
-        capacity: 1000,
+        interval: Duration::from_secs(1),
+        capacity: 120,
     })
-    .unwrap()
-    .start()
     .unwrap();
-    for i in 0..40usize {
+    let mut left_behind = Vec::new();
+    for i in 0..600usize {
         let s = ScopeBuilder::new("dash-request").build().unwrap();
         let _in = s.enter();
-        let host = vec![1u8; (i + 1) * 8192];
+        let host = vec![1u8; (i % 40 + 1) * 8192];
         let dev = engine.allocate((i % 7 + 1) << 20, SimStream(0)).unwrap();
+        monitor.tick_at(Duration::from_secs(i as u64));
         std::hint::black_box(&host);
         drop(dev);
-        std::thread::sleep(Duration::from_millis(2));
+        if i % 100 == 0 {
+            // Memory that outlives its scope (a cache filled in a request).
+            left_behind.push(vec![2u8; 4096 + i]);
+        }
     }
     let _open = ScopeBuilder::new("dash-open-scope").build().unwrap();
-    let page = render_html(&DashboardData::now("dashboard test", monitor.stop().series));
+    let series = monitor.summary().series;
+    assert_eq!(series.first().map(|s| s.t), Some(Duration::from_secs(480)));
+    let page = render_html(&DashboardData::now("dashboard test", series));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -127,12 +135,39 @@ fn the_dashboard_renders_in_headless_chromium() {
         "dash-request",
         "Closed scopes by name",
         "dash-open-scope",
+        "estimate, ±1%",
+        "Memory that outlived its scope",
+        "closed scope(s) still own",
+        ">480 s<",
+        ">599 s<",
     ] {
         assert!(
             dom_text.contains(needle),
             "{needle} not in the rendered page:\n{dom_text}"
         );
     }
+    // Every line spans the chart's width (x from 80 to 880 px): the x-axis
+    // starts at the first sample shown, not at the monitor's start.
+    let mut lines = 0;
+    for rest in dom_text.split("points=\"").skip(1) {
+        let xs: Vec<f64> = rest[..rest.find('"').unwrap()]
+            .split_whitespace()
+            .map(|p| p.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        let (lo, hi) = xs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        assert!(
+            lo <= 80.5 && hi >= 879.5,
+            "a line spans x = {lo}..{hi} of the chart's 80..880"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 2, "{lines} lines in the chart");
+    // The 600 closed request scopes are not listed one by one: one row by
+    // name, and the largest of those that left memory behind.
+    let rows = dom_text.matches("dash-request").count();
+    assert!(rows <= 21, "{rows} rows name dash-request");
     let png = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&png);
     let shot = browser(
@@ -156,5 +191,6 @@ fn the_dashboard_renders_in_headless_chromium() {
         bytes.len()
     );
     eprintln!("screenshot: {}", png.display());
+    std::hint::black_box(left_behind);
     rt.shutdown_background();
 }

@@ -1,61 +1,73 @@
 //! `memory-info`: system, container, process and device memory with
-//! recommendations, as tables, as JSON (`--json`), or refreshed in place
-//! (`--watch [SECONDS]`, until Ctrl-C or `--count N` refreshes).
+//! recommendations, as tables, as JSON (`--json`), or every SECONDS
+//! (`--watch [SECONDS]`, 0.1 s to one day, until Ctrl-C, `--count N`
+//! refreshes, or the reader of a pipe going away): redrawn in place on a
+//! terminal, one frame after another into a file or a pipe, one JSON
+//! document per line with `--json`.
 //!
 //! GPUs are observed through the driver's free/total figures
 //! (`ObservedDevice::cuda`) where a CUDA driver is present.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use alloc_toolkit::{Facts, memory_info, recommend, render_memory_report};
+use clap::Parser;
 
-const USAGE: &str = "usage: memory-info [--json] [--watch [SECONDS]] [--count N]
-  --json             one JSON document: memory, devices, recommendations
-  --watch [SECONDS]  refresh in place every SECONDS (default 1) until Ctrl-C
-  --count N          stop after N refreshes (with --watch)";
+/// The shortest and longest refresh intervals `--watch` takes, seconds.
+const WATCH_RANGE: (f64, f64) = (0.1, 86_400.0);
 
+/// The usage line, kept on every error so a mistyped command shows the way.
+const USAGE: &str = "usage: memory-info [--json] [--watch [SECONDS]] [--count N]";
+
+/// System, container, process and device memory with recommendations.
+#[derive(Parser, Debug)]
+#[command(name = "memory-info", version, after_help = USAGE)]
 struct Options {
+    /// One JSON document: memory, devices, recommendations (with --watch:
+    /// one document per line).
+    #[arg(long)]
     json: bool,
+    /// Refresh every SECONDS (default 1; from 0.1 to 86400, one day) until
+    /// Ctrl-C, or until the reader of a pipe goes away.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        num_args = 0..=1,
+        default_missing_value = "1",
+        allow_negative_numbers = true,
+        value_parser = watch_interval
+    )]
     watch: Option<Duration>,
+    /// Stop after N refreshes (with --watch).
+    #[arg(long, value_name = "N", value_parser = refresh_count)]
     count: Option<u64>,
 }
 
-fn options(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        json: false,
-        watch: None,
-        count: None,
-    };
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--json" => o.json = true,
-            "--watch" => {
-                let secs = args.get(i + 1).and_then(|v| v.parse::<f64>().ok());
-                if secs.is_some() {
-                    i += 1;
-                }
-                let secs = secs.unwrap_or(1.0);
-                if !(secs.is_finite() && secs > 0.0) {
-                    return Err(format!("--watch {secs}: give a positive number of seconds"));
-                }
-                o.watch = Some(Duration::from_secs_f64(secs));
-            }
-            "--count" => {
-                let n = args
-                    .get(i + 1)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|n| *n > 0);
-                o.count = Some(n.ok_or("--count needs a positive number")?);
-                i += 1;
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-        i += 1;
+/// `--count`'s value: a positive whole number.
+fn refresh_count(v: &str) -> Result<u64, String> {
+    match v.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "`{v}` is not a positive whole number of refreshes; give one such as --count 10"
+        )),
     }
-    Ok(o)
+}
+
+/// `--watch`'s value: a number of seconds within [`WATCH_RANGE`].
+fn watch_interval(v: &str) -> Result<Duration, String> {
+    let (lo, hi) = WATCH_RANGE;
+    let fix =
+        format!("give a refresh interval from {lo} to {hi:.0} seconds (one day), e.g. --watch 2");
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{v}` is not a number of seconds; {fix}"))?;
+    if !(lo..=hi).contains(&secs) {
+        return Err(format!("`{v}` seconds is out of range; {fix}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Registers every CUDA device as an observed device; says what it found.
@@ -112,38 +124,60 @@ fn json() -> String {
     v.to_string()
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let o = match options(&args) {
+/// Writes `frame`; `false` when stdout is gone (a closed pipe: `| head`).
+fn show(out: &mut impl Write, frame: &str) -> bool {
+    out.write_all(frame.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+fn main() -> ExitCode {
+    let o = match Options::try_parse() {
         Ok(o) => o,
         Err(e) => {
-            if !e.is_empty() {
-                eprintln!("memory-info: {e}");
+            // Help and version go to stderr too: stdout is for figures.
+            eprintln!("{}", e.render().to_string().trim_end());
+            if e.use_stderr() {
+                eprintln!("\n{USAGE}");
             }
-            eprintln!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let gpus = observe_gpus();
     let _ = memory_info(); // warm the readers before the first frame
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut stdout = stdout.lock();
+    let frame = || {
+        if o.json { json() + "\n" } else { text(&gpus) }
+    };
     let Some(every) = o.watch else {
-        println!("{}", if o.json { json() } else { text(&gpus) });
-        return;
+        // A reader that went away is no error worth a message.
+        show(&mut stdout, &frame());
+        return ExitCode::SUCCESS;
     };
     let mut shown = 0u64;
-    let mut stdout = std::io::stdout().lock();
     loop {
-        let frame = if o.json { json() } else { text(&gpus) };
-        // Clear the screen and go home, then draw: the figures refresh in place.
-        let _ = write!(
-            stdout,
-            "\x1b[H\x1b[2J{frame}\n(refreshing every {:.1} s; Ctrl-C stops)\n",
-            every.as_secs_f64()
-        );
-        let _ = stdout.flush();
+        let body = frame();
+        let frame = if o.json {
+            // JSON lines: one document per line, nothing else.
+            body
+        } else if terminal {
+            // Clear the screen and go home, then draw: the figures refresh in place.
+            format!(
+                "\x1b[H\x1b[2J{body}\n(refreshing every {:.1} s; Ctrl-C stops)\n",
+                every.as_secs_f64()
+            )
+        } else {
+            // Into a file or a pipe: the frames one after another.
+            format!("{body}\n")
+        };
+        if !show(&mut stdout, &frame) {
+            return ExitCode::SUCCESS;
+        }
         shown += 1;
         if o.count.is_some_and(|c| shown >= c) {
-            return;
+            return ExitCode::SUCCESS;
         }
         std::thread::sleep(every);
     }
