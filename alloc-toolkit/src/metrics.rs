@@ -684,6 +684,97 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// The quantile the power-of-two buckets `aggregates()` kept before
+    /// returned (bucket `2^i` held `(2^(i-1), 2^i]`, linear interpolation
+    /// inside it, capped at the maximum), for comparison.
+    fn power_of_two_quantile(sorted: &[u64], q: f64) -> u64 {
+        let bucket = |v: u64| 64 - v.saturating_sub(1).leading_zeros();
+        let mut counts = [0u64; 65];
+        sorted.iter().for_each(|&v| counts[bucket(v) as usize] += 1);
+        let max = sorted[sorted.len() - 1];
+        if q >= 1.0 {
+            return max;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as u64).max(1);
+        let mut below = 0;
+        for (i, &n) in counts.iter().enumerate().filter(|(_, n)| **n != 0) {
+            if below + n >= rank {
+                let upper = if i >= 64 { u64::MAX } else { 1u64 << i };
+                let lo = if upper <= 1 { 0 } else { upper / 2 };
+                let v = lo as f64 + (rank - below) as f64 / n as f64 * (upper - lo) as f64;
+                return (v as u64).min(max);
+            }
+            below += n;
+        }
+        max
+    }
+
+    /// Exact quantiles against every estimate a user reads, on a skewed
+    /// distribution and on a flagship-like load. The figures for
+    /// benches/RESULTS.md: `cargo test -p alloc-toolkit --lib
+    /// exact_against_estimates -- --nocapture`.
+    #[test]
+    fn exact_against_estimates() {
+        let skewed: Vec<u64> = {
+            let mut r = Rng(0x5eed);
+            (0..20_000)
+                .map(|i| {
+                    if i % 20 == 0 {
+                        r.range(800 << 10, 5 << 20)
+                    } else {
+                        r.range(718 << 10, 762 << 10)
+                    }
+                })
+                .collect()
+        };
+        for (what, mut values) in [
+            (
+                "skewed (95% at 740 KiB ±3%, tail to 5 MiB), n 20000",
+                skewed,
+            ),
+            (
+                "flagship-like per-request host peaks, n 3000",
+                flagship_like(3000, 0x9e37_79b9_7f4a_7c15),
+            ),
+        ] {
+            let mut s = Summary::default();
+            values.iter().for_each(|&v| s.add(v));
+            values.sort_unstable();
+            let fixed: Vec<(f64, f64)> = fixed_buckets(&s)
+                .iter()
+                .scan(0u64, |cum, &(le, n)| {
+                    *cum += n;
+                    Some((le, *cum as f64))
+                })
+                .collect();
+            println!("\n{what}");
+            println!(
+                "{:>6} {:>12} {:>22} {:>22} {:>22}",
+                "q", "exact", "old aggregates (2x)", "histogram_quantile 4x", "new (sketch)"
+            );
+            let pct = |v: f64, e: f64| format!("{:.0} ({:+.1}%)", v, 100.0 * (v - e) / e);
+            for q in [0.5, 0.9, 0.99, 1.0] {
+                let rank = ((q * values.len() as f64).ceil() as usize).max(1);
+                let exact = values[rank - 1] as f64;
+                let old = power_of_two_quantile(&values, q) as f64;
+                let prom = histogram_quantile(q, &fixed);
+                let new = s.quantile(q) as f64;
+                println!(
+                    "{:>6} {:>12.0} {:>22} {:>22} {:>22}",
+                    q,
+                    exact,
+                    pct(old, exact),
+                    pct(prom, exact),
+                    pct(new, exact)
+                );
+                assert!(
+                    (new - exact).abs() <= exact / 100.0,
+                    "{what} q {q}: {new} vs {exact}"
+                );
+            }
+        }
+    }
+
     /// Every metric the shipped Grafana dashboard queries is exported.
     #[test]
     fn the_grafana_dashboard_queries_exported_metrics() {
