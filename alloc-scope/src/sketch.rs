@@ -187,8 +187,10 @@ pub(crate) struct AtomicSketch {
     count: AtomicU64,
     sum: AtomicU64,
     max: AtomicU64,
-    /// `u64::MAX` while empty.
-    min: AtomicU64,
+    /// `!min` (0 while empty): every field starts at zero, so a static table
+    /// of sketches lies in `.bss` (pages resident once touched), not in the
+    /// executable's `.data`.
+    min_not: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
 }
 
@@ -198,7 +200,7 @@ impl AtomicSketch {
             count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             max: AtomicU64::new(0),
-            min: AtomicU64::new(u64::MAX),
+            min_not: AtomicU64::new(0),
             buckets: [const { AtomicU64::new(0) }; BUCKETS],
         }
     }
@@ -208,7 +210,7 @@ impl AtomicSketch {
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(v, Relaxed);
         self.max.fetch_max(v, Relaxed);
-        self.min.fetch_min(v, Relaxed);
+        self.min_not.fetch_max(!v, Relaxed);
         self.buckets[index(v)].fetch_add(1, Relaxed);
     }
 
@@ -225,7 +227,7 @@ impl AtomicSketch {
             min: if count == 0 {
                 0
             } else {
-                self.min.load(Relaxed).min(max)
+                (!self.min_not.load(Relaxed)).min(max)
             },
             buckets: self
                 .buckets
