@@ -85,8 +85,16 @@ pub struct Bucket {
 
 /// The distribution of one figure (bytes) over the closed scopes of a name:
 /// exact count, sum, minimum and maximum, and log-linear buckets whose
-/// [`quantile`](Self::quantile) is within 1% of the exact value (see the
-/// module docs for the layout). Mergeable ([`merge`](Self::merge)).
+/// [`quantile`](Self::quantile) is within 1% of the exact value. Mergeable
+/// ([`merge`](Self::merge)).
+///
+/// Buckets (HdrHistogram's layout): values up to 128 have one each; above,
+/// each range `(2^k, 2^(k+1)]` is cut into 64 equal buckets, up to 256 TiB;
+/// values above share one last bucket. A bucket is at most 1/64 of its
+/// lowest value wide, so its midpoint is within 1/128 (0.78%) of any value in
+/// it. Recorded in the registry, a distribution takes [`SKETCH_BYTES`]
+/// (22,064 bytes: [`SKETCH_BUCKETS`](crate::SKETCH_BUCKETS) counters and
+/// count, sum, min, max), whatever the number of values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PeakSummary {
     /// Values recorded.
@@ -211,7 +219,11 @@ impl AtomicSketch {
         self.sum.fetch_add(v, Relaxed);
         self.max.fetch_max(v, Relaxed);
         self.min_not.fetch_max(!v, Relaxed);
-        self.buckets[index(v)].fetch_add(1, Relaxed);
+        // `index` is below BUCKETS for every u64 (tested); `get` keeps a
+        // panic off the scope-close path regardless
+        if let Some(b) = self.buckets.get(index(v)) {
+            b.fetch_add(1, Relaxed);
+        }
     }
 
     /// What was recorded so far (values recorded while this reads may be

@@ -610,9 +610,9 @@ mod tests {
             .next()
             .unwrap();
         let label = format!("quantile=\"{q}\"");
+        let mut samples = samples;
         let line = samples
-            .filter(|l| l.contains(&label))
-            .next()
+            .find(|l| l.contains(&label))
             .unwrap_or_else(|| panic!("no sample of `{expr}` for {scope} in\n{text}"));
         line.rsplit_once(' ').unwrap().1.parse().unwrap()
     }
