@@ -2,6 +2,8 @@
 //! counts every scope and sums every peak exactly, and its quantiles stay
 //! within 1% of the exact ones.
 
+#![cfg(not(loom))]
+
 use alloc_scope::{aggregate, charge_device_alloc, charge_device_free, scope};
 
 const THREADS: u64 = 8;

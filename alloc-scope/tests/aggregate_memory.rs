@@ -4,6 +4,8 @@
 //! server's requests, makes resident only the pages those peaks touch.
 //! Alone in its binary: it reads the process's resident size.
 
+#![cfg(not(loom))]
+
 use alloc_scope::{
     MAX_NAMES, SKETCH_BYTES, aggregates, charge_device_alloc, charge_device_free, scope,
 };
