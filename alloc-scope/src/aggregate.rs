@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use super::record::Name;
 use super::registry::REGISTRY;
+use super::sketch::AtomicSketch;
+pub use super::sketch::{Bucket, PeakSummary};
 use super::thread;
 
 /// Distinct names kept (names are cut at 63 bytes, as scope names are); scopes
@@ -18,56 +20,6 @@ use super::thread;
 pub const MAX_NAMES: usize = 1024;
 /// The name under which scopes past [`MAX_NAMES`] distinct names aggregate.
 pub const OTHER: &str = "other";
-
-const BUCKETS: usize = 65;
-
-/// The distribution of one figure (bytes) over the closed scopes of a name:
-/// power-of-two buckets, exact count, sum and max.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PeakSummary {
-    /// Values recorded.
-    pub count: u64,
-    /// Their sum.
-    pub sum: u64,
-    /// The largest.
-    pub max: u64,
-    /// Non-empty buckets as `(upper bound, count)`: bucket `b` holds values in
-    /// `(b / 2, b]` (the first, `1`, holds 0 and 1). Counts are per bucket, not
-    /// cumulative.
-    pub buckets: Vec<(u64, u64)>,
-}
-
-impl PeakSummary {
-    /// The `q`-quantile (`0.0..=1.0`), interpolated linearly inside its
-    /// power-of-two bucket and never above the true maximum: within a factor
-    /// of 2 of the exact value, exact at `q = 1.0`. 0 when nothing was recorded.
-    pub fn quantile(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-        if q >= 1.0 {
-            return self.max;
-        }
-        let rank = ((q * self.count as f64).ceil() as u64).max(1);
-        let mut below = 0u64;
-        for &(upper, n) in &self.buckets {
-            if below + n >= rank {
-                let lo = if upper <= 1 { 0 } else { upper / 2 };
-                let frac = (rank - below) as f64 / n as f64;
-                let v = lo as f64 + frac * (upper - lo) as f64;
-                return (v as u64).min(self.max);
-            }
-            below += n;
-        }
-        self.max
-    }
-
-    /// The mean, 0 when nothing was recorded.
-    pub fn mean(&self) -> u64 {
-        self.sum.checked_div(self.count).unwrap_or(0)
-    }
-}
 
 /// Totals of the closed scopes that had one name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -90,15 +42,6 @@ pub struct ScopeAggregate {
     pub wall_time: Duration,
 }
 
-/// Bucket of `v`: the smallest `i` with `v <= 2^i`.
-fn bucket(v: u64) -> usize {
-    (64 - v.saturating_sub(1).leading_zeros()) as usize
-}
-
-fn upper(i: usize) -> u64 {
-    if i >= 64 { u64::MAX } else { 1u64 << i }
-}
-
 /// One name's accumulators: a fixed record of atomics, so that closing a
 /// scope takes no lock (a lock held by another thread at `fork` would hang the
 /// child at its first scope close) and allocates nothing.
@@ -112,48 +55,8 @@ struct Entry {
     allocations: AtomicU64,
     device_bytes_allocated: AtomicU64,
     wall_ns: AtomicU64,
-    host: Hist,
-    device: Hist,
-}
-
-struct Hist {
-    count: AtomicU64,
-    sum: AtomicU64,
-    max: AtomicU64,
-    buckets: [AtomicU64; BUCKETS],
-}
-
-impl Hist {
-    const fn new() -> Hist {
-        Hist {
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-            max: AtomicU64::new(0),
-            buckets: [const { AtomicU64::new(0) }; BUCKETS],
-        }
-    }
-
-    fn add(&self, v: u64) {
-        self.count.fetch_add(1, Relaxed);
-        self.sum.fetch_add(v, Relaxed);
-        self.max.fetch_max(v, Relaxed);
-        self.buckets[bucket(v)].fetch_add(1, Relaxed);
-    }
-
-    fn summary(&self) -> PeakSummary {
-        PeakSummary {
-            count: self.count.load(Relaxed),
-            sum: self.sum.load(Relaxed),
-            max: self.max.load(Relaxed),
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (upper(i), n.load(Relaxed)))
-                .filter(|(_, n)| *n != 0)
-                .collect(),
-        }
-    }
+    host: AtomicSketch,
+    device: AtomicSketch,
 }
 
 impl Entry {
@@ -167,8 +70,8 @@ impl Entry {
             allocations: AtomicU64::new(0),
             device_bytes_allocated: AtomicU64::new(0),
             wall_ns: AtomicU64::new(0),
-            host: Hist::new(),
-            device: Hist::new(),
+            host: AtomicSketch::new(),
+            device: AtomicSketch::new(),
         }
     }
 
@@ -295,20 +198,11 @@ mod tests {
     use super::*;
 
     fn hist(values: &[u64]) -> PeakSummary {
-        let h = Hist::new();
+        let h = AtomicSketch::new();
         for &v in values {
             h.add(v);
         }
         h.summary()
-    }
-
-    #[test]
-    fn buckets_bound_each_value_from_above_within_a_factor_of_two() {
-        for v in [0u64, 1, 2, 3, 4, 5, 1000, 1024, 1025, u64::MAX] {
-            let b = upper(bucket(v));
-            assert!(v <= b, "{v} above its bucket bound {b}");
-            assert!(v == 0 || v == 1 || b / 2 < v, "{v} not above half of {b}");
-        }
     }
 
     #[test]
@@ -327,5 +221,107 @@ mod tests {
             );
         }
         assert_eq!(hist(&[]).quantile(0.5), 0);
+    }
+}
+
+/// Quantiles of the per-name distributions against exact ones (sorted values).
+#[cfg(test)]
+mod accuracy {
+    use super::*;
+
+    /// xorshift64*: deterministic, no dependency.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        /// Uniform in `0.0..1.0`.
+        pub(crate) fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Uniform in `lo..=hi`.
+        pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+            lo + (self.unit() * (hi - lo + 1) as f64) as u64
+        }
+    }
+
+    /// The exact `q`-quantile: the value of rank `ceil(q n)` (at least 1).
+    pub(crate) fn exact(sorted: &[u64], q: f64) -> u64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    pub(crate) const QS: [f64; 7] = [0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0];
+
+    /// Named distributions: random, skewed (most within a few percent, a
+    /// tail), log-uniform, constant, two clusters, small values.
+    pub(crate) fn distributions() -> Vec<(&'static str, Vec<u64>)> {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let n = 20_000;
+        let kib = 1u64 << 10;
+        vec![
+            (
+                "uniform 1 B..10 MiB",
+                (0..n).map(|_| r.range(1, 10 << 20)).collect(),
+            ),
+            (
+                "skewed: 95% at 740 KiB ±3%, tail to 5 MiB",
+                (0..n)
+                    .map(|i| {
+                        if i % 20 == 0 {
+                            r.range(800 * kib, 5 << 20)
+                        } else {
+                            r.range(718 * kib, 762 * kib)
+                        }
+                    })
+                    .collect(),
+            ),
+            (
+                "log-uniform 1 B..1 TiB",
+                (0..n).map(|_| 2f64.powf(r.unit() * 40.0) as u64).collect(),
+            ),
+            ("constant 777,777", vec![777_777; n]),
+            (
+                "two clusters: 1 KiB ±1% and 10 MiB ±1%",
+                (0..n)
+                    .map(|i| {
+                        let c = if i % 3 == 0 { 10 << 20 } else { kib };
+                        r.range(c - c / 100, c + c / 100)
+                    })
+                    .collect(),
+            ),
+            ("small 0..300", (0..n).map(|_| r.range(0, 300)).collect()),
+        ]
+    }
+
+    #[test]
+    fn quantiles_are_within_one_percent_of_exact_and_within_min_max() {
+        let mut failures = Vec::new();
+        for (what, mut values) in distributions() {
+            let h = AtomicSketch::new();
+            for &v in &values {
+                h.add(v);
+            }
+            let s = h.summary();
+            values.sort_unstable();
+            let (min, max) = (values[0], values[values.len() - 1]);
+            for q in QS {
+                let (want, got) = (exact(&values, q), s.quantile(q));
+                let err = (got as f64 - want as f64).abs() / (want as f64).max(1.0);
+                if err > 0.01 || got > max || got < min {
+                    failures.push(format!(
+                        "{what}: q {q}: estimate {got}, exact {want} ({:+.2}%), range {min}..={max}",
+                        100.0 * (got as f64 - want as f64) / (want as f64).max(1.0)
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

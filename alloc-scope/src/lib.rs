@@ -28,6 +28,8 @@ mod instrument;
 #[cfg(not(loom))]
 mod report;
 #[cfg(not(loom))]
+mod sketch;
+#[cfg(not(loom))]
 mod stats;
 #[cfg(not(loom))]
 mod thread;
@@ -42,7 +44,7 @@ pub use invariant::ScopeInvariant;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
 #[cfg(not(loom))]
-pub use aggregate::{MAX_NAMES, OTHER, PeakSummary, ScopeAggregate, aggregate, aggregates};
+pub use aggregate::{Bucket, MAX_NAMES, OTHER, PeakSummary, ScopeAggregate, aggregate, aggregates};
 #[cfg(not(loom))]
 pub use handle::{
     ScopeBuilder, ScopeError, ScopeGuard, ScopeHandle, SoftLimitExceeded, run_budget_callbacks,
@@ -52,6 +54,8 @@ pub use handle::{
 pub use instrument::{InScope, Instrument};
 #[cfg(not(loom))]
 pub use report::{ScopeNode, ScopeTree, format_bytes, report, snapshot};
+#[cfg(not(loom))]
+pub use sketch::{BUCKETS as SKETCH_BUCKETS, SKETCH_BYTES};
 #[cfg(not(loom))]
 pub use stats::{
     DeviceScopeStats, RegistryStats, ScopeStats, process_stats, registry_stats, reset_peak,

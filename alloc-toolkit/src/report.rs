@@ -1,5 +1,6 @@
 //! A report a person reads at a glance: memory of the machine, the container,
-//! the process and each device in two tables, then the scope tree.
+//! the process and each device in two tables, then the scope tree and the
+//! closed scopes by name (peak quantiles, estimates within 1%).
 
 use std::fmt::Write as _;
 
@@ -8,6 +9,7 @@ use alloc_host::{ScopeTree, format_bytes as b};
 use crate::columns::{DEVICE_COLUMNS, DeviceColumn, device_label};
 use crate::device::DeviceInfo;
 use crate::info::{MemoryInfo, memory_info_untracked};
+use crate::scope_figures::{NameFigures, QUANTILE_NOTE, name_figures};
 
 fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), b)
@@ -92,12 +94,64 @@ pub fn render_memory_report(info: &MemoryInfo, scopes: Option<&ScopeTree>) -> St
     out
 }
 
+/// The closed scopes of each name: how many, and the p50, p99 and max of
+/// their host and device peaks. The quantiles are estimates within 1% of the
+/// exact ones (the title says so); the max is exact. Empty when no scope
+/// has closed.
+pub fn render_name_table(names: &[NameFigures]) -> String {
+    let mut out = String::new();
+    if names.is_empty() {
+        return out;
+    }
+    let first = names
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    let _ = writeln!(
+        out,
+        "closed scopes by name (peaks at close; p50, p99: {QUANTILE_NOTE})"
+    );
+    let _ = writeln!(
+        out,
+        "{:<first$} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "name", "closed", "host p50", "host p99", "host max", "dev p50", "dev p99", "dev max"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(first + 10 + 6 * 12));
+    for n in names {
+        let (h, d) = (&n.host_peak, &n.device_peak);
+        let _ = writeln!(
+            out,
+            "{:<first$} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            n.name,
+            n.closed,
+            b(h.quantile(0.5)),
+            b(h.quantile(0.99)),
+            b(h.max),
+            b(d.quantile(0.5)),
+            b(d.quantile(0.99)),
+            b(d.max)
+        );
+    }
+    out
+}
+
 /// [`render_memory_report`] of the process now, scopes included: the
-/// machine, container, process and device memory, then the scope tree (not
-/// to be confused with `alloc_host::report`, the scope tree alone).
+/// machine, container, process and device memory, the scope tree, then the
+/// closed scopes by name ([`render_name_table`]) (not to be confused with
+/// `alloc_host::report`, the scope tree alone).
 pub fn memory_report() -> String {
     let info = memory_info_untracked();
-    alloc_host::untracked(|| render_memory_report(&info, Some(&alloc_host::snapshot())))
+    alloc_host::untracked(|| {
+        let mut out = render_memory_report(&info, Some(&alloc_host::snapshot()));
+        let names = render_name_table(&name_figures());
+        if !names.is_empty() {
+            out.push('\n');
+            out.push_str(&names);
+        }
+        out
+    })
 }
 
 #[cfg(test)]
@@ -113,6 +167,34 @@ mod tests {
                 "{row} missing:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn name_table_says_its_quantiles_are_estimates_and_lines_up() {
+        let mut host_peak = alloc_host::PeakSummary::default();
+        for v in 1..=1000u64 {
+            host_peak.add(v << 20);
+        }
+        let names = [NameFigures {
+            name: "request".into(),
+            closed: 1000,
+            host_peak,
+            ..NameFigures::default()
+        }];
+        let text = render_name_table(&names);
+        let mut lines = text.lines();
+        let title = lines.next().unwrap();
+        assert!(title.contains("p50, p99: estimate, ±1%"), "{text}");
+        let header = lines.next().unwrap();
+        let row = text.lines().find(|l| l.starts_with("request ")).unwrap();
+        assert_eq!(header.len(), row.len(), "\n{header}\n{row}");
+        // p50 of 1..=1000 MiB is 500 MiB (estimate within 1%), max exact
+        let p50 = names[0].host_peak.quantile(0.5);
+        assert!(p50.abs_diff(500 << 20) * 100 <= 500 << 20, "{p50}");
+        for want in [b(p50), "1000.00 MiB".to_owned()] {
+            assert!(row.contains(&want), "{want} not in {row}");
+        }
+        assert_eq!(render_name_table(&[]), "");
     }
 
     #[test]

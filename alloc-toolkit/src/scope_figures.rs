@@ -5,11 +5,49 @@
 use std::collections::{BTreeMap, HashMap};
 
 use alloc_host::{MAX_NAMES, OTHER, PeakSummary, ScopeNode, ScopeTree};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-/// A distribution of per-scope bytes: alloc-host's [`PeakSummary`]
-/// (power-of-two buckets, count, sum, max, `quantile`).
+/// A distribution of per-scope bytes: alloc-host's [`PeakSummary`] (count,
+/// sum, min, max, and log-linear buckets whose `quantile` is an estimate
+/// within 1% of the exact value).
 pub type Summary = PeakSummary;
+
+/// How a [`Summary`] appears in JSON: its exact figures and its quantile
+/// estimates, without the buckets (a few hundred per distribution; they
+/// stay in [`Summary::buckets`] for whoever merges distributions).
+#[derive(Serialize)]
+struct SummaryJson {
+    count: u64,
+    sum: u64,
+    min: u64,
+    max: u64,
+    mean: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    /// How far the quantiles may be from the exact ones.
+    quantiles: &'static str,
+}
+
+fn summary_json<S: Serializer>(s: &Summary, ser: S) -> Result<S::Ok, S::Error> {
+    SummaryJson {
+        count: s.count,
+        sum: s.sum,
+        min: s.min,
+        max: s.max,
+        mean: s.mean(),
+        p50: s.quantile(0.5),
+        p90: s.quantile(0.9),
+        p99: s.quantile(0.99),
+        p999: s.quantile(0.999),
+        quantiles: QUANTILE_NOTE,
+    }
+    .serialize(ser)
+}
+
+/// What to print next to a quantile of a [`Summary`].
+pub const QUANTILE_NOTE: &str = "estimate, ±1%";
 
 /// The closed scopes of one name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -18,9 +56,12 @@ pub struct NameFigures {
     pub name: String,
     /// Scopes closed.
     pub closed: u64,
-    /// Their host peaks.
+    /// Their host peaks (in JSON: count, sum, min, max, mean, p50, p90, p99,
+    /// p999; the quantiles are estimates within 1%).
+    #[serde(serialize_with = "summary_json")]
     pub host_peak: Summary,
-    /// Their device peaks.
+    /// Their device peaks (in JSON as `host_peak`).
+    #[serde(serialize_with = "summary_json")]
     pub device_peak: Summary,
     /// Host bytes they allocated.
     pub bytes_allocated: u64,
@@ -163,5 +204,34 @@ mod tests {
             .map(|l| (l.name.as_str(), l.live_bytes))
             .collect();
         assert_eq!(names, [("batch", 0), ("process", 1000), ("request", 350)]);
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn json_carries_the_quantiles_and_says_they_are_estimates_not_the_buckets() {
+        let mut host_peak = Summary::default();
+        for v in 1..=10_000u64 {
+            host_peak.add(v * 1000);
+        }
+        let f = NameFigures {
+            name: "request".into(),
+            closed: 10_000,
+            host_peak,
+            ..NameFigures::default()
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        let h = &v["host_peak"];
+        assert_eq!(h["count"], 10_000);
+        assert_eq!(h["min"], 1000);
+        assert_eq!(h["max"], 10_000_000);
+        let p99 = h["p99"].as_u64().unwrap();
+        assert!(p99.abs_diff(9_900_000) * 100 <= 9_900_000, "{p99}");
+        assert_eq!(h["quantiles"], QUANTILE_NOTE);
+        assert!(h.get("buckets").is_none(), "{h}");
+        assert!(v.to_string().len() < 1000, "{v}");
     }
 }
