@@ -160,7 +160,7 @@ where
         monitor,
         metrics: alloc_toolkit::Metrics::new(),
     });
-    let router = server::router(app.clone());
+    let router = server::router(app.clone(), &server::ServerConfig::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(4)
         .worker_threads(4)
@@ -169,7 +169,7 @@ where
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port)).await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(server::serve(listener, router));
+        let server = tokio::spawn(server::serve(listener, router, server::ServerConfig::default()));
         if opts.serve {
             println!("serving on http://{addr}/ (loopback only): /infer, /metrics, /debug/memory; Ctrl-C stops");
             server.await??;

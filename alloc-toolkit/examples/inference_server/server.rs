@@ -3,6 +3,7 @@
 //! allocator, the load run) so that tests can start the same server.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use alloc_core::{CachingAllocator, DeviceBackend, DeviceBuffer, HostBackend};
@@ -12,16 +13,21 @@ use alloc_toolkit::{
     retry_on_oom_async,
 };
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 /// Vocabulary size: token ids run from 0 to `VOCAB - 1`.
 pub const VOCAB: usize = 4096;
+/// Longest prompt, in tokens.
+pub const MAX_TOKENS: usize = 4096;
 /// Model width.
 pub const D: usize = 128;
 /// Feed-forward width.
@@ -187,24 +193,169 @@ fn text(status: StatusCode, body: String) -> Response {
     (status, body).into_response()
 }
 
-async fn infer<B: Memory>(State(app): State<Arc<App<B>>>, body: Bytes) -> Response
+/// An answer after which the connection is closed (the request's body may
+/// be left unread).
+fn closing(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONNECTION, "close")], body).into_response()
+}
+
+/// The `/infer` route's state: the app, the limits, and the admission gate.
+struct Gate<B: Memory> {
+    app: Arc<App<B>>,
+    config: ServerConfig,
+    in_flight: Semaphore,
+    /// Requests that found the device short of memory (logged at powers of
+    /// two, so a burst cannot flood the log).
+    short: AtomicU64,
+}
+
+impl<B: Memory> Gate<B> {
+    /// 503 with `Retry-After` and `why`, written for the client.
+    fn unavailable(&self, why: &str) -> Response {
+        let secs = self.config.retry_after_secs;
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, secs.to_string())],
+            format!("{why}; retry after {secs} s\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Checks the request's head: `Content-Type: application/json`, and a
+/// `Content-Length` (when given) within the limit.
+fn check_head(headers: &HeaderMap, max_body: usize) -> Result<(), Response> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no Content-Type given; expected Content-Type: application/json\n".into(),
+        ));
+    };
+    let ct = String::from_utf8_lossy(ct.as_bytes());
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {ct:?} is not accepted; expected Content-Type: application/json\n"
+            ),
+        ));
+    }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len = String::from_utf8_lossy(len.as_bytes());
+        match len.trim().parse::<u64>() {
+            Ok(n) if n > max_body as u64 => {
+                return Err(closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "Content-Length {n} is over the limit of {max_body} bytes; send a smaller body (a prompt of at most {MAX_TOKENS} tokens)\n"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(closing(
+                    StatusCode::BAD_REQUEST,
+                    format!("Content-Length {len:?} is not a byte count\n"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the request's fields against the model.
+fn check_request(req: &InferRequest) -> Result<(), String> {
+    if req.tokens.is_empty() || req.tokens.len() > MAX_TOKENS {
+        return Err(format!(
+            "{} tokens given; give 1 to {MAX_TOKENS}\n",
+            req.tokens.len()
+        ));
+    }
+    if let Some((i, t)) = req
+        .tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| **t as usize >= VOCAB)
+    {
+        return Err(format!(
+            "token id {t} (position {i}) is outside the vocabulary of {VOCAB} tokens; give ids from 0 to {}\n",
+            VOCAB - 1
+        ));
+    }
+    Ok(())
+}
+
+async fn infer<B: Memory>(
+    State(gate): State<Arc<Gate<B>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response
 where
     B::Stream: Send + Sync,
 {
     let started = Instant::now();
+    let config = &gate.config;
+    if let Err(answer) = check_head(&headers, config.max_body_bytes) {
+        return answer;
+    }
+    let limited = axum::body::to_bytes(body, config.max_body_bytes);
+    let body = match tokio::time::timeout(config.body_timeout, limited).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if over {
+                closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body is over the limit of {} bytes; send a smaller body (a prompt of at most {MAX_TOKENS} tokens)\n",
+                        config.max_body_bytes
+                    ),
+                )
+            } else {
+                closing(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body could not be read: {e}\n"),
+                )
+            };
+        }
+        Err(_) => {
+            return closing(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {:.1} s; send it whole, at once\n",
+                    config.body_timeout.as_secs_f64()
+                ),
+            );
+        }
+    };
     let req: InferRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad request body: {e}\n")),
     };
-    if req.tokens.is_empty() || req.tokens.len() > 4096 {
-        return text(StatusCode::BAD_REQUEST, "give 1 to 4096 tokens\n".into());
+    if let Err(why) = check_request(&req) {
+        return text(StatusCode::BAD_REQUEST, why);
     }
+    // Admitted only under the cap: the excess is shed at once, before its
+    // scope is opened, so it never counts as a `request`.
+    let Ok(_permit) = gate.in_flight.try_acquire() else {
+        return gate.unavailable(&format!(
+            "the server is busy: {} requests in progress, its limit",
+            config.max_in_flight
+        ));
+    };
+    let app = &gate.app;
     // One fixed scope name for every request: the per-name aggregates and
     // the metrics stay bounded; the id goes in the response and the logs.
     let scope = match ScopeBuilder::new("request").build() {
         Ok(s) => s,
-        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e) => {
+            eprintln!("request {}: no scope: {e}", req.id);
+            return gate.unavailable("the server cannot take more requests now");
+        }
     };
+    let id = req.id;
     let work = {
         let (app, scope) = (app.clone(), scope.clone());
         async move {
@@ -220,7 +371,7 @@ where
                 tokio::time::sleep,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Short(e.to_string()))?;
             // The matrix work on the blocking pool, in the request's scope.
             let model = app.model.clone();
             let tokens = req.tokens;
@@ -228,7 +379,7 @@ where
             let (next, layers) =
                 tokio::task::spawn_blocking(scope.bind(move || model.forward(&tokens)))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Failure::Internal(e.to_string()))?;
             // Each layer's output goes to its range of the KV cache.
             for (l, x) in layers.iter().enumerate() {
                 if let Some(data) = x.as_slice() {
@@ -237,7 +388,7 @@ where
             }
             tokio::task::yield_now().await; // and maybe another worker thread
             drop(kv);
-            Ok::<_, String>((next, n, attempts.attempts - 1))
+            Ok::<_, Failure>((next, n, attempts.attempts - 1))
         }
     };
     let result = work.in_scope(&scope).await;
@@ -246,7 +397,7 @@ where
     match result {
         Ok((next_token, tokens, retries)) => {
             let r = InferResponse {
-                id: req.id,
+                id,
                 next_token,
                 tokens,
                 host_peak: stats.peak_bytes,
@@ -260,8 +411,30 @@ where
             )
                 .into_response()
         }
-        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(Failure::Short(e)) => {
+            // The allocator's text (and its remedy) is for the operator.
+            let n = gate.short.fetch_add(1, Relaxed) + 1;
+            if n.is_power_of_two() {
+                eprintln!("request {id}: device memory short ({n} request(s) so far): {e}");
+            }
+            gate.unavailable("the server is short of memory for this request right now")
+        }
+        Err(Failure::Internal(e)) => {
+            eprintln!("request {id}: {e}");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request failed inside the server\n".into(),
+            )
+        }
     }
+}
+
+/// Why an admitted request failed.
+enum Failure {
+    /// The device had no room for its KV cache, even after retries.
+    Short(String),
+    /// The model's task failed.
+    Internal(String),
 }
 
 async fn metrics<B: Memory>(State(app): State<Arc<App<B>>>) -> Response {
@@ -292,21 +465,93 @@ async fn index() -> Response {
         .into_response()
 }
 
-/// The server's routes over `app`.
-pub fn router<B: Memory>(app: Arc<App<B>>) -> Router
+/// Limits and timeouts of the HTTP side (`--header-timeout`,
+/// `--body-timeout`, `--max-body-bytes`, `--max-in-flight`).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Longest wait for a request's head, from the moment the connection
+    /// is ready for it: also the longest a kept-alive connection stays idle.
+    pub header_timeout: Duration,
+    /// Longest wait for a request's whole body once its head is read
+    /// (answered 408, connection closed).
+    pub body_timeout: Duration,
+    /// Largest request body accepted (413 beyond; a larger
+    /// `Content-Length` is answered before any of the body is read).
+    pub max_body_bytes: usize,
+    /// Most `/infer` requests in progress at once; the excess is answered
+    /// 503 with `Retry-After` at once.
+    pub max_in_flight: usize,
+    /// Seconds a client is told to wait after a 503.
+    pub retry_after_secs: u64,
+}
+
+impl Default for ServerConfig {
+    /// 10 s for a head (and idle), 10 s for a body, 1 MiB bodies (a
+    /// prompt of `MAX_TOKENS` ids takes at most 45 KiB), 32 requests in
+    /// progress (32 of the longest prompts hold 256 MiB of KV cache, the
+    /// device cap: past it a request's retries wait for others to finish,
+    /// then it is answered 503), `Retry-After: 1`.
+    fn default() -> Self {
+        ServerConfig {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_body_bytes: 1 << 20,
+            max_in_flight: 32,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// The server's routes over `app`, `/infer` under `config`'s limits.
+pub fn router<B: Memory>(app: Arc<App<B>>, config: &ServerConfig) -> Router
 where
     B::Stream: Send + Sync,
 {
+    let gate = Arc::new(Gate {
+        app: app.clone(),
+        config: config.clone(),
+        in_flight: Semaphore::new(config.max_in_flight),
+        short: AtomicU64::new(0),
+    });
     Router::new()
         .route("/", get(index))
-        .route("/infer", post(infer::<B>))
+        .route("/infer", post(infer::<B>).with_state(gate))
         .route("/metrics", get(metrics::<B>))
         .route("/debug/memory", get(memory_page::<B>))
         .route("/debug/memory.json", get(memory_json::<B>))
         .with_state(app)
 }
 
-/// Serves `router` on `listener` until the task is dropped or fails.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+/// Serves `router` on `listener`, one HTTP/1.1 connection per task, until
+/// the task is dropped. A connection whose next request head does not
+/// arrive whole within `config.header_timeout` is closed: that cuts a
+/// client sending half its headers and bounds how long a kept-alive
+/// connection may sit idle between requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    config: ServerConfig,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors and the like: wait for some to close.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Latency over batching for small JSON answers; best effort.
+        tcp.set_nodelay(true).ok();
+        let conn =
+            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+        tokio::spawn(async move {
+            // A client going away mid-request is its own business.
+            conn.await.ok();
+        });
+    }
 }
