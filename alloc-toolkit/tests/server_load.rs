@@ -25,6 +25,10 @@ use tokio::net::TcpStream;
 #[allow(dead_code)]
 mod server;
 
+#[path = "../examples/inference_server/cli.rs"]
+#[allow(dead_code)]
+mod cli;
+
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator::new();
 
@@ -376,4 +380,43 @@ fn a_burst_past_the_cap_is_shed_and_not_counted() {
         counted, ok as u64,
         "`request` scopes closed: {counted}; requests answered 200: {ok}"
     );
+}
+
+/// The command line refuses numbers out of range, naming the value and the
+/// range (before: `--port 70000` served on 4464, `--port 65536` on 3000,
+/// `--requests 0` ran one request, `--concurrency 0` one connection).
+#[test]
+fn command_line_numbers_are_checked() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        cli::Options::try_parse_from(
+            std::iter::once("inference_server").chain(args.iter().copied()),
+        )
+    };
+    for (args, value, range) in [
+        (&["--port", "70000"][..], "70000", "0..=65535"),
+        (&["--port", "65536"][..], "65536", "0..=65535"),
+        (&["--requests", "0"][..], "0", "1..=100000"),
+        (&["--concurrency", "0"][..], "0", "1..=1024"),
+        (&["--max-in-flight", "0"][..], "0", "1..=4096"),
+        (&["--header-timeout", "0"][..], "0", "0.001..=3600"),
+        (
+            &["--body-timeout", "1e20"][..],
+            "100000000000000000000",
+            "0.001..=3600",
+        ),
+    ] {
+        let e = parse(args).expect_err(&format!("{args:?} accepted"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(value) && msg.contains(range),
+            "{args:?}: the message names {value} and {range}: {msg}"
+        );
+    }
+    let o = parse(&["--serve"]).unwrap();
+    assert_eq!((o.port(), o.requests, o.concurrency), (3000, 300, 32));
+    let o = parse(&["--port", "65535", "--header-timeout", "0.5"]).unwrap();
+    assert_eq!(o.port(), 65535);
+    assert_eq!(o.server_config().header_timeout, Duration::from_millis(500));
+    assert_eq!(parse(&[]).unwrap().port(), 0, "the load run: any free port");
 }

@@ -11,7 +11,8 @@
 //!   per-request memory, and exits.
 //! `... --example inference_server -- --serve [--port 3000]` keeps it running
 //!   for a person (loopback only; Ctrl-C stops it).
-//! `... -- --requests 300 --concurrency 32` sizes the load.
+//! `... -- --requests 300 --concurrency 32` sizes the load; `-- --help`
+//!   lists every option (timeouts, body limit, in-flight cap).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use alloc_toolkit::{
 };
 use tracing_subscriber::prelude::*;
 
+mod cli;
 mod load;
 mod server;
 
@@ -32,48 +34,8 @@ pub use server::{App, D, DEVICE_CAP, InferRequest, InferResponse, LAYERS, Memory
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator::new();
 
-/// Options from the command line.
-struct Options {
-    serve: bool,
-    port: u16,
-    requests: usize,
-    concurrency: usize,
-}
-
-fn options() -> Result<Options, String> {
-    let mut o = Options {
-        serve: false,
-        port: 0,
-        requests: 300,
-        concurrency: 32,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut num = |name: &str| -> Result<usize, String> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or(format!("{name} needs a number"))
-        };
-        match a.as_str() {
-            "--serve" => o.serve = true,
-            "--port" => o.port = num("--port")? as u16,
-            "--requests" => o.requests = num("--requests")?.clamp(1, 100_000),
-            "--concurrency" => o.concurrency = num("--concurrency")?.clamp(1, 1024),
-            other => {
-                return Err(format!(
-                    "unknown argument {other}; use --serve, --port N, --requests N, --concurrency N"
-                ));
-            }
-        }
-    }
-    if o.serve && o.port == 0 {
-        o.port = 3000;
-    }
-    Ok(o)
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let opts = options()?;
+    let opts = <cli::Options as clap::Parser>::parse();
     // Spans of this program at INFO and above become scopes (the model load).
     tracing_subscriber::registry()
         .with(
@@ -114,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn run<B: Memory>(
     engine: Arc<CachingAllocator<B>>,
     stream: B::Stream,
-    opts: Options,
+    opts: cli::Options,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     B::Stream: Send + Sync,
@@ -160,16 +122,16 @@ where
         monitor,
         metrics: alloc_toolkit::Metrics::new(),
     });
-    let router = server::router(app.clone(), &server::ServerConfig::default());
+    let router = server::router(app.clone(), &opts.server_config());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(4)
         .worker_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port)).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port())).await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(server::serve(listener, router, server::ServerConfig::default()));
+        let server = tokio::spawn(server::serve(listener, router, opts.server_config()));
         if opts.serve {
             println!("serving on http://{addr}/ (loopback only): /infer, /metrics, /debug/memory; Ctrl-C stops");
             server.await??;
@@ -177,7 +139,7 @@ where
         }
         let report = tokio::time::timeout(
             Duration::from_secs(240),
-            load::run(addr, opts.requests, opts.concurrency),
+            load::run(addr, opts.requests as usize, opts.concurrency as usize),
         )
         .await
         .map_err(|_| std::io::Error::other("the load run took over 240 s"))?
