@@ -223,10 +223,11 @@ impl<B: Memory> Gate<B> {
 }
 
 /// Checks the request's head: `Content-Type: application/json`, and a
-/// `Content-Length` (when given) within the limit.
-fn check_head(headers: &HeaderMap, max_body: usize) -> Result<(), Response> {
+/// `Content-Length` (when given) within the limit. The answer when it is
+/// refused.
+fn refuse_head(headers: &HeaderMap, max_body: usize) -> Option<Response> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Err(text(
+        return Some(text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "no Content-Type given; expected Content-Type: application/json\n".into(),
         ));
@@ -234,7 +235,7 @@ fn check_head(headers: &HeaderMap, max_body: usize) -> Result<(), Response> {
     let ct = String::from_utf8_lossy(ct.as_bytes());
     let mime = ct.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(text(
+        return Some(text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
                 "Content-Type {ct:?} is not accepted; expected Content-Type: application/json\n"
@@ -245,7 +246,7 @@ fn check_head(headers: &HeaderMap, max_body: usize) -> Result<(), Response> {
         let len = String::from_utf8_lossy(len.as_bytes());
         match len.trim().parse::<u64>() {
             Ok(n) if n > max_body as u64 => {
-                return Err(closing(
+                return Some(closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!(
                         "Content-Length {n} is over the limit of {max_body} bytes; send a smaller body (a prompt of at most {MAX_TOKENS} tokens)\n"
@@ -254,14 +255,14 @@ fn check_head(headers: &HeaderMap, max_body: usize) -> Result<(), Response> {
             }
             Ok(_) => {}
             Err(_) => {
-                return Err(closing(
+                return Some(closing(
                     StatusCode::BAD_REQUEST,
                     format!("Content-Length {len:?} is not a byte count\n"),
                 ));
             }
         }
     }
-    Ok(())
+    None
 }
 
 /// Checks the request's fields against the model.
@@ -296,7 +297,7 @@ where
 {
     let started = Instant::now();
     let config = &gate.config;
-    if let Err(answer) = check_head(&headers, config.max_body_bytes) {
+    if let Some(answer) = refuse_head(&headers, config.max_body_bytes) {
         return answer;
     }
     let limited = axum::body::to_bytes(body, config.max_body_bytes);
