@@ -13,6 +13,16 @@
 //!   for a person (loopback only; Ctrl-C stops it).
 //! `... -- --requests 300 --concurrency 32` sizes the load; `-- --help`
 //!   lists every option (timeouts, body limit, in-flight cap).
+//!
+//! What a client gets (`server.rs`): a head not in whole within
+//! `--header-timeout` (10 s; also the idle limit of a kept-alive
+//! connection) closes the connection; a body not in within `--body-timeout`
+//! (10 s) gets 408; a body over `--max-body-bytes` (1 MiB) gets 413, from the
+//! `Content-Length` alone when it announces one; a content type other than
+//! `application/json` gets 415; a token id outside the vocabulary gets 400;
+//! past `--max-in-flight` (32) requests in progress, or when the device has
+//! no room for the KV cache after about 0.3 s of retries, 503 with
+//! `Retry-After`. Only admitted requests open a `request` scope.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -463,7 +463,7 @@ async fn memory_json<B: Memory>(State(app): State<Arc<App<B>>>) -> Response {
 async fn index() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        "<!doctype html><title>inference_server</title><p>POST /infer {\"id\":1,\"tokens\":[1,2,3]} · \
+        "<!doctype html><title>inference_server</title><p>POST /infer with Content-Type: application/json, {\"id\":1,\"tokens\":[1,2,3]} (token ids 0 to 4095) · \
          <a href=\"/metrics\">/metrics</a> · <a href=\"/debug/memory\">/debug/memory</a> · \
          <a href=\"/debug/memory.json\">/debug/memory.json</a>",
     )
