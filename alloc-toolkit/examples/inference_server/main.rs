@@ -22,7 +22,9 @@
 //! `application/json` gets 415; a token id outside the vocabulary gets 400;
 //! past `--max-in-flight` (32) requests in progress, or when the device has
 //! no room for the KV cache after about 0.3 s of retries, 503 with
-//! `Retry-After`. Only admitted requests open a `request` scope.
+//! `Retry-After`. A request opens its `request` scope only once it is valid
+//! and admitted (one admitted but then refused for device memory still
+//! counts).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
