@@ -21,7 +21,7 @@
 //! `Content-Length` alone when it announces one; a content type other than
 //! `application/json` gets 415; a token id outside the vocabulary gets 400;
 //! past `--max-in-flight` (32) requests in progress, or when the device has
-//! no room for the KV cache after about 0.3 s of retries, 503 with
+//! no room for the KV cache after about 0.6 s of retries, 503 with
 //! `Retry-After`. A request opens its `request` scope only once it is valid
 //! and admitted (one admitted but then refused for device memory still
 //! counts).

@@ -362,11 +362,11 @@ where
         async move {
             let engine = &app.engine;
             let kv_bytes = req.tokens.len() * KV_PER_TOKEN;
-            // An admitted request waits (up to about 0.3 s in all) for the
+            // An admitted request waits (up to about 0.6 s in all) for the
             // requests ahead of it to give their KV caches back before it is
             // answered 503.
             let policy = RetryPolicy {
-                max_attempts: 7,
+                max_attempts: 8,
                 initial_backoff: Duration::from_millis(5),
                 ..RetryPolicy::default()
             };
