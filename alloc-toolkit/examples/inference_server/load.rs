@@ -143,7 +143,7 @@ impl Report {
             b(self.dashboard_bytes as u64)
         );
         println!(
-            "\nreal: HTTP/1.1 over 127.0.0.1 (axum server, hyper client); the model's matrix work \
+            "\nreal: HTTP/1.1 over 127.0.0.1 (axum router on hyper's HTTP/1.1 server, hyper client); the model's matrix work \
              (ndarray, {} layers, width {}); per-request host memory (tracking allocator, scope \
              followed across .await and the blocking pool); device memory taken from the caching engine.\n\
              simulated: the weights are random, not a trained model; the prompts are generated; \
