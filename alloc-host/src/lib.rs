@@ -16,11 +16,11 @@ pub use mimalloc_inner::Mimalloc;
 pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};
 
 pub use alloc_scope::{
-    BATCH_BYTES, BATCH_OPS, CAPACITY, DeviceScopeStats, InScope, Instrument, MAX_NAMES, OTHER,
-    PeakSummary, RegistryStats, STACK_MAX, ScopeAggregate, ScopeBuilder, ScopeError, ScopeGuard,
-    ScopeHandle, ScopeId, ScopeNode, ScopeStats, ScopeTree, SoftLimitExceeded, aggregate,
-    aggregates, current, flush, format_bytes, process_stats, registry_stats, report, reset_peak,
-    run_budget_callbacks, scope, snapshot, untracked,
+    BATCH_BYTES, BATCH_OPS, CAPACITY, DeviceScopeStats, FAILED_SUFFIX, InScope, Instrument,
+    MAX_NAMES, OTHER, PeakSummary, RegistryStats, STACK_MAX, ScopeAggregate, ScopeBuilder,
+    ScopeError, ScopeGuard, ScopeHandle, ScopeId, ScopeNode, ScopeStats, ScopeTree,
+    SoftLimitExceeded, aggregate, aggregates, current, flush, format_bytes, process_stats,
+    registry_stats, report, reset_peak, run_budget_callbacks, scope, snapshot, untracked,
 };
 
 /// The scope tree as JSON (see [`snapshot`]).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::record::Name;
+use super::record::{NAME_MAX, Name};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
@@ -169,7 +169,30 @@ pub(crate) fn record_close(slot: u32) {
             .load(Relaxed)
             .saturating_sub(m.opened_ns.load(Relaxed)),
     };
-    r.name.0.with_str(|name| entry_of(name).add(&f));
+    if r.meta.0.failed.load(Relaxed) == 0 {
+        r.name.0.with_str(|name| entry_of(name).add(&f));
+    } else {
+        r.name.0.with_str(|name| {
+            let mut buf = [0u8; NAME_MAX];
+            entry_of(failed_name(name, &mut buf)).add(&f)
+        });
+    }
+}
+
+/// The suffix of the aggregate name of a scope marked failed.
+pub const FAILED_SUFFIX: &str = " (failed)";
+
+/// `"{name} (failed)"` in `buf`, the name cut (at a character boundary) so
+/// that the whole fits in [`NAME_MAX`] bytes and the suffix is never lost.
+fn failed_name<'a>(name: &str, buf: &'a mut [u8; NAME_MAX]) -> &'a str {
+    let mut end = name.len().min(NAME_MAX - FAILED_SUFFIX.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let len = end + FAILED_SUFFIX.len();
+    buf[..end].copy_from_slice(&name.as_bytes()[..end]);
+    buf[end..len].copy_from_slice(FAILED_SUFFIX.as_bytes());
+    core::str::from_utf8(&buf[..len]).unwrap_or(FAILED_SUFFIX)
 }
 
 /// The aggregates of every scope name seen closing, sorted by name.
@@ -203,6 +226,49 @@ mod tests {
             h.add(v);
         }
         h.summary()
+    }
+
+    #[test]
+    fn a_scope_marked_failed_is_aggregated_under_its_failed_name_only() {
+        let name = "aggregate-outcome-test";
+        for i in 0..5u64 {
+            let g = crate::scope(name);
+            let owner = crate::charge_device_alloc(1000 * (i + 1));
+            crate::charge_device_free(owner, 1000 * (i + 1));
+            if i >= 3 {
+                g.mark_failed();
+                g.mark_failed(); // idempotent
+            }
+            drop(g);
+        }
+        let ok = aggregate(name).expect("the succeeded scopes");
+        assert_eq!(ok.closed, 3, "{ok:?}");
+        assert_eq!(ok.device_peak.max, 3000, "{ok:?}");
+        let failed = aggregate(&format!("{name}{FAILED_SUFFIX}")).expect("the failed scopes");
+        assert_eq!(failed.closed, 2, "{failed:?}");
+        assert_eq!(failed.device_peak.min, 4000, "{failed:?}");
+        // A reused slot starts unmarked.
+        drop(crate::scope(name));
+        assert_eq!(aggregate(name).unwrap().closed, 4);
+    }
+
+    #[test]
+    fn a_long_name_keeps_the_failed_suffix() {
+        let long = "é".repeat(40); // 80 bytes, cut to 63 when stored
+        let g = crate::scope(&long);
+        g.mark_failed();
+        drop(g);
+        let names: Vec<String> = aggregates().into_iter().map(|a| a.name).collect();
+        let got = names
+            .iter()
+            .find(|n| n.starts_with('é') && n.ends_with(FAILED_SUFFIX))
+            .unwrap_or_else(|| panic!("no failed aggregate in {names:?}"));
+        assert!(got.len() <= NAME_MAX, "{got} is {} bytes", got.len());
+        assert_eq!(
+            got.trim_end_matches(FAILED_SUFFIX).chars().count(),
+            27,
+            "{got}"
+        );
     }
 
     #[test]

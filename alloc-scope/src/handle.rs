@@ -343,6 +343,22 @@ impl ScopeHandle {
         thread::untracked(|| ScopeStats::read(self.id.slot()))
     }
 
+    /// Marks the scope's work as failed (a request answered with an error, a
+    /// job abandoned): when it closes, its figures go to the per-name
+    /// aggregate `"{name} (failed)"` ([`aggregates`](crate::aggregates))
+    /// instead of `name`, so a distribution such as "p99 request peak" holds
+    /// only the scopes that did their work, and failures are still counted,
+    /// under a bounded label (one per name). The scope's live figures, its
+    /// place in the tree and what it owns are unchanged. Idempotent; no effect
+    /// on the root.
+    pub fn mark_failed(&self) {
+        if self.id.slot() >= FIXED {
+            if let Some(r) = REGISTRY.record(self.id.slot()) {
+                r.meta.0.failed.store(1, Relaxed);
+            }
+        }
+    }
+
     /// Sets this scope's host and device peaks to their current live bytes.
     pub fn reset_peak(&self) {
         thread::flush();
@@ -411,6 +427,11 @@ impl ScopeGuard {
     /// This scope's id.
     pub fn id(&self) -> ScopeId {
         self.handle.id
+    }
+
+    /// Marks the scope's work as failed (see [`ScopeHandle::mark_failed`]).
+    pub fn mark_failed(&self) {
+        self.handle.mark_failed();
     }
 
     /// Sets this scope's peaks to their current live bytes.

@@ -44,7 +44,9 @@ pub use invariant::ScopeInvariant;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
 #[cfg(not(loom))]
-pub use aggregate::{Bucket, MAX_NAMES, OTHER, PeakSummary, ScopeAggregate, aggregate, aggregates};
+pub use aggregate::{
+    Bucket, FAILED_SUFFIX, MAX_NAMES, OTHER, PeakSummary, ScopeAggregate, aggregate, aggregates,
+};
 #[cfg(not(loom))]
 pub use handle::{
     ScopeBuilder, ScopeError, ScopeGuard, ScopeHandle, SoftLimitExceeded, run_budget_callbacks,

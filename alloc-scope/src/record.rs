@@ -56,6 +56,11 @@ pub(crate) struct Meta {
     pub closed_children: AtomicU64,
     pub closed_children_peak: AtomicI64,
     pub closed_children_device_peak: AtomicI64,
+    /// 1 once the scope was marked failed ([`ScopeHandle::mark_failed`]): at
+    /// close its figures go to the aggregate of `"{name} (failed)"`.
+    ///
+    /// [`ScopeHandle::mark_failed`]: crate::ScopeHandle::mark_failed
+    pub failed: AtomicU8,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -132,6 +137,7 @@ macro_rules! meta_new {
             closed_children: AtomicU64::new(0),
             closed_children_peak: AtomicI64::new(0),
             closed_children_device_peak: AtomicI64::new(0),
+            failed: AtomicU8::new(0),
         }
     };
 }
@@ -176,6 +182,7 @@ impl Record {
         m.closed_children.store(0, Relaxed);
         m.closed_children_peak.store(0, Relaxed);
         m.closed_children_device_peak.store(0, Relaxed);
+        m.failed.store(0, Relaxed);
     }
 
     /// The parent slot, if any.

@@ -127,7 +127,7 @@ impl Report {
         println!("out-of-memory retries: {retries}");
         if let Some(a) = alloc_host::aggregate("request") {
             println!(
-                "aggregates of scope `request`: {} closed; host peak p50 {} p99 {}; device peak p50 {} p99 {} (power-of-two buckets, within 2x)",
+                "aggregates of scope `request`: {} closed; host peak p50 {} p99 {}; device peak p50 {} p99 {} (estimate, ±1%)",
                 a.closed,
                 b(a.host_peak.quantile(0.5)),
                 b(a.host_peak.quantile(0.99)),
