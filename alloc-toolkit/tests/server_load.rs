@@ -383,8 +383,11 @@ fn a_burst_past_the_cap_is_shed_and_not_counted() {
     drop(rt);
     // Admitted, but the device cannot hold its KV cache (2 MiB on a 1 MiB
     // device): 503 with `Retry-After`, and the allocator's text and remedy
-    // stay in the server's log. (Here, after the count above: this request
-    // opens a scope.)
+    // stay in the server's log. It opened a `request` scope (its device
+    // bytes are charged there), marked failed: counted under
+    // `request (failed)`, not in the `request` distribution.
+    let ok_before = alloc_host::aggregate("request").map_or(0, |a| a.closed);
+    let failed_before = alloc_host::aggregate("request (failed)").map_or(0, |a| a.closed);
     let (rt, addr) = start(config(2), 1 << 20);
     let a = rt.block_on(async {
         let (mut send, _conn) = connect(addr).await;
@@ -399,6 +402,14 @@ fn a_burst_past_the_cap_is_shed_and_not_counted() {
             && !a.body.contains("per_process_memory_fraction"),
         "a message for the client, not the allocator's: {}",
         a.body
+    );
+    drop(rt);
+    let ok_after = alloc_host::aggregate("request").map_or(0, |a| a.closed);
+    let failed_after = alloc_host::aggregate("request (failed)").map_or(0, |a| a.closed);
+    assert_eq!(
+        (ok_after - ok_before, failed_after - failed_before),
+        (0, 1),
+        "a request refused for device memory counts as `request (failed)` only"
     );
 }
 

@@ -23,8 +23,9 @@
 //! past `--max-in-flight` (32) requests in progress, or when the device has
 //! no room for the KV cache after about 0.6 s of retries, 503 with
 //! `Retry-After`. A request opens its `request` scope only once it is valid
-//! and admitted (one admitted but then refused for device memory still
-//! counts).
+//! and admitted; one admitted but then refused (for device memory) is marked
+//! failed, so its figures go to `request (failed)`, and the `request`
+//! distribution holds only the requests answered 200.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

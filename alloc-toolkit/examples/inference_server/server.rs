@@ -397,6 +397,11 @@ where
         }
     };
     let result = work.in_scope(&scope).await;
+    if result.is_err() {
+        // Its figures go to `request (failed)`: the `request` distribution
+        // holds only requests that were answered 200.
+        scope.mark_failed();
+    }
     let stats = scope.stats();
     drop(scope);
     match result {
