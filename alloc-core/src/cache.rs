@@ -27,7 +27,7 @@
 //! | tick | the free clock's unit: every free takes one (`pending.rs`) |
 //! | reserved / in use / cached | held from the backend / handed out / reserved − in use ([`Stats`]) |
 //! | release | give memory back to the backend (`empty_cache`, `trim`, the reclaim ladder) |
-//! | snapshot | the memory snapshot only: every segment and block ([`Snapshot`](crate::snapshot::Snapshot), also pickled in PyTorch's shape); the scope tree's report is the scope registry's |
+//! | snapshot | the memory snapshot only: every segment and block ([`Snapshot`](crate::snapshot::Snapshot), also pickled in PyTorch's shape); the scope registry's picture is the scope tree (`alloc_scope::scope_tree`) |
 //!
 //! # Invariants
 //! The statistics keep [`CoreInvariant::T1`] (they are sums over the blocks

@@ -20,13 +20,13 @@ pub use alloc_scope::{
     MAX_NAMES, OTHER, PeakSummary, RegistryStats, STACK_MAX, ScopeAggregate, ScopeBuilder,
     ScopeError, ScopeGuard, ScopeHandle, ScopeId, ScopeNode, ScopeStats, ScopeTree,
     SoftLimitExceeded, aggregate, aggregates, current, flush, format_bytes, process_stats,
-    registry_stats, report, reset_peak, run_budget_callbacks, scope, snapshot, untracked,
+    registry_stats, report, reset_peak, run_budget_callbacks, scope, scope_tree, untracked,
 };
 
-/// The scope tree as JSON (see [`snapshot`]).
+/// The scope tree as JSON (see [`scope_tree`]).
 pub fn report_json() -> String {
     alloc_scope::untracked(|| {
-        serde_json::to_string_pretty(&snapshot())
+        serde_json::to_string_pretty(&scope_tree())
             .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     })
 }

@@ -1,4 +1,4 @@
-//! The scope tree as a serde snapshot and as a table a person reads at a glance.
+//! The scope tree as a serde value ([`ScopeTree`]) and as a table a person reads at a glance.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -35,7 +35,7 @@ pub struct ScopeTree {
 /// Takes a consistent-enough copy of the scope tree (each scope is read
 /// atomically field by field; scopes changing meanwhile may differ by the
 /// batching bound). Flushes the calling thread first.
-pub fn snapshot() -> ScopeTree {
+pub fn scope_tree() -> ScopeTree {
     thread::untracked(snapshot_untracked)
 }
 
@@ -206,9 +206,9 @@ fn truncate(s: &str, width: usize) -> String {
     }
 }
 
-/// [`snapshot`] rendered as a table.
+/// [`scope_tree`] rendered as a table.
 pub fn report() -> String {
-    thread::untracked(|| snapshot().render())
+    thread::untracked(|| scope_tree().render())
 }
 
 #[cfg(test)]

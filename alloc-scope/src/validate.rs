@@ -3,7 +3,7 @@
 //! thread has left its scopes, exited, or called `flush`).
 
 use super::invariant::ScopeInvariant;
-use super::report::snapshot;
+use super::report::scope_tree;
 
 /// An invariant that does not hold, with the values involved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,7 +19,7 @@ pub struct ScopeInvariantViolation {
 
 /// Checks [`ScopeInvariant::C1`]–[`ScopeInvariant::C4`] for every scope in the registry.
 pub fn validate() -> Result<(), ScopeInvariantViolation> {
-    let tree = snapshot();
+    let tree = scope_tree();
     for node in &tree.scopes {
         let s = &node.stats;
         let fail = |invariant, detail: String| ScopeInvariantViolation {

@@ -203,8 +203,9 @@ impl DashboardData {
     pub fn now(title: &str, series: Vec<Sample>) -> Self {
         let facts = Facts::now();
         let recommendations = recommend(&facts);
-        let (names, registry, scopes) =
-            alloc_host::untracked(|| (name_figures(), registry_figures(), alloc_host::snapshot()));
+        let (names, registry, scopes) = alloc_host::untracked(|| {
+            (name_figures(), registry_figures(), alloc_host::scope_tree())
+        });
         DashboardData {
             title: title.to_owned(),
             memory: facts.memory,

@@ -37,7 +37,7 @@ pub fn json_text(memory: &MemoryInfo, tree: &ScopeTree) -> String {
 /// [`memory_info`](crate::memory_info) and every scope now, as JSON.
 pub fn json() -> String {
     let info = memory_info_untracked();
-    alloc_host::untracked(|| json_text(&info, &alloc_host::snapshot()))
+    alloc_host::untracked(|| json_text(&info, &alloc_host::scope_tree()))
 }
 
 #[cfg(test)]

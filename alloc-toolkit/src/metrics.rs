@@ -123,7 +123,7 @@ impl Figures {
         let memory = memory_info_untracked();
         let (devices, names, live, registry) = alloc_host::untracked(|| {
             let names = name_figures();
-            let live = live_by_name(&alloc_host::snapshot(), &names);
+            let live = live_by_name(&alloc_host::scope_tree(), &names);
             (device_infos(), names, live, registry_figures())
         });
         Figures {

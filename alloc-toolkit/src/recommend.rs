@@ -136,7 +136,7 @@ impl Facts {
                     recent_alloc_retries: None,
                 })
                 .collect(),
-            scopes_not_created: alloc_host::snapshot().scopes_not_created,
+            scopes_not_created: alloc_host::scope_tree().scopes_not_created,
             recent_scopes_not_created: None,
             safety_factor: DEFAULT_SAFETY_FACTOR,
         }

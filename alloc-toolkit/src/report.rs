@@ -144,7 +144,7 @@ pub fn render_name_table(names: &[NameFigures]) -> String {
 pub fn memory_report() -> String {
     let info = memory_info_untracked();
     alloc_host::untracked(|| {
-        let mut out = render_memory_report(&info, Some(&alloc_host::snapshot()));
+        let mut out = render_memory_report(&info, Some(&alloc_host::scope_tree()));
         let names = render_name_table(&name_figures());
         if !names.is_empty() {
             out.push('\n');

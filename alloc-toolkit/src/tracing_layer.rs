@@ -296,7 +296,7 @@ mod tests {
                 let _i = inner.enter();
                 let in_inner = alloc_host::current();
                 assert_ne!(in_inner, in_outer);
-                let tree = alloc_host::snapshot();
+                let tree = alloc_host::scope_tree();
                 let node = tree
                     .scopes
                     .iter()

@@ -5,14 +5,14 @@
 
 use alloc_host::{
     CAPACITY, ScopeBuilder, ScopeHandle, TrackingAllocator, aggregate, process_stats,
-    registry_stats, scope, snapshot, untracked,
+    registry_stats, scope, scope_tree, untracked,
 };
 
 #[global_allocator]
 static A: TrackingAllocator = TrackingAllocator::new();
 
 fn retired() -> alloc_host::ScopeStats {
-    snapshot()
+    scope_tree()
         .scopes
         .into_iter()
         .find(|n| n.stats.name == "retired")

@@ -76,7 +76,7 @@ fn main() {
 }
 
 fn unattributed() -> alloc_host::ScopeStats {
-    alloc_host::snapshot()
+    alloc_host::scope_tree()
         .scopes
         .into_iter()
         .find(|n| n.stats.name == "unattributed")

@@ -153,7 +153,7 @@ impl Model {
 
     /// Compares every scope the registry still knows with the model.
     fn check(&self, step: usize, op: &Op) -> Result<(), TestCaseError> {
-        let tree = alloc_host::snapshot();
+        let tree = alloc_host::scope_tree();
         let real: HashMap<u64, &alloc_host::ScopeStats> =
             tree.scopes.iter().map(|n| (n.stats.id, &n.stats)).collect();
         for (i, s) in self.scopes.iter().enumerate() {
