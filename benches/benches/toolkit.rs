@@ -126,6 +126,29 @@ fn monitor_cpu_share(secs: u64) {
     }
 }
 
+/// A scrape once scopes of `names` distinct names have closed (ten of each,
+/// with host peaks from 1 KiB to 1 MiB): what the per-name figures cost. Runs
+/// after the other cases, since the closed scopes stay in the aggregates.
+fn metrics_scrape_with_names(c: &mut Criterion) {
+    let metrics = alloc_toolkit::Metrics::new();
+    let mut g = c.benchmark_group("toolkit/metrics_scrape_names");
+    let mut closed = 0;
+    for names in [10usize, 100] {
+        for n in closed..names {
+            for k in 0..10usize {
+                let s = alloc_host::scope(&format!("bench-name-{n}"));
+                black_box(vec![0u8; 1024 << (k % 11)]);
+                drop(s);
+            }
+        }
+        closed = names;
+        g.bench_function(format!("{names}"), |b| {
+            b.iter(|| black_box(metrics.render()))
+        });
+    }
+    g.finish();
+}
+
 fn host_allocs_measurement() {
     let mut c = Criterion::default()
         .with_measurement(HostAllocs::bytes())
@@ -145,6 +168,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     exporters(&mut c);
     monitor_sample(&mut c);
+    metrics_scrape_with_names(&mut c);
     c.final_summary();
     host_allocs_measurement();
     if std::env::args().any(|a| a == "--bench") {
