@@ -11,176 +11,71 @@
 //! [`CachingAllocator::validate`]: crate::CachingAllocator::validate
 //! [`Trace::from_events`]: crate::replay::Trace::from_events
 
-use core::fmt;
-
-/// An invariant of the engine or of a replay trace. Displayed as its id with
-/// the crate prefix, `core:S1`, unique across the workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CoreInvariant {
-    /// Blocks tile their segment: the first starts at the segment's base, each
-    /// next block starts where its predecessor ends, `prev`/`next` links agree,
-    /// and the sizes sum to the segment's size. Kept in `block.rs`.
-    S1,
-    /// No two adjacent free blocks of one stream in one segment (they merge).
-    S2,
-    /// No two adjacent unmapped blocks; unmapped blocks start and end on page
-    /// boundaries and occur only in expandable segments.
-    S3,
-    /// A segment's `mapped` bytes equal the sizes of its blocks that are not
-    /// unmapped; a fixed segment is fully mapped. Kept in `segment.rs`.
-    S4,
-    /// Every block starts at a multiple of
-    /// [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
-    A1,
-    /// The free index holds exactly the free blocks, each under its stream and
-    /// its segment's pool, keyed by its current size and address; its count is
-    /// the number of free blocks. Kept in `free_index.rs`.
-    F1,
-    /// The statistics are sums over the structures: `allocated_bytes` = Σ in-use
-    /// block sizes; `active_bytes` = Σ in-use and pending block sizes;
-    /// `requested_bytes` = Σ requested bytes of in-use and pending blocks
-    /// (PyTorch's: it drops when the free completes); `reserved_bytes` = Σ
-    /// `mapped` over segments; and the matching counts of blocks and segments.
-    T1,
-    /// `inactive_split` counts the free blocks of fixed segments that share
-    /// their segment (PyTorch's definition: free pages of an expandable segment
-    /// can always be released, so its free blocks are never "inactive split").
-    T2,
-    /// A pending block waits for one event per stream that used it; each
-    /// stream's events are queried in the order they were recorded, stopping at
-    /// the first that has not completed; the pending count is the number of
-    /// pending blocks.
-    P1,
-    /// In a replay [`Trace`](crate::replay::Trace), every slot is allocated by
-    /// exactly one `Alloc` event, and slots are numbered `0..slots` in the order
-    /// of their `Alloc` events. Kept in `replay/trace.rs`.
-    R1,
-    /// In a replay [`Trace`](crate::replay::Trace), a slot is freed at most
-    /// once, and only after its `Alloc`.
-    R2,
-}
-
-impl CoreInvariant {
-    /// Every invariant of this crate, in the order of their definitions.
-    pub const ALL: &'static [Self] = &[
-        Self::S1,
-        Self::S2,
-        Self::S3,
-        Self::S4,
-        Self::A1,
-        Self::F1,
-        Self::T1,
-        Self::T2,
-        Self::P1,
-        Self::R1,
-        Self::R2,
-    ];
-
-    /// The id with the crate prefix, unique across the workspace: `core:S1`.
-    pub const fn id(self) -> &'static str {
-        match self {
-            Self::S1 => "core:S1",
-            Self::S2 => "core:S2",
-            Self::S3 => "core:S3",
-            Self::S4 => "core:S4",
-            Self::A1 => "core:A1",
-            Self::F1 => "core:F1",
-            Self::T1 => "core:T1",
-            Self::T2 => "core:T2",
-            Self::P1 => "core:P1",
-            Self::R1 => "core:R1",
-            Self::R2 => "core:R2",
-        }
-    }
-
-    /// The equation's short name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::S1 => "blocks tile their segment",
-            Self::S2 => "free neighbours merge",
-            Self::S3 => "unmapped blocks are whole pages",
-            Self::S4 => "mapped bytes match the blocks",
-            Self::A1 => "blocks are aligned",
-            Self::F1 => "the free index is the free blocks",
-            Self::T1 => "statistics are sums over blocks",
-            Self::T2 => "inactive split counts shared free blocks",
-            Self::P1 => "pending blocks wait for their events",
-            Self::R1 => "trace slots are allocated once, in order",
-            Self::R2 => "trace slots are freed once, after their alloc",
-        }
+alloc_scope::invariants! {
+    /// An invariant of the engine or of a replay trace. Displayed as its id with
+    /// the crate prefix, `core:S1`, unique across the workspace.
+    pub enum CoreInvariant in "core" {
+        /// Blocks tile their segment: the first starts at the segment's base, each
+        /// next block starts where its predecessor ends, `prev`/`next` links agree,
+        /// and the sizes sum to the segment's size. Kept in `block.rs`.
+        S1 => "blocks tile their segment",
+        /// No two adjacent free blocks of one stream in one segment (they merge).
+        S2 => "free neighbours merge",
+        /// No two adjacent unmapped blocks; unmapped blocks start and end on page
+        /// boundaries and occur only in expandable segments.
+        S3 => "unmapped blocks are whole pages",
+        /// A segment's `mapped` bytes equal the sizes of its blocks that are not
+        /// unmapped; a fixed segment is fully mapped. Kept in `segment.rs`.
+        S4 => "mapped bytes match the blocks",
+        /// Every block starts at a multiple of
+        /// [`MIN_BLOCK`](crate::size_class::MIN_BLOCK).
+        A1 => "blocks are aligned",
+        /// The free index holds exactly the free blocks, each under its stream and
+        /// its segment's pool, keyed by its current size and address; its count is
+        /// the number of free blocks. Kept in `free_index.rs`.
+        F1 => "the free index is the free blocks",
+        /// The statistics are sums over the structures: `allocated_bytes` = Σ in-use
+        /// block sizes; `active_bytes` = Σ in-use and pending block sizes;
+        /// `requested_bytes` = Σ requested bytes of in-use and pending blocks
+        /// (PyTorch's: it drops when the free completes); `reserved_bytes` = Σ
+        /// `mapped` over segments; and the matching counts of blocks and segments.
+        T1 => "statistics are sums over blocks",
+        /// `inactive_split` counts the free blocks of fixed segments that share
+        /// their segment (PyTorch's definition: free pages of an expandable segment
+        /// can always be released, so its free blocks are never "inactive split").
+        T2 => "inactive split counts shared free blocks",
+        /// A pending block waits for one event per stream that used it; each
+        /// stream's events are queried in the order they were recorded, stopping at
+        /// the first that has not completed; the pending count is the number of
+        /// pending blocks.
+        P1 => "pending blocks wait for their events",
+        /// In a replay [`Trace`](crate::replay::Trace), every slot is allocated by
+        /// exactly one `Alloc` event, and slots are numbered `0..slots` in the order
+        /// of their `Alloc` events. Kept in `replay/trace.rs`.
+        R1 => "trace slots are allocated once, in order",
+        /// In a replay [`Trace`](crate::replay::Trace), a slot is freed at most
+        /// once, and only after its `Alloc`.
+        R2 => "trace slots are freed once, after their alloc",
     }
 }
 
-impl fmt::Display for CoreInvariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.id())
-    }
-}
-
-/// A locking rule of the engine: not an equation over its structures (the
-/// checker cannot see it), but a rule on when the lock is held, which the
-/// reasoning about idle memory rests on. Displayed as its id with the crate
-/// prefix, `core:L1`, unique across the workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LockRule {
-    /// The device-wide sync runs unlocked: a device-wide sync (the reclaim
-    /// ladder's, `empty_cache`'s) runs outside the lock (it blocks for as
-    /// long as the queued work runs); what it proves idle is decided by the
-    /// free clock read under the lock before it (a sync mark): every free (an
-    /// immediate one, or the deferral of a pending one) takes the next tick,
-    /// and a free block remembers the latest tick of its parts. After the
-    /// sync, a block freed before the mark is idle whoever completed its
-    /// free; a block freed since (by another thread meanwhile) may be in use
-    /// by work queued after the sync, so its stream is queried as usual.
-    /// Kept in `pending.rs` and `reclaim.rs`; tested by
-    /// `tests/engine_sync_unlocked.rs`.
-    L1,
-}
-
-impl LockRule {
-    /// Every locking rule of this crate.
-    pub const ALL: &'static [Self] = &[Self::L1];
-
-    /// The id with the crate prefix, unique across the workspace: `core:L1`.
-    pub const fn id(self) -> &'static str {
-        match self {
-            Self::L1 => "core:L1",
-        }
-    }
-
-    /// The rule's short name.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::L1 => "device-wide sync runs unlocked",
-        }
-    }
-}
-
-impl fmt::Display for LockRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.id())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{CoreInvariant, LockRule};
-
-    #[test]
-    fn ids_are_unique_and_prefixed() {
-        let mut seen = std::collections::HashSet::new();
-        for inv in CoreInvariant::ALL {
-            let id = inv.to_string();
-            assert!(id.starts_with("core:"), "{id} lacks the crate prefix");
-            assert_eq!(id, format!("core:{inv:?}"), "{id} is not its variant");
-            assert!(!inv.name().is_empty());
-            assert!(seen.insert(id.clone()), "{id} twice");
-        }
-        for rule in LockRule::ALL {
-            let id = rule.to_string();
-            assert_eq!(id, format!("core:{rule:?}"), "{id} is not its variant");
-            assert!(!rule.name().is_empty());
-            assert!(seen.insert(id.clone()), "{id} twice");
-        }
+alloc_scope::invariants! {
+    /// A locking rule of the engine: not an equation over its structures (the
+    /// checker cannot see it), but a rule on when the lock is held, which the
+    /// reasoning about idle memory rests on. Displayed as its id with the crate
+    /// prefix, `core:L1`, unique across the workspace.
+    pub enum LockRule in "core" {
+        /// The device-wide sync runs unlocked: a device-wide sync (the reclaim
+        /// ladder's, `empty_cache`'s) runs outside the lock (it blocks for as
+        /// long as the queued work runs); what it proves idle is decided by the
+        /// free clock read under the lock before it (a sync mark): every free (an
+        /// immediate one, or the deferral of a pending one) takes the next tick,
+        /// and a free block remembers the latest tick of its parts. After the
+        /// sync, a block freed before the mark is idle whoever completed its
+        /// free; a block freed since (by another thread meanwhile) may be in use
+        /// by work queued after the sync, so its stream is queried as usual.
+        /// Kept in `pending.rs` and `reclaim.rs`; tested by
+        /// `tests/engine_sync_unlocked.rs`.
+        L1 => "device-wide sync runs unlocked",
     }
 }
