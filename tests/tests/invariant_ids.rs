@@ -4,49 +4,52 @@
 
 use std::collections::HashMap;
 
-/// Every invariant of every crate: (displayed id, the variant as written).
-fn all() -> Vec<(String, String)> {
-    fn each<T: std::fmt::Display + std::fmt::Debug>(
-        crate_name: &str,
-        all: &[T],
-    ) -> Vec<(String, String)> {
-        all.iter()
-            .map(|v| (v.to_string(), format!("{crate_name}::{v:?}")))
-            .collect()
-    }
-    let mut out = Vec::new();
-    out.extend(each(
-        "alloc_scope::ScopeInvariant",
-        alloc_scope::ScopeInvariant::ALL,
-    ));
-    out.extend(each(
-        "alloc_core::CoreInvariant",
-        alloc_core::CoreInvariant::ALL,
-    ));
-    out.extend(each("alloc_core::LockRule", alloc_core::LockRule::ALL));
-    out.extend(each(
-        "alloc_host::HostInvariant",
-        alloc_host::HostInvariant::ALL,
-    ));
-    out.extend(each(
-        "alloc_cuda::CudaInvariant",
-        alloc_cuda::CudaInvariant::ALL,
-    ));
-    out.extend(each(
-        "alloc_mps::MpsInvariant",
-        alloc_mps::MpsInvariant::ALL,
-    ));
-    out.extend(each(
-        "alloc_toolkit::ToolkitInvariant",
-        alloc_toolkit::ToolkitInvariant::ALL,
-    ));
-    out
+/// One invariant as its enum defines it.
+struct Inv {
+    /// The displayed id (`core:T1`).
+    id: String,
+    /// The variant as written (`alloc_core::CoreInvariant::T1`).
+    variant: String,
+    /// Its short name.
+    name: &'static str,
+}
+
+/// Every variant of the listed enums, in order.
+macro_rules! every {
+    ($($krate:ident :: $ty:ident),+ $(,)?) => {
+        [$(
+            $krate::$ty::ALL
+                .iter()
+                .map(|v| Inv {
+                    id: v.to_string(),
+                    variant: format!("{}::{}::{v:?}", stringify!($krate), stringify!($ty)),
+                    name: v.name(),
+                })
+                .collect::<Vec<_>>()
+        ),+]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<Inv>>()
+    };
+}
+
+/// Every invariant of every crate.
+fn all() -> Vec<Inv> {
+    every!(
+        alloc_scope::ScopeInvariant,
+        alloc_core::CoreInvariant,
+        alloc_core::LockRule,
+        alloc_host::HostInvariant,
+        alloc_cuda::CudaInvariant,
+        alloc_mps::MpsInvariant,
+        alloc_toolkit::ToolkitInvariant,
+    )
 }
 
 #[test]
 fn no_two_invariants_share_a_displayed_id() {
     let mut seen: HashMap<String, String> = HashMap::new();
-    for (id, variant) in all() {
+    for Inv { id, variant, .. } in all() {
         if let Some(first) = seen.insert(id.clone(), variant.clone()) {
             panic!("{id} names both {first} and {variant}");
         }
@@ -55,7 +58,7 @@ fn no_two_invariants_share_a_displayed_id() {
 
 #[test]
 fn every_id_has_a_crate_prefix_and_a_short_number() {
-    for (id, variant) in all() {
+    for Inv { id, variant, .. } in all() {
         let (prefix, local) = id
             .split_once(':')
             .unwrap_or_else(|| panic!("{variant}: {id} has no prefix"));
@@ -70,47 +73,6 @@ fn every_id_has_a_crate_prefix_and_a_short_number() {
             "{variant}: {id} is not a letter and a number"
         );
     }
-}
-
-/// Every invariant's (displayed id, name), as the enums define them.
-fn names() -> Vec<(String, &'static str)> {
-    let mut out: Vec<(String, &'static str)> = Vec::new();
-    out.extend(
-        alloc_scope::ScopeInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_core::CoreInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_core::LockRule::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_host::HostInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_cuda::CudaInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_mps::MpsInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out.extend(
-        alloc_toolkit::ToolkitInvariant::ALL
-            .iter()
-            .map(|v| (v.to_string(), v.name())),
-    );
-    out
 }
 
 /// ARCHITECTURE.md's invariants table lists exactly the invariants the code
@@ -134,8 +96,8 @@ fn architecture_md_lists_exactly_the_invariants_of_the_code() {
             );
         }
     }
-    let defined = names();
-    for (id, name) in &defined {
+    let defined = all();
+    for Inv { id, name, .. } in &defined {
         match listed.get(id) {
             None => panic!("ARCHITECTURE.md does not list {id} ({name})"),
             Some(n) => assert_eq!(n, name, "ARCHITECTURE.md names {id} differently"),
@@ -143,7 +105,7 @@ fn architecture_md_lists_exactly_the_invariants_of_the_code() {
     }
     for id in listed.keys() {
         assert!(
-            defined.iter().any(|(d, _)| d == id),
+            defined.iter().any(|d| &d.id == id),
             "ARCHITECTURE.md lists {id}, which no invariant enum defines"
         );
     }
