@@ -37,6 +37,8 @@
  *   device memory on an existing device, no handle types; access descriptors
  *   (cuMemSetAccess): device locations that exist, valid flags, peers only
  *   where peer capable, over mapped pages only;
+ * - a current context: event record, query and synchronise, stream and
+ *   context synchronise fail with CUDA_ERROR_INVALID_CONTEXT without one;
  * - stub_fail(name, nth, code): the nth next call of `name` returns `code`;
  *   stub_calls(name) counts calls.
  * Built with -DSTUB_NO_VM the virtual-memory symbols are not exported.
@@ -343,6 +345,11 @@ static int current_device(void) {
     return -1;
 }
 
+/* Calls on events and streams, and synchronising, need a current context
+ * (the driver answers CUDA_ERROR_INVALID_CONTEXT on a thread with none, as
+ * PyTorch's autograd and DataLoader threads may be). */
+#define NEEDS_CONTEXT() do { if (current_device() < 0) REJECT(INVALID_CONTEXT); } while (0)
+
 API CUresult cuInit(unsigned flags) { (void)flags; ENTER("cuInit"); initialized = 1; LEAVE(OK); }
 API CUresult cuDriverGetVersion(int *v) { *v = 12060; return OK; }
 API CUresult cuDeviceGetCount(int *n) { ENTER("cuDeviceGetCount"); *n = ndev; LEAVE(OK); }
@@ -391,6 +398,7 @@ API CUresult cuCtxGetDevice(CUdevice *d) {
 }
 API CUresult cuCtxSynchronize(void) {
     ENTER("cuCtxSynchronize");
+    NEEDS_CONTEXT();
     CONFLICTS_WITH_CAPTURE();
     for (struct stream *s = streams; s; s = s->next) stalls += busy(s);
     finish_all();
@@ -438,6 +446,7 @@ API CUresult cuStreamQuery(void *h) {
 }
 API CUresult cuStreamSynchronize(void *h) {
     ENTER("cuStreamSynchronize");
+    NEEDS_CONTEXT();
     struct stream *s = lookup(h);
     if (!s) REJECT(INVALID_HANDLE);
     if (s->capturing) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
@@ -509,6 +518,7 @@ API CUresult cuEventDestroy_v2(void *e) {
 }
 API CUresult cuEventRecord(void *e, void *h) {
     ENTER("cuEventRecord");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     struct stream *s = lookup(h);
     if (!ev || !s) REJECT(INVALID_HANDLE);
@@ -517,6 +527,7 @@ API CUresult cuEventRecord(void *e, void *h) {
 }
 API CUresult cuEventQuery(void *e) {
     ENTER("cuEventQuery");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
@@ -525,6 +536,7 @@ API CUresult cuEventQuery(void *e) {
 }
 API CUresult cuEventSynchronize(void *e) {
     ENTER("cuEventSynchronize");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
