@@ -77,6 +77,23 @@ class Stats(unittest.TestCase):
 
         self.assertEqual(act.allocation_pointer(View()), 0x1000)
 
+    def test_empty_cache_chain_reaches_the_plug_in(self):
+        calls = []
+
+        class Lib:
+            def alloc_cuda_empty_cache(self, device):
+                calls.append(("alloc_cuda", device))
+
+        saved = act._lib
+        act._lib = Lib()
+        try:
+            wired = act.chain_empty_cache(lambda: calls.append(("torch",)), lambda: 3)
+            wired()
+        finally:
+            act._lib = saved
+        self.assertEqual(calls, [("torch",), ("alloc_cuda", 3)])
+        self.assertTrue(wired.alloc_cuda_wired)
+
 
 class KitSummary(unittest.TestCase):
     OURS = "\n".join([

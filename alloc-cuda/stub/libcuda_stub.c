@@ -171,6 +171,10 @@ API long stub_stalls(void) {
 }
 
 /* ---- streams: handles are looked up, never dereferenced ---- */
+/* One launch of the `fill` kernel (see cuLaunchKernel). */
+struct fill { uintptr_t out; uint32_t n, base; struct fill *next; };
+/* A captured graph: its fills, replayed by cuGraphLaunch. */
+struct graph { struct fill *fills; };
 struct work { uint64_t seq; uintptr_t addr; size_t size; struct work *next; };
 struct stream {
     uint64_t launched, completed;
@@ -179,6 +183,7 @@ struct stream {
     int capture_global;     /* begun in global mode */
     int invalidated;        /* an illegal call happened during the capture */
     int dead;               /* destroyed: kept so a later use is detected */
+    struct fill *captured;  /* kernels launched during the capture, newest first */
     struct stream *next;
 };
 static struct stream legacy;
@@ -350,9 +355,25 @@ static int current_device(void) {
  * PyTorch's autograd and DataLoader threads may be). */
 #define NEEDS_CONTEXT() do { if (current_device() < 0) REJECT(INVALID_CONTEXT); } while (0)
 
-API CUresult cuInit(unsigned flags) { (void)flags; ENTER("cuInit"); initialized = 1; LEAVE(OK); }
+/* STUB_CUINIT_RESULT=code makes cuInit fail with `code` (100: no device,
+ * 34: a toolkit stubs/ library, 803: driver/library mismatch), as the GPU
+ * kit's tests need; STUB_DEVICES=n sets the device count at start. */
+API CUresult cuInit(unsigned flags) {
+    (void)flags;
+    ENTER("cuInit");
+    const char *r = getenv("STUB_CUINIT_RESULT");
+    if (r && atoi(r) != 0) LEAVE(atoi(r));
+    const char *d = getenv("STUB_DEVICES");
+    if (d && !initialized) ndev = atoi(d) < 0 ? 0 : atoi(d) > MAX_DEV ? MAX_DEV : atoi(d);
+    initialized = 1;
+    LEAVE(OK);
+}
 API CUresult cuDriverGetVersion(int *v) { *v = 12060; return OK; }
-API CUresult cuDeviceGetCount(int *n) { ENTER("cuDeviceGetCount"); *n = ndev; LEAVE(OK); }
+API CUresult cuDeviceGetCount(int *n) {
+    ENTER("cuDeviceGetCount");
+    if (!initialized) LEAVE(NOT_INITIALIZED);
+    *n = ndev; LEAVE(OK);
+}
 API CUresult cuDeviceGet(CUdevice *d, int ordinal) {
     ENTER("cuDeviceGet");
     if (!initialized) LEAVE(NOT_INITIALIZED);
@@ -366,6 +387,15 @@ API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     ENTER("cuDeviceGetAttribute");
     if (d < 0 || d >= ndev) REJECT(INVALID_DEVICE);
     switch (attr) {
+    case 13: /* CLOCK_RATE, kHz: 1 GHz */
+        *v = 1000000;
+        break;
+    case 16: /* MULTIPROCESSOR_COUNT */
+        *v = 4;
+        break;
+    case 75: /* COMPUTE_CAPABILITY_MAJOR */
+        *v = 9;
+        break;
     case 102: /* VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED */
 #ifdef STUB_NO_VM
         *v = 0;
@@ -474,7 +504,9 @@ API CUresult cuStreamEndCapture(void *h, void **graph) {
     if (!s) REJECT(INVALID_HANDLE);
     if (!s->capturing) REJECT(ILLEGAL_STATE);
     s->capturing = 0;
-    *graph = 0;
+    struct graph *g = calloc(1, sizeof *g);
+    g->fills = s->captured; s->captured = 0;
+    *graph = g;
     LEAVE(s->invalidated ? CAPTURE_INVALIDATED : OK);
 }
 API CUresult cuStreamIsCapturing(void *h, int *status) {
@@ -547,6 +579,88 @@ API CUresult cuEventSynchronize(void *e) {
         /* work up to the event is done; later work stays queued */
     }
     LEAVE(OK);
+}
+
+/* ---- modules, the `fill` kernel, graphs ----
+ * A module is any image; its one function is `fill(out, n, base, cycles)`
+ * of the GPU tests (alloc-cuda/tests/gpu.rs), which writes out[i] = i + base
+ * for i < n. The stub runs it on the host at launch and queues work on the
+ * stream that uses [out, out + 4n) until the stream completes (the spin
+ * takes no time here). During a capture the launch is recorded instead, and
+ * cuGraphLaunch replays it. STUB_CORRUPT_FILL=1 writes one wrong value per
+ * launch: a GPU test broken on purpose (the kit's FAIL path). */
+static int module_token, function_token;
+API CUresult cuModuleLoadData(void **module, const void *image) {
+    ENTER("cuModuleLoadData");
+    if (!image) REJECT(INVALID_VALUE);
+    if (current_device() < 0) REJECT(INVALID_CONTEXT);
+    *module = &module_token; LEAVE(OK);
+}
+API CUresult cuModuleGetFunction(void **f, void *module, const char *name) {
+    ENTER("cuModuleGetFunction");
+    if (module != &module_token) REJECT(INVALID_HANDLE);
+    if (strcmp(name, "fill") != 0) LEAVE(500); /* CUDA_ERROR_NOT_FOUND */
+    *f = &function_token; LEAVE(OK);
+}
+/* Whether `addr` lies in device memory or a mapped page. */
+static int usable(uintptr_t addr) {
+    for (struct region *r = regions; r; r = r->next)
+        if ((r->kind == DEV || r->kind == MAPPING) && r->addr <= addr && addr < r->addr + r->size) return 1;
+    return 0;
+}
+static void run_fill(struct stream *s, const struct fill *f) {
+    uint32_t *out = (uint32_t *)f->out;
+    for (uint32_t i = 0; i < f->n; i++) out[i] = i + f->base;
+    const char *corrupt = getenv("STUB_CORRUPT_FILL");
+    if (corrupt && atoi(corrupt) == 1 && f->n > 0) out[f->n / 2] ^= 0x5a5a;
+    struct work *w = calloc(1, sizeof *w);
+    w->seq = ++s->launched; w->addr = f->out; w->size = (size_t)f->n * 4;
+    w->next = s->work; s->work = w;
+}
+API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                            unsigned bz, unsigned shmem, void *h, void **params, void **extra) {
+    (void)shmem; (void)extra;
+    ENTER("cuLaunchKernel");
+    NEEDS_CONTEXT();
+    if (f != &function_token) REJECT(INVALID_HANDLE);
+    if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024 || !params) REJECT(INVALID_VALUE);
+    struct stream *s = lookup(h);
+    if (!s) REJECT(INVALID_HANDLE);
+    struct fill fl = { *(uintptr_t *)params[0], *(uint32_t *)params[1], *(uint32_t *)params[2], 0 };
+    if (fl.n && !(usable(fl.out) && usable(fl.out + (size_t)fl.n * 4 - 1)))
+        REJECT(700); /* CUDA_ERROR_ILLEGAL_ADDRESS: not device memory */
+    if (s->capturing) {
+        struct fill *c = malloc(sizeof *c);
+        *c = fl; c->next = s->captured; s->captured = c;
+        LEAVE(OK);
+    }
+    run_fill(s, &fl);
+    LEAVE(OK);
+}
+API CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long flags) {
+    (void)flags;
+    ENTER("cuGraphInstantiateWithFlags");
+    if (!graph) REJECT(INVALID_VALUE);
+    *exec = graph; LEAVE(OK);
+}
+API CUresult cuGraphLaunch(void *exec, void *h) {
+    ENTER("cuGraphLaunch");
+    NEEDS_CONTEXT();
+    struct stream *s = lookup(h);
+    if (!exec || !s) REJECT(INVALID_HANDLE);
+    /* the fills in launch order (the list is newest first) */
+    struct fill *order[256]; int n = 0;
+    for (struct fill *f = ((struct graph *)exec)->fills; f && n < 256; f = f->next) order[n++] = f;
+    while (n > 0) run_fill(s, order[--n]);
+    LEAVE(OK);
+}
+API CUresult cuGraphExecDestroy(void *exec) { (void)exec; return OK; }
+API CUresult cuGraphDestroy(void *graph) {
+    if (!graph) return INVALID_VALUE;
+    struct graph *g = graph;
+    while (g->fills) { struct fill *f = g->fills; g->fills = f->next; free(f); }
+    free(g);
+    return OK;
 }
 
 /* ---- memory ---- */
