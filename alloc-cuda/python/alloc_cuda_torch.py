@@ -68,6 +68,7 @@ formatting the summary) work without it, so they can be tested anywhere.
 import ctypes
 import json
 import os
+import sys
 
 MALLOC = "alloc_cuda_malloc"
 FREE = "alloc_cuda_free"
@@ -75,6 +76,25 @@ LIB_NAME = "liballoc_cuda_capi.so"
 
 _lib = None
 _original_record_stream = None
+
+# The exit status of a script that cannot run here (no torch, or torch
+# without a GPU): the GPU kit reports the step as SKIP, not FAIL.
+SKIP_EXIT = 3
+
+
+def require_torch_gpu():
+    """torch, imported once, when it sees a GPU; otherwise prints
+    `SKIP: <why>` and exits with SKIP_EXIT."""
+    try:
+        import torch
+    except Exception as e:  # ImportError, or a broken install's OSError
+        print(f"SKIP: torch does not import: {type(e).__name__}: {e}", flush=True)
+        sys.exit(SKIP_EXIT)
+    if not torch.cuda.is_available():
+        print(f"SKIP: torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU: "
+              "torch.cuda.is_available() is False", flush=True)
+        sys.exit(SKIP_EXIT)
+    return torch
 
 
 def find_library(path=None):

@@ -114,6 +114,14 @@ class KitSummary(unittest.TestCase):
         self.assertIn("4096  20  3000  400  900", text)
         self.assertIn("bert_serving  2.0 MiB / 4.0 MiB  0.970 / 0.600  3 / 5", text)
 
+    def test_results_rows_per_setting(self):
+        logs = {("ours", "on"): self.OURS, ("torch", "on"): self.TORCH}
+        text = kit_summary.results_rows(logs)
+        self.assertIn("device: NVIDIA H200", text)
+        self.assertIn("| on | 4096 | 20 | 3000 | 400 | 900 |", text)
+        self.assertIn("| on | bert_serving | 2.0 MiB / 4.0 MiB | 0.970 / 0.600 | - / - |", text)
+        self.assertNotIn("| off |", text)
+
     def test_missing_logs_still_summarise(self):
         text = kit_summary.summary(self.OURS, "")
         self.assertIn("bert_serving  2.0 MiB / -  0.970 / -  3 / -", text)

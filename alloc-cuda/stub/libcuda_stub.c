@@ -694,6 +694,34 @@ API CUresult cuMemFree_v2(CUdeviceptr p) {
     munmap((void *)r->addr, r->size); used -= r->size; drop_region(r);
     LEAVE(OK);
 }
+/* The stream-ordered pool (the GPU benchmark's baseline): one pool per
+ * device whose attributes are accepted; allocations are cuMemAlloc's. */
+static int mem_pool_token;
+API CUresult cuDeviceGetDefaultMemPool(void **pool, CUdevice d) {
+    ENTER("cuDeviceGetDefaultMemPool");
+    if (d < 0 || d >= ndev) REJECT(INVALID_DEVICE);
+    *pool = &mem_pool_token; LEAVE(OK);
+}
+API CUresult cuMemPoolSetAttribute(void *pool, int attr, void *value) {
+    (void)attr;
+    ENTER("cuMemPoolSetAttribute");
+    if (pool != &mem_pool_token || !value) REJECT(INVALID_VALUE);
+    LEAVE(OK);
+}
+API CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *h) {
+    pthread_mutex_lock(&mu);
+    struct stream *s = lookup(h);
+    pthread_mutex_unlock(&mu);
+    if (!s) return INVALID_HANDLE;
+    return cuMemAlloc_v2(p, n);
+}
+API CUresult cuMemFreeAsync(CUdeviceptr p, void *h) {
+    pthread_mutex_lock(&mu);
+    struct stream *s = lookup(h);
+    pthread_mutex_unlock(&mu);
+    if (!s) return INVALID_HANDLE;
+    return cuMemFree_v2(p);
+}
 API CUresult cuMemHostAlloc(void **p, size_t n, unsigned flags) {
     (void)flags;
     ENTER("cuMemHostAlloc");
