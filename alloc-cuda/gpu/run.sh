@@ -33,15 +33,15 @@ unset ALLOC_CONF   # the allocator's settings are set per step below
 PLAN=(
     "preflight|5|glibc the binaries need vs this machine's, driver version, libcuda on the loader path"
     "device|10|cuda_info: cuInit, driver, device, SMs and clock, libcuda mapped (never a stubs/ one), expandable segments"
-    "release_tests|25|GPU tests, release build, one at a time, the graph-capture test excluded"
+    "release_tests|20|GPU tests, release build, one at a time, the graph-capture test excluded"
     "capture|10|the graph-capture test alone, in its own process"
     "torch_plugin|30|PyTorch through the plug-in: results vs the CPU, a thread with no CUDA context, torch.cuda.empty_cache()"
-    "debug_tests|35|GPU tests, debug build (debug assertions), one at a time"
+    "debug_tests|30|GPU tests, debug build (debug assertions), one at a time"
     "bench_ours_es_off|12|gpu_alloc, expandable segments off: latency vs cuMemAlloc and cuMemAllocAsync; traces"
     "bench_ours_es_on|12|gpu_alloc, expandable segments on"
     "bench_torch_es_off|18|torch_replay.py, PyTorch's allocator, expandable segments off"
     "bench_torch_es_on|18|torch_replay.py, PyTorch's allocator, expandable segments on"
-    "resnet50|35|ResNet-50 outputs, PyTorch's allocator vs the plug-in (needs torchvision)"
+    "resnet50|45|ResNet-50 outputs, PyTorch's allocator vs the plug-in (needs torchvision)"
     "sanitizer|25|compute-sanitizer memcheck over two GPU tests"
 )
 NSTEPS=${#PLAN[@]}
@@ -131,14 +131,16 @@ step() {
 
 # The first line of a log that says what went wrong.
 first_error() {
-    local l n
-    n=$(grep -cE '^test .* FAILED$' "$1" 2>/dev/null)
-    if [ "${n:-0}" -gt 0 ]; then
-        l="$n test(s) failed: $(grep -E '^test .* FAILED$' "$1" | sed 's/^test //; s/ \.\.\. FAILED$//' | paste -sd' ' -)"
+    local l names
+    # a test binary's list of failed tests: the last "failures:" block
+    names=$(awk '/^failures:$/ { n = NR } { line[NR] = $0 }
+        END { if (n) for (i = n + 1; i <= NR && line[i] ~ /^    /; i++) { sub(/^ +/, "", line[i]); print line[i] } }' "$1" 2>/dev/null)
+    if [ -n "$names" ]; then
+        l="$(echo "$names" | wc -l) test(s) failed: $(echo "$names" | paste -sd' ' -)"
     else
         l=$(grep -m1 -E '^(error|hint):|panicked at|check .*FAILED|Error' "$1" 2>/dev/null)
     fi
-    echo "${l:-see $(basename "$1")}" | cut -c1-240
+    echo "${l:-see $(basename "$1")}" | cut -c1-300
 }
 
 # The key figures of a step that passed, from its log.

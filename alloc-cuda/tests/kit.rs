@@ -8,8 +8,9 @@
 //!
 //! The kit here is assembled from what `cargo test` built (the debug `gpu`
 //! test binary stands for both test builds, the debug examples for the
-//! release ones, one trace); `gpu/bundle.sh` builds the real one (release
-//! builds, minutes). torch is hidden (a `torch` package that fails to
+//! release ones, one trace; `cargo test -p alloc-cuda` builds them, a run of
+//! `--test kit` alone uses what was built last); `gpu/bundle.sh` builds the
+//! real one (release builds, minutes). torch is hidden (a `torch` package that fails to
 //! import, first on `PYTHONPATH`) and `compute-sanitizer` is a script that
 //! refuses the device as it does under gVisor, so the outcome does not
 //! depend on what this machine has installed.
@@ -232,9 +233,12 @@ fn on_the_stub_every_step_runs_and_the_verdict_is_pass() {
         "{}",
         r.summary
     );
-    // the benchmark's rows for RESULTS.md, both settings
-    assert!(r.summary.contains("| off | 4096 |"), "{}", r.summary);
-    assert!(r.summary.contains("| on | bert_serving |"), "{}", r.summary);
+    // the benchmark's rows for RESULTS.md, both settings (kit_summary.py
+    // needs python3)
+    if Command::new("python3").arg("--version").output().is_ok() {
+        assert!(r.summary.contains("| off | 4096 |"), "{}", r.summary);
+        assert!(r.summary.contains("| on | bert_serving |"), "{}", r.summary);
+    }
     assert!(r.summary.contains("libcuda mapped: "), "{}", r.summary);
 }
 
