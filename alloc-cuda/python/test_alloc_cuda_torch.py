@@ -94,6 +94,27 @@ class Stats(unittest.TestCase):
         self.assertEqual(calls, [("torch",), ("alloc_cuda", 3)])
         self.assertTrue(wired.alloc_cuda_wired)
 
+    def test_torch_without_a_gpu_is_a_skip(self):
+        import types
+
+        fake = types.ModuleType("torch")
+        fake.__version__ = "0.0"
+        fake.version = types.SimpleNamespace(cuda="13.0")
+        fake.cuda = types.SimpleNamespace(is_available=lambda: False)
+        saved = sys.modules.get("torch")
+        sys.modules["torch"] = fake
+        try:
+            with self.assertRaises(SystemExit) as e:
+                act.require_torch_gpu()
+            self.assertEqual(e.exception.code, act.SKIP_EXIT)
+            fake.cuda = types.SimpleNamespace(is_available=lambda: True)
+            self.assertIs(act.require_torch_gpu(), fake)
+        finally:
+            if saved is None:
+                del sys.modules["torch"]
+            else:
+                sys.modules["torch"] = saved
+
 
 class KitSummary(unittest.TestCase):
     OURS = "\n".join([
