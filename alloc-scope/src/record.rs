@@ -71,20 +71,46 @@ pub(crate) struct Name(pub [AtomicU64; 8]);
 /// Longest name kept; longer names are cut at a character boundary.
 pub const NAME_MAX: usize = 63;
 
+/// A name in its stored form: byte 0 the length, then the UTF-8 bytes (cut
+/// at a character boundary to [`NAME_MAX`]), zero-padded, as 8 words.
+pub(crate) type NameWords = [u64; 8];
+
+/// `name` in its stored form (see [`NameWords`]).
+pub(crate) fn name_words(name: &str) -> NameWords {
+    let mut end = name.len().min(NAME_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bytes = [0u8; 64];
+    bytes[0] = end as u8;
+    bytes[1..=end].copy_from_slice(&name.as_bytes()[..end]);
+    let mut words = [0u64; 8];
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(word);
+    }
+    words
+}
+
 impl Name {
     pub(crate) fn store(&self, name: &str) {
-        let mut end = name.len().min(NAME_MAX);
-        while !name.is_char_boundary(end) {
-            end -= 1;
+        self.store_words(&name_words(name));
+    }
+
+    pub(crate) fn store_words(&self, words: &NameWords) {
+        for (w, v) in self.0.iter().zip(words) {
+            w.store(*v, Relaxed);
         }
-        let mut bytes = [0u8; 64];
-        bytes[0] = end as u8;
-        bytes[1..=end].copy_from_slice(&name.as_bytes()[..end]);
-        for (w, chunk) in self.0.iter().zip(bytes.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            w.store(u64::from_le_bytes(word), Relaxed);
+    }
+
+    /// The stored form, word by word (no UTF-8 check, no copy of bytes).
+    pub(crate) fn words(&self) -> NameWords {
+        let mut words = [0u64; 8];
+        for (v, w) in words.iter_mut().zip(&self.0) {
+            *v = w.load(Relaxed);
         }
+        words
     }
 
     /// Runs `f` on the name, read into a stack buffer (no allocation; names
