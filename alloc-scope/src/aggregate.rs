@@ -145,6 +145,13 @@ fn entry_of(words: &NameWords) -> &'static Entry {
     &OTHER_ENTRY
 }
 
+/// The index of a table entry (`None` for the overflow entry).
+fn index_of(e: &'static Entry) -> Option<usize> {
+    let i = (e as *const Entry as usize).wrapping_sub(TABLE.as_ptr() as usize)
+        / core::mem::size_of::<Entry>();
+    TABLE.get(i).filter(|t| core::ptr::eq(*t, e)).map(|_| i)
+}
+
 /// What a closing scope adds to its name's entry.
 struct Closed {
     host_peak: u64,
@@ -174,7 +181,18 @@ pub(crate) fn record_close(slot: u32) {
             .saturating_sub(m.opened_ns.load(Relaxed)),
     };
     if r.meta.0.failed.load(Relaxed) == 0 {
-        entry_of(&r.name.0.words()).add(&f);
+        let cached = r.meta.0.aggregate.load(Relaxed) as usize;
+        let e = match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
+            Some(e) => e,
+            None => {
+                let e = entry_of(&r.name.0.words());
+                if let Some(i) = index_of(e) {
+                    r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
+                }
+                e
+            }
+        };
+        e.add(&f);
     } else {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];

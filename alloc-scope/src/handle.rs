@@ -259,7 +259,14 @@ fn create(
     let Some(r) = REGISTRY.record(slot) else {
         return Err(Full);
     };
-    r.name.0.store(name);
+    // A slot is usually reused by a scope of the same name (a request scope
+    // opened and closed in a loop): then the name and its aggregate entry
+    // stay as they are.
+    let words = super::record::name_words(name);
+    if r.name.0.words() != words {
+        r.name.0.store_words(&words);
+        r.meta.0.aggregate.store(0, Relaxed);
+    }
     let parent_rec = REGISTRY.record(parent.slot());
     let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
     r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
@@ -489,10 +496,18 @@ impl std::fmt::Debug for ScopeGuard {
 
 /// Runs the soft-limit callbacks of scopes that went over since the last call.
 /// Called on every scope entry and exit; call it yourself to be told sooner.
+#[inline]
 pub fn run_budget_callbacks() {
-    if REGISTRY.soft_pending.load(Acquire) == 0 {
-        return;
+    if REGISTRY.soft_pending.load(Acquire) != 0 {
+        run_due_callbacks();
     }
+}
+
+/// The callbacks [`run_budget_callbacks`] found due (out of line: scope entry
+/// and exit pay one load when none is).
+#[cold]
+#[inline(never)]
+fn run_due_callbacks() {
     let due = thread::untracked(due_callbacks);
     for (cb, event) in due {
         cb(&event);

@@ -61,6 +61,11 @@ pub(crate) struct Meta {
     ///
     /// [`ScopeHandle::mark_failed`]: crate::ScopeHandle::mark_failed
     pub failed: AtomicU8,
+    /// The per-name aggregate entry of this record's name, plus 1 (0: not
+    /// looked up yet), so that closing a scope whose slot was last used by a
+    /// scope of the same name skips the lookup. Cleared whenever another
+    /// name is stored (`handle.rs`, `create`); kept across slot reuse.
+    pub aggregate: AtomicU32,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -94,10 +99,6 @@ pub(crate) fn name_words(name: &str) -> NameWords {
 }
 
 impl Name {
-    pub(crate) fn store(&self, name: &str) {
-        self.store_words(&name_words(name));
-    }
-
     pub(crate) fn store_words(&self, words: &NameWords) {
         for (w, v) in self.0.iter().zip(words) {
             w.store(*v, Relaxed);
@@ -164,6 +165,7 @@ macro_rules! meta_new {
             closed_children_peak: AtomicI64::new(0),
             closed_children_device_peak: AtomicI64::new(0),
             failed: AtomicU8::new(0),
+            aggregate: AtomicU32::new(0),
         }
     };
 }

@@ -244,6 +244,13 @@ fn this_thread() -> &'static ThreadState {
     unsafe { &*STATE.with(|s| s as *const ThreadState) }
 }
 
+/// Runs `f` on the calling thread's state ([`this_thread`]; always inlined,
+/// unlike `LocalKey::with` with a working closure).
+#[inline(always)]
+fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    f(this_thread())
+}
+
 /// Runs at thread exit: applies the batches, then charges the rest unbatched.
 fn on_thread_exit() {
     let _ = STATE.try_with(|s| {
@@ -376,7 +383,7 @@ fn mark_seen() {
 /// process (alloc-host's `is_installed` probes with this; it never touches the
 /// tracking switch).
 pub fn host_allocator_seen() -> bool {
-    STATE.with(flush_state);
+    flush_state(this_thread());
     HOST_SEEN.load(Relaxed)
 }
 
@@ -391,7 +398,7 @@ pub fn mark_host_allocator_seen() {
 /// Applies the calling thread's pending host charges now, so that statistics
 /// read from any thread include them.
 pub fn flush() {
-    STATE.with(flush_state);
+    flush_state(this_thread());
 }
 
 /// Runs `f` with the calling thread's new allocations charged nowhere (frees of
@@ -402,10 +409,10 @@ pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(u8);
     impl Drop for Restore {
         fn drop(&mut self) {
-            STATE.with(|s| s.set_mode(self.0));
+            this_thread().set_mode(self.0);
         }
     }
-    let prev = STATE.with(|s| {
+    let prev = with_state(|s| {
         let prev = s.mode.get();
         if prev == NORMAL {
             flush_state(s);
@@ -420,7 +427,7 @@ pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
 /// The scope the calling thread is in ([`ScopeId::ROOT`] outside any scope).
 #[inline]
 pub fn current() -> ScopeId {
-    STATE.with(|s| s.current.get())
+    this_thread().current.get()
 }
 
 /// One host allocation or reallocation between its begin (charge decided,
@@ -467,7 +474,7 @@ impl HostCharge {
 #[doc(hidden)]
 #[inline]
 pub unsafe fn begin_host_alloc(bytes: usize) -> Option<HostCharge> {
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() {
             return Some(HostCharge {
                 owner: s.current.get(),
@@ -524,7 +531,7 @@ fn begin_alloc_slow(s: &ThreadState, bytes: usize) -> Option<HostCharge> {
 pub unsafe fn finish_host_alloc(c: HostCharge, bytes: usize, ok: bool) {
     if c.flags & BATCHED != 0 {
         if ok {
-            STATE.with(|s| {
+            with_state(|s| {
                 if s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
                     flush_state(s);
                 }
@@ -578,7 +585,7 @@ pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
     if !owner.is_tracked() {
         return;
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
             free_in_batch(s, bytes);
         } else {
@@ -755,7 +762,7 @@ pub unsafe fn begin_host_realloc(owner: ScopeId, old: usize, new: usize) -> Opti
     if !owner.is_tracked() {
         return Some(HostCharge::UNTRACKED);
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
             return Some(HostCharge {
                 owner,
@@ -810,7 +817,7 @@ fn begin_realloc_slow(
 pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: bool) {
     if c.flags & BATCHED != 0 {
         if ok {
-            STATE.with(|s| {
+            with_state(|s| {
                 if s.with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES)) {
                     flush_state(s);
                 }
@@ -829,7 +836,7 @@ pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: boo
 /// so a cache hit pays no shared atomic. Called by a device allocator (the
 /// engine in `alloc-core`), not by users.
 pub fn charge_device_alloc(bytes: u64) -> ScopeId {
-    STATE.with(|s| {
+    with_state(|s| {
         if !s.batched() {
             s.attach_hook();
         }
@@ -852,7 +859,7 @@ pub fn charge_device_free(owner: ScopeId, bytes: u64) {
     if !owner.is_tracked() {
         return;
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
             if s.with_device_batch(|b| b.free(bytes, DEVICE_BATCH_BYTES)) {
                 flush_state(s);
@@ -880,7 +887,7 @@ pub(crate) struct EnterToken {
 /// Makes `id` the calling thread's scope (pushing it on the guard stack),
 /// flushing the batch of the previous one.
 pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
-    STATE.with(|s| {
+    with_state(|s| {
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(true));
         s.attach_hook();
@@ -923,7 +930,7 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
 /// Leaves the scope entered with `t`, in whatever order guards drop (see the
 /// module docs), flushing the batch first.
 pub(crate) fn exit(t: EnterToken) {
-    STATE.with(|s| {
+    with_state(|s| {
         flush_state(s);
         if s.mode.get() == TORN_DOWN {
             return;
@@ -935,7 +942,10 @@ pub(crate) fn exit(t: EnterToken) {
         }
         let top = s.with_stack(|st| {
             let n = st.len;
-            if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
+            if n > 0 && st.entries[n - 1].seq == t.seq {
+                // The common case: the newest guard drops first.
+                st.len -= 1;
+            } else if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
                 st.entries.copy_within(i + 1..n, i);
                 st.len -= 1;
             }
