@@ -224,6 +224,19 @@ mod tests {
                 prev = Some(i);
                 off += c.size * 997;
             }
+            // Neighbours: blocks exactly a class apart, at the region's start
+            // and end.
+            for start in [0, REGION - 64 * c.size] {
+                for k in 0..63 {
+                    let (a, b) = (start + k * c.size, start + (k + 1) * c.size);
+                    assert_ne!(
+                        index(a, c),
+                        index(b, c),
+                        "class {}: neighbours at offsets {a} and {b} share an entry",
+                        c.size
+                    );
+                }
+            }
         }
         let h = class(MEDIUM_MAX + 1);
         assert_eq!(h.bin(), crate::classes::HUGE_BIN);
