@@ -5,7 +5,8 @@ Builds nothing: run `cargo build --release -p alloc-benches --bins` first
 (pass `--target $CARGO_TARGET_DIR/release` when the build went elsewhere; the
 default is $CARGO_TARGET_DIR/release, else ../target/release).
 Every binary `wp_VARIANT THREADS WORKLOAD` runs one workload (see
-benches/src/workload.rs: mixed, pow2, parse, hold, hold-class=SIZE, scopes).
+benches/src/workload.rs: mixed, pow2, parse, hold, hold-class=SIZE, scopes,
+scopes-leave-one).
 Runs are interleaved one by one (round-robin over the variants, the order
 reversed every other round), so slow phases of a noisy machine hit every
 variant alike. Each run is timed for wall clock and for CPU time (user + sys,
@@ -30,6 +31,7 @@ import time
 VARIANTS = [
     ("system", "System (glibc malloc)"),
     ("mimalloc", "bare mimalloc (`mimalloc` crate)"),
+    ("mimalloc_plain", "mimalloc, plain entry points (`alloc_host::Mimalloc`)"),
     ("tracking_off", "alloc-host, tracking off"),
     ("tracking_root", "alloc-host, on, no scope"),
     ("tracking_scope", "alloc-host, scope entered on every thread"),

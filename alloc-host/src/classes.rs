@@ -9,6 +9,8 @@
 //! [`HostInvariant::K3`] (the placement is decided once, by `mode`); their
 //! definitions are on the variants.
 
+use core::sync::atomic::AtomicU8;
+
 #[cfg(doc)]
 use crate::HostInvariant;
 
@@ -26,43 +28,70 @@ pub(crate) const BINS: usize = 50;
 /// The side-table bin of blocks above [`MEDIUM_MAX`].
 pub(crate) const HUGE_BIN: usize = BINS - 1;
 
-/// A size class: its bin number and block size.
+/// A size class: its block size, bin number, and the shift that keys its
+/// side table (`floor(log2(size))`, [`HUGE_SHIFT`] for huge blocks: distinct
+/// blocks of the class are at least `1 << shift` apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Class {
-    pub bin: usize,
     pub size: usize,
+    pub bin: u16,
+    pub shift: u8,
 }
 
-/// The class of a request of `size` bytes (alignment up to 16), or `None` past
-/// `isize::MAX`. Sizes up to 1 KiB (nearly all requests) are one table lookup.
+impl Class {
+    /// The bin as an index.
+    #[inline(always)]
+    pub(crate) fn bin(self) -> usize {
+        self.bin as usize
+    }
+}
+
+/// The class of a request of `size` bytes (alignment up to 16; `size <=
+/// isize::MAX`, as every `Layout` and `realloc` size is). Sizes up to 1 KiB
+/// (nearly all requests) are one table lookup; up to 64 KiB a few
+/// instructions and a lookup.
 #[inline(always)]
-pub(crate) fn class(size: usize) -> Option<Class> {
+pub(crate) fn class(size: usize) -> Class {
     if size <= SMALL_MAX {
-        let bin = SMALL_BIN[size.div_ceil(8)] as usize;
-        return Some(Class {
-            bin,
-            size: BIN_SIZE[bin] as usize,
-        });
+        return SMALL_CLASS[size.div_ceil(8)];
     }
     class_large(size)
 }
 
-#[cold]
-#[inline(never)]
-fn class_large(size: usize) -> Option<Class> {
+#[inline]
+fn class_large(size: usize) -> Class {
     if size > MEDIUM_MAX {
-        let rounded = size.checked_add(4095)? & !4095;
-        return Some(Class {
-            bin: HUGE_BIN,
-            size: rounded,
-        });
+        // No overflow: `size <= isize::MAX` (contract).
+        return Class {
+            size: size.wrapping_add(4095) & !4095,
+            bin: HUGE_BIN as u16,
+            shift: HUGE_SHIFT as u8,
+        };
     }
-    let bin = bin_of(size);
-    Some(Class {
-        bin,
-        size: BIN_SIZE[bin] as usize,
-    })
+    // `size.div_ceil(128) <= MEDIUM_MAX / 128` and bins are below 64 here;
+    // the masks only spare bounds checks (no panic on the allocator path)
+    // and change nothing.
+    let bin = MEDIUM_BIN[size.div_ceil(128) & (MEDIUM_BIN.len().next_power_of_two() - 1)];
+    BIN_CLASS[bin as usize & (BIN_CLASS.len() - 1)]
 }
+
+/// The bin of each size from `SMALL_MAX + 1` to `MEDIUM_MAX` by
+/// `size.div_ceil(128)`: above 1 KiB every class boundary is a multiple of
+/// 256 B, so all sizes of one 128-byte step share a bin (tested for every
+/// size). 513 entries, padded to 1,024 so that a mask bounds the index.
+static MEDIUM_BIN: [u8; 1024] = {
+    let mut t = [0u8; 1024];
+    let mut i = SMALL_MAX / 128;
+    while i <= MEDIUM_MAX / 128 {
+        t[i] = bin_of(if i * 128 > SMALL_MAX {
+            i * 128
+        } else {
+            SMALL_MAX + 1
+        }) as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Sizes served by the [`SMALL_BIN`] table.
 const SMALL_MAX: usize = 1024;
@@ -92,31 +121,42 @@ const fn bin_size(bin: usize) -> usize {
     ((5 + t) << (b - 2)) * 8
 }
 
-/// Bin of each word count up to `SMALL_MAX / 8`.
-static SMALL_BIN: [u8; SMALL_MAX / 8 + 1] = {
-    let mut t = [0u8; SMALL_MAX / 8 + 1];
-    let mut w = 0;
-    while w <= SMALL_MAX / 8 {
-        t[w] = bin_of(if w == 0 { 1 } else { w * 8 }) as u8;
-        w += 1;
+/// The class of each bin below [`HUGE_BIN`] (size 0 for unused bins and
+/// the padding up to a power of two, 64 entries).
+static BIN_CLASS: [Class; BINS.next_power_of_two()] = {
+    let mut t = [Class {
+        size: 0,
+        bin: 0,
+        shift: 0,
+    }; BINS.next_power_of_two()];
+    let mut s = 8;
+    while s <= MEDIUM_MAX {
+        let b = bin_of(s);
+        let size = bin_size(b);
+        t[b] = Class {
+            size,
+            bin: b as u16,
+            shift: (usize::BITS - 1 - size.leading_zeros()) as u8,
+        };
+        s += 8;
     }
     t
 };
 
-/// Block size of each bin (0 for unused bins and [`HUGE_BIN`]).
-pub(crate) static BIN_SIZE: [u32; BINS] = {
-    let mut t = [0u32; BINS];
-    let mut s = 8;
-    while s <= MEDIUM_MAX {
-        let b = bin_of(s);
-        t[b] = bin_size(b) as u32;
-        s += 8;
+/// The class of each word count up to `SMALL_MAX / 8` (index `size.div_ceil(8)`).
+static SMALL_CLASS: [Class; SMALL_MAX / 8 + 1] = {
+    let mut t = [BIN_CLASS[1]; SMALL_MAX / 8 + 1];
+    let mut w = 1;
+    while w <= SMALL_MAX / 8 {
+        t[w] = BIN_CLASS[bin_of(w * 8)];
+        w += 1;
     }
     t
 };
 
 /// How owners are kept, decided once per process ([`HostInvariant::K3`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
 pub(crate) enum Mode {
     /// In the block's slack, or the per-class side table.
     Classes,
@@ -124,21 +164,35 @@ pub(crate) enum Mode {
     Header,
 }
 
+/// The process-wide gate of the allocator path, one byte so that the common
+/// allocation tests one value ([`GATE_CLASSES`]): bits 0–1 the placement
+/// (0 undecided, [`GATE_CLASSES`], [`GATE_HEADER`]; set once, host:K3), bit 2
+/// ([`GATE_OFF`]) tracking switched off.
+pub(crate) static GATE: AtomicU8 = AtomicU8::new(0);
+/// Placement by class, tracking on: the gate of the fast path.
+pub(crate) const GATE_CLASSES: u8 = 1;
+/// Placement in a header.
+#[cfg(feature = "mimalloc")]
+pub(crate) const GATE_HEADER: u8 = 2;
+/// The placement bits.
+#[cfg(feature = "mimalloc")]
+pub(crate) const GATE_MODE: u8 = 3;
+/// Tracking switched off.
+pub(crate) const GATE_OFF: u8 = 4;
+
 #[cfg(feature = "mimalloc")]
 mod detect {
-    use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    use core::sync::atomic::Ordering::Relaxed;
 
-    use super::{MEDIUM_MAX, Mode, class};
-
-    static MODE: AtomicU8 = AtomicU8::new(0);
+    use super::{GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, MEDIUM_MAX, Mode, class};
 
     /// The placement for blocks of the mimalloc inner allocator (host:K3):
     /// checks host:K1 on the linked mimalloc the first time. No allocation.
     #[inline(always)]
     pub(crate) fn mode() -> Mode {
-        match MODE.load(Relaxed) {
-            1 => Mode::Classes,
-            2 => Mode::Header,
+        match GATE.load(Relaxed) & GATE_MODE {
+            GATE_CLASSES => Mode::Classes,
+            GATE_HEADER => Mode::Header,
             _ => decide(),
         }
     }
@@ -151,19 +205,23 @@ mod detect {
         ]
         .iter()
         // SAFETY: mi_good_size only computes; it accepts any size.
-        .all(|&s| class(s).map(|c| c.size) == Some(unsafe { libmimalloc_sys::mi_good_size(s) }));
-        let m = if ok { 1 } else { 2 };
-        // The first thread to decide wins; every thread then sees one mode.
-        match MODE.compare_exchange(0, m, Relaxed, Relaxed) {
-            Ok(_) => {
-                if ok {
-                    Mode::Classes
-                } else {
-                    Mode::Header
-                }
+        .all(|&s| class(s).size == unsafe { libmimalloc_sys::mi_good_size(s) });
+        let m = if ok { GATE_CLASSES } else { GATE_HEADER };
+        // The first thread to decide wins; every thread then sees one mode
+        // (the tracking bit may change meanwhile: retry on it).
+        let mut seen = GATE.load(Relaxed);
+        loop {
+            match seen & GATE_MODE {
+                GATE_CLASSES => return Mode::Classes,
+                GATE_HEADER => return Mode::Header,
+                _ => {}
             }
-            Err(1) => Mode::Classes,
-            Err(_) => Mode::Header,
+            match GATE.compare_exchange_weak(seen, seen | m, Relaxed, Relaxed) {
+                Ok(_) => {
+                    return if ok { Mode::Classes } else { Mode::Header };
+                }
+                Err(now) => seen = now,
+            }
         }
     }
 }
@@ -179,11 +237,20 @@ mod tests {
     #[test]
     fn classes_are_mimallocs_for_every_size_up_to_the_medium_limit() {
         for s in 1..=MEDIUM_MAX {
-            let c = class(s).unwrap();
+            let c = class(s);
             // SAFETY: mi_good_size only computes.
             let good = unsafe { ffi::mi_good_size(s) };
             assert_eq!(c.size, good, "size {s}");
-            assert!(c.bin > 0 && c.bin < HUGE_BIN, "bin {} of size {s}", c.bin);
+            assert!(
+                c.bin() > 0 && c.bin() < HUGE_BIN,
+                "bin {} of size {s}",
+                c.bin
+            );
+            assert_eq!(
+                1 << c.shift,
+                c.size.next_power_of_two() >> usize::from(!c.size.is_power_of_two()),
+                "shift of size {s}"
+            );
         }
         assert_eq!(mode(), Mode::Classes);
     }
@@ -192,13 +259,13 @@ mod tests {
     fn each_bin_holds_one_block_size() {
         let mut size_of_bin = [0usize; BINS];
         for s in 1..=MEDIUM_MAX {
-            let c = class(s).unwrap();
+            let c = class(s);
             assert!(
-                size_of_bin[c.bin] == 0 || size_of_bin[c.bin] == c.size,
+                size_of_bin[c.bin()] == 0 || size_of_bin[c.bin()] == c.size,
                 "bin {}",
                 c.bin
             );
-            size_of_bin[c.bin] = c.size;
+            size_of_bin[c.bin()] = c.size;
         }
     }
 
@@ -220,7 +287,7 @@ mod tests {
                 let p = ffi::mi_malloc(s);
                 assert!(!p.is_null());
                 let usable = ffi::mi_usable_size(p);
-                let c = class(s).unwrap().size;
+                let c = class(s).size;
                 assert!(usable >= c, "size {s}: usable {usable} < class {c}");
                 if s > MEDIUM_MAX {
                     assert_eq!(p as usize % 4096, 0, "huge blocks are page-aligned");

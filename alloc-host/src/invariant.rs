@@ -31,7 +31,13 @@ alloc_scope::invariants! {
         H2 => "owner word in the header",
         /// A block placed by class carries its owner's compact id from allocation
         /// until free: in its slack if `class(size) - size >= 4`, else in its
-        /// class's table entry; 0 means untracked. Kept in `owner.rs`.
+        /// class's table entry (index `(address mod 256 MiB) >> shift`,
+        /// `1 << shift ≤ class size`); 0 means untracked. A table entry is 0
+        /// unless a tracked live block holds it: a free, and a realloc that
+        /// moves or regrows the block, zero it before the block goes back to
+        /// the inner allocator; so a block allocated while tracking is off
+        /// writes 0 in its slack and nothing in the table, and still reads as
+        /// untracked. Kept in `owner.rs`; tested by `host_off_reuse`.
         O1 => "owner kept by class",
         /// The placement is a function of the size alone (and the process-wide
         /// mode), so allocation, reallocation and free agree on it.

@@ -7,15 +7,23 @@
 //!   (most sizes: every size that is not within 3 bytes of a class);
 //! - **side table**: otherwise (sizes on or just below a class: powers of two,
 //!   `Vec` growth, 4 KiB pages) the compact id goes in a table of the block's
-//!   class, indexed by `address / class size`: distinct blocks of one class are
-//!   at least a class apart, so each has its own entry.
+//!   class, indexed by `address >> shift` with `1 << shift` the largest power
+//!   of two not above the class size: distinct blocks of one class are at
+//!   least a class apart, so each has its own entry (a shift, not a division).
 //!
 //! Either way the request stays in its own size class, and the inner
 //! allocator's `realloc` and `alloc_zeroed` are used as they are.
 //!
-//! **Memory per block**: 0 bytes in the slack case; 4 bytes per `class size`
-//! of address range in the side-table case (4 B per 16 B block, 4 B per 4 KiB
-//! block), paid only for the pages of the table that such blocks touch.
+//! **Memory per block**: 0 bytes in the slack case; 4 bytes per `1 << shift`
+//! bytes of address range in the side-table case (4 B per 16 B block, 4 B per
+//! 4 KiB block, 6 B per 48 B block), paid only for the pages of the table that
+//! such blocks touch.
+//!
+//! A table entry is 0 unless a tracked live block holds it: a free (and a
+//! realloc that moves the block) zeroes the entry *before* the block goes back
+//! to the inner allocator ([`HostInvariant::O1`]). So a block allocated while
+//! tracking is off needs no store in the table case (its entry reads 0,
+//! untracked); in the slack case it writes 0.
 //!
 //! # Side table
 //! A directory of 256 MiB address regions (`.bss`, 4 MiB of zeroed address
@@ -36,7 +44,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
 
 #[cfg(doc)]
 use crate::HostInvariant;
-use crate::classes::{BINS, Class, HUGE_BIN, HUGE_SHIFT};
+use crate::classes::{BINS, Class};
 
 /// Bytes of the compact owner id.
 const ID: usize = 4;
@@ -79,66 +87,64 @@ pub(crate) unsafe fn write_slack(p: *mut u8, c: Class, id: u32) {
 }
 
 /// The index of a block at offset `off` of its region in the leaf of class
-/// `c`: `off / c.size`, below [`leaf_len`] since `off < REGION`.
+/// `c`: `off >> c.shift`, below [`leaf_len`] since `off < REGION`.
 #[inline(always)]
 fn index(off: usize, c: Class) -> usize {
-    if c.bin == HUGE_BIN {
-        return off >> HUGE_SHIFT;
-    }
-    // Block sizes are m·2^k with m in {1, 3, 5, 7}: a shift and a constant
-    // division (a multiply).
-    let k = c.size.trailing_zeros();
-    let q = off >> k;
-    match c.size >> k {
-        1 => q,
-        3 => q / 3,
-        5 => q / 5,
-        _ => q / 7,
-    }
+    off >> c.shift
 }
 
 /// Entries of the leaf of class `c`.
 fn leaf_len(c: Class) -> usize {
-    if c.bin == HUGE_BIN {
-        REGION >> HUGE_SHIFT
-    } else {
-        REGION.div_ceil(c.size)
-    }
+    REGION >> c.shift
 }
 
-/// The table entry of the block at `p` of class `c`; with `create`, makes the
-/// region and leaf on first use. `None` where the table does not reach.
+/// The table entry of the block at `p` of class `c`, or `None` where the
+/// table has none yet (nothing was ever kept there: reads as untracked) or
+/// cannot reach.
 #[inline(always)]
-pub(crate) fn entry(p: *const u8, c: Class, create: bool) -> Option<&'static AtomicU32> {
+pub(crate) fn entry(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
     let addr = p as usize;
-    let region = DIR.get(addr >> REGION_SHIFT)?;
-    let r = region.load(Acquire);
-    let r = if r.is_null() {
-        if !create {
-            return None;
-        }
-        new_region(region)?
-    } else {
-        r
-    };
+    let r = DIR.get(addr >> REGION_SHIFT)?.load(Acquire);
+    if r.is_null() {
+        return None;
+    }
     // SAFETY: regions are never freed once published (zeroed memory from
     // mmap, so every leaf pointer starts null); `c.bin < BINS` (classes.rs).
-    let slot = unsafe { (*r).leaves.get_unchecked(c.bin) };
-    let l = slot.load(Acquire);
-    let l = if l.is_null() {
-        if !create {
-            return None;
-        }
-        new_leaf(slot, c)?
-    } else {
-        l
-    };
+    let l = unsafe { (*r).leaves.get_unchecked(c.bin()) }.load(Acquire);
+    if l.is_null() {
+        return None;
+    }
     let i = index(addr & (REGION - 1), c);
     debug_assert!(i < leaf_len(c), "index {i} of class {c:?} past its leaf");
     // SAFETY: the leaf holds `leaf_len(c)` zero-initialised `AtomicU32`s and is
     // never freed once published; `i < leaf_len(c)` because the offset is
-    // below REGION and `i = offset / c.size` (or `offset >> HUGE_SHIFT`).
+    // below REGION and `i = offset >> c.shift`.
     Some(unsafe { &*l.add(i) })
+}
+
+/// [`entry`], making the region and leaf on first use.
+#[inline(always)]
+pub(crate) fn entry_or_create(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
+    match entry(p, c) {
+        Some(e) => Some(e),
+        None => create_entry(p, c),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn create_entry(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
+    let region = DIR.get(p as usize >> REGION_SHIFT)?;
+    let r = match region.load(Acquire) {
+        r if r.is_null() => new_region(region)?,
+        r => r,
+    };
+    // SAFETY: as in `entry`.
+    let slot = unsafe { (*r).leaves.get_unchecked(c.bin()) };
+    if slot.load(Acquire).is_null() {
+        new_leaf(slot, c)?;
+    }
+    entry(p, c)
 }
 
 #[cold]
@@ -201,7 +207,7 @@ mod tests {
     #[test]
     fn distinct_blocks_of_a_class_get_distinct_entries() {
         for s in [8usize, 16, 24, 40, 48, 56, 80, 96, 112, 4096, MEDIUM_MAX] {
-            let c = class(s).unwrap();
+            let c = class(s);
             let mut prev = None;
             // Addresses one class apart, across a region's whole range.
             let mut off = 0usize;
@@ -218,20 +224,33 @@ mod tests {
                 prev = Some(i);
                 off += c.size * 997;
             }
+            // Neighbours: blocks exactly a class apart, at the region's start
+            // and end.
+            for start in [0, REGION - 64 * c.size] {
+                for k in 0..63 {
+                    let (a, b) = (start + k * c.size, start + (k + 1) * c.size);
+                    assert_ne!(
+                        index(a, c),
+                        index(b, c),
+                        "class {}: neighbours at offsets {a} and {b} share an entry",
+                        c.size
+                    );
+                }
+            }
         }
-        let h = class(MEDIUM_MAX + 1).unwrap();
-        assert_eq!(h.bin, HUGE_BIN);
+        let h = class(MEDIUM_MAX + 1);
+        assert_eq!(h.bin(), crate::classes::HUGE_BIN);
         assert!(index(REGION - 1, h) < leaf_len(h));
     }
 
     #[test]
     fn entries_persist_and_are_zero_first() {
-        let c = class(64).unwrap();
+        let c = class(64);
         let p = 0x10_0000_0040usize as *const u8; // 64 GiB: below where mimalloc maps
-        let e = entry(p, c, true).unwrap();
+        let e = entry_or_create(p, c).unwrap();
         assert_eq!(e.load(Relaxed), 0);
         e.store(42, Relaxed);
-        assert_eq!(entry(p, c, false).unwrap().load(Relaxed), 42);
-        assert!(entry(usize::MAX as *const u8, c, true).is_none());
+        assert_eq!(entry(p, c).unwrap().load(Relaxed), 42);
+        assert!(entry_or_create(usize::MAX as *const u8, c).is_none());
     }
 }

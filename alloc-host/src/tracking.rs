@@ -7,14 +7,15 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
 use alloc_scope::{
     ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, charge_host_free_compact,
-    finish_host_alloc, finish_host_realloc, mark_host_allocator_seen, owner_from_compact,
+    finish_host_alloc, finish_host_realloc, host_fast_charge, host_fast_id,
+    host_fast_realloc_charge, mark_host_allocator_seen, owner_from_compact, track_host_alloc,
 };
 
-use crate::classes::Class;
+use crate::classes::{Class, GATE, GATE_CLASSES, GATE_OFF, class};
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
@@ -28,19 +29,24 @@ pub type DefaultInner = crate::Mimalloc;
 #[cfg(not(feature = "mimalloc"))]
 pub type DefaultInner = std::alloc::System;
 
-static TRACKING: AtomicBool = AtomicBool::new(true);
-
 /// Switches tracking on or off for the whole process at run time. While off,
 /// allocations are charged nowhere (their frees are ignored later too); blocks
 /// allocated while on are still charged back when freed, so live figures stay
-/// consistent. Off costs one relaxed load and one store per allocation.
+/// consistent. Off, an allocation kept by class costs one load of the gate and
+/// a class lookup, plus a 4-byte store where the owner goes in the slack (in
+/// the side table the entry already reads "untracked"); its free reads the
+/// owner as any free does.
 pub fn set_tracking(on: bool) {
-    TRACKING.store(on, Relaxed);
+    if on {
+        GATE.fetch_and(!GATE_OFF, Relaxed);
+    } else {
+        GATE.fetch_or(GATE_OFF, Relaxed);
+    }
 }
 
 /// Whether tracking is on.
 pub fn tracking_enabled() -> bool {
-    TRACKING.load(Relaxed)
+    GATE.load(Relaxed) & GATE_OFF == 0
 }
 
 /// Whether a `TrackingAllocator` is this process's global allocator. Every
@@ -116,50 +122,130 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         }
     }
 
-    /// The size class that keeps this layout's owner, or `None` for the
-    /// header (host:O2: a function of the layout and the process-wide mode only).
+    /// Whether this layout's owner is kept by class (host:O2: a function of
+    /// the layout and the process-wide mode only), for a free or realloc.
     #[inline(always)]
-    fn class_of(&self, layout: Layout) -> Option<Class> {
+    fn by_class(&self, layout: Layout) -> bool {
         #[cfg(feature = "mimalloc")]
-        if self.by_class
-            && layout.align() <= 8
-            && crate::classes::mode() == crate::classes::Mode::Classes
-        {
-            return crate::classes::class(layout.size());
+        if self.by_class && layout.align() <= 8 {
+            return crate::classes::mode() == crate::classes::Mode::Classes;
         }
         let _ = layout;
-        None
+        false
     }
 
-    /// Charges and gets a block whose owner is kept by class `c`.
+    /// Allocates with `get`: the fast path (owner by class, tracking on: one
+    /// test of the gate), else [`Self::alloc_other`].
+    #[inline(always)]
+    unsafe fn alloc_any(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
+        if self.by_class && layout.align() <= 8 {
+            let gate = GATE.load(Relaxed);
+            if gate == GATE_CLASSES {
+                // SAFETY: the caller's layout; placement by class (the gate).
+                return unsafe { self.alloc_by_class(layout, get) };
+            }
+            if gate == GATE_CLASSES | GATE_OFF {
+                return self.alloc_off(layout, get);
+            }
+        }
+        // SAFETY: as above.
+        unsafe { self.alloc_other(layout, get) }
+    }
+
+    /// An allocation by class while tracking is off: charged nowhere, its
+    /// owner stored as 0 (untracked) where the slack keeps it; in the side
+    /// table the entry already reads 0 (host:O1: an entry is 0 unless a
+    /// tracked live block holds it), so nothing is stored there.
+    #[inline(always)]
+    fn alloc_off(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
+        mark_host_allocator_seen();
+        let size = layout.size();
+        let p = get(&self.inner, layout);
+        if !p.is_null() {
+            let c = class(size);
+            if crate::owner::in_slack(size, c) {
+                // SAFETY: a live block of class `c` (host:K1); the slack past
+                // `size` is this allocator's.
+                unsafe { crate::owner::write_slack(p, c, 0) };
+            }
+        }
+        p
+    }
+
+    /// Every allocation but the fast path: tracking off, the header, or the
+    /// placement not decided yet (out of line, so the fast path keeps a short
+    /// prologue).
+    #[inline(never)]
+    unsafe fn alloc_other(
+        &self,
+        layout: Layout,
+        get: impl FnOnce(&A, Layout) -> *mut u8,
+    ) -> *mut u8 {
+        if self.by_class(layout) {
+            if GATE.load(Relaxed) & GATE_OFF == 0 {
+                // SAFETY: as `alloc_any` (the placement was just decided).
+                return unsafe { self.alloc_by_class(layout, get) };
+            }
+            return self.alloc_off(layout, get);
+        }
+        // SAFETY: the caller's layout.
+        unsafe { self.alloc_with(layout, get) }
+    }
+
+    /// Charges and gets a block whose owner is kept by class, tracking on:
+    /// the thread's fast-path word, the inner allocation, the owner's store,
+    /// the batch; anything else out of line ([`Self::alloc_by_class_slow`]).
     #[inline(always)]
     unsafe fn alloc_by_class(
         &self,
         layout: Layout,
-        c: Class,
+        get: impl FnOnce(&A, Layout) -> *mut u8,
+    ) -> *mut u8 {
+        if host_fast_id() == alloc_scope::NOT_FAST {
+            // SAFETY: the caller's layout.
+            return unsafe { self.alloc_by_class_slow(layout, get) };
+        }
+        let size = layout.size();
+        let p = get(&self.inner, layout);
+        if p.is_null() {
+            return p;
+        }
+        // The word and the class are read again after the call rather than
+        // kept in saved registers across it (a thread-local load and a table
+        // lookup are cheaper than the pushes and pops): the inner allocator
+        // never enters this crate or alloc-scope, so the word is the one
+        // tested above.
+        let id = host_fast_id();
+        // SAFETY: a live block of class `class(size)` (host:K1); kept with
+        // the thread's fast-path word, and charged once.
+        unsafe {
+            if put_owner(p, size, class(size), id) {
+                host_fast_charge(size);
+            }
+        }
+        p
+    }
+
+    /// [`Self::alloc_by_class`] on a thread that does not charge batched
+    /// (budgets, `untracked`, its first charge, after its exit hook).
+    #[inline(never)]
+    unsafe fn alloc_by_class_slow(
+        &self,
+        layout: Layout,
         get: impl FnOnce(&A, Layout) -> *mut u8,
     ) -> *mut u8 {
         let size = layout.size();
-        if !TRACKING.load(Relaxed) {
-            mark_host_allocator_seen();
-            let p = get(&self.inner, layout);
-            if !p.is_null() {
-                // SAFETY: a live block of class `c` (host:K1).
-                unsafe { put_owner(p, size, c, 0) };
-            }
-            return p;
+        let c = class(size);
+        // SAFETY: the global allocator's allocation path; the block's owner is
+        // kept by class and read back by `dealloc` with the same size.
+        unsafe {
+            track_host_alloc(size, move |id| {
+                let p = get(&self.inner, layout);
+                // SAFETY: a live block of class `c` (host:K1) when not null.
+                let kept = !p.is_null() && put_owner(p, size, c, id);
+                (p, kept)
+            })
         }
-        // SAFETY: the global allocator's allocation path; finished once below.
-        let Some(charge) = (unsafe { begin_host_alloc(size) }) else {
-            return null_mut();
-        };
-        let p = get(&self.inner, layout);
-        // SAFETY: a live block of class `c` (host:K1) when not null.
-        let kept = !p.is_null() && unsafe { put_owner(p, size, c, charge.owner().to_compact()) };
-        // SAFETY: finishes the charge begun above: a block that is null, or
-        // whose owner has nowhere to go (it stays untracked), is charged nothing.
-        unsafe { finish_host_alloc(charge, size, kept) };
-        p
     }
 
     /// The wrapped allocator.
@@ -178,7 +264,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let Some((outer, h)) = outer(layout) else {
             return null_mut();
         };
-        if !TRACKING.load(Relaxed) {
+        if GATE.load(Relaxed) & GATE_OFF != 0 {
             mark_host_allocator_seen();
             let base = get(&self.inner, outer);
             if base.is_null() {
@@ -231,34 +317,29 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if let Some(c) = self.class_of(layout) {
-            // SAFETY: `layout` is the caller's (non-zero size, GlobalAlloc).
-            return unsafe { self.alloc_by_class(layout, c, |a, l| a.alloc(l)) };
-        }
-        // SAFETY: `inner.alloc` gets a non-zero-size layout (size + h, h >= 8).
-        unsafe { self.alloc_with(layout, |a, l| a.alloc(l)) }
+        // SAFETY: `layout` is the caller's (non-zero size, GlobalAlloc); the
+        // header path gives `inner.alloc` size + h, h >= 8.
+        unsafe { self.alloc_any(layout, |a, l| a.alloc(l)) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if let Some(c) = self.class_of(layout) {
-            // SAFETY: as `alloc`; the inner allocator zeroes, and only the
-            // slack past the caller's bytes is written afterwards.
-            return unsafe { self.alloc_by_class(layout, c, |a, l| a.alloc_zeroed(l)) };
-        }
-        // SAFETY: as `alloc`; the inner allocator zeroes (lazily, for fresh pages)
-        // and only the header word is written afterwards.
-        unsafe { self.alloc_with(layout, |a, l| a.alloc_zeroed(l)) }
+        // SAFETY: as `alloc`; the inner allocator zeroes, and only the slack
+        // past the caller's bytes (by class) or the header word is written
+        // afterwards.
+        unsafe { self.alloc_any(layout, |a, l| a.alloc_zeroed(l)) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(c) = self.class_of(layout) {
-            // SAFETY: `ptr` is a live block of this layout, so of class `c`,
-            // its owner kept by class (host:O1, host:O2); `charge_host_free` gets the
-            // owner and size charged for it.
+        if self.by_class(layout) {
+            let size = layout.size();
+            // SAFETY: `ptr` is a live block of this layout, so of class
+            // `class(size)`, its owner kept by class (host:O1, host:O2); the
+            // owner is taken (a table entry zeroed) before the block goes back
+            // to the inner allocator, and charged with the size it was charged.
             unsafe {
-                charge_host_free_compact(get_owner(ptr, layout.size(), c), layout.size());
+                charge_host_free_compact(take_owner(ptr, size, class(size)), size);
                 self.inner.dealloc(ptr, layout);
             }
             return;
@@ -278,9 +359,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if let Some(c) = self.class_of(layout) {
+        if self.by_class(layout) {
             // SAFETY: the caller's live block of `layout` (GlobalAlloc contract).
-            return unsafe { self.realloc_by_class(ptr, layout, c, new_size) };
+            return unsafe { self.realloc_by_class(ptr, layout, new_size) };
         }
         let (outer, h) = outer_unchecked(layout);
         let Some(new_outer) = outer_size(new_size, h, layout.align()) else {
@@ -310,35 +391,81 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 }
 
 impl<A: GlobalAlloc> TrackingAllocator<A> {
-    /// `realloc` of a block whose owner is kept by class.
+    /// `realloc` of a block whose owner is kept by class: when the owner is
+    /// the thread's current scope and the thread batches (the owner equals
+    /// the fast-path word), the inner realloc, the owner's store and the
+    /// batch; otherwise [`Self::realloc_by_class_slow`].
     ///
     /// # Safety
-    /// `ptr` is a live block of `layout` from this allocator, of class `c`.
+    /// `ptr` is a live block of `layout` from this allocator, its owner kept
+    /// by class; `new_size` as `GlobalAlloc::realloc` requires.
     #[inline(always)]
-    unsafe fn realloc_by_class(
+    unsafe fn realloc_by_class(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let size = layout.size();
+        let c = class(size);
+        // SAFETY: a live block of class `c` (contract). Its table entry (if
+        // any) is zeroed before the inner realloc may free the block
+        // (host:O1), and put back if the realloc fails.
+        let id = unsafe { take_owner(ptr, size, c) };
+        if id != host_fast_id() {
+            // SAFETY: as this function's, with the owner just taken.
+            return unsafe { self.realloc_by_class_slow(ptr, layout, new_size, c, id) };
+        }
+        // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
+        // and, with the same alignment, a valid layout (GlobalAlloc contract).
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            // SAFETY: the old block is still live and of class `c`.
+            unsafe { put_owner(ptr, size, c, id) };
+            return p;
+        }
+        // SAFETY: the block is charged to the thread's current scope (`id`
+        // is its fast-path word), its realloc charged once; the moved (or
+        // grown) block is live and of class `class(new_size)` (host:K1).
+        unsafe {
+            host_fast_realloc_charge(size, new_size);
+            if !put_owner(p, new_size, class(new_size), id) {
+                // Nowhere to keep the owner: the block leaves tracking now.
+                charge_host_free_compact(id, new_size);
+            }
+        }
+        p
+    }
+
+    /// [`Self::realloc_by_class`] of a block whose owner (`id`, already
+    /// taken) is not the thread's fast-path word: another scope's, an
+    /// untracked block, or a thread that does not batch.
+    ///
+    /// # Safety
+    /// As [`Self::realloc_by_class`]; `c` is the block's class and `id` the
+    /// owner taken from it.
+    #[inline(never)]
+    unsafe fn realloc_by_class_slow(
         &self,
         ptr: *mut u8,
         layout: Layout,
-        c: Class,
         new_size: usize,
+        c: Class,
+        id: u32,
     ) -> *mut u8 {
-        let Some(nc) = crate::classes::class(new_size) else {
-            return null_mut();
-        };
-        // SAFETY: a live block of class `c` (contract).
-        let id = unsafe { get_owner(ptr, layout.size(), c) };
+        let size = layout.size();
+        let nc = class(new_size);
         let owner = owner_from_compact(id);
         // SAFETY: the realloc path for a live block charged to `owner`;
         // finished once below.
-        let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
+        let Some(charge) = (unsafe { begin_host_realloc(owner, size, new_size) }) else {
+            // SAFETY: the block is still live and of class `c`.
+            unsafe { put_owner(ptr, size, c, id) };
             return null_mut();
         };
         // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
-        // and, with the same alignment, a valid layout (`class` accepted it).
+        // and, with the same alignment, a valid layout (GlobalAlloc contract).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         // SAFETY: finishes the charge; a failed realloc leaves everything as it was.
-        unsafe { finish_host_realloc(charge, layout.size(), new_size, !p.is_null()) };
+        unsafe { finish_host_realloc(charge, size, new_size, !p.is_null()) };
         if p.is_null() {
+            // SAFETY: the old block is still live and of class `c`.
+            unsafe { put_owner(ptr, size, c, id) };
             return p;
         }
         // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
@@ -363,7 +490,7 @@ unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
         unsafe { crate::owner::write_slack(p, c, id) };
         return true;
     }
-    match crate::owner::entry(p, c, true) {
+    match crate::owner::entry_or_create(p, c) {
         Some(e) => {
             e.store(id, Relaxed);
             true
@@ -372,15 +499,25 @@ unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
     }
 }
 
-/// The owner id kept for block `p` of `size` bytes and class `c` (0: untracked).
+/// The owner id kept for block `p` of `size` bytes and class `c` (0:
+/// untracked), zeroing its table entry: call it just before the block goes
+/// back to the inner allocator (host:O1).
 ///
 /// # Safety
-/// As [`put_owner`], for a block whose owner was put there.
+/// As [`put_owner`], for a block whose owner was put there, or that was
+/// allocated while tracking was off.
 #[inline(always)]
-unsafe fn get_owner(p: *mut u8, size: usize, c: Class) -> u32 {
+unsafe fn take_owner(p: *mut u8, size: usize, c: Class) -> u32 {
     if crate::owner::in_slack(size, c) {
         // SAFETY: contract.
         return unsafe { crate::owner::read_slack(p, c) };
     }
-    crate::owner::entry(p, c, false).map_or(0, |e| e.load(Relaxed))
+    match crate::owner::entry(p, c) {
+        Some(e) => {
+            let id = e.load(Relaxed);
+            e.store(0, Relaxed);
+            id
+        }
+        None => 0,
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::record::{NAME_MAX, Name};
+use super::record::{NAME_MAX, Name, NameWords, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
@@ -104,24 +104,28 @@ impl Entry {
 static TABLE: [Entry; MAX_NAMES] = [const { Entry::new() }; MAX_NAMES];
 static OTHER_ENTRY: Entry = Entry::new();
 
-fn fnv(name: &str) -> u64 {
+/// A hash of a name in its stored form, word by word (never 0).
+fn hash_words(words: &NameWords) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    for &w in words {
+        h = (h ^ w).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
     }
     h | 1
 }
 
-/// The entry of `name`, claimed if new; the overflow entry when the table is full.
-fn entry_of(name: &str) -> &'static Entry {
-    let h = fnv(name);
+/// The entry of the name stored as `words`, claimed if new; the overflow
+/// entry when the table is full. Names are compared in their stored form,
+/// eight words, so closing a scope neither copies nor validates its name.
+fn entry_of(words: &NameWords) -> &'static Entry {
+    let h = hash_words(words);
     let start = (h as usize) % MAX_NAMES;
     for i in 0..MAX_NAMES {
         let e = &TABLE[(start + i) % MAX_NAMES];
         loop {
             match e.state.load(Acquire) {
                 2 => {
-                    if e.hash.load(Relaxed) == h && e.name.with_str(|n| n == name) {
+                    if e.hash.load(Relaxed) == h && e.name.words() == *words {
                         return e;
                     }
                     break;
@@ -129,7 +133,7 @@ fn entry_of(name: &str) -> &'static Entry {
                 1 => core::hint::spin_loop(),
                 _ => {
                     if e.state.compare_exchange(0, 1, AcqRel, Acquire).is_ok() {
-                        e.name.store(name);
+                        e.name.store_words(words);
                         e.hash.store(h, Relaxed);
                         e.state.store(2, Release);
                         return e;
@@ -139,6 +143,13 @@ fn entry_of(name: &str) -> &'static Entry {
         }
     }
     &OTHER_ENTRY
+}
+
+/// The index of a table entry (`None` for the overflow entry).
+fn index_of(e: &'static Entry) -> Option<usize> {
+    let i = (e as *const Entry as usize).wrapping_sub(TABLE.as_ptr() as usize)
+        / core::mem::size_of::<Entry>();
+    TABLE.get(i).filter(|t| core::ptr::eq(*t, e)).map(|_| i)
 }
 
 /// What a closing scope adds to its name's entry.
@@ -170,11 +181,22 @@ pub(crate) fn record_close(slot: u32) {
             .saturating_sub(m.opened_ns.load(Relaxed)),
     };
     if r.meta.0.failed.load(Relaxed) == 0 {
-        r.name.0.with_str(|name| entry_of(name).add(&f));
+        let cached = r.meta.0.aggregate.load(Relaxed) as usize;
+        let e = match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
+            Some(e) => e,
+            None => {
+                let e = entry_of(&r.name.0.words());
+                if let Some(i) = index_of(e) {
+                    r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
+                }
+                e
+            }
+        };
+        e.add(&f);
     } else {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
-            entry_of(failed_name(name, &mut buf)).add(&f)
+            entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
         });
     }
 }

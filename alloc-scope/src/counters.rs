@@ -96,9 +96,108 @@ impl Delta {
     pub(crate) fn net_allocations(&self) -> i64 {
         self.allocations.wrapping_sub(self.frees) as i64
     }
+}
+
+/// A thread's batch of changes to its current scope chain, in the form the
+/// allocator path updates per operation: an allocation writes five fields, a
+/// free two (`live` and `left`). The frees and bytes freed are derived when the
+/// batch becomes a [`Delta`] ([`Batch::to_delta`]):
+/// `frees = (OPS_PER_BATCH − left) − allocations − reallocs` (every operation
+/// counts down `left` once) and `bytes_freed = bytes_allocated − live` (so
+/// [`ScopeInvariant::C1`] holds by construction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Batch {
+    /// Net change of live bytes.
+    pub live: i64,
+    /// Highest value `live` reached since the batch began (never below 0).
+    pub max_prefix: i64,
+    pub bytes_allocated: u64,
+    pub allocations: u32,
+    pub reallocs: u32,
+    /// Operations left before the batch must be applied (counts down from
+    /// [`OPS_PER_BATCH`]).
+    pub left: u32,
+}
+
+impl Batch {
+    pub(crate) const EMPTY: Batch = Batch {
+        live: 0,
+        max_prefix: 0,
+        bytes_allocated: 0,
+        allocations: 0,
+        reallocs: 0,
+        left: OPS_PER_BATCH,
+    };
+
+    #[inline(always)]
+    fn grow(&mut self, bytes: u64) {
+        self.bytes_allocated = self.bytes_allocated.wrapping_add(bytes);
+        self.live = self.live.wrapping_add(bytes as i64);
+        if self.live > self.max_prefix {
+            self.max_prefix = self.live;
+        }
+    }
+
+    /// Records an allocation of `bytes`; true when the batch must be applied
+    /// now (its operations are used up or its net live bytes left
+    /// `[-limit, limit]`).
+    #[inline(always)]
+    pub(crate) fn alloc(&mut self, bytes: u64, limit: i64) -> bool {
+        self.allocations = self.allocations.wrapping_add(1);
+        self.left = self.left.wrapping_sub(1);
+        self.grow(bytes);
+        self.due(limit)
+    }
+
+    /// Records a free of `bytes`; true when the batch must be applied now.
+    #[inline(always)]
+    pub(crate) fn free(&mut self, bytes: u64, limit: i64) -> bool {
+        self.left = self.left.wrapping_sub(1);
+        self.live = self.live.wrapping_sub(bytes as i64);
+        self.due(limit)
+    }
+
+    /// Records a reallocation from `old` to `new` bytes (growth counts as
+    /// bytes allocated, shrinking as bytes freed); true when due.
+    #[inline]
+    pub(crate) fn realloc(&mut self, old: u64, new: u64, limit: i64) -> bool {
+        self.reallocs = self.reallocs.wrapping_add(1);
+        self.left = self.left.wrapping_sub(1);
+        if new >= old {
+            self.grow(new - old);
+        } else {
+            self.live = self.live.wrapping_sub((old - new) as i64);
+        }
+        self.due(limit)
+    }
+
+    /// Operations used up, or `live` outside `[-limit, limit]` (one unsigned
+    /// compare covers both signs).
+    #[inline(always)]
+    fn due(&self, limit: i64) -> bool {
+        self.left == 0 || self.live.wrapping_add(limit) as u64 > 2 * limit as u64
+    }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.left == OPS_PER_BATCH
+    }
+
+    /// The batch as the counters apply it, the derived fields filled in.
+    pub(crate) fn to_delta(self) -> Delta {
+        let ops = OPS_PER_BATCH.wrapping_sub(self.left);
+        let frees = ops
+            .wrapping_sub(self.allocations)
+            .wrapping_sub(self.reallocs);
+        Delta {
+            allocations: u64::from(self.allocations),
+            frees: u64::from(frees),
+            reallocs: u64::from(self.reallocs),
+            bytes_allocated: self.bytes_allocated,
+            bytes_freed: self.bytes_allocated.wrapping_sub(self.live as u64),
+            live: self.live,
+            max_prefix: self.max_prefix,
+            left: self.left,
+        }
     }
 }
 
@@ -249,5 +348,48 @@ mod tests {
         assert_eq!(v.bytes_freed, 120);
         assert_eq!(v.reallocs, 1);
         assert_eq!(d.net_allocations(), 1);
+    }
+
+    #[test]
+    fn a_batch_derives_the_same_delta_as_counting_every_field() {
+        let mut b = Batch::EMPTY;
+        let mut d = Delta::EMPTY;
+        let ops: [(u8, u64, u64); 7] = [
+            (0, 100, 0),
+            (0, 50, 0),
+            (1, 120, 0),
+            (2, 30, 80),
+            (2, 80, 10),
+            (1, 10, 0),
+            (0, 7, 0),
+        ];
+        for (op, x, y) in ops {
+            match op {
+                0 => {
+                    b.alloc(x, 1 << 20);
+                    d.alloc(x);
+                }
+                1 => {
+                    b.free(x, 1 << 20);
+                    d.free(x);
+                }
+                _ => {
+                    b.realloc(x, y, 1 << 20);
+                    d.realloc(x, y);
+                }
+            }
+            assert_eq!(b.to_delta(), d, "after op {op} {x} {y}");
+        }
+        assert!(!b.is_empty());
+        let mut due = Batch::EMPTY;
+        assert!(!due.alloc(100, 100));
+        assert!(due.alloc(1, 100), "live 101 > limit 100");
+        let mut due = Batch::EMPTY;
+        assert!(due.free(101, 100), "live -101 < -limit");
+        let mut due = Batch::EMPTY;
+        for i in 1..OPS_PER_BATCH {
+            assert!(!due.alloc(0, 100), "op {i}");
+        }
+        assert!(due.free(0, 100), "the last operation of the batch");
     }
 }

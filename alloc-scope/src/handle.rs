@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::id::ScopeId;
 use super::record::{OPEN, REF};
@@ -79,8 +78,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Nanoseconds since the first scope was opened in this process.
+/// Nanoseconds on a monotonic clock (only differences are used: a scope's
+/// wall time). On Unix one `clock_gettime(CLOCK_MONOTONIC)` (the vDSO, no
+/// system call), which is what `Instant::now` reads, without its epoch and
+/// `Duration` arithmetic: scope open and close each read it once.
+#[cfg(unix)]
 pub(crate) fn now_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-pointer; CLOCK_MONOTONIC exists on every
+    // Unix this builds for. On failure `t` stays zero (a wall time of 0).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+/// Nanoseconds since the first scope was opened in this process.
+#[cfg(not(unix))]
+pub(crate) fn now_ns() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
@@ -109,9 +129,12 @@ pub(crate) fn name_of(slot: u32) -> String {
 /// counts such scopes, and the test helpers refuse to measure with one. Use
 /// [`ScopeBuilder::enter`] to get the error instead.
 pub fn scope(name: &str) -> ScopeGuard {
-    match thread::untracked(|| create(name, thread::current(), None, None, None)) {
+    // No `untracked` around it: opening a scope without a callback allocates
+    // nothing (the name is copied into the record), and a full registry is
+    // told without allocating (`Full`).
+    match create(name, thread::current(), None, None, None) {
         Ok(h) => h.enter_owned(),
-        Err(_) => {
+        Err(Full) => {
             let mut g = ScopeHandle::current().enter_owned();
             g.fallback = true;
             g
@@ -181,7 +204,12 @@ impl ScopeBuilder {
             Some(p) => p.id,
             None => thread::current(),
         };
-        create(&self.name, parent, self.hard, self.soft, self.on_soft)
+        create(&self.name, parent, self.hard, self.soft, self.on_soft).map_err(|Full| {
+            ScopeError::RegistryFull {
+                name: self.name.clone(),
+                capacity: super::registry::CAPACITY,
+            }
+        })
     }
 
     /// Creates the scope and enters it on the calling thread.
@@ -212,29 +240,33 @@ impl ScopeBuilder {
     }
 }
 
+/// Every registry slot holds an open scope (see [`ScopeError::RegistryFull`]).
+struct Full;
+
 /// Takes a slot and opens a scope in it: the one path of [`scope`] and
 /// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
-/// allocated unless the registry is full).
+/// allocated unless a soft-limit callback is registered).
 fn create(
     name: &str,
     parent: ScopeId,
     hard: Option<u64>,
     soft: Option<u64>,
     on_soft: Option<Callback>,
-) -> Result<ScopeHandle, ScopeError> {
+) -> Result<ScopeHandle, Full> {
     let Some(slot) = REGISTRY.take_slot() else {
-        return Err(ScopeError::RegistryFull {
-            name: name.to_owned(),
-            capacity: super::registry::CAPACITY,
-        });
+        return Err(Full);
     };
     let Some(r) = REGISTRY.record(slot) else {
-        return Err(ScopeError::RegistryFull {
-            name: name.to_owned(),
-            capacity: super::registry::CAPACITY,
-        });
+        return Err(Full);
     };
-    r.name.0.store(name);
+    // A slot is usually reused by a scope of the same name (a request scope
+    // opened and closed in a loop): then the name and its aggregate entry
+    // stay as they are.
+    let words = super::record::name_words(name);
+    if r.name.0.words() != words {
+        r.name.0.store_words(&words);
+        r.meta.0.aggregate.store(0, Relaxed);
+    }
     let parent_rec = REGISTRY.record(parent.slot());
     let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
     r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
@@ -464,10 +496,18 @@ impl std::fmt::Debug for ScopeGuard {
 
 /// Runs the soft-limit callbacks of scopes that went over since the last call.
 /// Called on every scope entry and exit; call it yourself to be told sooner.
+#[inline]
 pub fn run_budget_callbacks() {
-    if REGISTRY.soft_pending.load(Acquire) == 0 {
-        return;
+    if REGISTRY.soft_pending.load(Acquire) != 0 {
+        run_due_callbacks();
     }
+}
+
+/// The callbacks [`run_budget_callbacks`] found due (out of line: scope entry
+/// and exit pay one load when none is).
+#[cold]
+#[inline(never)]
+fn run_due_callbacks() {
     let due = thread::untracked(due_callbacks);
     for (cb, event) in due {
         cb(&event);

@@ -49,8 +49,14 @@ impl ScopeId {
     }
 
     /// The 4-byte form the host allocator keeps with blocks that have no room
-    /// for 8: `1 + (slot | low 17 bits of the generation << 14)`, 0 for
+    /// for 8: `1 + (slot | low 16 bits of the generation << 14)`, 0 for
     /// [`ScopeId::UNTRACKED`]. `owner_from_compact` turns it back.
+    ///
+    /// The value is at most `2^30`, so bit 31 is always 0: it
+    /// ([`COMPACT_SAMPLED`]) is reserved for a "sampled" flag that a heap
+    /// profiler may set on a stored owner. A stored value with that bit set
+    /// never equals a thread's fast-path word, so its free takes the
+    /// out-of-line path, where the flag is to be handled.
     pub const fn to_compact(self) -> u32 {
         if !self.is_tracked() {
             return 0;
@@ -69,7 +75,18 @@ impl ScopeId {
 /// Bits of the slot in a compact id (the registry has 2^14 slots).
 pub(crate) const COMPACT_SLOT_BITS: u32 = 14;
 pub(crate) const COMPACT_SLOT_MASK: u32 = (1 << COMPACT_SLOT_BITS) - 1;
-/// Low bits of the generation kept in a compact id.
-pub(crate) const COMPACT_GEN_MASK: u32 = (1 << 17) - 1;
+/// Low bits of the generation kept in a compact id (16: a block whose owner
+/// closed and whose slot was then reused 65,536 times is charged to that
+/// slot's scope of the same low bits; until then to `retired`).
+pub(crate) const COMPACT_GEN_MASK: u32 = (1 << 16) - 1;
+/// The bit of a stored compact owner id reserved for a "sampled" flag (see
+/// [`ScopeId::to_compact`]); never set by this crate. In the 8-byte header
+/// word ([`ScopeId::to_bits`]) the same flag goes in bit 31 (the top bit of
+/// the slot half: slots are below 2^14, so it is 0 in every `ScopeId` but
+/// [`ScopeId::UNTRACKED`], which is recognised before any flag is read).
+pub const COMPACT_SAMPLED: u32 = 1 << 31;
+
+// The largest compact id is `1 + (2^30 - 1)`: bit 31 stays free.
+const _: () = assert!(COMPACT_SLOT_BITS + COMPACT_GEN_MASK.count_ones() <= 30);
 
 const _: () = assert!(super::registry::CAPACITY <= 1 << COMPACT_SLOT_BITS);

@@ -39,7 +39,7 @@ mod validate;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use id::ScopeId;
+pub use id::{COMPACT_SAMPLED, ScopeId};
 pub use invariant::ScopeInvariant;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
@@ -64,10 +64,11 @@ pub use stats::{
 };
 #[cfg(not(loom))]
 pub use thread::{
-    BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, STACK_MAX, begin_host_alloc,
+    BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, NOT_FAST, STACK_MAX, begin_host_alloc,
     begin_host_realloc, charge_device_alloc, charge_device_free, charge_host_free,
     charge_host_free_compact, current, finish_host_alloc, finish_host_realloc, flush,
-    host_allocator_seen, mark_host_allocator_seen, owner_from_compact, untracked,
+    host_allocator_seen, host_fast_charge, host_fast_id, host_fast_realloc_charge,
+    mark_host_allocator_seen, owner_from_compact, track_host_alloc, untracked,
 };
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

@@ -61,6 +61,11 @@ pub(crate) struct Meta {
     ///
     /// [`ScopeHandle::mark_failed`]: crate::ScopeHandle::mark_failed
     pub failed: AtomicU8,
+    /// The per-name aggregate entry of this record's name, plus 1 (0: not
+    /// looked up yet), so that closing a scope whose slot was last used by a
+    /// scope of the same name skips the lookup. Cleared whenever another
+    /// name is stored (`handle.rs`, `create`); kept across slot reuse.
+    pub aggregate: AtomicU32,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -71,20 +76,42 @@ pub(crate) struct Name(pub [AtomicU64; 8]);
 /// Longest name kept; longer names are cut at a character boundary.
 pub const NAME_MAX: usize = 63;
 
+/// A name in its stored form: byte 0 the length, then the UTF-8 bytes (cut
+/// at a character boundary to [`NAME_MAX`]), zero-padded, as 8 words.
+pub(crate) type NameWords = [u64; 8];
+
+/// `name` in its stored form (see [`NameWords`]).
+pub(crate) fn name_words(name: &str) -> NameWords {
+    let mut end = name.len().min(NAME_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bytes = [0u8; 64];
+    bytes[0] = end as u8;
+    bytes[1..=end].copy_from_slice(&name.as_bytes()[..end]);
+    let mut words = [0u64; 8];
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(word);
+    }
+    words
+}
+
 impl Name {
-    pub(crate) fn store(&self, name: &str) {
-        let mut end = name.len().min(NAME_MAX);
-        while !name.is_char_boundary(end) {
-            end -= 1;
+    pub(crate) fn store_words(&self, words: &NameWords) {
+        for (w, v) in self.0.iter().zip(words) {
+            w.store(*v, Relaxed);
         }
-        let mut bytes = [0u8; 64];
-        bytes[0] = end as u8;
-        bytes[1..=end].copy_from_slice(&name.as_bytes()[..end]);
-        for (w, chunk) in self.0.iter().zip(bytes.chunks_exact(8)) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            w.store(u64::from_le_bytes(word), Relaxed);
+    }
+
+    /// The stored form, word by word (no UTF-8 check, no copy of bytes).
+    pub(crate) fn words(&self) -> NameWords {
+        let mut words = [0u64; 8];
+        for (v, w) in words.iter_mut().zip(&self.0) {
+            *v = w.load(Relaxed);
         }
+        words
     }
 
     /// Runs `f` on the name, read into a stack buffer (no allocation; names
@@ -138,6 +165,7 @@ macro_rules! meta_new {
             closed_children_peak: AtomicI64::new(0),
             closed_children_device_peak: AtomicI64::new(0),
             failed: AtomicU8::new(0),
+            aggregate: AtomicU32::new(0),
         }
     };
 }

@@ -51,7 +51,7 @@
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use super::counters::Delta;
+use super::counters::{Batch, Delta};
 use super::id::ScopeId;
 use super::registry::REGISTRY;
 
@@ -109,33 +109,47 @@ struct Stack {
     entries: [Entry; STACK_MAX],
 }
 
+/// The fast-path word's value while the thread does not charge batched
+/// (see `ThreadState::fast_id`). No stored owner equals it: compact ids are
+/// at most 2^30, and at most 2^31 + 2^30 with the sampled bit
+/// ([`COMPACT_SAMPLED`](crate::COMPACT_SAMPLED)).
+#[doc(hidden)]
+pub const NOT_FAST: u32 = u32::MAX;
+
+/// `repr(C)`: the fields the allocator path reads (the fast-path word, then the
+/// batch) come first, on one cache line.
+#[repr(C)]
 pub(crate) struct ThreadState {
+    /// The fast-path word: the current scope's compact id
+    /// ([`ScopeId::to_compact`]) while `mode == NORMAL && !direct && hook ==
+    /// HOOK_SET` (charges go to the batch), [`NOT_FAST`] otherwise. The one
+    /// word an allocation tests, and a free compares with the block's owner.
+    fast_id: Cell<u32>,
+    // Issue 19 (sampled heap profiles) puts its per-thread byte countdown here,
+    // next to the fast-path word: decremented by the request size on every
+    // allocation, a `#[cold]` call when it goes below zero (see
+    // `track_host_alloc`).
+    batch: UnsafeCell<Batch>,
     pub(crate) current: Cell<ScopeId>,
-    /// `current.to_compact()`, so a free can be matched without a registry read.
-    current_compact: Cell<u32>,
     /// The current chain has a budget: charge unbatched.
     pub(crate) direct: Cell<bool>,
     mode: Cell<u8>,
-    /// `mode == NORMAL && !direct && hook == HOOK_SET`, one flag for the fast path.
-    fast: Cell<bool>,
     hook: Cell<u8>,
-    batch: UnsafeCell<Delta>,
     /// Device charges, batched the same way.
-    device_batch: UnsafeCell<Delta>,
+    device_batch: UnsafeCell<Batch>,
     stack: UnsafeCell<Stack>,
 }
 
 impl ThreadState {
     const fn new() -> Self {
         ThreadState {
+            fast_id: Cell::new(NOT_FAST),
+            batch: UnsafeCell::new(Batch::EMPTY),
             current: Cell::new(ScopeId::ROOT),
-            current_compact: Cell::new(ScopeId::ROOT.to_compact()),
             direct: Cell::new(false),
             mode: Cell::new(NORMAL),
-            fast: Cell::new(false),
             hook: Cell::new(HOOK_NONE),
-            batch: UnsafeCell::new(Delta::EMPTY),
-            device_batch: UnsafeCell::new(Delta::EMPTY),
+            device_batch: UnsafeCell::new(Batch::EMPTY),
             stack: UnsafeCell::new(Stack {
                 len: 0,
                 next_seq: 0,
@@ -147,12 +161,16 @@ impl ThreadState {
 
     #[inline]
     fn batched(&self) -> bool {
-        self.fast.get()
+        self.fast_id.get() != NOT_FAST
     }
 
     fn refresh(&self) {
-        self.fast
-            .set(self.mode.get() == NORMAL && !self.direct.get() && self.hook.get() == HOOK_SET);
+        let fast = self.mode.get() == NORMAL && !self.direct.get() && self.hook.get() == HOOK_SET;
+        self.fast_id.set(if fast {
+            self.current.get().to_compact()
+        } else {
+            NOT_FAST
+        });
     }
 
     fn set_mode(&self, mode: u8) {
@@ -162,15 +180,14 @@ impl ThreadState {
 
     fn set_current(&self, id: ScopeId, direct: bool) {
         self.current.set(id);
-        self.current_compact.set(id.to_compact());
         self.direct.set(direct);
         self.refresh();
     }
 
     /// Runs `f` on this thread's batch.
-    #[inline]
-    fn with_batch<R>(&self, f: impl FnOnce(&mut Delta) -> R) -> R {
-        // SAFETY: the batch is thread-local and `f` (Delta's arithmetic) neither
+    #[inline(always)]
+    fn with_batch<R>(&self, f: impl FnOnce(&mut Batch) -> R) -> R {
+        // SAFETY: the batch is thread-local and `f` (Batch's arithmetic) neither
         // allocates nor re-enters this module, so no other reference to it exists
         // while `f` runs.
         f(unsafe { &mut *self.batch.get() })
@@ -178,7 +195,7 @@ impl ThreadState {
 
     /// Runs `f` on this thread's device batch.
     #[inline]
-    fn with_device_batch<R>(&self, f: impl FnOnce(&mut Delta) -> R) -> R {
+    fn with_device_batch<R>(&self, f: impl FnOnce(&mut Batch) -> R) -> R {
         // SAFETY: as `with_batch`: thread-local, and `f` does not re-enter.
         f(unsafe { &mut *self.device_batch.get() })
     }
@@ -205,6 +222,33 @@ impl ThreadState {
 
 thread_local! {
     static STATE: ThreadState = const { ThreadState::new() };
+}
+
+/// The calling thread's state, for the allocator paths: `LocalKey::with`
+/// with a closure that does the work is not always inlined (measured: a call
+/// and the closure's captures spilled to the stack on every allocation); the
+/// address alone always is.
+#[inline(always)]
+fn this_thread() -> &'static ThreadState {
+    // SAFETY: `STATE` is a `const`-initialised thread-local without `Drop`
+    // (no lazy initialisation, no destructor registered), so its storage is
+    // part of the thread's static TLS block: valid, never moved, and never
+    // dropped from the thread's start until the thread itself is gone, after
+    // every thread-local destructor ran. The reference cannot leave the
+    // thread: `ThreadState` holds `Cell`s, so it is not `Sync` and
+    // `&ThreadState` is not `Send`; callers in this module use it only for
+    // the duration of one call on the calling thread, where every access
+    // goes through `Cell` or the `with_*` helpers (no `&mut` is held across
+    // another access). The `'static` is never observed past the thread's
+    // life: no code runs on a thread after it is gone.
+    unsafe { &*STATE.with(|s| s as *const ThreadState) }
+}
+
+/// Runs `f` on the calling thread's state ([`this_thread`]; always inlined,
+/// unlike `LocalKey::with` with a working closure).
+#[inline(always)]
+fn with_state<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    f(this_thread())
 }
 
 /// Runs at thread exit: applies the batches, then charges the rest unbatched.
@@ -307,14 +351,24 @@ thread_local! {
 
 /// Applies this thread's batch to the shared counters.
 pub(crate) fn flush_state(s: &ThreadState) {
-    let d = s.with_batch(|b| core::mem::replace(b, Delta::EMPTY));
+    if !s.with_batch(|b| b.is_empty()) || !s.with_device_batch(|b| b.is_empty()) {
+        flush_nonempty(s);
+    }
+}
+
+/// Applies this thread's non-empty batches (out of line: the allocator path
+/// calls it once per batch).
+#[cold]
+#[inline(never)]
+fn flush_nonempty(s: &ThreadState) {
+    let d = s.with_batch(|b| core::mem::replace(b, Batch::EMPTY));
     if !d.is_empty() {
         mark_seen();
-        REGISTRY.apply_batch(s.current.get().slot(), &d, false);
+        REGISTRY.apply_batch(s.current.get().slot(), &d.to_delta(), false);
     }
-    let d = s.with_device_batch(|b| core::mem::replace(b, Delta::EMPTY));
+    let d = s.with_device_batch(|b| core::mem::replace(b, Batch::EMPTY));
     if !d.is_empty() {
-        REGISTRY.apply_batch(s.current.get().slot(), &d, true);
+        REGISTRY.apply_batch(s.current.get().slot(), &d.to_delta(), true);
     }
 }
 
@@ -329,7 +383,7 @@ fn mark_seen() {
 /// process (alloc-host's `is_installed` probes with this; it never touches the
 /// tracking switch).
 pub fn host_allocator_seen() -> bool {
-    STATE.with(flush_state);
+    flush_state(this_thread());
     HOST_SEEN.load(Relaxed)
 }
 
@@ -344,7 +398,7 @@ pub fn mark_host_allocator_seen() {
 /// Applies the calling thread's pending host charges now, so that statistics
 /// read from any thread include them.
 pub fn flush() {
-    STATE.with(flush_state);
+    flush_state(this_thread());
 }
 
 /// Runs `f` with the calling thread's new allocations charged nowhere (frees of
@@ -355,10 +409,10 @@ pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(u8);
     impl Drop for Restore {
         fn drop(&mut self) {
-            STATE.with(|s| s.set_mode(self.0));
+            this_thread().set_mode(self.0);
         }
     }
-    let prev = STATE.with(|s| {
+    let prev = with_state(|s| {
         let prev = s.mode.get();
         if prev == NORMAL {
             flush_state(s);
@@ -373,7 +427,7 @@ pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
 /// The scope the calling thread is in ([`ScopeId::ROOT`] outside any scope).
 #[inline]
 pub fn current() -> ScopeId {
-    STATE.with(|s| s.current.get())
+    this_thread().current.get()
 }
 
 /// One host allocation or reallocation between its begin (charge decided,
@@ -420,7 +474,7 @@ impl HostCharge {
 #[doc(hidden)]
 #[inline]
 pub unsafe fn begin_host_alloc(bytes: usize) -> Option<HostCharge> {
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() {
             return Some(HostCharge {
                 owner: s.current.get(),
@@ -477,12 +531,8 @@ fn begin_alloc_slow(s: &ThreadState, bytes: usize) -> Option<HostCharge> {
 pub unsafe fn finish_host_alloc(c: HostCharge, bytes: usize, ok: bool) {
     if c.flags & BATCHED != 0 {
         if ok {
-            STATE.with(|s| {
-                let flush = s.with_batch(|b| {
-                    b.alloc(bytes as u64);
-                    b.left == 0 || b.live > BATCH_BYTES
-                });
-                if flush {
+            with_state(|s| {
+                if s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
                     flush_state(s);
                 }
             });
@@ -535,7 +585,7 @@ pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
     if !owner.is_tracked() {
         return;
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
             free_in_batch(s, bytes);
         } else {
@@ -551,30 +601,138 @@ pub unsafe fn charge_host_free(owner: ScopeId, bytes: usize) {
 /// # Safety
 /// As [`charge_host_free`], with the compact id stored for the block.
 #[doc(hidden)]
-#[inline]
+#[inline(always)]
 pub unsafe fn charge_host_free_compact(id: u32, bytes: usize) {
-    if id == 0 {
-        return;
+    let s = this_thread();
+    if id == s.fast_id.get() {
+        free_in_batch(s, bytes);
+    } else if id != 0 {
+        free_compact_slow(s, id, bytes as u64);
     }
-    STATE.with(|s| {
-        if s.batched() && id == s.current_compact.get() {
-            free_in_batch(s, bytes);
-        } else {
-            free_remote(s, REGISTRY.owner_of_compact(id), bytes as u64);
+}
+
+/// A free of a tracked block (`id != 0`) whose owner is not the thread's
+/// current scope, or on a thread that does not batch: charged to the owner
+/// directly.
+#[cold]
+#[inline(never)]
+fn free_compact_slow(s: &ThreadState, id: u32, bytes: u64) {
+    // Issue 19: a stored owner with the sampled bit (`COMPACT_SAMPLED`) lands
+    // here; the profiler's free hook goes at this spot, and the bit is cleared
+    // before the owner is looked up.
+    free_remote(s, REGISTRY.owner_of_compact(id), bytes);
+}
+
+/// Charges a new host block of `bytes` whose owner the caller keeps as a
+/// compact id: `alloc(owner)` gets the block from the inner allocator and
+/// stores `owner` with it, returning the block and whether the owner was kept
+/// (`false` for a null block, or one whose owner has nowhere to go: it is
+/// charged nothing and stays untracked). Returns the block (null: refused by
+/// a hard limit, or the inner allocator failed; nothing charged).
+///
+/// The fast path is one thread-local word ([`NOT_FAST`] or the current
+/// scope's compact id), the call, and the batch update; everything else
+/// (budgets, the first charge of a thread, `untracked`, thread exit) is out
+/// of line. `alloc` is called exactly once, or not at all when a hard limit
+/// refuses the bytes.
+///
+/// # Safety
+/// Only a global allocator may call this, once per allocation; a block it
+/// keeps must later be freed through [`charge_host_free_compact`] with the
+/// owner stored and the same `bytes`.
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn track_host_alloc(
+    bytes: usize,
+    alloc: impl FnOnce(u32) -> (*mut u8, bool),
+) -> *mut u8 {
+    let s = this_thread();
+    let id = s.fast_id.get();
+    if id == NOT_FAST {
+        return track_alloc_slow(s, bytes, alloc);
+    }
+    // Issue 19: the sampling countdown goes here (`countdown -= bytes`, a
+    // `#[cold]` call when it goes below zero).
+    let (p, kept) = alloc(id);
+    if kept && s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
+        flush_nonempty(s);
+    }
+    p
+}
+
+/// The calling thread's fast-path word: the current scope's compact id when
+/// this thread charges batched, [`NOT_FAST`] otherwise. A global allocator
+/// that reads an id here may allocate, keep the id with the block, and
+/// then call [`host_fast_charge`] (the split form of [`track_host_alloc`],
+/// so that no closure crosses the branch); on [`NOT_FAST`] it calls
+/// [`track_host_alloc`].
+#[doc(hidden)]
+#[inline(always)]
+pub fn host_fast_id() -> u32 {
+    this_thread().fast_id.get()
+}
+
+/// Charges a block of `bytes` to the batch of the calling thread's current
+/// scope, after [`host_fast_id`] returned that scope's id and the block was
+/// kept with it.
+///
+/// # Safety
+/// As [`track_host_alloc`]: only a global allocator, once per block kept
+/// with the id [`host_fast_id`] returned on this thread during this
+/// allocation (not [`NOT_FAST`]).
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_charge(bytes: usize) {
+    let s = this_thread();
+    if s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
+        flush_nonempty(s);
+    }
+}
+
+/// Charges a reallocation from `old` to `new` bytes of a block whose stored
+/// owner equals [`host_fast_id`] (so the thread batches, and the owner is its
+/// current scope) to the batch.
+///
+/// # Safety
+/// Only a global allocator, once per successful reallocation of a block kept
+/// with the id [`host_fast_id`] returns on this thread now.
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_realloc_charge(old: usize, new: usize) {
+    let s = this_thread();
+    if s.with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES)) {
+        flush_nonempty(s);
+    }
+}
+
+/// [`track_host_alloc`] on a thread that does not charge batched.
+#[cold]
+#[inline(never)]
+fn track_alloc_slow(
+    s: &ThreadState,
+    bytes: usize,
+    alloc: impl FnOnce(u32) -> (*mut u8, bool),
+) -> *mut u8 {
+    let Some(c) = begin_alloc_slow(s, bytes) else {
+        return core::ptr::null_mut();
+    };
+    let (p, kept) = alloc(c.owner.to_compact());
+    if c.flags & BATCHED != 0 {
+        if kept && s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
+            flush_nonempty(s);
         }
-    })
+    } else if c.owner.is_tracked() {
+        finish_slow(c, bytes as u64, None, kept);
+    }
+    p
 }
 
 /// A free in the thread's current scope: into the batch, flushed when the
 /// batch is used up or holds more than [`BATCH_BYTES`] of frees.
-#[inline]
+#[inline(always)]
 fn free_in_batch(s: &ThreadState, bytes: usize) {
-    let flush = s.with_batch(|b| {
-        b.free(bytes as u64);
-        b.left == 0 || b.live < -BATCH_BYTES
-    });
-    if flush {
-        flush_state(s);
+    if s.with_batch(|b| b.free(bytes as u64, BATCH_BYTES)) {
+        flush_nonempty(s);
     }
 }
 
@@ -604,7 +762,7 @@ pub unsafe fn begin_host_realloc(owner: ScopeId, old: usize, new: usize) -> Opti
     if !owner.is_tracked() {
         return Some(HostCharge::UNTRACKED);
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
             return Some(HostCharge {
                 owner,
@@ -659,12 +817,8 @@ fn begin_realloc_slow(
 pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: bool) {
     if c.flags & BATCHED != 0 {
         if ok {
-            STATE.with(|s| {
-                let flush = s.with_batch(|b| {
-                    b.realloc(old as u64, new as u64);
-                    b.live > BATCH_BYTES || b.left == 0 || b.live < -BATCH_BYTES
-                });
-                if flush {
+            with_state(|s| {
+                if s.with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES)) {
                     flush_state(s);
                 }
             });
@@ -682,17 +836,13 @@ pub unsafe fn finish_host_realloc(c: HostCharge, old: usize, new: usize, ok: boo
 /// so a cache hit pays no shared atomic. Called by a device allocator (the
 /// engine in `alloc-core`), not by users.
 pub fn charge_device_alloc(bytes: u64) -> ScopeId {
-    STATE.with(|s| {
+    with_state(|s| {
         if !s.batched() {
             s.attach_hook();
         }
         let owner = s.current.get();
         if s.batched() {
-            let flush = s.with_device_batch(|b| {
-                b.alloc(bytes);
-                b.left == 0 || b.live > DEVICE_BATCH_BYTES
-            });
-            if flush {
+            if s.with_device_batch(|b| b.alloc(bytes, DEVICE_BATCH_BYTES)) {
                 flush_state(s);
             }
         } else {
@@ -709,13 +859,9 @@ pub fn charge_device_free(owner: ScopeId, bytes: u64) {
     if !owner.is_tracked() {
         return;
     }
-    STATE.with(|s| {
+    with_state(|s| {
         if s.batched() && owner == s.current.get() {
-            let flush = s.with_device_batch(|b| {
-                b.free(bytes);
-                b.left == 0 || b.live < -DEVICE_BATCH_BYTES
-            });
-            if flush {
+            if s.with_device_batch(|b| b.free(bytes, DEVICE_BATCH_BYTES)) {
                 flush_state(s);
             }
         } else {
@@ -741,7 +887,7 @@ pub(crate) struct EnterToken {
 /// Makes `id` the calling thread's scope (pushing it on the guard stack),
 /// flushing the batch of the previous one.
 pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
-    STATE.with(|s| {
+    with_state(|s| {
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(true));
         s.attach_hook();
@@ -784,7 +930,7 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
 /// Leaves the scope entered with `t`, in whatever order guards drop (see the
 /// module docs), flushing the batch first.
 pub(crate) fn exit(t: EnterToken) {
-    STATE.with(|s| {
+    with_state(|s| {
         flush_state(s);
         if s.mode.get() == TORN_DOWN {
             return;
@@ -796,7 +942,10 @@ pub(crate) fn exit(t: EnterToken) {
         }
         let top = s.with_stack(|st| {
             let n = st.len;
-            if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
+            if n > 0 && st.entries[n - 1].seq == t.seq {
+                // The common case: the newest guard drops first.
+                st.len -= 1;
+            } else if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
                 st.entries.copy_within(i + 1..n, i);
                 st.len -= 1;
             }

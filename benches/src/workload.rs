@@ -17,6 +17,11 @@
 //!   growth measured in-process divided by the block count).
 //! - `scopes`: 10^6 requests in a row, empty then with one 64 B allocation each;
 //!   prints `metric scopes_per_s_empty` and `metric scopes_per_s_alloc`.
+//! - `scopes-leave-one`: 10^6 requests in a row, each leaving one 16 B block
+//!   behind (a server whose requests cache something), so every closed scope
+//!   still owns memory; prints `metric rss_per_scope_B` (resident growth per
+//!   request, measured in-process, the array of kept pointers allocated and
+//!   touched before the first reading) and `metric leave_one_per_s`.
 //!
 //! A binary prints the checksum on the first stdout line, then any
 //! `metric NAME VALUE` lines (read by `whole_process.py`).
@@ -104,11 +109,13 @@ pub enum Workload {
     HoldClass(usize),
     /// 10^6 requests in a row ([`scopes`]).
     Scopes,
+    /// 10^6 requests, each leaving one block behind ([`scopes_leave_one`]).
+    ScopesLeaveOne,
 }
 
 impl Workload {
     /// Parses a workload name (`mixed`, `pow2`, `parse`, `hold`,
-    /// `hold-class=SIZE`, `scopes`).
+    /// `hold-class=SIZE`, `scopes`, `scopes-leave-one`).
     pub fn parse_name(s: &str) -> Option<Workload> {
         Some(match s {
             "mixed" => Workload::Mixed,
@@ -116,6 +123,7 @@ impl Workload {
             "parse" => Workload::Parse,
             "hold" => Workload::Hold,
             "scopes" => Workload::Scopes,
+            "scopes-leave-one" => Workload::ScopesLeaveOne,
             _ => Workload::HoldClass(s.strip_prefix("hold-class=")?.parse().ok()?),
         })
     }
@@ -491,6 +499,34 @@ pub fn scopes<S: Scoper>(s: &S) -> (u64, f64, f64) {
     (black_box(sum), empty, t.elapsed().as_secs_f64())
 }
 
+/// The `scopes-leave-one` program on one thread: 10^6 requests, each leaving
+/// one 16 B block behind; returns the checksum, the resident growth per
+/// request in bytes, and the requests per second.
+pub fn scopes_leave_one<S: Scoper>(s: &S) -> (u64, f64, f64) {
+    const N: usize = 1_000_000;
+    // Every element written, so the array's pages are resident before the
+    // first reading (its growth is not the scopes').
+    let mut kept: Vec<Option<Box<[u8; 16]>>> = (0..N).map(|_| None).collect();
+    black_box(&mut kept);
+    let before = current_rss();
+    let t = Instant::now();
+    for (i, slot) in kept.iter_mut().enumerate() {
+        *slot = Some(s.request(|| Box::new([i as u8; 16])));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let after = current_rss();
+    let sum = kept
+        .iter()
+        .flatten()
+        .fold(0u64, |a, b| a.wrapping_add(u64::from(b[0])));
+    drop(black_box(kept));
+    (
+        sum,
+        after.saturating_sub(before) as f64 / N as f64,
+        N as f64 / secs,
+    )
+}
+
 /// Passes over the sources per thread in `parse`.
 pub const PARSE_PASSES: usize = 2;
 
@@ -524,6 +560,7 @@ pub fn run_with<S: Scoper>(threads: usize, w: &Workload, s: &S) -> Outcome {
                             Workload::Parse => (parse(s, sources, PARSE_PASSES), 0.0, 0.0),
                             Workload::Hold => (hold(seed), 0.0, 0.0),
                             Workload::Scopes => scopes(s),
+                            Workload::ScopesLeaveOne => scopes_leave_one(s),
                             Workload::HoldClass(_) => unreachable!("handled above"),
                         }
                     })
@@ -546,6 +583,14 @@ pub fn run_with<S: Scoper>(threads: usize, w: &Workload, s: &S) -> Outcome {
             .push(("scopes_per_s_empty".into(), total / slowest(|r| r.1)));
         out.metrics
             .push(("scopes_per_s_alloc".into(), total / slowest(|r| r.2)));
+    }
+    if *w == Workload::ScopesLeaveOne {
+        let worst = |f: fn(&(u64, f64, f64)) -> f64| results.iter().map(f).fold(0.0, f64::max);
+        out.metrics.push(("rss_per_scope_B".into(), worst(|r| r.1)));
+        out.metrics.push((
+            "leave_one_per_s".into(),
+            results.iter().map(|r| r.2).fold(f64::INFINITY, f64::min),
+        ));
     }
     if *w == Workload::Parse {
         out.metrics.push(("files".into(), sources.len() as f64));
@@ -585,7 +630,7 @@ pub fn workload_from_args() -> Workload {
         Some(a) => Workload::parse_name(&a).unwrap_or_else(|| {
             eprintln!(
                 "unknown workload `{a}`; usage: wp_VARIANT [THREADS] \
-                 [mixed|pow2|parse|hold|hold-class=SIZE|scopes]"
+                 [mixed|pow2|parse|hold|hold-class=SIZE|scopes|scopes-leave-one]"
             );
             std::process::exit(2)
         }),

@@ -2,7 +2,10 @@
 //! allocator, called directly. Used under `valgrind --tool=callgrind` to count
 //! instructions per pair (the difference between two N cancels start-up), a
 //! figure the machine's noise does not move.
-//! VARIANT: system | mimalloc | ours-off | ours-root | ours-scope (DEPTH nested
+//! VARIANT: system | mimalloc (the `mimalloc` crate's global allocator, which
+//! calls mimalloc's aligned entry points) | mimalloc_plain (plain `mi_malloc` /
+//! `mi_free` and the other unaligned calls, through `alloc_host::Mimalloc`,
+//! the inner allocator of ours) | ours-off | ours-root | ours-scope (DEPTH nested
 //! scopes, default 1) | side-table (bare mimalloc plus the cheapest side table
 //! that could record owners: a fixed open-addressing table of atomics, one CAS
 //! to insert and one to remove per block; the alternative to the owner header).
@@ -78,8 +81,7 @@ fn side_table_pairs(n: u64, layout: Layout) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: pairs system|mimalloc|ours-off|ours-root|ours-scope|side-table N SIZE [DEPTH]";
+    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-root|ours-scope|side-table N SIZE [DEPTH]";
     let (Some(variant), Some(n), Some(size)) = (
         args.get(1),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
@@ -97,6 +99,7 @@ fn main() {
     match variant.as_str() {
         "system" => pairs(&System, n, layout),
         "mimalloc" => pairs(&mimalloc::MiMalloc, n, layout),
+        "mimalloc_plain" => pairs(&alloc_host::Mimalloc, n, layout),
         "ours-off" => {
             alloc_host::set_tracking(false);
             pairs(&TRACK, n, layout)
