@@ -30,6 +30,12 @@
 //! The blocks in use are never shared between streams here (no
 //! `record_stream`), so every free completes at once and the requested and
 //! active bytes follow the model exactly.
+//!
+//! The last test is the hand-off between streams under threads: on a device
+//! too small for both, one thread's freed blocks (idle or still in flight
+//! on its stream) are taken by the other thread's stream (reuse of idle
+//! cache, the ladder's release after its sync) while both run; the sim's
+//! in-flight oracle checks every block handed out.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -537,5 +543,103 @@ fn counters_follow_the_model_under_threads_expandable() {
 fn counters_follow_the_model_under_threads_fixed() {
     for seed in [4, 5] {
         run(seed, "expandable_segments:False");
+    }
+}
+
+/// One side of the hand-off: `rounds` times, allocate on `stream` (a large
+/// block, now and then a small one), check the block with the in-flight
+/// oracle, launch work that uses every live block, free the oldest while
+/// that work may still run, and now and then complete the stream's work.
+/// Returns the out-of-memory errors seen.
+fn hand_off_side(
+    a: &CachingAllocator<SimBackend>,
+    sim: &SimBackend,
+    stream: SimStream,
+    seed: u64,
+    rounds: usize,
+) -> Result<usize, String> {
+    let mut rng = Rng(seed);
+    let mut live: Vec<DeviceBuffer<'_, SimBackend>> = Vec::new();
+    let mut ooms = 0;
+    for _ in 0..rounds {
+        let size = if rng.below(4) == 0 {
+            1 + rng.below(256 << 10)
+        } else {
+            4 * MIB + rng.below(4 * MIB)
+        };
+        match a.allocate(size, stream) {
+            Ok(b) => {
+                sim.check_handout(stream, b.ptr(), b.capacity());
+                live.push(b);
+            }
+            Err(alloc_core::AllocError::OutOfMemory(_)) => ooms += 1,
+            Err(e) => return Err(format!("{size} B on {stream:?}: {e}")),
+        }
+        let ranges: Vec<(usize, usize)> = live.iter().map(|b| (b.ptr().0, b.capacity())).collect();
+        sim.launch_using(stream, &ranges);
+        if live.len() > 2 {
+            drop(live.remove(0));
+        }
+        if rng.below(3) == 0 {
+            sim.complete(stream);
+        }
+    }
+    drop(live);
+    sim.complete(stream);
+    Ok(ooms)
+}
+
+/// Two threads on two streams share a 64 MiB device: blocks move from one
+/// stream's cache to the other's while both run (`num_cross_stream_reuse`
+/// counts them), and no block is handed to a stream while work on the other
+/// may still use it (the sim's oracle panics in `check_handout`).
+#[test]
+fn blocks_move_between_streams_under_threads() {
+    for cfg in ["", "expandable_segments:False"] {
+        let sim = SimBackend::new(64 * MIB);
+        sim.set_auto_complete(false);
+        let a = CachingAllocator::new(sim.clone(), Config::parse(cfg).unwrap());
+        let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2u32)
+                .map(|t| {
+                    let (a, sim) = (&a, &sim);
+                    s.spawn(move || {
+                        std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            hand_off_side(a, sim, SimStream(t), 7 + u64::from(t), 3000)
+                        }))
+                        .unwrap_or_else(|p| Err(panic_text(&*p)))
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            if let Err(e) = r {
+                panic!("config {cfg:?}: {e}");
+            }
+        }
+        let st = a.stats();
+        assert!(
+            st.num_cross_stream_reuse > 0,
+            "config {cfg:?}: no block moved between the streams ({st:?})"
+        );
+        assert_eq!(st.allocated_bytes.all.current, 0);
+        a.validate().unwrap();
+        assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+        // at rest, with nothing in use, the largest request fits
+        let b = a.allocate(8 * MIB, SimStream(0));
+        assert!(
+            b.is_ok(),
+            "config {cfg:?}: 8 MiB on an idle 64 MiB device: {b:?}"
+        );
+        eprintln!(
+            "config {cfg:?}: {} cross-stream reuses, {} syncs, {:?} out of memory per thread",
+            st.num_cross_stream_reuse,
+            st.num_sync_all_streams,
+            results
+                .iter()
+                .map(|r| *r.as_ref().unwrap())
+                .collect::<Vec<_>>()
+        );
     }
 }
