@@ -27,7 +27,7 @@ macro_rules! forward_common {
         fn wait_event(&self, event: &B::Event) {
             self.inner.wait_event(event)
         }
-        fn synchronize(&self) {
+        fn synchronize(&self) -> $crate::backend::SyncCoverage {
             self.inner.synchronize()
         }
         fn page_size(&self) -> Option<usize> {

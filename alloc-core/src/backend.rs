@@ -52,6 +52,30 @@ pub enum BackendError {
     Other(String),
 }
 
+/// What a device-wide [`DeviceBackend::synchronize`] waited for.
+///
+/// A backend that cannot wait for some stream (one capturing a CUDA graph,
+/// another thread's per-thread stream, a stream it lost track of) says so
+/// with [`SyncCoverage::Partial`]; the engine then proves nothing idle by
+/// that sync and judges every stream by its events, as without a sync
+/// ([`CoreInvariant::P2`](crate::CoreInvariant::P2)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a partial sync proves nothing idle: the engine must know which it was"]
+pub enum SyncCoverage {
+    /// Every stream of the device was idle when the call returned.
+    All,
+    /// Some stream may still run work issued before the call.
+    Partial,
+}
+
+impl SyncCoverage {
+    /// Whether every stream was waited for.
+    #[inline]
+    pub fn is_all(self) -> bool {
+        self == SyncCoverage::All
+    }
+}
+
 /// A memory provider the caching engine draws segments from.
 ///
 /// # Safety
@@ -65,7 +89,9 @@ pub enum BackendError {
 ///    makes exactly the named pages usable until they are unmapped;
 /// 3. [`event_done`](Self::event_done) returns `true` only when all work issued
 ///    on the event's stream before it was recorded has completed, and
-///    [`synchronize`](Self::synchronize) returns only when every stream is idle.
+///    [`synchronize`](Self::synchronize) returns [`SyncCoverage::All`] only
+///    when every stream is idle (otherwise it returns
+///    [`SyncCoverage::Partial`]).
 pub unsafe trait DeviceBackend: Send + Sync {
     /// A queue of work; `()` for memory that has only one (host memory).
     type Stream: Copy + Eq + Hash + Debug + Send + Sync + 'static;
@@ -104,8 +130,10 @@ pub unsafe trait DeviceBackend: Send + Sync {
     /// Waits until `event` has completed.
     fn wait_event(&self, event: &Self::Event);
 
-    /// Waits until every stream of the device is idle.
-    fn synchronize(&self);
+    /// Waits until every stream of the device is idle, and says whether it
+    /// could: [`SyncCoverage::Partial`] when some stream may still run work
+    /// issued before the call (the engine then trusts only events).
+    fn synchronize(&self) -> SyncCoverage;
 
     /// Free and total memory of the device, where the device knows them.
     fn mem_info(&self) -> Option<MemInfo>;

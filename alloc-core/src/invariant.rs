@@ -4,7 +4,8 @@
 //! its displayed id (`core:S1`). [`CachingAllocator::validate`] checks
 //! [`CoreInvariant::S1`]–[`CoreInvariant::S4`], [`CoreInvariant::A1`],
 //! [`CoreInvariant::F1`], [`CoreInvariant::T1`], [`CoreInvariant::T2`] and
-//! [`CoreInvariant::P1`] and reports the variant that fails;
+//! [`CoreInvariant::P1`] and reports the variant that fails
+//! ([`CoreInvariant::P2`] is a rule of the sync path, exercised by tests);
 //! [`Trace::from_events`] checks [`CoreInvariant::R1`] and
 //! [`CoreInvariant::R2`].
 //!
@@ -49,6 +50,15 @@ alloc_scope::invariants! {
         /// the first that has not completed; the pending count is the number of
         /// pending blocks.
         P1 => "pending blocks wait for their events",
+        /// A partial sync proves nothing idle: after a device-wide sync whose
+        /// backend reported [`SyncCoverage::Partial`](crate::SyncCoverage)
+        /// (some stream may still run work issued before it), no block is
+        /// judged idle by the free clock (no sync mark is applied): a pending
+        /// free completes only when its events do, a free block is released or
+        /// moved to another stream only when its stream's event says idle, and
+        /// `forget_stream` keeps a stream it could not wait for. Kept in
+        /// `pending.rs`; tested by `tests/engine_partial_sync.rs`.
+        P2 => "a partial sync proves nothing idle",
         /// In a replay [`Trace`](crate::replay::Trace), every slot is allocated by
         /// exactly one `Alloc` event, and slots are numbered `0..slots` in the order
         /// of their `Alloc` events. Kept in `replay/trace.rs`.

@@ -30,7 +30,7 @@ pub(crate) mod streams;
 pub mod trace;
 pub mod validate;
 
-pub use backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+pub use backend::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
 pub use backends::{HostBackend, SimBackend, SimStream};
 pub use block::BlockState;
 pub use buffer::DeviceBuffer;

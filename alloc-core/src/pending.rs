@@ -8,7 +8,8 @@
 //!
 //! # Invariants and locking rule
 //! Pending frees keep [`CoreInvariant::P1`] (pending blocks wait for their
-//! events, queried in order); the free clock serves the locking rule
+//! events, queried in order) and [`CoreInvariant::P2`] (a partial sync
+//! proves nothing idle); the free clock serves the locking rule
 //! [`LockRule::L1`] (the device-wide sync runs unlocked; a [`SyncMark`]
 //! decides what it proves idle). The definitions are on the variants.
 
@@ -109,18 +110,26 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     /// Synchronises the device with the lock released (it may block for as
     /// long as the queued work runs), then takes the lock again and frees the
-    /// pending blocks the sync covers ([`LockRule::L1`]).
+    /// pending blocks the sync covers ([`LockRule::L1`]). The mark is `None`
+    /// when the backend could not wait for every stream: such a sync proves
+    /// nothing idle, pending frees wait for their events and free blocks are
+    /// judged by their streams' events ([`CoreInvariant::P2`]).
     pub(crate) fn synchronize_unlocked<'a>(
         &'a self,
         st: MutexGuard<'a, State<B>>,
-    ) -> (MutexGuard<'a, State<B>>, SyncMark) {
+    ) -> (MutexGuard<'a, State<B>>, Option<SyncMark>) {
         let mark = st.sync_mark();
         drop(st);
-        self.backend.synchronize();
+        let coverage = self.backend.synchronize();
         let mut st = self.lock();
         st.stats.num_sync_all_streams += 1;
+        if !coverage.is_all() {
+            // the streams it did wait for are idle now: their events say so
+            st.process_pending(&self.backend);
+            return (st, None);
+        }
         st.complete_synced(mark);
-        (st, mark)
+        (st, Some(mark))
     }
 }
 

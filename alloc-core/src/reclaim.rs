@@ -63,7 +63,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         // the slot again: while the lock was released, another thread may
         // have forgotten the stream (and the slot gone to a new stream)
         let slot = st.stream_slot(stream);
-        let got = self.ladder_after_sync(&mut st, &mark, slot, pool, bytes, rounded);
+        let got = self.ladder_after_sync(&mut st, mark.as_ref(), slot, pool, bytes, rounded);
         (st, got)
     }
 
@@ -94,17 +94,18 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         Ok(None)
     }
 
-    /// The ladder's last steps, after the sync that followed `mark`.
+    /// The ladder's last steps, after the sync that followed `mark` (`None`:
+    /// a partial sync, which proves nothing idle, `core:P2`).
     fn ladder_after_sync(
         &self,
         st: &mut State<B>,
-        mark: &SyncMark,
+        mark: Option<&SyncMark>,
         slot: Slot,
         pool: Pool,
         bytes: usize,
         rounded: usize,
     ) -> Result<BlockId, AllocError> {
-        self.release_cached(st, Release::All, Some(mark));
+        self.release_cached(st, Release::All, mark);
         self.release_empty_reservations(st);
         if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             return Ok(id);
@@ -305,7 +306,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// releases expandable reservations with nothing mapped.
     pub fn empty_cache(&self) {
         let (mut st, mark) = self.synchronize_unlocked(self.lock());
-        self.release_cached(&mut st, Release::All, Some(&mark));
+        self.release_cached(&mut st, Release::All, mark.as_ref());
         self.release_empty_reservations(&mut st);
     }
 

@@ -6,7 +6,11 @@
 //!    device's default pool with its release threshold set to `u64::MAX`;
 //! 2. with `--trace FILE` (repeatable; CSV traces or PyTorch snapshots), each
 //!    trace replayed through a fresh allocator on the device, one JSON line
-//!    per trace (peak reserved, efficiency, device allocations, ns/op).
+//!    per trace (peak reserved, efficiency, device allocations, driver
+//!    calls, ns/op).
+//!
+//! The allocators are made with `ALLOC_CONF` (else `PYTORCH_CUDA_ALLOC_CONF`),
+//! printed as `config:`; the kit runs it with expandable segments off and on.
 //!
 //! ```text
 //! cargo run -p alloc-cuda --release --example gpu_alloc -- \
@@ -25,6 +29,17 @@ use alloc_cuda::{CudaAllocator, StreamHandle};
 
 const SIZES: [usize; 3] = [4 << 10, 1 << 20, 64 << 20];
 
+/// Iterations of the cache-hit loops: `GPU_ALLOC_ITERS` (the kit's tests on
+/// the stub driver make it small), else 200,000; `cuMemAlloc` runs 1/200 of
+/// them (a driver allocation costs about 100x a cache hit).
+fn iters() -> u32 {
+    std::env::var("GPU_ALLOC_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000u32)
+        .max(200)
+}
+
 fn ns_per(iters: u32, f: impl FnMut()) -> f64 {
     let mut f = f;
     let start = Instant::now();
@@ -37,11 +52,11 @@ fn ns_per(iters: u32, f: impl FnMut()) -> f64 {
 fn ours(a: &CudaAllocator, bytes: usize) -> f64 {
     let s = StreamHandle::DEFAULT;
     drop(a.engine().allocate(bytes, s)); // warm: the block is cached
-    ns_per(200_000, || drop(a.engine().allocate(bytes, s)))
+    ns_per(iters(), || drop(a.engine().allocate(bytes, s)))
 }
 
 fn cu_mem_alloc(bytes: usize) -> f64 {
-    ns_per(1_000, || {
+    ns_per(iters() / 200, || {
         let mut p = 0;
         // SAFETY: `p` is an out-pointer; the context is current (bound by
         // the allocator); the allocation is freed at once, unused.
@@ -77,7 +92,7 @@ fn cu_mem_alloc_async(a: &CudaAllocator, bytes: usize) -> Option<f64> {
         }
     };
     run(); // warm the pool
-    let ns = ns_per(200_000, run);
+    let ns = ns_per(iters(), run);
     // SAFETY: the default stream of the current context.
     let _ = unsafe { sys::cuStreamSynchronize(stream) };
     Some(ns)
@@ -109,6 +124,21 @@ fn main() -> ExitCode {
     }
     let name = alloc.context().name().unwrap_or_default();
     println!("device: {name}");
+    // the settings the allocators were made with (ALLOC_CONF, else
+    // PYTORCH_CUDA_ALLOC_CONF: the kit sets the latter for both sides)
+    let config = alloc_core::Config::env_text()
+        .ok()
+        .flatten()
+        .map_or_else(|| "default".to_string(), |(_, text)| text);
+    println!("config: {config}");
+    println!(
+        "expandable segments: {}",
+        if alloc.uses_expandable_segments() {
+            "on"
+        } else {
+            "off"
+        }
+    );
     println!("bytes,ours_ns,cuMemAlloc_ns,cuMemAllocAsync_ns,ratio_async,ratio_sync");
     for bytes in SIZES {
         let o = ours(&alloc, bytes);
@@ -132,7 +162,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let r = replay::replay(trace, fresh.engine(), "default");
+            let r = replay::replay(trace, fresh.engine(), &config);
             println!("{}", serde_json::to_string(&r).unwrap_or_default());
         }
     }

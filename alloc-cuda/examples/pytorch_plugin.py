@@ -5,12 +5,15 @@ allocations (its own statistics count them). Exits non-zero on any failure.
     cargo build -p alloc-cuda-capi --release   # target/release/liballoc_cuda_capi.so
     python alloc-cuda/examples/pytorch_plugin.py [path/to/liballoc_cuda_capi.so]
 
-Needs a CUDA device and torch. alloc_cuda_torch.py is looked up next to
-this script, then in ../python (the repository's layout).
+Needs a CUDA device and torch (without them it prints `SKIP: ...` and
+exits with status 3). alloc_cuda_torch.py is looked up next to this script,
+then in ../python (the repository's layout).
 """
 
+import ctypes
 import os
 import sys
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "python")]
@@ -26,11 +29,47 @@ def check(name, ok, detail=""):
         sys.exit(1)
 
 
-def main():
-    import torch
+def on_a_new_thread(torch, lib, side):
+    """From a thread with no current CUDA context (as PyTorch's autograd and
+    DataLoader threads may be): the C ABI directly (no torch call that could
+    make a context current), then torch tensors. Returns failures."""
+    failures = []
 
-    alloc_cuda_torch.install(LIB)
-    check("cuda available", torch.cuda.is_available())
+    def raw():
+        p = lib.alloc_cuda_malloc(1 << 20, 0, None)
+        if not p:
+            failures.append("alloc_cuda_malloc from a new thread: " + alloc_cuda_torch.last_error())
+            return
+        lib.alloc_cuda_record_stream(ctypes.c_void_p(p), ctypes.c_void_p(side.cuda_stream))
+        lib.alloc_cuda_free(ctypes.c_void_p(p), 1 << 20, 0, None)  # pending on the side stream
+        q = lib.alloc_cuda_malloc(4096, 0, None)  # queries that stream's event here
+        if not q:
+            failures.append("second alloc_cuda_malloc from a new thread: " + alloc_cuda_torch.last_error())
+            return
+        lib.alloc_cuda_free(ctypes.c_void_p(q), 4096, 0, None)
+
+    def tensors():
+        try:
+            x = torch.full((1 << 18,), 2.0, device="cuda")
+            if x.sum().item() != float(1 << 19):
+                failures.append("a tensor made on a new thread has the wrong sum")
+            del x
+        except Exception as e:  # reported, not raised on the thread
+            failures.append(f"torch on a new thread: {e}")
+
+    for fn in (raw, tensors):
+        t = threading.Thread(target=fn)
+        t.start()
+        t.join(timeout=60)
+        if t.is_alive():
+            failures.append(f"{fn.__name__} on a new thread did not finish in 60 s")
+    return failures
+
+
+def main():
+    torch = alloc_cuda_torch.require_torch_gpu()
+
+    lib = alloc_cuda_torch.install(LIB)
     before = alloc_cuda_torch.memory_stats()["allocation.all.allocated"]
     torch.manual_seed(0)
 
@@ -88,10 +127,21 @@ def main():
     check("a tensor lies in a plug-in segment", inside, f"(ptr {ptr:#x}, {len(segments)} segments)")
     del live
     torch.cuda.synchronize()
+    # a thread with no current context allocates, frees on another stream and
+    # reuses (the event query binds the context)
+    side2 = torch.cuda.Stream()
+    failures = on_a_new_thread(torch, lib, side2)
+    check("allocating and freeing from a thread with no current context", not failures, "; ".join(failures))
+    torch.cuda.synchronize()
+    # torch.cuda.empty_cache() reaches the plug-in (install() wired it)
     reserved = alloc_cuda_torch.memory_stats()["reserved_bytes.all.current"]
-    alloc_cuda_torch.empty_cache()
+    torch.cuda.empty_cache()
     after = alloc_cuda_torch.memory_stats()["reserved_bytes.all.current"]
-    check("empty_cache releases memory", after < reserved or reserved == 0, f"({reserved} -> {after} B)")
+    check("torch.cuda.empty_cache() releases the plug-in's cache", after < reserved or reserved == 0,
+          f"({reserved} -> {after} B)")
+    check("nothing pending after a synchronised empty_cache",
+          alloc_cuda_torch.memory_stats()["active_bytes.all.current"]
+          == alloc_cuda_torch.memory_stats()["allocated_bytes.all.current"])
     stats = alloc_cuda_torch.memory_stats()
     print(f"stats allocations {stats['allocation.all.allocated']}, peak allocated "
           f"{stats['allocated_bytes.all.peak']} B, peak reserved {stats['reserved_bytes.all.peak']} B, "

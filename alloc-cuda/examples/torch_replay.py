@@ -8,14 +8,23 @@ it prints one JSON line with PyTorch's peak reserved bytes, efficiency (peak
 requested / peak reserved) and num_device_alloc, read from
 torch.cuda.memory_stats(); then the alloc + free latency of
 torch.cuda.caching_allocator_alloc / caching_allocator_delete (cache hits) for
-the sizes gpu_alloc measures. Needs a CUDA device.
+the sizes gpu_alloc measures. PyTorch's settings come from
+PYTORCH_CUDA_ALLOC_CONF (printed as `config:`; the kit runs it with
+expandable segments off and on, as gpu_alloc). Without torch or a GPU it
+prints `SKIP: ...` and exits with status 3.
 """
 
 import json
+import os
 import sys
 import time
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "python")]
+
+import alloc_cuda_torch  # noqa: E402
+
+torch = None
 
 SIZES = [4 << 10, 1 << 20, 64 << 20]
 
@@ -69,6 +78,8 @@ def replay(path):
         "peak_reserved_bytes": peak_res,
         "efficiency": peak_req / peak_res if peak_res else 1.0,
         "num_device_alloc": st["num_device_alloc"],
+        # cudaMalloc + cudaFree; PyTorch does not count its page maps
+        "driver_calls": st["num_device_alloc"] + st["num_device_free"],
         "ns_per_op": elapsed * 1e9 / max(ops, 1),
     }
 
@@ -83,7 +94,10 @@ def latency(size, iters=100_000):
 
 
 def main():
+    global torch
+    torch = alloc_cuda_torch.require_torch_gpu()
     print("device:", torch.cuda.get_device_name(0))
+    print("config:", os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default"))
     for path in sys.argv[1:]:
         print(json.dumps(replay(path)))
     print("bytes,torch_ns")

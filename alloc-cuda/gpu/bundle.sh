@@ -14,7 +14,9 @@
 #   lib/liballoc_cuda_capi.so  the C ABI for PyTorch (alloc-cuda-capi)
 #   python/                    alloc_cuda_torch.py and the PyTorch scripts
 #   traces/                    traces/ of this repository
-#   MANIFEST                   commit, date, toolchain, sha256 of every file
+#   GLIBC_NEEDED               the newest GLIBC_x.y symbol version the binaries
+#                              need (objdump -T), checked by run.sh first
+#   MANIFEST                   commit, date, toolchain, glibc, sha256 of every file
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -81,12 +83,23 @@ if command -v strip >/dev/null; then
     strip --strip-debug "$DIR"/bin/* "$DIR"/lib/*.so
 fi
 
+# The newest glibc symbol version any binary needs: an older glibc on the
+# GPU machine cannot load them, which run.sh says before running anything.
+if command -v objdump >/dev/null; then
+    objdump -T "$DIR"/bin/* "$DIR"/lib/*.so 2>/dev/null | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' |
+        sed 's/^GLIBC_//' | sort -uV | tail -1 > "$DIR/GLIBC_NEEDED"
+else
+    echo "warning: no objdump: GLIBC_NEEDED not computed; run.sh will not check glibc" >&2
+    echo unknown > "$DIR/GLIBC_NEEDED"
+fi
+
 {
     echo "commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
     echo "dirty: $(git -C "$ROOT" status --porcelain -- alloc-cuda alloc-core 2>/dev/null | wc -l) file(s) changed in alloc-cuda/alloc-core"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm)"
     echo "rustc: $(rustc --version)"
     echo "glibc: $(ldd --version 2>/dev/null | head -1)"
+    echo "glibc-needed: $(cat "$DIR/GLIBC_NEEDED")"
     (cd "$DIR" && find . -type f ! -name MANIFEST ! -path './results/*' | sort | xargs sha256sum)
 } > "$DIR/MANIFEST"
-echo "kit ready: $DIR ($(du -sh "$DIR" | cut -f1)); run $DIR/run.sh on the GPU machine"
+echo "kit ready: $DIR ($(du -sh "$DIR" | cut -f1)); needs glibc >= $(cat "$DIR/GLIBC_NEEDED"); run $DIR/run.sh on the GPU machine"

@@ -17,6 +17,9 @@ What install() does:
   allocator, so install() wraps it to also call alloc_cuda_record_stream
   with the tensor's allocation (its storage's base pointer). Memory used on
   another stream is then reused only after that stream's work completes;
+- wires torch.cuda.empty_cache(): a pluggable allocator plugged in from
+  Python has no empty-cache hook, so install() wraps it to also release this
+  allocator's cache of the current device (empty_cache() below);
 - applies the cudnn.benchmark workaround below.
 
 What PyTorch cannot ask a pluggable allocator:
@@ -32,6 +35,26 @@ What PyTorch cannot ask a pluggable allocator:
   pytorch_plugin.py runs a convolution with the workaround and checks the
   result against the CPU.
 
+What PyTorch's C++ code cannot reach, and what to do instead:
+- recordStream from C++: c10d (NCCL collectives) and other C++ callers call
+  the allocator's recordStream directly, which for a pluggable allocator is
+  a no-op; only Python's Tensor.record_stream is wired. A tensor used by a
+  collective on NCCL's stream could then be reused before the collective
+  completes. Set TORCH_NCCL_AVOID_RECORD_STREAMS=1 (c10d then keeps the
+  tensors alive until the collective's work completes instead of recording
+  streams), or keep a reference to the tensors until work.wait() returned
+  and the current stream waited for the collective.
+- graph pools: torch.cuda.graph / torch.cuda.make_graphed_callables and
+  torch.compile(mode="reduce-overhead") capture into a private memory pool
+  the plug-in does not have (the hooks exist only in C++). Memory freed
+  during a capture goes back to the shared cache after it, and a replay of
+  the graph would write memory other tensors now hold. Do not capture CUDA
+  graphs with this plug-in: use PyTorch's own allocator for those programs.
+- freeing memory: cuMemFree of a fixed segment (empty_cache(), or the
+  reclaim when memory runs short, with expandable_segments:false)
+  synchronises the whole device once; expandable segments (the default)
+  unmap pages without waiting for any stream.
+
 Failed allocations: PyTorch does not check the pointer a pluggable
 allocator returns, so the library aborts the process with the message
 (out of memory with the numbers) rather than return NULL; pass
@@ -45,6 +68,7 @@ formatting the summary) work without it, so they can be tested anywhere.
 import ctypes
 import json
 import os
+import sys
 
 MALLOC = "alloc_cuda_malloc"
 FREE = "alloc_cuda_free"
@@ -52,6 +76,25 @@ LIB_NAME = "liballoc_cuda_capi.so"
 
 _lib = None
 _original_record_stream = None
+
+# The exit status of a script that cannot run here (no torch, or torch
+# without a GPU): the GPU kit reports the step as SKIP, not FAIL.
+SKIP_EXIT = 3
+
+
+def require_torch_gpu():
+    """torch, imported once, when it sees a GPU; otherwise prints
+    `SKIP: <why>` and exits with SKIP_EXIT."""
+    try:
+        import torch
+    except Exception as e:  # ImportError, or a broken install's OSError
+        print(f"SKIP: torch does not import: {type(e).__name__}: {e}", flush=True)
+        sys.exit(SKIP_EXIT)
+    if not torch.cuda.is_available():
+        print(f"SKIP: torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU: "
+              "torch.cuda.is_available() is False", flush=True)
+        sys.exit(SKIP_EXIT)
+    return torch
 
 
 def find_library(path=None):
@@ -167,8 +210,21 @@ def memory_summary(device=0):
 
 
 def empty_cache(device=0):
-    """Releases the plug-in's cached memory of `device`."""
+    """Releases the plug-in's cached memory of `device` (what
+    torch.cuda.empty_cache() does once install() wired it)."""
     load().alloc_cuda_empty_cache(device)
+
+
+def chain_empty_cache(original, current_device):
+    """torch.cuda.empty_cache as install() wires it: PyTorch's own
+    (`original`), then this allocator's for `current_device()`."""
+
+    def empty_cache_both():
+        original()
+        empty_cache(current_device())
+
+    empty_cache_both.alloc_cuda_wired = True
+    return empty_cache_both
 
 
 def reset_peak_memory_stats(device=0):
@@ -201,7 +257,8 @@ def check_cudnn_benchmark():
 
 def install(path=None, abort_on_failure=True):
     """Plugs the library in as PyTorch's CUDA allocator (before any CUDA
-    allocation), wires Tensor.record_stream, and turns cudnn.benchmark off.
+    allocation), wires Tensor.record_stream and torch.cuda.empty_cache, and
+    turns cudnn.benchmark off.
     Returns the ctypes library."""
     global _original_record_stream
     import torch
@@ -219,5 +276,9 @@ def install(path=None, abort_on_failure=True):
                 record_stream(self, stream)
 
         torch.Tensor.record_stream = record_stream_and_tell_alloc_cuda
+    if not getattr(torch.cuda.empty_cache, "alloc_cuda_wired", False):
+        wired = chain_empty_cache(torch.cuda.empty_cache, torch.cuda.current_device)
+        torch.cuda.empty_cache = wired
+        torch.cuda.memory.empty_cache = wired
     torch.backends.cudnn.benchmark = False
     return lib

@@ -1,6 +1,12 @@
 """Summarise the kit's benchmark logs side by side (no torch needed).
 
+    python3 kit_summary.py RESULTS_DIR          # the kit's four bench logs
     python3 kit_summary.py bench_ours.log bench_torch.log
+
+With RESULTS_DIR it reads bench_{ours,torch}_es_{off,on}.log (expandable
+segments off and on, the same setting on both sides) and prints, per
+setting, the side-by-side summary, then the rows to paste into
+benches/RESULTS.md's GPU section (markdown tables).
 
 bench_ours.log is the output of the `gpu_alloc` example: a `device:` line,
 a CSV of alloc+free latency (`bytes,ours_ns,cuMemAlloc_ns,cuMemAllocAsync_ns,
@@ -78,7 +84,57 @@ def summary(ours_text, torch_text):
             f"  {name}  {mib(o.get('peak_reserved_bytes'))} / {mib(t.get('peak_reserved_bytes'))}"
             f"  {'-' if eff_o is None else f'{eff_o:.3f}'} / {'-' if eff_t is None else f'{eff_t:.3f}'}"
             f"  {o.get('device_allocs', '-')} / {t.get('num_device_alloc', '-')}"
+            f"  driver calls {o.get('driver_calls', '-')} / {t.get('driver_calls', '-')}"
         )
+    return "\n".join(out)
+
+
+SETTINGS = (("off", "expandable_segments:False"), ("on", "expandable_segments:True"))
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def results_rows(logs):
+    """Markdown rows for benches/RESULTS.md from {(side, setting): text}."""
+    lat_rows, trace_rows, device = [], [], None
+    for es, _ in SETTINGS:
+        lat_o, tr_o, dev_o = parse(logs.get(("ours", es), ""))
+        lat_t, tr_t, dev_t = parse(logs.get(("torch", es), ""))
+        device = device or dev_o or dev_t
+        for b in sorted(set(lat_o) | set(lat_t)):
+            o, t = lat_o.get(b, {}), lat_t.get(b, {})
+            lat_rows.append(f"| {es} | {b} | {fmt(o.get('ours_ns'), '.0f')} | {fmt(o.get('cuMemAlloc_ns'), '.0f')} "
+                            f"| {fmt(o.get('cuMemAllocAsync_ns'), '.0f')} | {fmt(t.get('torch_ns'), '.0f')} |")
+        for name in sorted(set(tr_o) | set(tr_t)):
+            o, t = tr_o.get(name, {}), tr_t.get(name, {})
+            trace_rows.append(
+                f"| {es} | {name} | {mib(o.get('peak_reserved_bytes'))} / {mib(t.get('peak_reserved_bytes'))} "
+                f"| {fmt(o.get('efficiency'), '.3f')} / {fmt(t.get('efficiency'), '.3f')} "
+                f"| {o.get('driver_calls', '-')} / {t.get('driver_calls', '-')} |")
+    out = [f"GPU rows for benches/RESULTS.md (device: {device or 'unknown'}):", ""]
+    out.append("| expandable | bytes | ours ns | cuMemAlloc ns | cuMemAllocAsync ns | PyTorch ns |")
+    out.append("|---|---|---|---|---|---|")
+    out.extend(lat_rows or ["| - | - | - | - | - | - |"])
+    out.append("")
+    out.append("| expandable | trace | peak reserved ours / PyTorch | efficiency ours / PyTorch "
+               "| driver calls ours / PyTorch |")
+    out.append("|---|---|---|---|---|")
+    out.extend(trace_rows or ["| - | - | - | - | - |"])
+    return "\n".join(out)
+
+
+def summarise_dir(d):
+    """Both settings' summaries and the RESULTS rows, from the kit's logs in `d`."""
+    logs = {(side, es): read(os.path.join(d, f"bench_{side}_es_{es}.log"))
+            for side in ("ours", "torch") for es, _ in SETTINGS}
+    out = []
+    for es, conf in SETTINGS:
+        out.append(f"== expandable segments {es} ({conf}, both sides)")
+        out.append(summary(logs[("ours", es)], logs[("torch", es)]))
+    out.append("")
+    out.append(results_rows(logs))
     return "\n".join(out)
 
 
@@ -91,6 +147,9 @@ def read(path):
 
 
 def main(argv):
+    if len(argv) == 2 and os.path.isdir(argv[1]):
+        print(summarise_dir(argv[1]))
+        return 0
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2

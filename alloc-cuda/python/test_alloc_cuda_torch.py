@@ -77,6 +77,44 @@ class Stats(unittest.TestCase):
 
         self.assertEqual(act.allocation_pointer(View()), 0x1000)
 
+    def test_empty_cache_chain_reaches_the_plug_in(self):
+        calls = []
+
+        class Lib:
+            def alloc_cuda_empty_cache(self, device):
+                calls.append(("alloc_cuda", device))
+
+        saved = act._lib
+        act._lib = Lib()
+        try:
+            wired = act.chain_empty_cache(lambda: calls.append(("torch",)), lambda: 3)
+            wired()
+        finally:
+            act._lib = saved
+        self.assertEqual(calls, [("torch",), ("alloc_cuda", 3)])
+        self.assertTrue(wired.alloc_cuda_wired)
+
+    def test_torch_without_a_gpu_is_a_skip(self):
+        import types
+
+        fake = types.ModuleType("torch")
+        fake.__version__ = "0.0"
+        fake.version = types.SimpleNamespace(cuda="13.0")
+        fake.cuda = types.SimpleNamespace(is_available=lambda: False)
+        saved = sys.modules.get("torch")
+        sys.modules["torch"] = fake
+        try:
+            with self.assertRaises(SystemExit) as e:
+                act.require_torch_gpu()
+            self.assertEqual(e.exception.code, act.SKIP_EXIT)
+            fake.cuda = types.SimpleNamespace(is_available=lambda: True)
+            self.assertIs(act.require_torch_gpu(), fake)
+        finally:
+            if saved is None:
+                del sys.modules["torch"]
+            else:
+                sys.modules["torch"] = saved
+
 
 class KitSummary(unittest.TestCase):
     OURS = "\n".join([
@@ -96,6 +134,14 @@ class KitSummary(unittest.TestCase):
         self.assertIn("device: NVIDIA H200", text)
         self.assertIn("4096  20  3000  400  900", text)
         self.assertIn("bert_serving  2.0 MiB / 4.0 MiB  0.970 / 0.600  3 / 5", text)
+
+    def test_results_rows_per_setting(self):
+        logs = {("ours", "on"): self.OURS, ("torch", "on"): self.TORCH}
+        text = kit_summary.results_rows(logs)
+        self.assertIn("device: NVIDIA H200", text)
+        self.assertIn("| on | 4096 | 20 | 3000 | 400 | 900 |", text)
+        self.assertIn("| on | bert_serving | 2.0 MiB / 4.0 MiB | 0.970 / 0.600 | - / - |", text)
+        self.assertNotIn("| off |", text)
 
     def test_missing_logs_still_summarise(self):
         text = kit_summary.summary(self.OURS, "")

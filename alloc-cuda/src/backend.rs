@@ -2,7 +2,8 @@
 //! streams, `cuMemGetInfo`, and expandable segments on CUDA virtual memory
 //! where the driver and device offer it.
 //!
-//! Synchronisation: unmapping pages waits for no stream. The engine unmaps
+//! Synchronisation: unmapping pages waits for no stream (freeing a fixed
+//! segment does: see below). The engine unmaps
 //! only free blocks whose stream it found idle (an event recorded and
 //! queried) or after [`DeviceBackend::synchronize`], and blocks used on
 //! other streams stay pending until those streams' events complete, so no
@@ -14,8 +15,14 @@
 //! event is recorded on a capturing stream (its work cannot be observed
 //! until the capture ends: the engine keeps such blocks until a later
 //! synchronise), `synchronize` waits only for the known streams that are not
-//! capturing, and `cuMemFree`/`cuMemAddressFree`, which conflict with a
-//! capture, are deferred until no known stream captures.
+//! capturing and reports a partial coverage (the engine then proves
+//! nothing idle by it: `core:P2`), and `cuMemFree`/`cuMemAddressFree`, which
+//! conflict with a capture, are deferred until no known stream captures.
+//!
+//! `cuMemFree` of a fixed segment synchronises the device (the driver waits
+//! for all work of the context): releasing fixed segments (`empty_cache`,
+//! the reclaim ladder) stalls every stream once. Expandable segments unmap
+//! pages with `cuMemUnmap`, which waits for no stream.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaStream, sys};
 
-use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
 
 use crate::driver::{
     CurrentContext, RelaxedCapture, backend_error, capturing, check, cuda_available,
@@ -260,8 +267,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // observed (capturing, another thread's per-thread stream) get no event but
 // an error, which the engine treats as busy until it synchronises;
 // `synchronize` is `cuCtxSynchronize`, which returns when every stream of the
-// context is idle, except while a graph is captured, when the streams that
-// capture have no work running that a synchronise could wait for.
+// context is idle (reported `SyncCoverage::All`); while a graph is captured
+// it waits only for the known streams not capturing and reports
+// `SyncCoverage::Partial`, as it does when a call failed.
 unsafe impl DeviceBackend for CudaBackend {
     type Stream = StreamHandle;
     type Event = PooledEvent;
@@ -348,20 +356,31 @@ unsafe impl DeviceBackend for CudaBackend {
         }
     }
 
-    fn synchronize(&self) {
+    fn synchronize(&self) -> SyncCoverage {
         let Ok(cur) = self.bind() else {
             self.note_failure(1);
-            return;
+            return SyncCoverage::Partial;
         };
         if !self.capture_under_way() {
-            if !cur.synchronize() {
+            let ok = cur.synchronize();
+            if !ok {
                 self.note_failure(1);
             }
             self.flush_deferred(false);
-            return;
+            // cuCtxSynchronize waits for every stream of the context; when
+            // it failed (a capture on a stream this backend does not know),
+            // nothing is proven idle
+            return if ok {
+                SyncCoverage::All
+            } else {
+                SyncCoverage::Partial
+            };
         }
         // A context-wide synchronise would break the capture: wait for the
-        // known streams that are not capturing.
+        // known streams that are not capturing. The capturing streams,
+        // other threads' per-thread streams and streams past the known
+        // table are not waited for, so the engine may prove nothing idle by
+        // this sync (core:P2): it says so.
         self.capture_syncs.fetch_add(1, Ordering::Relaxed);
         for s in self.known.list().into_iter().filter(|s| s.usable_here()) {
             if capturing(s.as_raw()) == Ok(false) {
@@ -372,6 +391,7 @@ unsafe impl DeviceBackend for CudaBackend {
                 }
             }
         }
+        SyncCoverage::Partial
     }
 
     fn mem_info(&self) -> Option<MemInfo> {

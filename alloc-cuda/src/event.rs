@@ -139,6 +139,11 @@ impl PooledEvent {
     /// than "not ready" also answers `false`: memory is never reused on a
     /// guess.
     pub fn is_done(&self) -> bool {
+        // The driver needs the event's context current (the calling thread,
+        // say one of PyTorch's autograd threads, may have none).
+        let Ok(_cur) = CurrentContext::enter(self.pool.ctx.cu_ctx()) else {
+            return false;
+        };
         // Querying an event is a call a global-mode capture forbids.
         let _relaxed = RelaxedCapture::enter();
         // SAFETY: `raw` is a live event owned by `self`.
@@ -149,6 +154,9 @@ impl PooledEvent {
     /// Waits until the work before the event has completed. Returns `false`
     /// if the driver reported an error.
     pub fn wait(&self) -> bool {
+        let Ok(_cur) = CurrentContext::enter(self.pool.ctx.cu_ctx()) else {
+            return false;
+        };
         let _relaxed = RelaxedCapture::enter();
         // SAFETY: `raw` is a live event owned by `self`.
         check(unsafe { sys::cuEventSynchronize(self.raw as sys::CUevent) }).is_ok()

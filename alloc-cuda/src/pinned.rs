@@ -13,6 +13,7 @@ use cudarc::driver::{CudaContext, CudaStream, sys};
 
 use alloc_core::{
     BackendError, CachingAllocator, Config, DeviceBackend, DeviceBuffer, DevicePtr, MemInfo,
+    SyncCoverage,
 };
 
 use crate::backend::open_context_with_events;
@@ -52,7 +53,7 @@ impl PinnedHostBackend {
 // (page aligned, ≥ 512) overlapping nothing live; (2) no virtual-memory
 // capability; (3) host events are complete when recorded (the CPU is
 // synchronous), device events are done only when `cuEventQuery` says so, and
-// `synchronize` is `cuCtxSynchronize`.
+// `synchronize` is `cuCtxSynchronize`, reported partial when it failed.
 unsafe impl DeviceBackend for PinnedHostBackend {
     type Stream = StreamHandle;
     type Event = PinnedEvent;
@@ -108,9 +109,12 @@ unsafe impl DeviceBackend for PinnedHostBackend {
         }
     }
 
-    fn synchronize(&self) {
-        if let Ok(cur) = self.bind() {
-            cur.synchronize();
+    fn synchronize(&self) -> SyncCoverage {
+        match self.bind() {
+            Ok(cur) if cur.synchronize() => SyncCoverage::All,
+            // no context, or the driver refused (a graph capture under way):
+            // nothing was waited for
+            _ => SyncCoverage::Partial,
         }
     }
 

@@ -37,6 +37,8 @@
  *   device memory on an existing device, no handle types; access descriptors
  *   (cuMemSetAccess): device locations that exist, valid flags, peers only
  *   where peer capable, over mapped pages only;
+ * - a current context: event record, query and synchronise, stream and
+ *   context synchronise fail with CUDA_ERROR_INVALID_CONTEXT without one;
  * - stub_fail(name, nth, code): the nth next call of `name` returns `code`;
  *   stub_calls(name) counts calls.
  * Built with -DSTUB_NO_VM the virtual-memory symbols are not exported.
@@ -169,6 +171,10 @@ API long stub_stalls(void) {
 }
 
 /* ---- streams: handles are looked up, never dereferenced ---- */
+/* One launch of the `fill` kernel (see cuLaunchKernel). */
+struct fill { uintptr_t out; uint32_t n, base; struct fill *next; };
+/* A captured graph: its fills, replayed by cuGraphLaunch. */
+struct graph { struct fill *fills; };
 struct work { uint64_t seq; uintptr_t addr; size_t size; struct work *next; };
 struct stream {
     uint64_t launched, completed;
@@ -177,6 +183,7 @@ struct stream {
     int capture_global;     /* begun in global mode */
     int invalidated;        /* an illegal call happened during the capture */
     int dead;               /* destroyed: kept so a later use is detected */
+    struct fill *captured;  /* kernels launched during the capture, newest first */
     struct stream *next;
 };
 static struct stream legacy;
@@ -343,9 +350,30 @@ static int current_device(void) {
     return -1;
 }
 
-API CUresult cuInit(unsigned flags) { (void)flags; ENTER("cuInit"); initialized = 1; LEAVE(OK); }
+/* Calls on events and streams, and synchronising, need a current context
+ * (the driver answers CUDA_ERROR_INVALID_CONTEXT on a thread with none, as
+ * PyTorch's autograd and DataLoader threads may be). */
+#define NEEDS_CONTEXT() do { if (current_device() < 0) REJECT(INVALID_CONTEXT); } while (0)
+
+/* STUB_CUINIT_RESULT=code makes cuInit fail with `code` (100: no device,
+ * 34: a toolkit stubs/ library, 803: driver/library mismatch), as the GPU
+ * kit's tests need; STUB_DEVICES=n sets the device count at start. */
+API CUresult cuInit(unsigned flags) {
+    (void)flags;
+    ENTER("cuInit");
+    const char *r = getenv("STUB_CUINIT_RESULT");
+    if (r && atoi(r) != 0) LEAVE(atoi(r));
+    const char *d = getenv("STUB_DEVICES");
+    if (d && !initialized) ndev = atoi(d) < 0 ? 0 : atoi(d) > MAX_DEV ? MAX_DEV : atoi(d);
+    initialized = 1;
+    LEAVE(OK);
+}
 API CUresult cuDriverGetVersion(int *v) { *v = 12060; return OK; }
-API CUresult cuDeviceGetCount(int *n) { ENTER("cuDeviceGetCount"); *n = ndev; LEAVE(OK); }
+API CUresult cuDeviceGetCount(int *n) {
+    ENTER("cuDeviceGetCount");
+    if (!initialized) LEAVE(NOT_INITIALIZED);
+    *n = ndev; LEAVE(OK);
+}
 API CUresult cuDeviceGet(CUdevice *d, int ordinal) {
     ENTER("cuDeviceGet");
     if (!initialized) LEAVE(NOT_INITIALIZED);
@@ -359,6 +387,15 @@ API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     ENTER("cuDeviceGetAttribute");
     if (d < 0 || d >= ndev) REJECT(INVALID_DEVICE);
     switch (attr) {
+    case 13: /* CLOCK_RATE, kHz: 1 GHz */
+        *v = 1000000;
+        break;
+    case 16: /* MULTIPROCESSOR_COUNT */
+        *v = 4;
+        break;
+    case 75: /* COMPUTE_CAPABILITY_MAJOR */
+        *v = 9;
+        break;
     case 102: /* VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED */
 #ifdef STUB_NO_VM
         *v = 0;
@@ -391,6 +428,7 @@ API CUresult cuCtxGetDevice(CUdevice *d) {
 }
 API CUresult cuCtxSynchronize(void) {
     ENTER("cuCtxSynchronize");
+    NEEDS_CONTEXT();
     CONFLICTS_WITH_CAPTURE();
     for (struct stream *s = streams; s; s = s->next) stalls += busy(s);
     finish_all();
@@ -438,6 +476,7 @@ API CUresult cuStreamQuery(void *h) {
 }
 API CUresult cuStreamSynchronize(void *h) {
     ENTER("cuStreamSynchronize");
+    NEEDS_CONTEXT();
     struct stream *s = lookup(h);
     if (!s) REJECT(INVALID_HANDLE);
     if (s->capturing) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
@@ -465,7 +504,9 @@ API CUresult cuStreamEndCapture(void *h, void **graph) {
     if (!s) REJECT(INVALID_HANDLE);
     if (!s->capturing) REJECT(ILLEGAL_STATE);
     s->capturing = 0;
-    *graph = 0;
+    struct graph *g = calloc(1, sizeof *g);
+    g->fills = s->captured; s->captured = 0;
+    *graph = g;
     LEAVE(s->invalidated ? CAPTURE_INVALIDATED : OK);
 }
 API CUresult cuStreamIsCapturing(void *h, int *status) {
@@ -509,6 +550,7 @@ API CUresult cuEventDestroy_v2(void *e) {
 }
 API CUresult cuEventRecord(void *e, void *h) {
     ENTER("cuEventRecord");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     struct stream *s = lookup(h);
     if (!ev || !s) REJECT(INVALID_HANDLE);
@@ -517,6 +559,7 @@ API CUresult cuEventRecord(void *e, void *h) {
 }
 API CUresult cuEventQuery(void *e) {
     ENTER("cuEventQuery");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
@@ -525,6 +568,7 @@ API CUresult cuEventQuery(void *e) {
 }
 API CUresult cuEventSynchronize(void *e) {
     ENTER("cuEventSynchronize");
+    NEEDS_CONTEXT();
     struct event *ev = event_of(e);
     if (!ev) REJECT(INVALID_HANDLE);
     if (ev->captured) { invalidate_captures(); REJECT(CAPTURE_UNSUPPORTED); }
@@ -535,6 +579,88 @@ API CUresult cuEventSynchronize(void *e) {
         /* work up to the event is done; later work stays queued */
     }
     LEAVE(OK);
+}
+
+/* ---- modules, the `fill` kernel, graphs ----
+ * A module is any image; its one function is `fill(out, n, base, cycles)`
+ * of the GPU tests (alloc-cuda/tests/gpu.rs), which writes out[i] = i + base
+ * for i < n. The stub runs it on the host at launch and queues work on the
+ * stream that uses [out, out + 4n) until the stream completes (the spin
+ * takes no time here). During a capture the launch is recorded instead, and
+ * cuGraphLaunch replays it. STUB_CORRUPT_FILL=1 writes one wrong value per
+ * launch: a GPU test broken on purpose (the kit's FAIL path). */
+static int module_token, function_token;
+API CUresult cuModuleLoadData(void **module, const void *image) {
+    ENTER("cuModuleLoadData");
+    if (!image) REJECT(INVALID_VALUE);
+    if (current_device() < 0) REJECT(INVALID_CONTEXT);
+    *module = &module_token; LEAVE(OK);
+}
+API CUresult cuModuleGetFunction(void **f, void *module, const char *name) {
+    ENTER("cuModuleGetFunction");
+    if (module != &module_token) REJECT(INVALID_HANDLE);
+    if (strcmp(name, "fill") != 0) LEAVE(500); /* CUDA_ERROR_NOT_FOUND */
+    *f = &function_token; LEAVE(OK);
+}
+/* Whether `addr` lies in device memory or a mapped page. */
+static int usable(uintptr_t addr) {
+    for (struct region *r = regions; r; r = r->next)
+        if ((r->kind == DEV || r->kind == MAPPING) && r->addr <= addr && addr < r->addr + r->size) return 1;
+    return 0;
+}
+static void run_fill(struct stream *s, const struct fill *f) {
+    uint32_t *out = (uint32_t *)f->out;
+    for (uint32_t i = 0; i < f->n; i++) out[i] = i + f->base;
+    const char *corrupt = getenv("STUB_CORRUPT_FILL");
+    if (corrupt && atoi(corrupt) == 1 && f->n > 0) out[f->n / 2] ^= 0x5a5a;
+    struct work *w = calloc(1, sizeof *w);
+    w->seq = ++s->launched; w->addr = f->out; w->size = (size_t)f->n * 4;
+    w->next = s->work; s->work = w;
+}
+API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                            unsigned bz, unsigned shmem, void *h, void **params, void **extra) {
+    (void)shmem; (void)extra;
+    ENTER("cuLaunchKernel");
+    NEEDS_CONTEXT();
+    if (f != &function_token) REJECT(INVALID_HANDLE);
+    if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024 || !params) REJECT(INVALID_VALUE);
+    struct stream *s = lookup(h);
+    if (!s) REJECT(INVALID_HANDLE);
+    struct fill fl = { *(uintptr_t *)params[0], *(uint32_t *)params[1], *(uint32_t *)params[2], 0 };
+    if (fl.n && !(usable(fl.out) && usable(fl.out + (size_t)fl.n * 4 - 1)))
+        REJECT(700); /* CUDA_ERROR_ILLEGAL_ADDRESS: not device memory */
+    if (s->capturing) {
+        struct fill *c = malloc(sizeof *c);
+        *c = fl; c->next = s->captured; s->captured = c;
+        LEAVE(OK);
+    }
+    run_fill(s, &fl);
+    LEAVE(OK);
+}
+API CUresult cuGraphInstantiateWithFlags(void **exec, void *graph, unsigned long long flags) {
+    (void)flags;
+    ENTER("cuGraphInstantiateWithFlags");
+    if (!graph) REJECT(INVALID_VALUE);
+    *exec = graph; LEAVE(OK);
+}
+API CUresult cuGraphLaunch(void *exec, void *h) {
+    ENTER("cuGraphLaunch");
+    NEEDS_CONTEXT();
+    struct stream *s = lookup(h);
+    if (!exec || !s) REJECT(INVALID_HANDLE);
+    /* the fills in launch order (the list is newest first) */
+    struct fill *order[256]; int n = 0;
+    for (struct fill *f = ((struct graph *)exec)->fills; f && n < 256; f = f->next) order[n++] = f;
+    while (n > 0) run_fill(s, order[--n]);
+    LEAVE(OK);
+}
+API CUresult cuGraphExecDestroy(void *exec) { (void)exec; return OK; }
+API CUresult cuGraphDestroy(void *graph) {
+    if (!graph) return INVALID_VALUE;
+    struct graph *g = graph;
+    while (g->fills) { struct fill *f = g->fills; g->fills = f->next; free(f); }
+    free(g);
+    return OK;
 }
 
 /* ---- memory ---- */
@@ -567,6 +693,34 @@ API CUresult cuMemFree_v2(CUdeviceptr p) {
     if (in_use(r->addr, r->size)) unsafe_releases++;
     munmap((void *)r->addr, r->size); used -= r->size; drop_region(r);
     LEAVE(OK);
+}
+/* The stream-ordered pool (the GPU benchmark's baseline): one pool per
+ * device whose attributes are accepted; allocations are cuMemAlloc's. */
+static int mem_pool_token;
+API CUresult cuDeviceGetDefaultMemPool(void **pool, CUdevice d) {
+    ENTER("cuDeviceGetDefaultMemPool");
+    if (d < 0 || d >= ndev) REJECT(INVALID_DEVICE);
+    *pool = &mem_pool_token; LEAVE(OK);
+}
+API CUresult cuMemPoolSetAttribute(void *pool, int attr, void *value) {
+    (void)attr;
+    ENTER("cuMemPoolSetAttribute");
+    if (pool != &mem_pool_token || !value) REJECT(INVALID_VALUE);
+    LEAVE(OK);
+}
+API CUresult cuMemAllocAsync(CUdeviceptr *p, size_t n, void *h) {
+    pthread_mutex_lock(&mu);
+    struct stream *s = lookup(h);
+    pthread_mutex_unlock(&mu);
+    if (!s) return INVALID_HANDLE;
+    return cuMemAlloc_v2(p, n);
+}
+API CUresult cuMemFreeAsync(CUdeviceptr p, void *h) {
+    pthread_mutex_lock(&mu);
+    struct stream *s = lookup(h);
+    pthread_mutex_unlock(&mu);
+    if (!s) return INVALID_HANDLE;
+    return cuMemFree_v2(p);
 }
 API CUresult cuMemHostAlloc(void **p, size_t n, unsigned flags) {
     (void)flags;

@@ -26,8 +26,11 @@ use alloc_cuda::{CudaAllocator, CudaBackend, CudaError, PinnedPool, StreamHandle
 
 const MIB: usize = 1 << 20;
 
-/// `fill(out, n, base, cycles)`: spins for `cycles` clock ticks, then writes
-/// `out[i] = i + base` for `i < n`.
+/// `fill(out, n, base, cycles)`: every thread spins for `cycles` clock
+/// ticks, then the grid writes `out[i] = i + base` for `i < n` in a
+/// grid-stride loop. Launched with at most [`BLOCKS_PER_SM`] blocks per SM
+/// (all resident at once), so it runs about `cycles / clock` whatever `n`
+/// is: the spin is paid once, not once per wave of blocks.
 const PTX: &str = r#"
 .version 6.0
 .target sm_50
@@ -41,7 +44,7 @@ const PTX: &str = r#"
 )
 {
     .reg .pred %p<3>;
-    .reg .b32 %r<8>;
+    .reg .b32 %r<10>;
     .reg .b64 %rd<10>;
 
     ld.param.u64 %rd1, [out];
@@ -54,21 +57,32 @@ SPIN:
     sub.s64 %rd8, %rd7, %rd6;
     setp.lt.s64 %p2, %rd8, %rd5;
     @%p2 bra SPIN;
+    cvta.to.global.u64 %rd2, %rd1;
     mov.u32 %r3, %ctaid.x;
     mov.u32 %r4, %ntid.x;
     mov.u32 %r5, %tid.x;
     mad.lo.s32 %r6, %r3, %r4, %r5;
+    mov.u32 %r8, %nctaid.x;
+    mul.lo.s32 %r9, %r8, %r4;
+LOOP:
     setp.ge.u32 %p1, %r6, %r1;
     @%p1 bra DONE;
-    cvta.to.global.u64 %rd2, %rd1;
     mul.wide.u32 %rd3, %r6, 4;
     add.s64 %rd4, %rd2, %rd3;
     add.s32 %r7, %r6, %r2;
     st.global.u32 [%rd4], %r7;
+    add.s32 %r6, %r6, %r9;
+    bra LOOP;
 DONE:
     ret;
 }
 "#;
+
+/// Threads per block of `fill`.
+const THREADS: u32 = 256;
+/// Blocks per SM at most (4 × 256 threads: resident at once on every GPU
+/// since sm_50, so one wave).
+const BLOCKS_PER_SM: u32 = 4;
 
 /// Whether a device is required (`ALLOC_CUDA_REQUIRE_GPU=1`): then a test
 /// that cannot run fails.
@@ -107,9 +121,14 @@ fn gpu(test: &str, cfg: &str) -> Option<CudaAllocator> {
     gpu_on(test, 0, cfg)
 }
 
-/// The `fill` kernel, loaded into the allocator's context.
+/// The `fill` kernel, loaded into the allocator's context, with what its
+/// launches need to bound their time: the SM count and the clock rate.
 struct Kernel {
     func: sys::CUfunction,
+    /// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`.
+    sms: u32,
+    /// `CU_DEVICE_ATTRIBUTE_CLOCK_RATE`, in kHz.
+    clock_khz: u64,
 }
 
 // SAFETY: a CUfunction handle is usable from any thread on which its
@@ -118,6 +137,16 @@ struct Kernel {
 unsafe impl Send for Kernel {}
 // SAFETY: as for Send; launching takes no `&mut`.
 unsafe impl Sync for Kernel {}
+
+/// A device attribute of `a`'s device.
+fn attribute(a: &CudaAllocator, attr: sys::CUdevice_attribute) -> i32 {
+    let mut v = 0;
+    // SAFETY: `v` is an out-pointer; the device handle is the live context's.
+    unsafe { sys::cuDeviceGetAttribute(&mut v, attr, a.context().cu_device()) }
+        .result()
+        .expect("device attribute");
+    v
+}
 
 impl Kernel {
     fn load(a: &CudaAllocator) -> Kernel {
@@ -131,7 +160,32 @@ impl Kernel {
         // SAFETY: `module` was loaded above; the name is NUL-terminated.
         let r = unsafe { sys::cuModuleGetFunction(&mut func, module, c"fill".as_ptr()) };
         r.result().expect("find `fill`");
-        Kernel { func }
+        use sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_CLOCK_RATE, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        };
+        let sms = attribute(a, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).max(1) as u32;
+        let clock_khz = attribute(a, CU_DEVICE_ATTRIBUTE_CLOCK_RATE).max(1) as u64;
+        Kernel {
+            func,
+            sms,
+            clock_khz,
+        }
+    }
+
+    /// Clock ticks that take about `ms` milliseconds.
+    fn cycles_for(&self, ms: u64) -> u64 {
+        self.clock_khz * ms
+    }
+
+    /// The time a launch spinning `cycles` is expected to take.
+    fn expected(&self, cycles: u64) -> std::time::Duration {
+        std::time::Duration::from_micros(cycles * 1000 / self.clock_khz)
+    }
+
+    /// The grid for `n` elements: one thread each, at most
+    /// `BLOCKS_PER_SM` blocks per SM (the grid-stride loop does the rest).
+    fn grid(&self, n: u32) -> u32 {
+        n.div_ceil(THREADS).clamp(1, self.sms * BLOCKS_PER_SM)
     }
 
     /// Launches `fill` on `stream` over `n` u32 at `out`.
@@ -157,7 +211,15 @@ impl Kernel {
             (&mut base_ as *mut u32).cast(),
             (&mut cycles_ as *mut u64).cast(),
         ];
-        let blocks = n.div_ceil(256).max(1);
+        let blocks = self.grid(n);
+        if cycles >= self.cycles_for(10) {
+            skipped!(
+                "spin: {blocks} blocks x {THREADS} threads on {} SMs, {cycles} cycles at {} kHz: expected {:?}",
+                self.sms,
+                self.clock_khz,
+                self.expected(cycles)
+            );
+        }
         // SAFETY: the parameters match the kernel's signature and live across
         // the call (the driver copies them); `out` holds `n` u32.
         let r = unsafe {
@@ -166,7 +228,7 @@ impl Kernel {
                 blocks,
                 1,
                 1,
-                256,
+                THREADS,
                 1,
                 1,
                 0,
@@ -179,9 +241,12 @@ impl Kernel {
     }
 }
 
+/// The first `n` u32 of `buf` (the whole buffer is copied: cudarc copies a
+/// buffer whole).
 fn read_u32(stream: &Arc<CudaStream>, buf: &alloc_cuda::CudaBuffer<'_>, n: usize) -> Vec<u32> {
-    let mut host = vec![0u32; n];
+    let mut host = vec![0u32; n.max(buf.byte_len().div_ceil(4))];
     stream.memcpy_dtoh(buf, &mut host).expect("dtoh");
+    host.truncate(n);
     host
 }
 
@@ -205,6 +270,40 @@ fn kernel_writes_and_reads_through_buffers() {
     a.validate().expect("invariants");
 }
 
+/// The spin kernel's time is bounded by design: 32 Mi elements (a size
+/// that, one block per 256 elements, once needed ~125 waves of blocks and a
+/// minute) with a 200 ms spin end in about 200 ms. The bound is loose
+/// (4x + 1 s): it catches a kernel that scales with `n`, not clock noise.
+#[test]
+fn the_spin_kernel_runs_about_its_expected_time() {
+    let Some(a) = gpu("spin kernel time", "") else {
+        return;
+    };
+    let k = Kernel::load(&a);
+    let s = a.new_stream().expect("stream");
+    let n: u32 = 32 << 20;
+    let buf = a.allocate(n as usize * 4, &s).expect("128 MiB");
+    let cycles = k.cycles_for(200);
+    let expected = k.expected(cycles);
+    let started = std::time::Instant::now();
+    k.launch(&s, buf.device_address(), n, 1, cycles);
+    s.synchronize().expect("the kernel ran without a fault");
+    let took = started.elapsed();
+    skipped!(
+        "spin kernel: {} blocks for {n} elements, expected {expected:?}, took {took:?}",
+        k.grid(n)
+    );
+    assert!(
+        took <= expected * 4 + std::time::Duration::from_secs(1),
+        "the spin kernel took {took:?}, expected about {expected:?}"
+    );
+    let v = read_u32(&s, &buf, n as usize);
+    assert!(
+        v.iter().enumerate().all(|(i, &x)| x == i as u32 + 1),
+        "the grid-stride loop missed elements"
+    );
+}
+
 #[test]
 fn block_in_use_by_a_kernel_on_another_stream_is_not_handed_out() {
     for cfg in ["", "expandable_segments:false"] {
@@ -224,8 +323,8 @@ fn cross_stream_safety(a: &CudaAllocator) {
     let n = 1 << 20;
     let buf = a.allocate(n * 4, &sa).expect("alloc");
     let old = buf.device_address();
-    // B writes `buf` for about a second (2e9 cycles at ~2 GHz).
-    k.launch(&sb, old, n as u32, 1000, 2_000_000_000);
+    // B writes `buf` after spinning for about half a second.
+    k.launch(&sb, old, n as u32, 1000, k.cycles_for(500));
     buf.record_stream(&sb);
     drop(buf); // freed on A while B still writes it
     let b_done = sb.record_event(None).expect("event");
@@ -352,6 +451,7 @@ struct GpuStreams(
 impl<B: DeviceBackend> Harness<B> for GpuStreams {
     fn launch(&self, _s: u32) {}
     fn complete(&self, s: u32) {
+        let _ = self.1.bind_to_thread();
         let h = self.0[s as usize % self.0.len()];
         // SAFETY: a stream of this context, kept alive by the backend.
         let _ = unsafe { sys::cuStreamSynchronize(h.as_raw()) };
@@ -436,11 +536,11 @@ fn unmap_and_reuse_while_a_kernel_runs_on_another_stream() {
     // An unrelated kernel on D for about a second: nothing below may wait
     // for it.
     let unrelated = a.allocate(MIB, &sd).expect("D's buffer");
-    k.launch(&sd, unrelated.device_address(), 1, 0, 2_000_000_000);
+    k.launch(&sd, unrelated.device_address(), 1, 0, k.cycles_for(1000));
     // B writes x for about half a second; x is freed on A meanwhile.
     let x = a.allocate(s, &sa).expect("x");
     let px = x.device_address();
-    k.launch(&sb, px, (s / 4) as u32, 1000, 1_000_000_000);
+    k.launch(&sb, px, (s / 4) as u32, 1000, k.cycles_for(500));
     x.record_stream(&sb);
     drop(x);
     let b_done = sb.record_event(None).expect("event");
@@ -540,6 +640,9 @@ fn peer_devices_use_expandable_segments() {
     assert!(host.iter().enumerate().all(|(i, &v)| v == i as u32 + 77));
 }
 
+/// Runs alone in its own process (the kit runs it so, and skips it in the
+/// parallel run): a capture in global mode is invalidated by another test's
+/// context-wide synchronise or `cuMemFree` in the same process.
 #[test]
 fn graph_capture_allocates_and_frees_without_breaking_the_capture() {
     let Some(a) = gpu("graph capture", "") else {

@@ -269,3 +269,58 @@ fn pinned_memory_used_by_a_capture_is_not_queried_during_it() {
         "illegal calls during the capture"
     );
 }
+
+/// core:P2 on the driver: a sync while a graph is captured cannot wait for
+/// the capturing stream nor for another thread's per-thread stream, so the
+/// backend reports it partial and the engine releases nothing by it. Before
+/// the coverage was reported, `empty_cache` during the capture unmapped (or,
+/// once the capture ended, freed) a block another thread's kernel still
+/// used.
+#[test]
+fn a_sync_during_a_capture_proves_nothing_idle() {
+    use alloc_core::{DeviceBackend, SyncCoverage};
+    for cfg in ["", "expandable_segments:false"] {
+        let (stub, _g) = stub(false);
+        let unsafe_before = stub.unsafe_releases();
+        let a = Arc::new(alloc(cfg));
+        let a1 = Arc::clone(&a);
+        std::thread::spawn(move || {
+            let s = a1.context().per_thread_stream();
+            let b = a1.allocate(8 * MIB, &s).expect("alloc");
+            stub.launch_on(raw(&s), b.device_address() as usize, 8 * MIB); // 0x2: this thread's
+            drop(b); // free in that stream's order; its kernel still runs
+        })
+        .join()
+        .expect("the other thread");
+        let s = a.new_stream().expect("s");
+        a.context().bind_to_thread().expect("bind");
+        // the capture's stream is known to the backend (allocated on, as a
+        // capture's first allocation makes it): a sync skips it, never
+        // synchronises it (that would invalidate the capture)
+        drop(a.allocate(MIB, &s).expect("on s"));
+        assert_eq!(a.backend().synchronize(), SyncCoverage::All, "`{cfg}`");
+        begin_capture(&s);
+        assert_eq!(a.backend().synchronize(), SyncCoverage::Partial, "`{cfg}`");
+        a.empty_cache();
+        assert_eq!(
+            end_capture(&s),
+            Ok(()),
+            "`{cfg}`: the capture was invalidated"
+        );
+        // an allocation after the capture does the releases it deferred
+        drop(a.allocate(MIB, &s).expect("after the capture"));
+        assert_eq!(
+            stub.unsafe_releases(),
+            unsafe_before,
+            "`{cfg}`: memory released while another thread's kernel used it"
+        );
+        assert!(
+            a.stats().reserved_bytes.all.current as usize >= 8 * MIB,
+            "`{cfg}`"
+        );
+        stub.complete_all();
+        a.empty_cache();
+        assert_eq!(a.stats().reserved_bytes.all.current, 0, "`{cfg}`");
+        assert_eq!(a.backend().driver_errors(), 0, "`{cfg}`");
+    }
+}

@@ -15,7 +15,7 @@
 //! so it cannot reserve address space and back it later, and placement
 //! sparse buffers (which could) need macOS 26.
 
-use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+use alloc_core::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
 
 use crate::error::MetalError;
 use crate::stream::MetalStream;
@@ -223,8 +223,11 @@ unsafe impl DeviceBackend for MetalBackend {
         self.device.wait_event(event);
     }
 
-    fn synchronize(&self) {
+    fn synchronize(&self) -> SyncCoverage {
+        // signals and waits on every queue of the device (retrying a queue
+        // until it gives a command buffer), so no queue is skipped
         self.device.synchronize();
+        SyncCoverage::All
     }
 
     fn mem_info(&self) -> Option<MemInfo> {

@@ -207,7 +207,11 @@ fn events_complete_and_streams_are_queues() {
     assert!(b.event_done(&e));
     let later = b.record_event(s).expect("event");
     assert!(later.value() > e.value(), "values grow on a queue");
-    b.synchronize();
+    assert_eq!(
+        b.synchronize(),
+        alloc_core::SyncCoverage::All,
+        "every queue is waited for"
+    );
     assert!(b.event_done(&later), "synchronize waits for every queue");
 }
 

@@ -8,7 +8,7 @@
 //! systems. Host memory has one stream, `()`, and its work is always
 //! complete.
 
-use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
 
 /// Page size of expandable segments on the host (2 MiB, a huge-page size).
 pub const HOST_PAGE: usize = 2 << 20;
@@ -96,7 +96,9 @@ unsafe impl DeviceBackend for HostBackend {
 
     fn wait_event(&self, _event: &()) {}
 
-    fn synchronize(&self) {}
+    fn synchronize(&self) -> SyncCoverage {
+        SyncCoverage::All // one stream, and host work is synchronous
+    }
 
     fn mem_info(&self) -> Option<MemInfo> {
         system_mem_info()

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo};
+use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
 
 /// A simulated stream, named by a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -49,6 +49,10 @@ struct SimState {
     streams: BTreeMap<u32, (u64, u64)>,
     auto_complete: bool,
     syncs: u64,
+    /// Streams a device-wide sync does not wait for (a capturing stream,
+    /// another thread's per-thread stream, a stream the backend lost track
+    /// of): `synchronize` leaves their work running and says so.
+    sync_skips: BTreeSet<u32>,
     violations: Vec<String>,
     /// Ranges launched work may still use: (stream, launch number, start, end).
     inflight: Vec<InFlight>,
@@ -232,6 +236,19 @@ impl SimBackend {
         }
     }
 
+    /// Makes every later device-wide sync skip `stream` (`on`) or cover it
+    /// again: its work keeps running across the sync, and `synchronize`
+    /// reports a partial coverage, as a real backend must when it cannot
+    /// wait for a stream (one capturing a CUDA graph, say).
+    pub fn skip_on_sync(&self, stream: SimStream, on: bool) {
+        let mut s = self.lock();
+        if on {
+            s.sync_skips.insert(stream.0);
+        } else {
+            s.sync_skips.remove(&stream.0);
+        }
+    }
+
     /// Work launched on `stream` so far, and work of it completed.
     pub fn progress(&self, stream: SimStream) -> (u64, u64) {
         self.lock()
@@ -338,7 +355,8 @@ impl SimBackend {
 // SAFETY: addresses come from a bump pointer that never reuses a range, so a
 // segment or reservation overlaps no other; `reserve` aligns to the page size;
 // events complete only when the test (or auto-complete) says the stream's work
-// is done, and `synchronize` completes every stream.
+// is done, and `synchronize` completes every stream except those a test
+// told it to skip, and then reports a partial coverage.
 unsafe impl DeviceBackend for SimBackend {
     type Stream = SimStream;
     type Event = SimEvent;
@@ -408,14 +426,26 @@ unsafe impl DeviceBackend for SimBackend {
         e.1 = e.1.max(event.seq);
     }
 
-    fn synchronize(&self) {
-        {
+    fn synchronize(&self) -> SyncCoverage {
+        let coverage = {
             let mut s = self.lock();
             s.syncs += 1;
-            for e in s.streams.values_mut() {
-                e.1 = e.0;
+            let SimState {
+                streams,
+                sync_skips,
+                ..
+            } = &mut *s;
+            for (id, e) in streams.iter_mut() {
+                if !sync_skips.contains(id) {
+                    e.1 = e.0;
+                }
             }
-        }
+            if sync_skips.is_empty() {
+                SyncCoverage::All
+            } else {
+                SyncCoverage::Partial
+            }
+        };
         let hook = self
             .inner
             .sync_hook
@@ -425,6 +455,7 @@ unsafe impl DeviceBackend for SimBackend {
         if let Some(h) = hook {
             h();
         }
+        coverage
     }
 
     fn mem_info(&self) -> Option<MemInfo> {

@@ -157,3 +157,49 @@ fn a_failed_allocation_aborts_by_default() {
         "{stderr}"
     );
 }
+
+/// PyTorch's autograd and DataLoader threads call the allocator with no
+/// current context. Allocating, a free deferred to another stream's event,
+/// and that event's query once the stream completes must all work there:
+/// the driver refuses event calls without a context (the stub too), and an
+/// unbound query would keep the block pending for ever.
+#[test]
+fn a_thread_without_a_current_context_allocates_frees_and_reuses() {
+    let (stub, _g) = stub(false);
+    alloc_cuda_set_abort_on_failure(0);
+    let g = CudaAllocator::global(0).expect("global allocator");
+    let s2 = g.new_stream().expect("stream");
+    let raw2 = s2.cu_stream() as usize;
+    let violations = stub.violations();
+    std::thread::spawn(move || {
+        let null = core::ptr::null_mut();
+        let p = alloc_cuda_malloc(1 << 20, 0, null);
+        assert!(!p.is_null(), "{}", last_error());
+        alloc_cuda_record_stream(p, raw2 as *mut c_void);
+        stub.launch(raw2);
+        alloc_cuda_free(p, 1 << 20, 0, null); // pending on stream 2's event
+        let q = alloc_cuda_malloc(1 << 20, 0, null);
+        assert!(!q.is_null() && q != p, "{}", last_error());
+        alloc_cuda_free(q, 1 << 20, 0, null);
+        stub.complete(raw2);
+        // the next allocation queries stream 2's event from this thread
+        let r = alloc_cuda_malloc(4096, 0, null);
+        assert!(!r.is_null(), "{}", last_error());
+        let st = stats();
+        assert_eq!(
+            st["active_bytes.all.current"], st["allocated_bytes.all.current"],
+            "a free stayed pending: its event was queried without a context"
+        );
+        alloc_cuda_free(r, 4096, 0, null);
+        alloc_cuda_empty_cache(0);
+    })
+    .join()
+    .expect("the thread without a context");
+    assert_eq!(
+        stub.violations(),
+        violations,
+        "driver calls without a context"
+    );
+    assert_eq!(g.stats().reserved_bytes.all.current, 0);
+    std::mem::forget(s2);
+}
