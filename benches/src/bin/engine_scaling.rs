@@ -1,0 +1,146 @@
+//! `engine_scaling BACKEND SIZE THREADS PAIRS [ROUNDS]`: cache-hit
+//! alloc+free pairs of the caching engine on `THREADS` threads at once, each
+//! thread on its own stream (the sim backend) or all on the one stream the
+//! host backend has, `PAIRS` pairs per thread, `ROUNDS` rounds (default 1).
+//! Prints one line per round: wall time, ns per pair of the aggregate (wall ÷
+//! all pairs), ns per pair per thread (wall ÷ one thread's pairs) and the
+//! aggregate throughput in million pairs per second, then the load average.
+//!
+//! BACKEND: `sim` (the simulated device, one stream per thread) | `host`
+//! (real host memory, one stream for every thread). SIZE: bytes per request
+//! (4096 and 8388608 are the figures of RESULTS.md). Each thread warms its
+//! stream's cache with one pair before the clock starts, so every timed pair
+//! is a cache hit.
+//!
+//! Under `valgrind --tool=callgrind` with `THREADS` 1, the difference of the
+//! instruction counts of two runs with different `PAIRS` divided by the
+//! difference of `PAIRS` is the instructions per pair (start-up cancels).
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use alloc_core::{CachingAllocator, Config, DeviceBackend, HostBackend, SimBackend, SimStream};
+
+/// What the command line asked for.
+struct Args {
+    backend: String,
+    size: usize,
+    threads: usize,
+    pairs: u64,
+    rounds: usize,
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!(
+        "engine_scaling: {why}\nusage: engine_scaling sim|host SIZE THREADS PAIRS [ROUNDS]\n\
+         e.g. engine_scaling sim 4096 2 2000000 5"
+    );
+    std::process::exit(2)
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: Option<String>) -> T {
+    let Some(s) = s else {
+        usage(&format!("missing {what}"))
+    };
+    s.parse()
+        .unwrap_or_else(|_| usage(&format!("{what} {s:?} is not a number")))
+}
+
+fn args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let backend = it.next().unwrap_or_else(|| usage("missing BACKEND"));
+    if backend != "sim" && backend != "host" {
+        usage(&format!("BACKEND {backend:?} is neither sim nor host"));
+    }
+    let size: usize = parse("SIZE", it.next());
+    let threads: usize = parse("THREADS", it.next());
+    let pairs: u64 = parse("PAIRS", it.next());
+    let rounds: usize = it.next().map_or(1, |s| parse("ROUNDS", Some(s)));
+    if size == 0 || threads == 0 || pairs == 0 || rounds == 0 {
+        usage("SIZE, THREADS, PAIRS and ROUNDS must be at least 1");
+    }
+    Args {
+        backend,
+        size,
+        threads,
+        pairs,
+        rounds,
+    }
+}
+
+/// One round: every thread warms its stream, waits for the others, then runs
+/// `pairs` pairs; the wall time runs from the common start to the last
+/// thread's end.
+fn round<B: DeviceBackend + Sync>(
+    a: &CachingAllocator<B>,
+    stream_of: impl Fn(usize) -> B::Stream + Sync,
+    size: usize,
+    threads: usize,
+    pairs: u64,
+) -> Duration
+where
+    B::Stream: Send,
+{
+    let start = Barrier::new(threads + 1);
+    let done = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (a, start, done, stream_of) = (a, &start, &done, &stream_of);
+            s.spawn(move || {
+                let stream = stream_of(t);
+                drop(a.allocate(size, stream).expect("warm-up allocation"));
+                start.wait();
+                for _ in 0..pairs {
+                    drop(black_box(a.allocate(black_box(size), stream).unwrap()));
+                }
+                done.wait();
+            });
+        }
+        start.wait();
+        let t0 = Instant::now();
+        done.wait();
+        t0.elapsed()
+    })
+}
+
+fn report(args: &Args, r: usize, wall: Duration) {
+    let ns = wall.as_nanos() as f64;
+    let all = args.pairs as f64 * args.threads as f64;
+    println!(
+        "{} size={} threads={} pairs/thread={} round={} wall_ms={:.1} ns/pair_aggregate={:.2} \
+         ns/pair_per_thread={:.2} Mpairs/s={:.3}",
+        args.backend,
+        args.size,
+        args.threads,
+        args.pairs,
+        r,
+        ns / 1e6,
+        ns / all,
+        ns / args.pairs as f64,
+        all / ns * 1e3
+    );
+}
+
+fn main() {
+    let args = args();
+    for r in 0..args.rounds {
+        let wall = if args.backend == "sim" {
+            let a = CachingAllocator::new(SimBackend::new(64 << 30), Config::default());
+            round(
+                &a,
+                |t| SimStream(t as u32),
+                args.size,
+                args.threads,
+                args.pairs,
+            )
+        } else {
+            let a = CachingAllocator::new(HostBackend::new(), Config::default());
+            round(&a, |_| (), args.size, args.threads, args.pairs)
+        };
+        report(&args, r, wall);
+    }
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!("loadavg {}", l.trim());
+    }
+}
