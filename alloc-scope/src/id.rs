@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 /// Names one scope for as long as it exists: the registry slot in the low 32 bits,
-/// the slot's generation in the high 32 bits. A retired slot gets a new generation
+/// the low 31 bits of the slot's generation above them; bit 63 is never set (the
+/// host allocator keeps its "sampled" mark there, see [`ScopeId::FREE_BIT`]). A retired slot gets a new generation
 /// when it is reused, so an old id never names the new scope.
 ///
 /// The host allocator stores these 8 bytes in front of every block it hands out,
@@ -22,10 +23,15 @@ impl ScopeId {
     /// blocks are charged here.
     pub const RETIRED: ScopeId = ScopeId::new(2, 0);
     /// Memory allocated while tracking was off: charged nowhere, its free ignored.
-    pub const UNTRACKED: ScopeId = ScopeId(u64::MAX);
+    pub const UNTRACKED: ScopeId = ScopeId(u64::MAX >> 1);
+    /// The bit of [`ScopeId::to_bits`] that no id uses (bit 63): the host
+    /// allocator marks sampled blocks with it in their owner word.
+    pub const FREE_BIT: u64 = 1 << 63;
+    /// The bit of [`ScopeId::to_compact`] that no compact id uses (bit 31).
+    pub const COMPACT_FREE_BIT: u32 = 1 << 31;
 
     pub(crate) const fn new(slot: u32, generation: u32) -> Self {
-        ScopeId(((generation as u64) << 32) | slot as u64)
+        ScopeId((((generation & GEN_MASK) as u64) << 32) | slot as u64)
     }
 
     /// The registry slot.
@@ -33,7 +39,7 @@ impl ScopeId {
         self.0 as u32
     }
 
-    /// The slot's generation when this scope was created.
+    /// The slot's generation when this scope was created (its low 31 bits).
     pub const fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
@@ -49,7 +55,7 @@ impl ScopeId {
     }
 
     /// The 4-byte form the host allocator keeps with blocks that have no room
-    /// for 8: `1 + (slot | low 17 bits of the generation << 14)`, 0 for
+    /// for 8: `1 + (slot | low 16 bits of the generation << 14)`, 0 for
     /// [`ScopeId::UNTRACKED`]. `owner_from_compact` turns it back.
     pub const fn to_compact(self) -> u32 {
         if !self.is_tracked() {
@@ -62,14 +68,22 @@ impl ScopeId {
 
     /// False for [`ScopeId::UNTRACKED`].
     pub const fn is_tracked(self) -> bool {
-        self.0 != u64::MAX
+        self.0 != Self::UNTRACKED.0
     }
 }
 
 /// Bits of the slot in a compact id (the registry has 2^14 slots).
 pub(crate) const COMPACT_SLOT_BITS: u32 = 14;
 pub(crate) const COMPACT_SLOT_MASK: u32 = (1 << COMPACT_SLOT_BITS) - 1;
-/// Low bits of the generation kept in a compact id.
-pub(crate) const COMPACT_GEN_MASK: u32 = (1 << 17) - 1;
+/// Low bits of the generation kept in a compact id (16: compact ids stay
+/// below 2^31, leaving bit 31 to the host allocator's "sampled" mark).
+pub(crate) const COMPACT_GEN_MASK: u32 = (1 << 16) - 1;
+/// Bits of the generation kept in an id (31: bit 63 of the id stays free).
+pub(crate) const GEN_MASK: u32 = u32::MAX >> 1;
+
+const _: () = assert!(
+    1 + (COMPACT_SLOT_MASK | (COMPACT_GEN_MASK << COMPACT_SLOT_BITS)) < ScopeId::COMPACT_FREE_BIT
+);
+const _: () = assert!(ScopeId::UNTRACKED.0 & ScopeId::FREE_BIT == 0);
 
 const _: () = assert!(super::registry::CAPACITY <= 1 << COMPACT_SLOT_BITS);

@@ -55,7 +55,7 @@ pub use handle::{
 #[cfg(not(loom))]
 pub use instrument::{InScope, Instrument};
 #[cfg(not(loom))]
-pub use report::{ScopeNode, ScopeTree, format_bytes, report, scope_tree};
+pub use report::{ScopeNode, ScopeTree, format_bytes, report, scope_tree, with_scope_name};
 #[cfg(not(loom))]
 pub use sketch::{BUCKETS as SKETCH_BUCKETS, SKETCH_BYTES};
 #[cfg(not(loom))]
