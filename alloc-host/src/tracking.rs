@@ -15,6 +15,7 @@ use alloc_scope::{
 };
 
 use crate::classes::Class;
+use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
@@ -144,8 +145,12 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             mark_host_allocator_seen();
             let p = get(&self.inner, layout);
             if !p.is_null() {
+                let mark =
+                    profile::compact_mark(profile::sample_alloc(p, size, ScopeId::UNTRACKED));
                 // SAFETY: a live block of class `c` (host:K1).
-                unsafe { put_owner(p, size, c, 0) };
+                if !unsafe { put_owner(p, size, c, mark) } && mark != 0 {
+                    profile::sampled_free(p);
+                }
             }
             return p;
         }
@@ -154,8 +159,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             return null_mut();
         };
         let p = get(&self.inner, layout);
+        let mark =
+            profile::compact_mark(!p.is_null() && profile::sample_alloc(p, size, charge.owner()));
         // SAFETY: a live block of class `c` (host:K1) when not null.
-        let kept = !p.is_null() && unsafe { put_owner(p, size, c, charge.owner().to_compact()) };
+        let kept =
+            !p.is_null() && unsafe { put_owner(p, size, c, charge.owner().to_compact() | mark) };
+        if !kept && mark != 0 {
+            profile::sampled_free(p);
+        }
         // SAFETY: finishes the charge begun above: a block that is null, or
         // whose owner has nowhere to go (it stays untracked), is charged nothing.
         unsafe { finish_host_alloc(charge, size, kept) };
@@ -184,8 +195,15 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             if base.is_null() {
                 return base;
             }
+            // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+            let user = unsafe { base.add(h) };
+            let mark = profile::word_mark(profile::sample_alloc(
+                user,
+                layout.size(),
+                ScopeId::UNTRACKED,
+            ));
             // SAFETY: as below.
-            unsafe { return write_owner(base, h, ScopeId::UNTRACKED) };
+            unsafe { return write_owner(base, h, ScopeId::UNTRACKED.to_bits() | mark) };
         }
         // SAFETY: this is the global allocator's allocation path; the charge is
         // finished exactly once below with the same size.
@@ -199,8 +217,11 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if base.is_null() {
             return base;
         }
+        // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+        let user = unsafe { base.add(h) };
+        let mark = profile::word_mark(profile::sample_alloc(user, layout.size(), charge.owner()));
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes.
-        unsafe { write_owner(base, h, charge.owner()) }
+        unsafe { write_owner(base, h, charge.owner().to_bits() | mark) }
     }
 }
 
@@ -210,7 +231,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 /// `base` is a live block of at least `h` bytes, aligned to `max(8, align)`,
 /// `h` a multiple of 8 and at least 8 (host:H1).
 #[inline(always)]
-unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
+unsafe fn write_owner(base: *mut u8, h: usize, owner: u64) -> *mut u8 {
     {
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes, so
         // `base + h` is inside it or one past its end (size 0), and the 8 bytes
@@ -218,7 +239,7 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
         // align) and h is a multiple of 8, so `user - 8` is 8-aligned (host:H1, host:H2).
         unsafe {
             let user = base.add(h);
-            user.sub(WORD).cast::<u64>().write(owner.to_bits());
+            user.sub(WORD).cast::<u64>().write(owner);
             user
         }
     }
@@ -258,7 +279,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // its owner kept by class (host:O1, host:O2); `charge_host_free` gets the
             // owner and size charged for it.
             unsafe {
-                charge_host_free_compact(get_owner(ptr, layout.size(), c), layout.size());
+                let id = profile::free_compact(ptr, get_owner(ptr, layout.size(), c));
+                charge_host_free_compact(id, layout.size());
                 self.inner.dealloc(ptr, layout);
             }
             return;
@@ -270,8 +292,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // `charge_host_free`'s contract: the owner and size this allocator
         // charged for this block.
         unsafe {
-            let owner = ScopeId::from_bits(ptr.sub(WORD).cast::<u64>().read());
-            charge_host_free(owner, layout.size());
+            let bits = profile::free_word(ptr, ptr.sub(WORD).cast::<u64>().read());
+            charge_host_free(ScopeId::from_bits(bits), layout.size());
             self.inner.dealloc(ptr.sub(h), outer);
         }
     }
@@ -287,12 +309,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             return null_mut();
         };
         // SAFETY: as in `dealloc`, the owner word is at `ptr - 8`.
-        let owner = ScopeId::from_bits(unsafe { ptr.sub(WORD).cast::<u64>().read() });
+        let bits = unsafe { ptr.sub(WORD).cast::<u64>().read() };
+        let owner = ScopeId::from_bits(bits & !ScopeId::FREE_BIT);
         // SAFETY: the global allocator's realloc path, for a live block charged
         // to `owner`; finished exactly once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, bits & ScopeId::FREE_BIT != 0);
         // SAFETY: the inner block is `ptr - h` with layout `outer`; `new_outer`
         // is non-zero and valid for its alignment (checked by outer_size). The
         // inner realloc keeps the first min(old, new) + h bytes, header included.
@@ -301,11 +327,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // block and every figure as they were.
         unsafe { finish_host_realloc(charge, layout.size(), new_size, !base.is_null()) };
         if base.is_null() {
+            profile::restore_sampled(taken);
             return base;
         }
         // SAFETY: `base` is the moved inner block of `new_outer = new_size + h`
         // bytes; `base + h` is the user pointer (host:H1).
-        unsafe { base.add(h) }
+        let user = unsafe { base.add(h) };
+        let now = profile::sample_alloc(user, new_size, owner);
+        if bits & ScopeId::FREE_BIT != 0 || now {
+            // SAFETY: the owner word of the moved block, at `user - 8` (host:H2).
+            unsafe { write_owner(base, h, owner.to_bits() | profile::word_mark(now)) };
+        }
+        user
     }
 }
 
@@ -327,22 +360,30 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         };
         // SAFETY: a live block of class `c` (contract).
         let id = unsafe { get_owner(ptr, layout.size(), c) };
-        let owner = owner_from_compact(id);
+        let owner = owner_from_compact(id & !ScopeId::COMPACT_FREE_BIT);
         // SAFETY: the realloc path for a live block charged to `owner`;
         // finished once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, id & ScopeId::COMPACT_FREE_BIT != 0);
         // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
         // and, with the same alignment, a valid layout (`class` accepted it).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         // SAFETY: finishes the charge; a failed realloc leaves everything as it was.
         unsafe { finish_host_realloc(charge, layout.size(), new_size, !p.is_null()) };
         if p.is_null() {
+            profile::restore_sampled(taken);
             return p;
         }
+        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, owner));
         // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
-        if !unsafe { put_owner(p, new_size, nc, owner.to_compact()) } {
+        if !unsafe { put_owner(p, new_size, nc, owner.to_compact() | mark) } {
+            if mark != 0 {
+                profile::sampled_free(p);
+            }
             // Nowhere to keep the owner: the block leaves tracking now.
             // SAFETY: the charge for this block, made to `owner`.
             unsafe { charge_host_free(owner, new_size) };
