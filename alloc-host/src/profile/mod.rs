@@ -35,12 +35,31 @@ use std::collections::HashMap;
 use alloc_scope::ScopeId;
 
 pub use sampler::DEFAULT_MEAN;
+pub use stack::Unwinder;
 pub use table::{Counts, LIVE, NAMES, STACKS, TABLE_BYTES, TOTALS};
 
 /// The environment variable read at the first allocation: the mean sampling
 /// interval in bytes (`0`: off; a `k`/`K` or `m`/`M` suffix multiplies by
 /// 1024 or 1024²).
 pub const RATE_ENV: &str = "ALLOC_PROFILE_RATE";
+
+/// The unwinder: false DWARF (default), true frame pointers.
+static FRAME_POINTERS: AtomicBool = AtomicBool::new(false);
+
+/// Chooses how stacks are read (default [`Unwinder::Dwarf`]; also set by
+/// `ALLOC_PROFILE_UNWIND=fp|dwarf` in the environment, read with the rate).
+pub fn set_unwinder(u: Unwinder) {
+    FRAME_POINTERS.store(u == Unwinder::FramePointers, Relaxed);
+}
+
+/// The unwinder in use.
+pub fn unwinder() -> Unwinder {
+    if FRAME_POINTERS.load(Relaxed) {
+        Unwinder::FramePointers
+    } else {
+        Unwinder::Dwarf
+    }
+}
 
 /// Whether any thread may sample: the one load of the "off" fast path. Starts
 /// true so the first allocation reads the environment (then it is set).
@@ -146,6 +165,12 @@ fn settle() {
         return;
     }
     let rate = read_env();
+    // SAFETY: as in `read_env`.
+    let u = unsafe { libc::getenv(c"ALLOC_PROFILE_UNWIND".as_ptr()) };
+    // SAFETY: non-null result of getenv.
+    if !u.is_null() && unsafe { core::ffi::CStr::from_ptr(u) }.to_bytes() == b"fp" {
+        FRAME_POINTERS.store(true, Relaxed);
+    }
     if INIT.compare_exchange(1, 2, Relaxed, Relaxed).is_ok() {
         MEAN.store(rate, Relaxed);
         ON.store(rate != 0, Relaxed);
@@ -233,7 +258,11 @@ fn take_sample(p: *mut u8, size: usize, owner: ScopeId) -> bool {
         return false;
     }
     let mut frames = [0usize; stack::MAX_FRAMES];
-    let depth = stack::walk(&mut frames);
+    let depth = if FRAME_POINTERS.load(Relaxed) {
+        stack::walk(&mut frames)
+    } else {
+        stack::walk_dwarf(&mut frames)
+    };
     let (count, bytes) = sampler::weight(size as u64, mean);
     let mut name_buf = [0u8; 64];
     let name_len = if owner.is_tracked() {

@@ -14,6 +14,17 @@
 
 use core::cell::Cell;
 
+/// How a sample's stack is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwinder {
+    /// `_Unwind_Backtrace`: DWARF call-frame information, correct in any
+    /// build (the default).
+    Dwarf,
+    /// The frame-pointer chain: faster, complete only in code built with
+    /// `-C force-frame-pointers=yes`.
+    FramePointers,
+}
+
 /// Most return addresses kept per sample.
 pub const MAX_FRAMES: usize = 48;
 
@@ -127,4 +138,45 @@ pub fn walk(out: &mut [usize; MAX_FRAMES]) -> usize {
         fp = next;
     }
     n
+}
+
+unsafe extern "C" {
+    fn _Unwind_Backtrace(
+        trace: extern "C" fn(*mut core::ffi::c_void, *mut core::ffi::c_void) -> core::ffi::c_int,
+        arg: *mut core::ffi::c_void,
+    ) -> core::ffi::c_int;
+    fn _Unwind_GetIP(ctx: *mut core::ffi::c_void) -> usize;
+}
+
+struct DwarfOut<'a> {
+    out: &'a mut [usize; MAX_FRAMES],
+    n: usize,
+}
+
+extern "C" fn dwarf_frame(
+    ctx: *mut core::ffi::c_void,
+    arg: *mut core::ffi::c_void,
+) -> core::ffi::c_int {
+    // SAFETY: `arg` is the `DwarfOut` passed to `_Unwind_Backtrace` by
+    // `walk_dwarf`, alive and not otherwise borrowed during the call.
+    let o = unsafe { &mut *arg.cast::<DwarfOut<'_>>() };
+    // SAFETY: `ctx` is the unwinder's context for this frame.
+    let ip = unsafe { _Unwind_GetIP(ctx) };
+    if ip == 0 || o.n >= MAX_FRAMES {
+        return 5; // _URC_END_OF_STACK: stop.
+    }
+    o.out[o.n] = ip;
+    o.n += 1;
+    0 // _URC_NO_REASON: go on.
+}
+
+/// Reads this thread's stack with the platform's DWARF unwinder into `out`;
+/// returns how many return addresses were written (innermost first).
+#[inline(never)]
+pub fn walk_dwarf(out: &mut [usize; MAX_FRAMES]) -> usize {
+    let mut o = DwarfOut { out, n: 0 };
+    // SAFETY: the callback matches the unwinder's trace-function signature and
+    // only writes into `o`, which outlives the call.
+    unsafe { _Unwind_Backtrace(dwarf_frame, (&mut o as *mut DwarfOut<'_>).cast()) };
+    o.n
 }
