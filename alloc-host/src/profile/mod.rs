@@ -230,8 +230,11 @@ fn take_sample(p: *mut u8, size: usize, owner: ScopeId) -> bool {
     settle();
     let mean = MEAN.load(Relaxed);
     if mean == 0 {
-        // Off (perhaps just switched off): park the countdown.
-        let _ = COUNTDOWN.try_with(|c| c.set(i64::MAX / 2));
+        // Off (just switched off, or the environment said so): the fast path
+        // stops here once `ON` is false; the countdown restarts at 0 so that
+        // the first allocation after sampling is switched on again draws a
+        // fresh interval at the new rate.
+        let _ = COUNTDOWN.try_with(|c| c.set(0));
         return false;
     }
     let Ok(mut rng) = RNG.try_with(|r| r.get()) else {
