@@ -211,19 +211,6 @@ pub fn report() -> String {
     thread::untracked(|| scope_tree().render())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::format_bytes;
-
-    #[test]
-    fn bytes_are_formatted_with_binary_units() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1536), "1.50 KiB");
-        assert_eq!(format_bytes(5 << 30), "5.00 GiB");
-    }
-}
-
 /// Runs `f` on the name of scope `id` while that scope still holds its slot
 /// (`None` once it was recycled, and for [`ScopeId::UNTRACKED`](crate::ScopeId::UNTRACKED)).
 /// Takes no lock and does not allocate: the host allocator's sampler calls it
@@ -237,4 +224,17 @@ pub fn with_scope_name<R>(id: crate::ScopeId, f: impl FnOnce(&str) -> R) -> Opti
         return None;
     }
     Some(r.name.0.with_str(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_bytes;
+
+    #[test]
+    fn bytes_are_formatted_with_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1536), "1.50 KiB");
+        assert_eq!(format_bytes(5 << 30), "5.00 GiB");
+    }
 }

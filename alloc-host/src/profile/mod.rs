@@ -69,7 +69,7 @@ static MEAN: AtomicU64 = AtomicU64::new(0);
 /// 0: environment not read yet; 1: reading; 2: settled.
 static INIT: AtomicU8 = AtomicU8::new(0);
 /// Seeds per-thread generators.
-static SEEDS: AtomicU64 = AtomicU64::new(0x5EED_0F_A110C);
+static SEEDS: AtomicU64 = AtomicU64::new(0x05EE_D0FA_110C);
 
 thread_local! {
     /// Bytes until this thread's next sample (below zero: take one).

@@ -3,9 +3,9 @@
 //! reserved before the lock is taken). Nothing here allocates.
 //!
 //! Memory bound (all of it zero-initialised static memory, so only the pages
-//! touched become resident): [`TABLE_BYTES`] ≈ 6.8 MiB:
+//! touched become resident): [`TABLE_BYTES`] = 6.25 MiB on 64-bit targets:
 //! - stacks: [`STACKS`] distinct stacks of up to [`MAX_FRAMES`] return
-//!   addresses (3.1 MiB) and their hash index (64 KiB);
+//!   addresses (3.125 MiB) and their hash index (64 KiB);
 //! - live samples: [`LIVE`] slots (2.5 MiB), at most 3/4 of them used, so at
 //!   most 49,152 sampled blocks in use at once (at the default 512 KiB mean,
 //!   about 24 GiB of live heap);
@@ -30,6 +30,10 @@ pub const TOTALS: usize = 1 << 14;
 pub const NAMES: usize = 1024;
 /// The table's size in bytes (static, zero-initialised).
 pub const TABLE_BYTES: usize = core::mem::size_of::<Tables>();
+
+// The bound the docs state (64-bit targets).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(TABLE_BYTES == 6_553_600);
 
 #[derive(Clone, Copy)]
 pub(crate) struct Stack {
