@@ -279,7 +279,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // its owner kept by class (host:O1, host:O2); `charge_host_free` gets the
             // owner and size charged for it.
             unsafe {
-                let id = profile::free_compact(ptr, get_owner(ptr, layout.size(), c));
+                let id = get_owner(ptr, layout.size(), c);
+                if id & ScopeId::COMPACT_FREE_BIT != 0 {
+                    return self.dealloc_sampled(
+                        ptr,
+                        layout,
+                        (id & !ScopeId::COMPACT_FREE_BIT) as u64,
+                        true,
+                    );
+                }
                 charge_host_free_compact(id, layout.size());
                 self.inner.dealloc(ptr, layout);
             }
@@ -292,7 +300,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // `charge_host_free`'s contract: the owner and size this allocator
         // charged for this block.
         unsafe {
-            let bits = profile::free_word(ptr, ptr.sub(WORD).cast::<u64>().read());
+            let bits = ptr.sub(WORD).cast::<u64>().read();
+            if bits & ScopeId::FREE_BIT != 0 {
+                return self.dealloc_sampled(ptr, layout, bits & !ScopeId::FREE_BIT, false);
+            }
             charge_host_free(ScopeId::from_bits(bits), layout.size());
             self.inner.dealloc(ptr.sub(h), outer);
         }
@@ -389,6 +400,32 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { charge_host_free(owner, new_size) };
         }
         p
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `dealloc` of a sampled block (its owner carries the sampled bit; `bits`
+    /// is the owner without it, a compact id when `by_class`): out of the
+    /// in-use profile first, while its address cannot be reused yet.
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block whose owner had the sampled bit.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout, bits: u64, by_class: bool) {
+        profile::sampled_free(ptr);
+        // SAFETY: as in `dealloc` (the owner, the size it was charged, the
+        // inner block and layout), with the sampled bit removed.
+        unsafe {
+            if by_class {
+                charge_host_free_compact(bits as u32, layout.size());
+                self.inner.dealloc(ptr, layout);
+            } else {
+                let (outer, h) = outer_unchecked(layout);
+                charge_host_free(ScopeId::from_bits(bits), layout.size());
+                self.inner.dealloc(ptr.sub(h), outer);
+            }
+        }
     }
 }
 

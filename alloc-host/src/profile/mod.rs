@@ -119,27 +119,6 @@ pub(crate) fn sample_alloc(p: *mut u8, size: usize, owner: ScopeId) -> bool {
     }
 }
 
-/// The free hook for a compact owner id: strips the sampled bit and, when it
-/// was set, removes the block from the in-use profile.
-#[inline(always)]
-pub(crate) fn free_compact(p: *mut u8, id: u32) -> u32 {
-    if id & ScopeId::COMPACT_FREE_BIT != 0 {
-        sampled_free(p);
-        return id & !ScopeId::COMPACT_FREE_BIT;
-    }
-    id
-}
-
-/// The free hook for an owner word (header placement): as [`free_compact`].
-#[inline(always)]
-pub(crate) fn free_word(p: *mut u8, bits: u64) -> u64 {
-    if bits & ScopeId::FREE_BIT != 0 {
-        sampled_free(p);
-        return bits & !ScopeId::FREE_BIT;
-    }
-    bits
-}
-
 /// The sampled bit to put in a compact owner id.
 #[inline(always)]
 pub(crate) fn compact_mark(sampled: bool) -> u32 {
