@@ -34,7 +34,11 @@ fn main() {
         (0..10).map(|_| Vec::with_capacity(1000)).collect()
     };
     let p = profile_filtered(Kind::InUse, Filter::Name("main-thread".into()));
-    assert_eq!(p.total_count().round() as usize, 11, "10 blocks and the Vec holding them");
+    assert_eq!(
+        p.total_count().round() as usize,
+        11,
+        "10 blocks and the Vec holding them"
+    );
     drop(kept);
     alloc_host::set_sample_rate(0);
 
@@ -52,6 +56,9 @@ fn main() {
         .unwrap();
     assert!(out.status.success(), "child with a bad value");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ALLOC_PROFILE_RATE=lots") && err.contains("524288"), "{err}");
+    assert!(
+        err.contains("ALLOC_PROFILE_RATE=lots") && err.contains("524288"),
+        "{err}"
+    );
     println!("host_profile_env: 1 passed, 0 failed");
 }

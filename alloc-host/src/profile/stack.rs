@@ -180,3 +180,26 @@ pub fn walk_dwarf(out: &mut [usize; MAX_FRAMES]) -> usize {
     unsafe { _Unwind_Backtrace(dwarf_frame, (&mut o as *mut DwarfOut<'_>).cast()) };
     o.n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both unwinders run on a test thread without faulting; the DWARF one
+    /// reaches past this function (its caller chain up to the thread start).
+    #[test]
+    fn both_unwinders_walk_this_thread() {
+        let mut f = [0usize; MAX_FRAMES];
+        let n = walk(&mut f);
+        assert!(n <= MAX_FRAMES);
+        assert!(f[..n].iter().all(|&a| a >= 4096));
+        let n = walk_dwarf(&mut f);
+        assert!(n >= 4, "DWARF walk found {n} frames");
+        let here = both_unwinders_walk_this_thread as *const () as usize;
+        // One of the return addresses lies in this function (within 4 KiB).
+        assert!(
+            f[..n].iter().any(|&a| a > here && a < here + 4096),
+            "{f:x?}"
+        );
+    }
+}
