@@ -9,7 +9,7 @@
 //! already reads. [`profile`] reads the table into a [`HeapProfile`] (in use
 //! or allocated since start; for the process, a scope name or one live
 //! scope); with the `profile` feature it turns into pprof
-//! ([`HeapProfile::to_pprof`]), a flamegraph SVG and a table of the top sites,
+//! (`HeapProfile::to_pprof`), a flamegraph SVG and a table of the top sites,
 //! symbolized then (never on the allocation path).
 //!
 //! Off by default; on with [`set_sample_rate`] or `ALLOC_PROFILE_RATE=<bytes>`
