@@ -10,12 +10,14 @@ use core::ptr::null_mut;
 use core::sync::atomic::Ordering::Relaxed;
 
 use alloc_scope::{
-    ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, charge_host_free_compact,
-    finish_host_alloc, finish_host_realloc, host_fast_charge, host_fast_id,
-    host_fast_realloc_charge, mark_host_allocator_seen, owner_from_compact, track_host_alloc,
+    COMPACT_SAMPLED, ScopeId, WORD_SAMPLED, begin_host_alloc, begin_host_realloc, charge_host_free,
+    charge_host_free_compact, finish_host_alloc, finish_host_realloc, host_fast_charge,
+    host_fast_free_charge, host_fast_id, host_fast_realloc_charge, mark_host_allocator_seen,
+    owner_from_compact, track_host_alloc,
 };
 
 use crate::classes::{Class, GATE, GATE_CLASSES, GATE_OFF, class};
+use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
@@ -155,7 +157,9 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// An allocation by class while tracking is off: charged nowhere, its
     /// owner stored as 0 (untracked) where the slack keeps it; in the side
     /// table the entry already reads 0 (host:O1: an entry is 0 unless a
-    /// tracked live block holds it), so nothing is stored there.
+    /// tracked live block or a sampled one holds it), so nothing is stored
+    /// there unless the block is sampled (then the owner is
+    /// `COMPACT_SAMPLED`, untracked and sampled).
     #[inline(always)]
     fn alloc_off(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
         mark_host_allocator_seen();
@@ -163,10 +167,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let p = get(&self.inner, layout);
         if !p.is_null() {
             let c = class(size);
+            let mark = profile::compact_mark(profile::sample_alloc(p, size, || ScopeId::UNTRACKED));
             if crate::owner::in_slack(size, c) {
                 // SAFETY: a live block of class `c` (host:K1); the slack past
                 // `size` is this allocator's.
-                unsafe { crate::owner::write_slack(p, c, 0) };
+                unsafe { crate::owner::write_slack(p, c, mark) };
+            } else if mark != 0 {
+                // SAFETY: a live block of class `c` (host:K1).
+                if !unsafe { put_owner(p, size, c, mark) } {
+                    // Nowhere to keep the mark: out of the in-use profile now.
+                    profile::sampled_free(p);
+                }
             }
         }
         p
@@ -216,11 +227,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // never enters this crate or alloc-scope, so the word is the one
         // tested above.
         let id = host_fast_id();
+        // The heap profiler's countdown, on the thread state just addressed;
+        // a sampled block's owner carries `COMPACT_SAMPLED`.
+        let mark = profile::compact_mark(profile::sample_alloc(p, size, alloc_scope::current));
         // SAFETY: a live block of class `class(size)` (host:K1); kept with
         // the thread's fast-path word, and charged once.
         unsafe {
-            if put_owner(p, size, class(size), id) {
+            if put_owner(p, size, class(size), id | mark) {
                 host_fast_charge(size);
+            } else if mark != 0 {
+                // Untracked (nowhere to keep the owner): out of the profile.
+                profile::sampled_free(p);
             }
         }
         p
@@ -241,8 +258,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         unsafe {
             track_host_alloc(size, move |id| {
                 let p = get(&self.inner, layout);
-                // SAFETY: a live block of class `c` (host:K1) when not null.
-                let kept = !p.is_null() && put_owner(p, size, c, id);
+                if p.is_null() {
+                    return (p, false);
+                }
+                let mark = profile::compact_mark(profile::sample_alloc(p, size, || {
+                    owner_from_compact(id)
+                }));
+                // SAFETY: a live block of class `c` (host:K1).
+                let kept = put_owner(p, size, c, id | mark);
+                if !kept && mark != 0 {
+                    profile::sampled_free(p);
+                }
                 (p, kept)
             })
         }
@@ -270,8 +296,13 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             if base.is_null() {
                 return base;
             }
+            // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+            let user = unsafe { base.add(h) };
+            let mark = profile::word_mark(profile::sample_alloc(user, layout.size(), || {
+                ScopeId::UNTRACKED
+            }));
             // SAFETY: as below.
-            unsafe { return write_owner(base, h, ScopeId::UNTRACKED) };
+            unsafe { return write_owner(base, h, ScopeId::UNTRACKED.to_bits() | mark) };
         }
         // SAFETY: this is the global allocator's allocation path; the charge is
         // finished exactly once below with the same size.
@@ -285,8 +316,12 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if base.is_null() {
             return base;
         }
+        // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+        let user = unsafe { base.add(h) };
+        let owner = charge.owner();
+        let mark = profile::word_mark(profile::sample_alloc(user, layout.size(), || owner));
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes.
-        unsafe { write_owner(base, h, charge.owner()) }
+        unsafe { write_owner(base, h, owner.to_bits() | mark) }
     }
 }
 
@@ -296,7 +331,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 /// `base` is a live block of at least `h` bytes, aligned to `max(8, align)`,
 /// `h` a multiple of 8 and at least 8 (host:H1).
 #[inline(always)]
-unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
+unsafe fn write_owner(base: *mut u8, h: usize, owner: u64) -> *mut u8 {
     {
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes, so
         // `base + h` is inside it or one past its end (size 0), and the 8 bytes
@@ -304,7 +339,7 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
         // align) and h is a multiple of 8, so `user - 8` is 8-aligned (host:H1, host:H2).
         unsafe {
             let user = base.add(h);
-            user.sub(WORD).cast::<u64>().write(owner.to_bits());
+            user.sub(WORD).cast::<u64>().write(owner);
             user
         }
     }
@@ -339,7 +374,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // owner is taken (a table entry zeroed) before the block goes back
             // to the inner allocator, and charged with the size it was charged.
             unsafe {
-                charge_host_free_compact(take_owner(ptr, size, class(size)), size);
+                let id = take_owner(ptr, size, class(size));
+                if id == host_fast_id() {
+                    // The thread's current scope, batched (never a sampled
+                    // owner: `COMPACT_SAMPLED` is above every fast-path word).
+                    host_fast_free_charge(size);
+                } else if id & COMPACT_SAMPLED != 0 {
+                    return self.dealloc_sampled(ptr, layout, (id & !COMPACT_SAMPLED) as u64, true);
+                } else {
+                    charge_host_free_compact(id, size);
+                }
                 self.inner.dealloc(ptr, layout);
             }
             return;
@@ -351,8 +395,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // `charge_host_free`'s contract: the owner and size this allocator
         // charged for this block.
         unsafe {
-            let owner = ScopeId::from_bits(ptr.sub(WORD).cast::<u64>().read());
-            charge_host_free(owner, layout.size());
+            let bits = ptr.sub(WORD).cast::<u64>().read();
+            if bits & WORD_SAMPLED != 0 {
+                return self.dealloc_sampled(ptr, layout, bits & !WORD_SAMPLED, false);
+            }
+            charge_host_free(ScopeId::from_bits(bits), layout.size());
             self.inner.dealloc(ptr.sub(h), outer);
         }
     }
@@ -368,12 +415,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             return null_mut();
         };
         // SAFETY: as in `dealloc`, the owner word is at `ptr - 8`.
-        let owner = ScopeId::from_bits(unsafe { ptr.sub(WORD).cast::<u64>().read() });
+        let bits = unsafe { ptr.sub(WORD).cast::<u64>().read() };
+        let owner = ScopeId::from_bits(bits & !WORD_SAMPLED);
         // SAFETY: the global allocator's realloc path, for a live block charged
         // to `owner`; finished exactly once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, bits & WORD_SAMPLED != 0);
         // SAFETY: the inner block is `ptr - h` with layout `outer`; `new_outer`
         // is non-zero and valid for its alignment (checked by outer_size). The
         // inner realloc keeps the first min(old, new) + h bytes, header included.
@@ -382,11 +433,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // block and every figure as they were.
         unsafe { finish_host_realloc(charge, layout.size(), new_size, !base.is_null()) };
         if base.is_null() {
+            profile::restore_sampled(taken);
             return base;
         }
         // SAFETY: `base` is the moved inner block of `new_outer = new_size + h`
         // bytes; `base + h` is the user pointer (host:H1).
-        unsafe { base.add(h) }
+        let user = unsafe { base.add(h) };
+        let now = profile::sample_alloc(user, new_size, || owner);
+        if bits & WORD_SAMPLED != 0 || now {
+            // SAFETY: the owner word of the moved block, at `user - 8` (host:H2).
+            unsafe { write_owner(base, h, owner.to_bits() | profile::word_mark(now)) };
+        }
+        user
     }
 }
 
@@ -419,12 +477,18 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { put_owner(ptr, size, c, id) };
             return p;
         }
+        // A realloc is an allocation of `new_size` bytes for the profiler
+        // (the old block was not sampled: its owner equals the fast word).
+        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, alloc_scope::current));
         // SAFETY: the block is charged to the thread's current scope (`id`
         // is its fast-path word), its realloc charged once; the moved (or
         // grown) block is live and of class `class(new_size)` (host:K1).
         unsafe {
             host_fast_realloc_charge(size, new_size);
-            if !put_owner(p, new_size, class(new_size), id) {
+            if !put_owner(p, new_size, class(new_size), id | mark) {
+                if mark != 0 {
+                    profile::sampled_free(p);
+                }
                 // Nowhere to keep the owner: the block leaves tracking now.
                 charge_host_free_compact(id, new_size);
             }
@@ -434,7 +498,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 
     /// [`Self::realloc_by_class`] of a block whose owner (`id`, already
     /// taken) is not the thread's fast-path word: another scope's, an
-    /// untracked block, or a thread that does not batch.
+    /// untracked block, a sampled block (`COMPACT_SAMPLED`: it leaves the
+    /// in-use profile here), or a thread that does not batch.
     ///
     /// # Safety
     /// As [`Self::realloc_by_class`]; `c` is the block's class and `id` the
@@ -450,7 +515,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     ) -> *mut u8 {
         let size = layout.size();
         let nc = class(new_size);
-        let owner = owner_from_compact(id);
+        let owner = owner_from_compact(id & !COMPACT_SAMPLED);
         // SAFETY: the realloc path for a live block charged to `owner`;
         // finished once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, size, new_size) }) else {
@@ -458,23 +523,58 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { put_owner(ptr, size, c, id) };
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, id & COMPACT_SAMPLED != 0);
         // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
         // and, with the same alignment, a valid layout (GlobalAlloc contract).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         // SAFETY: finishes the charge; a failed realloc leaves everything as it was.
         unsafe { finish_host_realloc(charge, size, new_size, !p.is_null()) };
         if p.is_null() {
+            profile::restore_sampled(taken);
             // SAFETY: the old block is still live and of class `c`.
             unsafe { put_owner(ptr, size, c, id) };
             return p;
         }
+        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, || owner));
         // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
-        if !unsafe { put_owner(p, new_size, nc, owner.to_compact()) } {
+        if !unsafe { put_owner(p, new_size, nc, owner.to_compact() | mark) } {
+            if mark != 0 {
+                profile::sampled_free(p);
+            }
             // Nowhere to keep the owner: the block leaves tracking now.
             // SAFETY: the charge for this block, made to `owner`.
             unsafe { charge_host_free(owner, new_size) };
         }
         p
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `dealloc` of a sampled block (its owner carries the sampled bit; `bits`
+    /// is the owner without it, a compact id when `by_class`): out of the
+    /// in-use profile first, while its address cannot be reused yet, then
+    /// charged to its owner once and freed.
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block whose owner had the sampled bit.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout, bits: u64, by_class: bool) {
+        profile::sampled_free(ptr);
+        // SAFETY: as in `dealloc` (the owner, the size it was charged, the
+        // inner block and layout), with the sampled bit removed.
+        unsafe {
+            if by_class {
+                charge_host_free_compact(bits as u32, layout.size());
+                self.inner.dealloc(ptr, layout);
+            } else {
+                let (outer, h) = outer_unchecked(layout);
+                charge_host_free(ScopeId::from_bits(bits), layout.size());
+                self.inner.dealloc(ptr.sub(h), outer);
+            }
+        }
     }
 }
 
