@@ -167,17 +167,13 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let p = get(&self.inner, layout);
         if !p.is_null() {
             let c = class(size);
-            let mark = profile::compact_mark(profile::sample_alloc(p, size, || ScopeId::UNTRACKED));
-            if crate::owner::in_slack(size, c) {
+            if alloc_scope::host_sample_due(size) {
+                // SAFETY: a live block of class `c` (host:K1).
+                unsafe { alloc_off_sampled(p, size, c) };
+            } else if crate::owner::in_slack(size, c) {
                 // SAFETY: a live block of class `c` (host:K1); the slack past
                 // `size` is this allocator's.
-                unsafe { crate::owner::write_slack(p, c, mark) };
-            } else if mark != 0 {
-                // SAFETY: a live block of class `c` (host:K1).
-                if !unsafe { put_owner(p, size, c, mark) } {
-                    // Nowhere to keep the mark: out of the in-use profile now.
-                    profile::sampled_free(p);
-                }
+                unsafe { crate::owner::write_slack(p, c, 0) };
             }
         }
         p
@@ -227,17 +223,19 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // never enters this crate or alloc-scope, so the word is the one
         // tested above.
         let id = host_fast_id();
-        // The heap profiler's countdown, on the thread state just addressed;
-        // a sampled block's owner carries `COMPACT_SAMPLED`.
-        let mark = profile::compact_mark(profile::sample_alloc(p, size, alloc_scope::current));
+        // The heap profiler's countdown, on the thread state just addressed
+        // (a subtraction and a branch); when it runs out, all of the rest is
+        // out of line.
+        if alloc_scope::host_sample_due(size) {
+            // SAFETY: as below.
+            unsafe { alloc_fast_sampled(p, size, id) };
+            return p;
+        }
         // SAFETY: a live block of class `class(size)` (host:K1); kept with
         // the thread's fast-path word, and charged once.
         unsafe {
-            if put_owner(p, size, class(size), id | mark) {
+            if put_owner(p, size, class(size), id) {
                 host_fast_charge(size);
-            } else if mark != 0 {
-                // Untracked (nowhere to keep the owner): out of the profile.
-                profile::sampled_free(p);
             }
         }
         p
@@ -376,14 +374,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             unsafe {
                 let id = take_owner(ptr, size, class(size));
                 if id == host_fast_id() {
-                    // The thread's current scope, batched (never a sampled
-                    // owner: `COMPACT_SAMPLED` is above every fast-path word).
+                    // The thread's current scope: the batch.
                     host_fast_free_charge(size);
-                } else if id & COMPACT_SAMPLED != 0 {
-                    return self.dealloc_sampled(ptr, layout, (id & !COMPACT_SAMPLED) as u64, true);
-                } else {
-                    charge_host_free_compact(id, size);
+                } else if id != 0 {
+                    // Another scope's block, a thread that does not batch,
+                    // or a sampled block (its owner carries
+                    // `COMPACT_SAMPLED`, above every fast-path word).
+                    return self.dealloc_by_class_other(ptr, layout, id);
                 }
+                // (0: untracked, charged nowhere.)
                 self.inner.dealloc(ptr, layout);
             }
             return;
@@ -552,6 +551,28 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 }
 
 impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `dealloc` of a block kept by class whose owner `id` (already taken) is
+    /// not the thread's fast-path word: a sampled block goes to
+    /// [`Self::dealloc_sampled`], any other is charged to its owner.
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block kept by class whose owner was just taken.
+    #[inline(never)]
+    unsafe fn dealloc_by_class_other(&self, ptr: *mut u8, layout: Layout, id: u32) {
+        if id & COMPACT_SAMPLED != 0 {
+            // SAFETY: the contract, for a block whose owner had the flag.
+            return unsafe {
+                self.dealloc_sampled(ptr, layout, (id & !COMPACT_SAMPLED) as u64, true)
+            };
+        }
+        // SAFETY: the owner taken from the block and the size it was charged;
+        // the block goes back to the inner allocator with its layout.
+        unsafe {
+            charge_host_free_compact(id, layout.size());
+            self.inner.dealloc(ptr, layout);
+        }
+    }
+
     /// `dealloc` of a sampled block (its owner carries the sampled bit; `bits`
     /// is the owner without it, a compact id when `by_class`): out of the
     /// in-use profile first, while its address cannot be reused yet, then
@@ -574,6 +595,51 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 charge_host_free(ScopeId::from_bits(bits), layout.size());
                 self.inner.dealloc(ptr.sub(h), outer);
             }
+        }
+    }
+}
+
+/// The rest of [`TrackingAllocator::alloc_by_class`] when the heap
+/// profiler's countdown ran out: the sample (or a fresh interval), the owner
+/// with `COMPACT_SAMPLED` when sampled, the charge.
+///
+/// # Safety
+/// As the fast path: `p` a live block of `size` bytes and class
+/// `class(size)` (host:K1), `id` the thread's fast-path word (not
+/// `NOT_FAST`), charged once here.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32) {
+    let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
+    // SAFETY: the contract.
+    unsafe {
+        if put_owner(p, size, class(size), id | mark) {
+            host_fast_charge(size);
+        } else if mark != 0 {
+            // Untracked (nowhere to keep the owner): out of the profile.
+            profile::sampled_free(p);
+        }
+    }
+}
+
+/// The rest of [`TrackingAllocator::alloc_off`] when the heap profiler's
+/// countdown ran out: the owner is `COMPACT_SAMPLED` (untracked, sampled)
+/// or 0.
+///
+/// # Safety
+/// `p` is a live block of `size` bytes and class `c` (host:K1).
+#[cold]
+#[inline(never)]
+unsafe fn alloc_off_sampled(p: *mut u8, size: usize, c: Class) {
+    let mark = profile::compact_mark(profile::take_due(p, size, ScopeId::UNTRACKED));
+    if crate::owner::in_slack(size, c) {
+        // SAFETY: the contract; the slack past `size` is this allocator's.
+        unsafe { crate::owner::write_slack(p, c, mark) };
+    } else if mark != 0 {
+        // SAFETY: the contract.
+        if !unsafe { put_owner(p, size, c, mark) } {
+            // Nowhere to keep the mark: out of the in-use profile now.
+            profile::sampled_free(p);
         }
     }
 }

@@ -139,6 +139,13 @@ pub(crate) fn word_mark(sampled: bool) -> u64 {
     }
 }
 
+/// [`sample_alloc`] after the countdown ran out (the caller tested
+/// `alloc_scope::host_sample_due` itself).
+#[inline(always)]
+pub(crate) fn take_due(p: *mut u8, size: usize, owner: ScopeId) -> bool {
+    take_sample(p, size, owner)
+}
+
 /// Reads `ALLOC_PROFILE_RATE` once, without the global allocator.
 fn settle() {
     if INIT.load(Relaxed) == 2 {
