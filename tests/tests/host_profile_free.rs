@@ -29,7 +29,7 @@ unsafe impl Send for Block {}
 /// 8 and 64 (header).
 fn layout_of(i: usize) -> Layout {
     let size = [64usize, 200, 4096, 40_000, 300_000][i % 5];
-    let align = if i % 3 == 0 { 64 } else { 8 };
+    let align = if i.is_multiple_of(3) { 64 } else { 8 };
     Layout::from_size_align(size, align).unwrap()
 }
 
