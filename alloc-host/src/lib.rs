@@ -7,12 +7,14 @@ mod invariant;
 #[cfg(feature = "mimalloc")]
 mod mimalloc_inner;
 mod owner;
+pub mod profile;
 pub mod testing;
 mod tracking;
 
 pub use invariant::HostInvariant;
 #[cfg(feature = "mimalloc")]
 pub use mimalloc_inner::Mimalloc;
+pub use profile::{HeapProfile, profile, set_sample_rate};
 pub use tracking::{DefaultInner, TrackingAllocator, is_installed, set_tracking, tracking_enabled};
 
 pub use alloc_scope::{

@@ -10,12 +10,14 @@ use core::ptr::null_mut;
 use core::sync::atomic::Ordering::Relaxed;
 
 use alloc_scope::{
-    ScopeId, begin_host_alloc, begin_host_realloc, charge_host_free, charge_host_free_compact,
-    finish_host_alloc, finish_host_realloc, host_fast_charge, host_fast_id,
-    host_fast_realloc_charge, mark_host_allocator_seen, owner_from_compact, track_host_alloc,
+    COMPACT_SAMPLED, ScopeId, WORD_SAMPLED, begin_host_alloc, begin_host_realloc, charge_host_free,
+    charge_host_free_compact, finish_host_alloc, finish_host_realloc, host_fast_charge,
+    host_fast_free_charge, host_fast_id, host_fast_realloc_charge, mark_host_allocator_seen,
+    owner_from_compact, track_host_alloc,
 };
 
 use crate::classes::{Class, GATE, GATE_CLASSES, GATE_OFF, class};
+use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
 
@@ -155,7 +157,9 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// An allocation by class while tracking is off: charged nowhere, its
     /// owner stored as 0 (untracked) where the slack keeps it; in the side
     /// table the entry already reads 0 (host:O1: an entry is 0 unless a
-    /// tracked live block holds it), so nothing is stored there.
+    /// tracked live block or a sampled one holds it), so nothing is stored
+    /// there unless the block is sampled (then the owner is
+    /// `COMPACT_SAMPLED`, untracked and sampled).
     #[inline(always)]
     fn alloc_off(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
         mark_host_allocator_seen();
@@ -163,7 +167,10 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let p = get(&self.inner, layout);
         if !p.is_null() {
             let c = class(size);
-            if crate::owner::in_slack(size, c) {
+            if alloc_scope::host_sample_due(size) {
+                // SAFETY: a live block of class `c` (host:K1).
+                unsafe { alloc_off_sampled(p, size, c) };
+            } else if crate::owner::in_slack(size, c) {
                 // SAFETY: a live block of class `c` (host:K1); the slack past
                 // `size` is this allocator's.
                 unsafe { crate::owner::write_slack(p, c, 0) };
@@ -216,6 +223,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // never enters this crate or alloc-scope, so the word is the one
         // tested above.
         let id = host_fast_id();
+        // The heap profiler's countdown, on the thread state just addressed
+        // (a subtraction and a branch); when it runs out, all of the rest is
+        // out of line.
+        if alloc_scope::host_sample_due(size) {
+            // SAFETY: as below.
+            unsafe { alloc_fast_sampled(p, size, id) };
+            return p;
+        }
         // SAFETY: a live block of class `class(size)` (host:K1); kept with
         // the thread's fast-path word, and charged once.
         unsafe {
@@ -241,8 +256,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         unsafe {
             track_host_alloc(size, move |id| {
                 let p = get(&self.inner, layout);
-                // SAFETY: a live block of class `c` (host:K1) when not null.
-                let kept = !p.is_null() && put_owner(p, size, c, id);
+                if p.is_null() {
+                    return (p, false);
+                }
+                let mark = profile::compact_mark(profile::sample_alloc(p, size, || {
+                    owner_from_compact(id)
+                }));
+                // SAFETY: a live block of class `c` (host:K1).
+                let kept = put_owner(p, size, c, id | mark);
+                if !kept && mark != 0 {
+                    profile::sampled_free(p);
+                }
                 (p, kept)
             })
         }
@@ -270,8 +294,13 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             if base.is_null() {
                 return base;
             }
+            // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+            let user = unsafe { base.add(h) };
+            let mark = profile::word_mark(profile::sample_alloc(user, layout.size(), || {
+                ScopeId::UNTRACKED
+            }));
             // SAFETY: as below.
-            unsafe { return write_owner(base, h, ScopeId::UNTRACKED) };
+            unsafe { return write_owner(base, h, ScopeId::UNTRACKED.to_bits() | mark) };
         }
         // SAFETY: this is the global allocator's allocation path; the charge is
         // finished exactly once below with the same size.
@@ -285,8 +314,12 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if base.is_null() {
             return base;
         }
+        // SAFETY: `base + h` is the user pointer of this live block (host:H1).
+        let user = unsafe { base.add(h) };
+        let owner = charge.owner();
+        let mark = profile::word_mark(profile::sample_alloc(user, layout.size(), || owner));
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes.
-        unsafe { write_owner(base, h, charge.owner()) }
+        unsafe { write_owner(base, h, owner.to_bits() | mark) }
     }
 }
 
@@ -296,7 +329,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 /// `base` is a live block of at least `h` bytes, aligned to `max(8, align)`,
 /// `h` a multiple of 8 and at least 8 (host:H1).
 #[inline(always)]
-unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
+unsafe fn write_owner(base: *mut u8, h: usize, owner: u64) -> *mut u8 {
     {
         // SAFETY: `base` is a live block of `outer.size() = size + h` bytes, so
         // `base + h` is inside it or one past its end (size 0), and the 8 bytes
@@ -304,7 +337,7 @@ unsafe fn write_owner(base: *mut u8, h: usize, owner: ScopeId) -> *mut u8 {
         // align) and h is a multiple of 8, so `user - 8` is 8-aligned (host:H1, host:H2).
         unsafe {
             let user = base.add(h);
-            user.sub(WORD).cast::<u64>().write(owner.to_bits());
+            user.sub(WORD).cast::<u64>().write(owner);
             user
         }
     }
@@ -339,7 +372,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // owner is taken (a table entry zeroed) before the block goes back
             // to the inner allocator, and charged with the size it was charged.
             unsafe {
-                charge_host_free_compact(take_owner(ptr, size, class(size)), size);
+                let id = take_owner(ptr, size, class(size));
+                if id == host_fast_id() {
+                    // The thread's current scope: the batch.
+                    host_fast_free_charge(size);
+                } else if id != 0 {
+                    // Another scope's block, a thread that does not batch,
+                    // or a sampled block (its owner carries
+                    // `COMPACT_SAMPLED`, above every fast-path word).
+                    return self.dealloc_by_class_other(ptr, layout, id);
+                }
+                // (0: untracked, charged nowhere.)
                 self.inner.dealloc(ptr, layout);
             }
             return;
@@ -351,8 +394,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // `charge_host_free`'s contract: the owner and size this allocator
         // charged for this block.
         unsafe {
-            let owner = ScopeId::from_bits(ptr.sub(WORD).cast::<u64>().read());
-            charge_host_free(owner, layout.size());
+            let bits = ptr.sub(WORD).cast::<u64>().read();
+            if bits & WORD_SAMPLED != 0 {
+                return self.dealloc_sampled(ptr, layout, bits & !WORD_SAMPLED, false);
+            }
+            charge_host_free(ScopeId::from_bits(bits), layout.size());
             self.inner.dealloc(ptr.sub(h), outer);
         }
     }
@@ -368,12 +414,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             return null_mut();
         };
         // SAFETY: as in `dealloc`, the owner word is at `ptr - 8`.
-        let owner = ScopeId::from_bits(unsafe { ptr.sub(WORD).cast::<u64>().read() });
+        let bits = unsafe { ptr.sub(WORD).cast::<u64>().read() };
+        let owner = ScopeId::from_bits(bits & !WORD_SAMPLED);
         // SAFETY: the global allocator's realloc path, for a live block charged
         // to `owner`; finished exactly once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, layout.size(), new_size) }) else {
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, bits & WORD_SAMPLED != 0);
         // SAFETY: the inner block is `ptr - h` with layout `outer`; `new_outer`
         // is non-zero and valid for its alignment (checked by outer_size). The
         // inner realloc keeps the first min(old, new) + h bytes, header included.
@@ -382,11 +432,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // block and every figure as they were.
         unsafe { finish_host_realloc(charge, layout.size(), new_size, !base.is_null()) };
         if base.is_null() {
+            profile::restore_sampled(taken);
             return base;
         }
         // SAFETY: `base` is the moved inner block of `new_outer = new_size + h`
         // bytes; `base + h` is the user pointer (host:H1).
-        unsafe { base.add(h) }
+        let user = unsafe { base.add(h) };
+        let now = profile::sample_alloc(user, new_size, || owner);
+        if bits & WORD_SAMPLED != 0 || now {
+            // SAFETY: the owner word of the moved block, at `user - 8` (host:H2).
+            unsafe { write_owner(base, h, owner.to_bits() | profile::word_mark(now)) };
+        }
+        user
     }
 }
 
@@ -419,12 +476,18 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { put_owner(ptr, size, c, id) };
             return p;
         }
+        // A realloc is an allocation of `new_size` bytes for the profiler
+        // (the old block was not sampled: its owner equals the fast word).
+        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, alloc_scope::current));
         // SAFETY: the block is charged to the thread's current scope (`id`
         // is its fast-path word), its realloc charged once; the moved (or
         // grown) block is live and of class `class(new_size)` (host:K1).
         unsafe {
             host_fast_realloc_charge(size, new_size);
-            if !put_owner(p, new_size, class(new_size), id) {
+            if !put_owner(p, new_size, class(new_size), id | mark) {
+                if mark != 0 {
+                    profile::sampled_free(p);
+                }
                 // Nowhere to keep the owner: the block leaves tracking now.
                 charge_host_free_compact(id, new_size);
             }
@@ -434,7 +497,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 
     /// [`Self::realloc_by_class`] of a block whose owner (`id`, already
     /// taken) is not the thread's fast-path word: another scope's, an
-    /// untracked block, or a thread that does not batch.
+    /// untracked block, a sampled block (`COMPACT_SAMPLED`: it leaves the
+    /// in-use profile here), or a thread that does not batch.
     ///
     /// # Safety
     /// As [`Self::realloc_by_class`]; `c` is the block's class and `id` the
@@ -450,7 +514,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     ) -> *mut u8 {
         let size = layout.size();
         let nc = class(new_size);
-        let owner = owner_from_compact(id);
+        let owner = owner_from_compact(id & !COMPACT_SAMPLED);
         // SAFETY: the realloc path for a live block charged to `owner`;
         // finished once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, size, new_size) }) else {
@@ -458,23 +522,125 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             unsafe { put_owner(ptr, size, c, id) };
             return null_mut();
         };
+        // A sampled block's realloc is its free and a new allocation: out of
+        // the in-use profile before its address can be reused, back if it fails.
+        let taken = profile::take_sampled(ptr, id & COMPACT_SAMPLED != 0);
         // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
         // and, with the same alignment, a valid layout (GlobalAlloc contract).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         // SAFETY: finishes the charge; a failed realloc leaves everything as it was.
         unsafe { finish_host_realloc(charge, size, new_size, !p.is_null()) };
         if p.is_null() {
+            profile::restore_sampled(taken);
             // SAFETY: the old block is still live and of class `c`.
             unsafe { put_owner(ptr, size, c, id) };
             return p;
         }
+        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, || owner));
         // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
-        if !unsafe { put_owner(p, new_size, nc, owner.to_compact()) } {
+        if !unsafe { put_owner(p, new_size, nc, owner.to_compact() | mark) } {
+            if mark != 0 {
+                profile::sampled_free(p);
+            }
             // Nowhere to keep the owner: the block leaves tracking now.
             // SAFETY: the charge for this block, made to `owner`.
             unsafe { charge_host_free(owner, new_size) };
         }
         p
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `dealloc` of a block kept by class whose owner `id` (already taken) is
+    /// not the thread's fast-path word: a sampled block goes to
+    /// [`Self::dealloc_sampled`], any other is charged to its owner.
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block kept by class whose owner was just taken.
+    #[inline(never)]
+    unsafe fn dealloc_by_class_other(&self, ptr: *mut u8, layout: Layout, id: u32) {
+        if id & COMPACT_SAMPLED != 0 {
+            // SAFETY: the contract, for a block whose owner had the flag.
+            return unsafe {
+                self.dealloc_sampled(ptr, layout, (id & !COMPACT_SAMPLED) as u64, true)
+            };
+        }
+        // SAFETY: the owner taken from the block and the size it was charged;
+        // the block goes back to the inner allocator with its layout.
+        unsafe {
+            charge_host_free_compact(id, layout.size());
+            self.inner.dealloc(ptr, layout);
+        }
+    }
+
+    /// `dealloc` of a sampled block (its owner carries the sampled bit; `bits`
+    /// is the owner without it, a compact id when `by_class`): out of the
+    /// in-use profile first, while its address cannot be reused yet, then
+    /// charged to its owner once and freed.
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block whose owner had the sampled bit.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout, bits: u64, by_class: bool) {
+        profile::sampled_free(ptr);
+        // SAFETY: as in `dealloc` (the owner, the size it was charged, the
+        // inner block and layout), with the sampled bit removed.
+        unsafe {
+            if by_class {
+                charge_host_free_compact(bits as u32, layout.size());
+                self.inner.dealloc(ptr, layout);
+            } else {
+                let (outer, h) = outer_unchecked(layout);
+                charge_host_free(ScopeId::from_bits(bits), layout.size());
+                self.inner.dealloc(ptr.sub(h), outer);
+            }
+        }
+    }
+}
+
+/// The rest of [`TrackingAllocator::alloc_by_class`] when the heap
+/// profiler's countdown ran out: the sample (or a fresh interval), the owner
+/// with `COMPACT_SAMPLED` when sampled, the charge.
+///
+/// # Safety
+/// As the fast path: `p` a live block of `size` bytes and class
+/// `class(size)` (host:K1), `id` the thread's fast-path word (not
+/// `NOT_FAST`), charged once here.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32) {
+    let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
+    // SAFETY: the contract.
+    unsafe {
+        if put_owner(p, size, class(size), id | mark) {
+            host_fast_charge(size);
+        } else if mark != 0 {
+            // Untracked (nowhere to keep the owner): out of the profile.
+            profile::sampled_free(p);
+        }
+    }
+}
+
+/// The rest of [`TrackingAllocator::alloc_off`] when the heap profiler's
+/// countdown ran out: the owner is `COMPACT_SAMPLED` (untracked, sampled)
+/// or 0.
+///
+/// # Safety
+/// `p` is a live block of `size` bytes and class `c` (host:K1).
+#[cold]
+#[inline(never)]
+unsafe fn alloc_off_sampled(p: *mut u8, size: usize, c: Class) {
+    let mark = profile::compact_mark(profile::take_due(p, size, ScopeId::UNTRACKED));
+    if crate::owner::in_slack(size, c) {
+        // SAFETY: the contract; the slack past `size` is this allocator's.
+        unsafe { crate::owner::write_slack(p, c, mark) };
+    } else if mark != 0 {
+        // SAFETY: the contract.
+        if !unsafe { put_owner(p, size, c, mark) } {
+            // Nowhere to keep the mark: out of the in-use profile now.
+            profile::sampled_free(p);
+        }
     }
 }
 

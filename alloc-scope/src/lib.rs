@@ -39,7 +39,7 @@ mod validate;
 #[cfg(all(test, loom))]
 mod loom_tests;
 
-pub use id::{COMPACT_SAMPLED, ScopeId};
+pub use id::{COMPACT_SAMPLED, ScopeId, WORD_SAMPLED};
 pub use invariant::ScopeInvariant;
 pub use registry::{CAPACITY, MAX_DEPTH};
 
@@ -55,7 +55,7 @@ pub use handle::{
 #[cfg(not(loom))]
 pub use instrument::{InScope, Instrument};
 #[cfg(not(loom))]
-pub use report::{ScopeNode, ScopeTree, format_bytes, report, scope_tree};
+pub use report::{ScopeNode, ScopeTree, format_bytes, report, scope_tree, with_scope_name};
 #[cfg(not(loom))]
 pub use sketch::{BUCKETS as SKETCH_BUCKETS, SKETCH_BYTES};
 #[cfg(not(loom))]
@@ -67,8 +67,9 @@ pub use thread::{
     BATCH_BYTES, BATCH_OPS, DEVICE_BATCH_BYTES, HostCharge, NOT_FAST, STACK_MAX, begin_host_alloc,
     begin_host_realloc, charge_device_alloc, charge_device_free, charge_host_free,
     charge_host_free_compact, current, finish_host_alloc, finish_host_realloc, flush,
-    host_allocator_seen, host_fast_charge, host_fast_id, host_fast_realloc_charge,
-    mark_host_allocator_seen, owner_from_compact, track_host_alloc, untracked,
+    host_allocator_seen, host_fast_charge, host_fast_free_charge, host_fast_id,
+    host_fast_realloc_charge, host_sample_due, mark_host_allocator_seen, owner_from_compact,
+    set_host_sample_left, track_host_alloc, untracked,
 };
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

@@ -225,7 +225,7 @@ impl<const N: usize> Registry<N> {
         // threads that each write one word and then read the other, at least
         // one sees the other's write (scope:R4).
         m.pins.fetch_add(1, AcqRel);
-        if m.generation.fetch_add(0, AcqRel) == generation {
+        if m.generation.fetch_add(0, AcqRel) & super::id::GEN_MASK == generation {
             owner
         } else {
             m.pins.fetch_sub(1, Release);
@@ -514,7 +514,7 @@ impl<const N: usize> Registry<N> {
         slot < FIXED
             || self.record(slot).is_some_and(|r| {
                 r.meta.0.state.load(Acquire) != FREE
-                    && r.meta.0.generation.load(Acquire) == generation
+                    && r.meta.0.generation.load(Acquire) & super::id::GEN_MASK == generation
             })
     }
 }

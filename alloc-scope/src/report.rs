@@ -211,6 +211,21 @@ pub fn report() -> String {
     thread::untracked(|| scope_tree().render())
 }
 
+/// Runs `f` on the name of scope `id` while that scope still holds its slot
+/// (`None` once it was recycled, and for [`ScopeId::UNTRACKED`](crate::ScopeId::UNTRACKED)).
+/// Takes no lock and does not allocate: the host allocator's sampler calls it
+/// from inside an allocation.
+pub fn with_scope_name<R>(id: crate::ScopeId, f: impl FnOnce(&str) -> R) -> Option<R> {
+    if !id.is_tracked() {
+        return None;
+    }
+    let r = REGISTRY.record(id.slot())?;
+    if !REGISTRY.is_live(id.slot(), id.generation()) {
+        return None;
+    }
+    Some(r.name.0.with_str(f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_bytes;

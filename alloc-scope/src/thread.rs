@@ -125,10 +125,13 @@ pub(crate) struct ThreadState {
     /// HOOK_SET` (charges go to the batch), [`NOT_FAST`] otherwise. The one
     /// word an allocation tests, and a free compares with the block's owner.
     fast_id: Cell<u32>,
-    // Issue 19 (sampled heap profiles) puts its per-thread byte countdown here,
-    // next to the fast-path word: decremented by the request size on every
-    // allocation, a `#[cold]` call when it goes below zero (see
-    // `track_host_alloc`).
+    /// The heap profiler's byte countdown (alloc-host's `profile`), next to
+    /// the fast-path word so that the allocation path reaches it from the
+    /// thread-state address it already has: decremented by the request size
+    /// on every allocation ([`host_sample_due`]); below zero, the profiler's
+    /// cold path decides (a sample, or a fresh interval). Starts at 0, so a
+    /// thread's first allocation takes that path.
+    sample_left: Cell<i64>,
     batch: UnsafeCell<Batch>,
     pub(crate) current: Cell<ScopeId>,
     /// The current chain has a budget: charge unbatched.
@@ -144,6 +147,7 @@ impl ThreadState {
     const fn new() -> Self {
         ThreadState {
             fast_id: Cell::new(NOT_FAST),
+            sample_left: Cell::new(0),
             batch: UnsafeCell::new(Batch::EMPTY),
             current: Cell::new(ScopeId::ROOT),
             direct: Cell::new(false),
@@ -617,9 +621,12 @@ pub unsafe fn charge_host_free_compact(id: u32, bytes: usize) {
 #[cold]
 #[inline(never)]
 fn free_compact_slow(s: &ThreadState, id: u32, bytes: u64) {
-    // Issue 19: a stored owner with the sampled bit (`COMPACT_SAMPLED`) lands
-    // here; the profiler's free hook goes at this spot, and the bit is cleared
-    // before the owner is looked up.
+    // A stored owner with the sampled bit (`COMPACT_SAMPLED`) never equals
+    // the fast-path word; alloc-host's `dealloc` sends such a block to its
+    // cold `dealloc_sampled` (which removes the sample and calls back here
+    // with the bit cleared) before it gets here. Cleared again so that the
+    // owner looked up is never a flagged value.
+    let id = id & !crate::COMPACT_SAMPLED;
     free_remote(s, REGISTRY.owner_of_compact(id), bytes);
 }
 
@@ -651,8 +658,6 @@ pub unsafe fn track_host_alloc(
     if id == NOT_FAST {
         return track_alloc_slow(s, bytes, alloc);
     }
-    // Issue 19: the sampling countdown goes here (`countdown -= bytes`, a
-    // `#[cold]` call when it goes below zero).
     let (p, kept) = alloc(id);
     if kept && s.with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES)) {
         flush_nonempty(s);
@@ -703,6 +708,40 @@ pub unsafe fn host_fast_realloc_charge(old: usize, new: usize) {
     if s.with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES)) {
         flush_nonempty(s);
     }
+}
+
+/// A free of a block whose stored owner equals [`host_fast_id`] (so the
+/// thread batches, and the owner is its current scope): into the batch.
+///
+/// # Safety
+/// Only a global allocator, once per free of a block kept with the id
+/// [`host_fast_id`] returns on this thread now, with the size it charged.
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_free_charge(bytes: usize) {
+    free_in_batch(this_thread(), bytes);
+}
+
+/// The heap profiler's countdown step: subtracts `bytes` from the calling
+/// thread's byte countdown and says whether it went below zero (then the
+/// profiler decides, and sets a new countdown with [`set_host_sample_left`]).
+/// One load, a subtraction, a store and the sign on the thread state the
+/// allocation path already addresses.
+#[doc(hidden)]
+#[inline(always)]
+pub fn host_sample_due(bytes: usize) -> bool {
+    let c = &this_thread().sample_left;
+    let left = c.get().wrapping_sub(bytes as i64);
+    c.set(left);
+    left < 0
+}
+
+/// Sets the calling thread's heap-profiler byte countdown (see
+/// [`host_sample_due`]).
+#[doc(hidden)]
+#[inline]
+pub fn set_host_sample_left(bytes: i64) {
+    this_thread().sample_left.set(bytes);
 }
 
 /// [`track_host_alloc`] on a thread that does not charge batched.

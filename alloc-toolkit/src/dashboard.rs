@@ -5,7 +5,9 @@
 //! It shows host and device memory over time (from a monitor's series), the
 //! machine, container and process, the device summary, the per-name
 //! aggregates of closed scopes (p50/p99/max of host and device peaks), the
-//! open scopes, the memory that outlived its scope, and the
+//! open scopes, the memory that outlived its scope, the top allocation sites
+//! of the largest scopes (sampled heap profile, with the `profile` feature;
+//! the page links to `pprof/heap`, the server's `/debug/pprof/heap`), and the
 //! [`recommendations`](crate::recommendations). Each figure says its unit
 //! and whether it is exact or an estimate (the [`DashboardData::legend`]).
 //!
@@ -174,6 +176,10 @@ pub fn legend() -> BTreeMap<&'static str, &'static str> {
             "scopes",
             "bytes and counts, exact (each scope read field by field)",
         ),
+        (
+            "sites",
+            "bytes, estimate (sampled heap in use, weighted; see sites.rate)",
+        ),
     ])
 }
 
@@ -196,6 +202,80 @@ pub struct DashboardData {
     pub recommendations: Vec<Recommendation>,
     /// Each figure's unit, and whether it is exact or an estimate.
     pub legend: BTreeMap<&'static str, &'static str>,
+    /// The top allocation sites of the scope names holding the most sampled
+    /// in-use bytes (empty while heap sampling is off, or without the
+    /// `profile` feature).
+    pub sites: SitePanel,
+}
+
+/// The "top allocation sites" panel: from alloc-host's sampled heap profile
+/// (estimates), for the [`SITE_SCOPES`] scope names with the most in-use
+/// bytes, their [`SITE_ROWS`] largest sites each.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SitePanel {
+    /// The mean sampling interval in bytes; 0: sampling is off.
+    pub rate: u64,
+    /// Scope names, largest first.
+    pub scopes: Vec<ScopeSites>,
+}
+
+/// One scope name's top sites.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScopeSites {
+    /// The scope name (`(untracked)`: allocated while tracking was off).
+    pub scope: String,
+    /// Estimated in-use bytes of the name.
+    pub bytes: u64,
+    /// Its largest sites: function, estimated bytes, share of the name's bytes.
+    pub sites: Vec<(String, u64, f64)>,
+}
+
+/// Scope names in the sites panel.
+pub const SITE_SCOPES: usize = 3;
+/// Sites per scope name in the panel.
+pub const SITE_ROWS: usize = 5;
+
+impl SitePanel {
+    /// Reads the in-use profile now (symbolizes its sites).
+    #[cfg(feature = "profile")]
+    pub fn now() -> Self {
+        use alloc_host::profile::{Filter, Kind, profile, profile_filtered, sample_rate};
+        let rate = sample_rate();
+        if rate == 0 && alloc_host::profile::counts().live == 0 {
+            return SitePanel::default();
+        }
+        let all = profile(Kind::InUse);
+        let mut by: BTreeMap<String, f64> = BTreeMap::new();
+        for s in &all.samples {
+            *by.entry(s.scope.clone()).or_default() += s.bytes;
+        }
+        let mut names: Vec<(String, f64)> = by.into_iter().collect();
+        names.sort_by(|a, b| b.1.total_cmp(&a.1));
+        names.truncate(SITE_SCOPES);
+        let scopes = names
+            .into_iter()
+            .map(|(scope, bytes)| {
+                let p = profile_filtered(Kind::InUse, Filter::Name(scope.clone()));
+                let sites = p
+                    .top_sites(SITE_ROWS)
+                    .into_iter()
+                    .map(|s| (s.function, s.bytes.round() as u64, s.share))
+                    .collect();
+                ScopeSites {
+                    scope,
+                    bytes: bytes.round() as u64,
+                    sites,
+                }
+            })
+            .collect();
+        SitePanel { rate, scopes }
+    }
+
+    /// Without the `profile` feature: empty.
+    #[cfg(not(feature = "profile"))]
+    pub fn now() -> Self {
+        SitePanel::default()
+    }
 }
 
 impl DashboardData {
@@ -224,6 +304,7 @@ impl DashboardData {
             scopes: LiveScopes::from_tree(scopes),
             recommendations,
             legend: legend(),
+            sites: SitePanel::now(),
         }
     }
 
@@ -437,8 +518,58 @@ pub fn render_html(data: &DashboardData) -> String {
     device_table(&mut out, &data.memory.devices);
     names_table(&mut out, &data.names, &data.registry);
     live_scopes(&mut out, &data.scopes);
+    sites_panel(&mut out, &data.sites);
     out.push_str("</body></html>\n");
     out
+}
+
+fn sites_panel(out: &mut String, p: &SitePanel) {
+    out.push_str("<h2>Top allocation sites</h2>");
+    if p.scopes.is_empty() {
+        out.push_str(if p.rate == 0 {
+            "<p class=sub>heap sampling is off: set ALLOC_PROFILE_RATE=524288 (bytes) or call alloc_host::set_sample_rate</p>\n"
+        } else {
+            "<p class=sub>no sampled block in use</p>\n"
+        });
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "<p class=sub>sampled heap in use (estimates; one sample per {} allocated on average), the {} scope names holding the most, their {} largest sites; full stacks: <a href=\"pprof/heap?format=svg\">flamegraph</a>, <a href=\"pprof/heap\">pprof</a></p><table>",
+        b(p.rate),
+        SITE_SCOPES,
+        SITE_ROWS
+    );
+    head(
+        out,
+        &[
+            "scope name",
+            "in use (est.)",
+            "site",
+            "bytes (est.)",
+            "share",
+        ],
+    );
+    for s in &p.scopes {
+        for (i, (f, bytes, share)) in s.sites.iter().enumerate() {
+            let (name, total) = if i == 0 {
+                (s.scope.clone(), b(s.bytes))
+            } else {
+                (String::new(), String::new())
+            };
+            row(
+                out,
+                &[
+                    name,
+                    total,
+                    f.clone(),
+                    b(*bytes),
+                    format!("{:.1} %", share * 100.0),
+                ],
+            );
+        }
+    }
+    out.push_str("</table>\n");
 }
 
 fn live_scopes(out: &mut String, l: &LiveScopes) {

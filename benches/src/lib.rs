@@ -2,4 +2,5 @@
 //! whole-process comparison (`src/bin/wp_*.rs`: one binary per global allocator,
 //! all running [`workload::run`]). Figures and commands: `RESULTS.md`.
 
+pub mod sites;
 pub mod workload;

@@ -60,4 +60,7 @@ static A: TrackingAllocator<Refusing> = TrackingAllocator::with_inner(Refusing);
 /// The inner allocator refuses on demand.
 const CAN_REFUSE: bool = true;
 
+/// Heap sampling off (the `_sampled` variant samples nearly every block).
+const SAMPLE_RATE: u64 = 0;
+
 include!("model/common.rs");

@@ -20,4 +20,7 @@ static A: TrackingAllocator = TrackingAllocator::new();
 const CAN_REFUSE: bool = false;
 static REFUSE_NEXT: AtomicBool = AtomicBool::new(false);
 
+/// Heap sampling off (the `_sampled` variant samples nearly every block).
+const SAMPLE_RATE: u64 = 0;
+
 include!("model/common.rs");

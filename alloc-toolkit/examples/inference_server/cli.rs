@@ -41,6 +41,10 @@ pub struct Options {
     /// Largest request body, bytes (413 beyond).
     #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1024..=(64 << 20)))]
     pub max_body_bytes: u32,
+    /// Heap sampling: mean bytes between samples (0: off). Default: the
+    /// ALLOC_PROFILE_RATE environment variable if set, else 524288 (512 KiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(0..=(1u64 << 40)))]
+    pub profile_rate: Option<u64>,
 }
 
 /// A timeout in seconds, from 0.001 to 3600.

@@ -49,6 +49,15 @@ static GLOBAL: TrackingAllocator = TrackingAllocator::new();
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = <cli::Options as clap::Parser>::parse();
+    // Heap sampling (served at /debug/pprof/heap): on at 512 KiB unless the
+    // command line or ALLOC_PROFILE_RATE says otherwise.
+    match opts.profile_rate {
+        Some(rate) => alloc_host::set_sample_rate(rate),
+        None if std::env::var_os(alloc_host::profile::RATE_ENV).is_none() => {
+            alloc_host::set_sample_rate(alloc_host::profile::DEFAULT_MEAN)
+        }
+        None => {}
+    }
     // Spans of this program at INFO and above become scopes (the model load).
     tracing_subscriber::registry()
         .with(

@@ -465,12 +465,102 @@ async fn memory_json<B: Memory>(State(app): State<Arc<App<B>>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], data.to_json()).into_response()
 }
 
+/// `/debug/pprof/heap`: the sampled heap profile (read-only).
+/// `?kind=inuse|alloc` (default inuse), `?scope=NAME` (only that scope
+/// name), `?format=pprof|svg|text` (default pprof: gzip'd protobuf for
+/// `go tool pprof`; svg: a flamegraph; text: the top sites).
+async fn pprof_heap(uri: axum::http::Uri) -> Response {
+    use alloc_host::profile::{Filter, Kind, profile_filtered};
+    let mut kind = Kind::InUse;
+    let mut filter = Filter::All;
+    let mut format = "pprof".to_string();
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "kind" => match Kind::parse(&v) {
+                Some(k) => kind = k,
+                None => {
+                    return bad(format!(
+                        "kind={v:?} is not a heap profile kind; use kind=inuse or kind=alloc"
+                    ));
+                }
+            },
+            "scope" => filter = Filter::Name(v),
+            "format" => match v.as_str() {
+                "pprof" | "svg" | "text" => format = v,
+                _ => {
+                    return bad(format!(
+                        "format={v:?} is not an output format; use format=pprof, svg or text"
+                    ));
+                }
+            },
+            _ => {
+                return bad(format!(
+                    "{k:?} is not a parameter; use kind, scope or format"
+                ));
+            }
+        }
+    }
+    let work = move || {
+        let p = profile_filtered(kind, filter);
+        match format.as_str() {
+            "svg" => ("image/svg+xml", p.to_flamegraph_svg()),
+            "text" => ("text/plain; charset=utf-8", p.to_text(30).into_bytes()),
+            _ => ("application/octet-stream", p.to_pprof()),
+        }
+    };
+    match tokio::task::spawn_blocking(move || alloc_host::untracked(work)).await {
+        Ok((ct, body)) => ([(header::CONTENT_TYPE, ct)], body).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("profile failed: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn bad(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, msg + "\n").into_response()
+}
+
+/// `%XX` and `+` decoded (scope names may hold spaces).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 async fn index() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         "<!doctype html><title>inference_server</title><p>POST /infer with Content-Type: application/json, {\"id\":1,\"tokens\":[1,2,3]} (token ids 0 to 4095) · \
          <a href=\"/metrics\">/metrics</a> · <a href=\"/debug/memory\">/debug/memory</a> · \
-         <a href=\"/debug/memory.json\">/debug/memory.json</a>",
+         <a href=\"/debug/memory.json\">/debug/memory.json</a> · \
+         <a href=\"/debug/pprof/heap?format=text\">/debug/pprof/heap</a>",
     )
         .into_response()
 }
@@ -529,6 +619,7 @@ where
         .route("/metrics", get(metrics::<B>))
         .route("/debug/memory", get(memory_page::<B>))
         .route("/debug/memory.json", get(memory_json::<B>))
+        .route("/debug/pprof/heap", get(pprof_heap))
         .with_state(app)
 }
 

@@ -480,6 +480,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         ..Model::default()
     });
     alloc_host::set_tracking(true);
+    alloc_host::set_sample_rate(SAMPLE_RATE);
     let result = (|| {
         for (n, op) in ops.iter().enumerate() {
             step(&mut m, op);
