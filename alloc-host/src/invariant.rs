@@ -33,7 +33,8 @@ alloc_scope::invariants! {
         /// until free: in its slack if `class(size) - size >= 4`, else in its
         /// class's table entry (index `(address mod 256 MiB) >> shift`,
         /// `1 << shift ≤ class size`); 0 means untracked. A table entry is 0
-        /// unless a tracked live block holds it: a free, and a realloc that
+        /// unless a tracked live block (or a sampled untracked one, whose entry
+        /// holds only the sampled flag) holds it: a free, and a realloc that
         /// moves or regrows the block, zero it before the block goes back to
         /// the inner allocator; so a block allocated while tracking is off
         /// writes 0 in its slack and nothing in the table, and still reads as
@@ -42,5 +43,16 @@ alloc_scope::invariants! {
         /// The placement is a function of the size alone (and the process-wide
         /// mode), so allocation, reallocation and free agree on it.
         O2 => "placement by size alone",
+        /// A sampled block carries the sampled flag in its stored owner
+        /// (`alloc_scope::COMPACT_SAMPLED`, bit 31 of a compact id;
+        /// `alloc_scope::WORD_SAMPLED`, bit 63 of a header word) exactly while
+        /// the profile's live table holds its address. No id uses that bit, so
+        /// a flagged owner never equals a thread's fast word: its free or
+        /// realloc leaves the fast path, takes the sample out of the live
+        /// table before the address can be reused, and charges the owner (the
+        /// flag stripped) exactly once. Kept in `tracking.rs` and
+        /// `profile/mod.rs`; tested by `host_profile_free` and the sampled host
+        /// models (`host_model_sampled`, `host_model_mimalloc_sampled`).
+        S1 => "sampled flag matches the live table",
     }
 }
