@@ -16,7 +16,7 @@ use alloc_scope::{
     owner_from_compact, track_host_alloc,
 };
 
-use crate::classes::{Class, GATE, GATE_CLASSES, GATE_OFF, class};
+use crate::classes::{Class, GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, class};
 use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
@@ -167,13 +167,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let p = get(&self.inner, layout);
         if !p.is_null() {
             let c = class(size);
-            if alloc_scope::host_sample_due(size) {
-                // SAFETY: a live block of class `c` (host:K1).
-                unsafe { alloc_off_sampled(p, size, c) };
-            } else if crate::owner::in_slack(size, c) {
+            if crate::owner::in_slack(size, c) {
                 // SAFETY: a live block of class `c` (host:K1); the slack past
                 // `size` is this allocator's.
                 unsafe { crate::owner::write_slack(p, c, 0) };
+            }
+            // The heap profiler's countdown after the owner's store, so that
+            // the class is no longer live across it.
+            if alloc_scope::host_sample_due(size) {
+                // SAFETY: a live block of `size` bytes (host:K1), not yet
+                // returned to the caller.
+                unsafe { alloc_off_sampled(p, size) };
             }
         }
         p
@@ -223,20 +227,22 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // never enters this crate or alloc-scope, so the word is the one
         // tested above.
         let id = host_fast_id();
+        // SAFETY: a live block of class `class(size)` (host:K1); kept with
+        // the thread's fast-path word.
+        let kept = unsafe { put_owner(p, size, class(size), id) };
         // The heap profiler's countdown, on the thread state just addressed
-        // (a subtraction and a branch); when it runs out, all of the rest is
-        // out of line.
+        // (a subtraction and a branch), after the owner's store so that the
+        // word is no longer live across it; when it runs out, the rest is out
+        // of line (the sampled flag is then added to the stored owner).
         if alloc_scope::host_sample_due(size) {
-            // SAFETY: as below.
-            unsafe { alloc_fast_sampled(p, size, id) };
+            // SAFETY: as below; `kept` is what `put_owner` returned.
+            unsafe { alloc_fast_sampled(p, size, id, kept) };
             return p;
         }
-        // SAFETY: a live block of class `class(size)` (host:K1); kept with
-        // the thread's fast-path word, and charged once.
-        unsafe {
-            if put_owner(p, size, class(size), id) {
-                host_fast_charge(size);
-            }
+        if kept {
+            // SAFETY: the block was kept with the thread's fast-path word;
+            // charged once.
+            unsafe { host_fast_charge(size) };
         }
         p
     }
@@ -365,7 +371,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if self.by_class(layout) {
+        if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
+            let placement = GATE.load(Relaxed) & GATE_MODE;
+            if placement != GATE_CLASSES {
+                if placement != GATE_HEADER {
+                    // SAFETY: the caller's live block of `layout`.
+                    return unsafe { self.dealloc_undecided(ptr, layout) };
+                }
+                // SAFETY: as below; the header placement.
+                return unsafe { self.dealloc_header(ptr, layout) };
+            }
             let size = layout.size();
             // SAFETY: `ptr` is a live block of this layout, so of class
             // `class(size)`, its owner kept by class (host:O1, host:O2); the
@@ -387,20 +402,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             }
             return;
         }
-        let (outer, h) = outer_unchecked(layout);
-        // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
-        // so the owner word sits at `ptr - 8` and the inner block starts at
-        // `ptr - h` with layout `outer` (host:H1, host:H2).
-        // `charge_host_free`'s contract: the owner and size this allocator
-        // charged for this block.
-        unsafe {
-            let bits = ptr.sub(WORD).cast::<u64>().read();
-            if bits & WORD_SAMPLED != 0 {
-                return self.dealloc_sampled(ptr, layout, bits & !WORD_SAMPLED, false);
-            }
-            charge_host_free(ScopeId::from_bits(bits), layout.size());
-            self.inner.dealloc(ptr.sub(h), outer);
-        }
+        // SAFETY: the caller's live block of `layout`, its owner in the header.
+        unsafe { self.dealloc_header(ptr, layout) }
     }
 
     #[inline]
@@ -573,6 +576,46 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         }
     }
 
+    /// `dealloc` before the placement is decided (out of line, so that the
+    /// free keeps no register for it): decides it, then frees as `dealloc`.
+    ///
+    /// # Safety
+    /// As `dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_undecided(&self, ptr: *mut u8, layout: Layout) {
+        if self.by_class(layout) {
+            // SAFETY: the contract; the placement is now decided (by class).
+            unsafe { self.dealloc(ptr, layout) }
+        } else {
+            // SAFETY: the contract; the owner is in the header.
+            unsafe { self.dealloc_header(ptr, layout) }
+        }
+    }
+
+    /// `dealloc` of a block whose owner is in its header (out of line, so
+    /// that the by-class free keeps a short prologue).
+    ///
+    /// # Safety
+    /// As `dealloc`, for a block not placed by class.
+    #[inline(never)]
+    unsafe fn dealloc_header(&self, ptr: *mut u8, layout: Layout) {
+        let (outer, h) = outer_unchecked(layout);
+        // SAFETY: `ptr` came from `alloc*` with this layout (GlobalAlloc contract),
+        // so the owner word sits at `ptr - 8` and the inner block starts at
+        // `ptr - h` with layout `outer` (host:H1, host:H2).
+        // `charge_host_free`'s contract: the owner and size this allocator
+        // charged for this block.
+        unsafe {
+            let bits = ptr.sub(WORD).cast::<u64>().read();
+            if bits & WORD_SAMPLED != 0 {
+                return self.dealloc_sampled(ptr, layout, bits & !WORD_SAMPLED, false);
+            }
+            charge_host_free(ScopeId::from_bits(bits), layout.size());
+            self.inner.dealloc(ptr.sub(h), outer);
+        }
+    }
+
     /// `dealloc` of a sampled block (its owner carries the sampled bit; `bits`
     /// is the owner without it, a compact id when `by_class`): out of the
     /// in-use profile first, while its address cannot be reused yet, then
@@ -601,36 +644,45 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 
 /// The rest of [`TrackingAllocator::alloc_by_class`] when the heap
 /// profiler's countdown ran out: the sample (or a fresh interval), the owner
-/// with `COMPACT_SAMPLED` when sampled, the charge.
+/// rewritten with `COMPACT_SAMPLED` when sampled, the charge.
 ///
 /// # Safety
 /// As the fast path: `p` a live block of `size` bytes and class
-/// `class(size)` (host:K1), `id` the thread's fast-path word (not
-/// `NOT_FAST`), charged once here.
+/// `class(size)` (host:K1), not yet returned to the caller, `id` the
+/// thread's fast-path word (not `NOT_FAST`); `kept` says whether `put_owner`
+/// kept `id` as its owner (then it is charged once here).
 #[cold]
 #[inline(never)]
-unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32) {
+unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32, kept: bool) {
     let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
-    // SAFETY: the contract.
-    unsafe {
-        if put_owner(p, size, class(size), id | mark) {
-            host_fast_charge(size);
-        } else if mark != 0 {
+    if !kept {
+        if mark != 0 {
             // Untracked (nowhere to keep the owner): out of the profile.
             profile::sampled_free(p);
         }
+        return;
+    }
+    // SAFETY: the contract; the owner's slot exists (it was just written),
+    // so the rewrite keeps it, and no other thread sees the block yet.
+    unsafe {
+        if mark != 0 {
+            put_owner(p, size, class(size), id | mark);
+        }
+        host_fast_charge(size);
     }
 }
 
 /// The rest of [`TrackingAllocator::alloc_off`] when the heap profiler's
 /// countdown ran out: the owner is `COMPACT_SAMPLED` (untracked, sampled)
-/// or 0.
+/// or stays 0.
 ///
 /// # Safety
-/// `p` is a live block of `size` bytes and class `c` (host:K1).
+/// `p` is a live block of `size` bytes (host:K1), not yet returned to the
+/// caller.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_off_sampled(p: *mut u8, size: usize, c: Class) {
+unsafe fn alloc_off_sampled(p: *mut u8, size: usize) {
+    let c = class(size);
     let mark = profile::compact_mark(profile::take_due(p, size, ScopeId::UNTRACKED));
     if crate::owner::in_slack(size, c) {
         // SAFETY: the contract; the slack past `size` is this allocator's.
