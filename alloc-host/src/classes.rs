@@ -20,7 +20,7 @@ pub(crate) const MEDIUM_MAX: usize = 64 << 10;
 /// apart (each is larger than it), which keys their side table.
 pub(crate) const HUGE_SHIFT: u32 = 16;
 /// `1 << HUGE_SHIFT`.
-#[cfg(test)]
+#[cfg(all(test, feature = "mimalloc"))]
 pub(crate) const HUGE_GRANULE: usize = 1 << HUGE_SHIFT;
 /// Bin numbers are below this (bin 0 is unused; bins up to 48 hold sizes up to
 /// [`MEDIUM_MAX`]; [`HUGE_BIN`] is the table of blocks above it).
@@ -172,10 +172,8 @@ pub(crate) static GATE: AtomicU8 = AtomicU8::new(0);
 /// Placement by class, tracking on: the gate of the fast path.
 pub(crate) const GATE_CLASSES: u8 = 1;
 /// Placement in a header.
-#[cfg(feature = "mimalloc")]
 pub(crate) const GATE_HEADER: u8 = 2;
 /// The placement bits.
-#[cfg(feature = "mimalloc")]
 pub(crate) const GATE_MODE: u8 = 3;
 /// Tracking switched off.
 pub(crate) const GATE_OFF: u8 = 4;
