@@ -22,43 +22,7 @@ mod server;
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator::new();
 
-fn start() -> (tokio::runtime::Runtime, SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = Arc::new(CachingAllocator::new(
-        HostBackend::new(),
-        Config {
-            max_reserved_bytes: Some(256 << 20),
-            ..Config::default()
-        },
-    ));
-    let monitor = MemoryMonitor::new(MonitorConfig::default())
-        .unwrap()
-        .start()
-        .unwrap();
-    let app = Arc::new(server::App {
-        model: Arc::new(server::Model::load()),
-        engine,
-        stream: (),
-        monitor,
-        metrics: alloc_toolkit::Metrics::new(),
-    });
-    let config = server::ServerConfig::default();
-    let router = server::router(app, &config);
-    let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(server::serve(listener, router, config));
-        addr
-    });
-    (rt, addr)
-}
+include!("support/start.rs");
 
 /// One HTTP/1.1 request on its own connection: status and body.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
@@ -134,7 +98,7 @@ fn well_formed(p: &Profile, types: [&str; 2]) -> Vec<String> {
 #[test]
 fn heap_profile_under_load_names_the_request_path() {
     alloc_host::set_sample_rate(64 << 10);
-    let (_rt, addr) = start();
+    let (_rt, addr) = start(server::ServerConfig::default(), 256 << 20);
     // Load: 8 clients, 30 requests each, while the profile is read.
     let clients: Vec<_> = (0..8u64)
         .map(|c| {
