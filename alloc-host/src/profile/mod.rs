@@ -245,9 +245,23 @@ fn take_sample(p: *mut u8, size: usize, owner: ScopeId) -> bool {
     let next = sampler::interval(sampler::splitmix64(&mut rng), mean);
     let _ = RNG.try_with(|r| r.set(rng));
     alloc_scope::set_host_sample_left(next);
-    if BUSY.try_with(|b| b.get()).unwrap_or(true) || p.is_null() {
+    if p.is_null() {
         return false;
     }
+    // Suspended (reading a profile), or already inside a sample on this
+    // thread: an allocation made by the unwinder itself is not sampled, so a
+    // sample never re-enters the walk or the table's lock.
+    match BUSY.try_with(|b| b.replace(true)) {
+        Ok(false) => {}
+        Ok(true) | Err(_) => return false,
+    }
+    let kept = record_sample(p, size, owner, mean);
+    let _ = BUSY.try_with(|b| b.set(false));
+    kept
+}
+
+/// Walks the stack and records the sample of block `p` (cold; `BUSY` is set).
+fn record_sample(p: *mut u8, size: usize, owner: ScopeId, mean: u64) -> bool {
     let mut frames = [0usize; stack::MAX_FRAMES];
     let depth = if FRAME_POINTERS.load(Relaxed) {
         stack::walk(&mut frames)
