@@ -139,22 +139,42 @@ impl Batch {
     }
 
     /// Records an allocation of `bytes`; true when the batch must be applied
-    /// now (its operations are used up or its net live bytes left
-    /// `[-limit, limit]`).
+    /// now (its operations are used up or its net live bytes passed
+    /// `limit`).
+    ///
+    /// Only the upper bound is tested: a batch is applied as soon as it is
+    /// due, so at rest `live` lies in `[-limit, limit]` and `max_prefix <=
+    /// limit`; an allocation only raises `live`, and `live > limit` implies
+    /// `live > max_prefix`, so the bound is tested only when the high-water
+    /// mark moves (never on a steady alloc/free cycle).
     #[inline(always)]
     pub(crate) fn alloc(&mut self, bytes: u64, limit: i64) -> bool {
         self.allocations = self.allocations.wrapping_add(1);
+        self.bytes_allocated = self.bytes_allocated.wrapping_add(bytes);
+        self.live = self.live.wrapping_add(bytes as i64);
+        if self.live > self.max_prefix {
+            return self.raise(limit);
+        }
         self.left = self.left.wrapping_sub(1);
-        self.grow(bytes);
-        self.due(limit)
+        self.left == 0
     }
 
-    /// Records a free of `bytes`; true when the batch must be applied now.
+    /// The rest of [`Batch::alloc`] when `live` passed the high-water mark.
+    #[inline(always)]
+    fn raise(&mut self, limit: i64) -> bool {
+        self.max_prefix = self.live;
+        self.left = self.left.wrapping_sub(1);
+        self.left == 0 || self.live > limit
+    }
+
+    /// Records a free of `bytes`; true when the batch must be applied now
+    /// (operations used up, or `live` below `-limit`: a free only lowers
+    /// `live`, so only the lower bound is tested, see [`Batch::alloc`]).
     #[inline(always)]
     pub(crate) fn free(&mut self, bytes: u64, limit: i64) -> bool {
-        self.left = self.left.wrapping_sub(1);
         self.live = self.live.wrapping_sub(bytes as i64);
-        self.due(limit)
+        self.left = self.left.wrapping_sub(1);
+        (self.left == 0) | (self.live < -limit)
     }
 
     /// Records a reallocation from `old` to `new` bytes (growth counts as
@@ -328,6 +348,58 @@ fn add_if(a: &AtomicU64, v: u64) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    /// The one-sided bound tests of `Batch::alloc` and `Batch::free` against
+    /// the two-sided rule they replace (`live` outside `[-limit, limit]` or
+    /// the operations used up), on random runs where the batch is applied
+    /// (reset) whenever it says it is due; and the batch against a `Delta`
+    /// model after every step.
+    #[test]
+    fn one_sided_bounds_match_the_two_sided_rule_when_applied_on_time() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for limit in [1i64, 100, 4096, 256 << 10] {
+            let mut b = Batch::EMPTY;
+            let mut d = Delta::EMPTY;
+            for step in 0..200_000u32 {
+                let bytes = match rnd() % 4 {
+                    0 => rnd() % 8,
+                    1 => rnd() % (limit as u64 / 2 + 1),
+                    2 => rnd() % (limit as u64 + 2),
+                    _ => rnd() % (2 * limit as u64 + 2),
+                };
+                let (due, op) = match rnd() % 5 {
+                    0 | 1 => (b.alloc(bytes, limit), 0),
+                    2 | 3 => (b.free(bytes, limit), 1),
+                    _ => (b.realloc(bytes, rnd() % (limit as u64 + 1), limit), 2),
+                };
+                match op {
+                    0 => d.alloc(bytes),
+                    1 => d.free(bytes),
+                    _ => {}
+                }
+                let two_sided = b.left == 0 || b.live < -limit || b.live > limit;
+                assert_eq!(due, two_sided, "limit {limit}, step {step}, op {op}, {b:?}");
+                if op != 2 {
+                    assert_eq!(b.live, d.live, "step {step}");
+                    assert_eq!(b.max_prefix, d.max_prefix, "step {step}");
+                }
+                if due {
+                    b = Batch::EMPTY;
+                    d = Delta::EMPTY;
+                } else if op == 2 {
+                    // Keep the model in step after a realloc.
+                    d.live = b.live;
+                    d.max_prefix = b.max_prefix;
+                }
+            }
+        }
+    }
 
     #[test]
     fn max_prefix_tracks_the_high_water_mark_of_a_batch() {
