@@ -40,11 +40,86 @@ pub(crate) struct Class {
 
 impl Class {
     /// The bin as an index.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn bin(self) -> usize {
         self.bin as usize
     }
 }
+
+/// Where the owner of a block of a request size is kept (see `owner.rs`),
+/// packed in one word so that the allocation and the free each get it with
+/// one table load (sizes up to 1 KiB) and test it with one compare: below
+/// [`Place::TABLE`], the byte offset of the owner's 4 bytes in the block's
+/// slack (class size − 4); at or above, the side table of the class, bits
+/// 0–7 its shift and bits 8–15 its bin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place(u64);
+
+impl Place {
+    /// The flag of a place in the side table.
+    pub(crate) const TABLE: u64 = 1 << 63;
+
+    /// The place of a `size`-byte request of class `c` (`c.size >= size`):
+    /// the slack when it has room for the 4-byte owner.
+    pub(crate) const fn of(size: usize, c: Class) -> Place {
+        if c.size - size >= 4 {
+            Place((c.size - 4) as u64)
+        } else {
+            Place(Place::TABLE | (c.bin as u64) << 8 | c.shift as u64)
+        }
+    }
+
+    /// The offset of the owner in the block's slack, or `None` when the
+    /// owner is in the side table.
+    #[inline(always)]
+    pub(crate) fn slack(self) -> Option<usize> {
+        if self.0 < Place::TABLE {
+            Some(self.0 as usize)
+        } else {
+            None
+        }
+    }
+
+    /// The bin of a side-table place (below [`BINS`]).
+    #[inline(always)]
+    pub(crate) fn bin(self) -> usize {
+        (self.0 >> 8) as u8 as usize
+    }
+
+    /// The shift of a side-table place: distinct blocks of its class are at
+    /// least `1 << shift` bytes apart.
+    #[inline(always)]
+    pub(crate) fn shift(self) -> u32 {
+        u32::from(self.0 as u8)
+    }
+}
+
+/// The place of a request of `size` bytes (as [`class`]): one load from a
+/// table by size up to 1 KiB.
+#[inline(always)]
+pub(crate) fn place(size: usize) -> Place {
+    if size <= SMALL_MAX {
+        // `size <= SMALL_MAX`: in bounds (the compiler elides the check).
+        return SMALL_PLACE[size];
+    }
+    place_large(size)
+}
+
+#[inline]
+fn place_large(size: usize) -> Place {
+    Place::of(size, class_large(size))
+}
+
+/// The place of each request size up to [`SMALL_MAX`].
+static SMALL_PLACE: [Place; SMALL_MAX + 1] = {
+    let mut t = [Place(0); SMALL_MAX + 1];
+    let mut s = 0;
+    while s <= SMALL_MAX {
+        t[s] = Place::of(s, SMALL_CLASS[s.div_ceil(8)]);
+        s += 1;
+    }
+    t
+};
 
 /// The class of a request of `size` bytes (alignment up to 16; `size <=
 /// isize::MAX`, as every `Layout` and `realloc` size is). Sizes up to 1 KiB
@@ -251,6 +326,32 @@ mod tests {
             );
         }
         assert_eq!(mode(), Mode::Classes);
+    }
+
+    #[test]
+    fn the_place_of_every_size_is_its_class_slack_or_table() {
+        let mut sizes: Vec<usize> = (0..=MEDIUM_MAX + 1).collect();
+        sizes.extend([
+            1 << 20,
+            (1 << 20) + 1,
+            (1 << 32) - 1,
+            1 << 40,
+            isize::MAX as usize,
+        ]);
+        for s in sizes {
+            let c = class(s);
+            let p = place(s);
+            if c.size - s >= 4 {
+                assert_eq!(p.slack(), Some(c.size - 4), "size {s}");
+            } else {
+                assert_eq!(p.slack(), None, "size {s}");
+                assert_eq!(
+                    (p.bin(), p.shift()),
+                    (c.bin(), u32::from(c.shift)),
+                    "size {s}"
+                );
+            }
+        }
     }
 
     #[test]

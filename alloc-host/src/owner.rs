@@ -44,10 +44,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
 
 #[cfg(doc)]
 use crate::HostInvariant;
-use crate::classes::{BINS, Class};
+use crate::classes::{BINS, Place};
 
-/// Bytes of the compact owner id.
-const ID: usize = 4;
 const REGION_SHIFT: u32 = 28;
 const REGION: usize = 1 << REGION_SHIFT;
 /// Regions of a 47-bit address space.
@@ -59,50 +57,49 @@ struct Region {
 
 static DIR: [AtomicPtr<Region>; DIR_LEN] = [const { AtomicPtr::new(null_mut()) }; DIR_LEN];
 
-/// Whether a block of class `c` for `size` bytes keeps its owner in its slack.
-#[inline(always)]
-pub(crate) fn in_slack(size: usize, c: Class) -> bool {
-    c.size - size >= ID
-}
-
-/// Reads the owner id from the slack of a block at `p` of class `c`.
+/// Reads the owner id from the slack of a block at `p`, `off` the slack
+/// place of its request size ([`Place::slack`]).
 ///
 /// # Safety
-/// `p` is a live block with at least `c.size` usable bytes (host:K1, host:K2).
+/// `p` is a live block of a request whose place is the slack at `off`, so
+/// with at least `off + 4` usable bytes (its class, host:K1, host:K2).
 #[inline(always)]
-pub(crate) unsafe fn read_slack(p: *const u8, c: Class) -> u32 {
-    // SAFETY: the 4 bytes end at `p + c.size`, inside the block (contract).
-    unsafe { p.add(c.size - ID).cast::<u32>().read_unaligned() }
+pub(crate) unsafe fn read_slack(p: *const u8, off: usize) -> u32 {
+    // SAFETY: the 4 bytes end at `p + class size`, inside the block (contract).
+    unsafe { p.add(off).cast::<u32>().read_unaligned() }
 }
 
-/// Writes the owner id into the slack of a block at `p` of class `c`.
+/// Writes the owner id into the slack of a block at `p`, `off` the slack
+/// place of its request size.
 ///
 /// # Safety
-/// As [`read_slack`], and the bytes from `size` to `c.size` are not the
-/// caller's (the slack past a `size`-byte request, [`in_slack`]).
+/// As [`read_slack`]; the bytes at `off..off + 4` lie past the caller's
+/// request (the place is the slack only when the class has 4 bytes past
+/// it), so they belong to no one else.
 #[inline(always)]
-pub(crate) unsafe fn write_slack(p: *mut u8, c: Class, id: u32) {
+pub(crate) unsafe fn write_slack(p: *mut u8, off: usize, id: u32) {
     // SAFETY: as `read_slack`; those bytes belong to no one else.
-    unsafe { p.add(c.size - ID).cast::<u32>().write_unaligned(id) }
+    unsafe { p.add(off).cast::<u32>().write_unaligned(id) }
 }
 
-/// The index of a block at offset `off` of its region in the leaf of class
-/// `c`: `off >> c.shift`, below [`leaf_len`] since `off < REGION`.
+/// The index of a block at offset `off` of its region in the leaf of a
+/// class of this `shift`: `off >> shift`, below [`leaf_len`] since `off <
+/// REGION`.
 #[inline(always)]
-fn index(off: usize, c: Class) -> usize {
-    off >> c.shift
+fn index(off: usize, shift: u32) -> usize {
+    off >> shift
 }
 
-/// Entries of the leaf of class `c`.
-fn leaf_len(c: Class) -> usize {
-    REGION >> c.shift
+/// Entries of the leaf of a class of this `shift`.
+fn leaf_len(shift: u32) -> usize {
+    REGION >> shift
 }
 
-/// The table entry of the block at `p` of class `c`, or `None` where the
-/// table has none yet (nothing was ever kept there: reads as untracked) or
-/// cannot reach.
+/// The table entry of the block at `p` whose request has the side-table
+/// place `c`, or `None` where the table has none yet (nothing was ever kept
+/// there: reads as untracked) or cannot reach.
 #[inline(always)]
-pub(crate) fn entry(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
+pub(crate) fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     let addr = p as usize;
     let r = DIR.get(addr >> REGION_SHIFT)?.load(Acquire);
     if r.is_null() {
@@ -114,17 +111,18 @@ pub(crate) fn entry(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
     if l.is_null() {
         return None;
     }
-    let i = index(addr & (REGION - 1), c);
-    debug_assert!(i < leaf_len(c), "index {i} of class {c:?} past its leaf");
-    // SAFETY: the leaf holds `leaf_len(c)` zero-initialised `AtomicU32`s and is
-    // never freed once published; `i < leaf_len(c)` because the offset is
-    // below REGION and `i = offset >> c.shift`.
+    let i = index(addr & (REGION - 1), c.shift());
+    debug_assert!(i < leaf_len(c.shift()), "index {i} of {c:?} past its leaf");
+    // SAFETY: the leaf holds `leaf_len(c.shift())` zero-initialised
+    // `AtomicU32`s and is never freed once published; `i <
+    // leaf_len(c.shift())` because the offset is below REGION and `i =
+    // offset >> c.shift()`.
     Some(unsafe { &*l.add(i) })
 }
 
 /// [`entry`], making the region and leaf on first use.
 #[inline(always)]
-pub(crate) fn entry_or_create(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
+pub(crate) fn entry_or_create(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     match entry(p, c) {
         Some(e) => Some(e),
         None => create_entry(p, c),
@@ -133,7 +131,7 @@ pub(crate) fn entry_or_create(p: *const u8, c: Class) -> Option<&'static AtomicU
 
 #[cold]
 #[inline(never)]
-fn create_entry(p: *const u8, c: Class) -> Option<&'static AtomicU32> {
+fn create_entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     let region = DIR.get(p as usize >> REGION_SHIFT)?;
     let r = match region.load(Acquire) {
         r if r.is_null() => new_region(region)?,
@@ -160,8 +158,8 @@ fn new_region(slot: &AtomicPtr<Region>) -> Option<*mut Region> {
 }
 
 #[cold]
-fn new_leaf(slot: &AtomicPtr<AtomicU32>, c: Class) -> Option<*mut AtomicU32> {
-    let bytes = leaf_len(c) * core::mem::size_of::<AtomicU32>();
+fn new_leaf(slot: &AtomicPtr<AtomicU32>, c: Place) -> Option<*mut AtomicU32> {
+    let bytes = leaf_len(c.shift()) * core::mem::size_of::<AtomicU32>();
     let p = map(bytes)?.cast::<AtomicU32>();
     match slot.compare_exchange(null_mut(), p, AcqRel, Acquire) {
         Ok(_) => Some(p),
@@ -202,7 +200,7 @@ fn unmap(p: *mut u8, bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classes::{MEDIUM_MAX, class};
+    use crate::classes::{MEDIUM_MAX, Place, class};
 
     #[test]
     fn distinct_blocks_of_a_class_get_distinct_entries() {
@@ -212,8 +210,8 @@ mod tests {
             // Addresses one class apart, across a region's whole range.
             let mut off = 0usize;
             while off + c.size <= REGION {
-                let i = index(off, c);
-                assert!(i < leaf_len(c));
+                let i = index(off, u32::from(c.shift));
+                assert!(i < leaf_len(u32::from(c.shift)));
                 if let Some(p) = prev {
                     assert!(
                         i > p,
@@ -230,8 +228,8 @@ mod tests {
                 for k in 0..63 {
                     let (a, b) = (start + k * c.size, start + (k + 1) * c.size);
                     assert_ne!(
-                        index(a, c),
-                        index(b, c),
+                        index(a, u32::from(c.shift)),
+                        index(b, u32::from(c.shift)),
                         "class {}: neighbours at offsets {a} and {b} share an entry",
                         c.size
                     );
@@ -240,12 +238,13 @@ mod tests {
         }
         let h = class(MEDIUM_MAX + 1);
         assert_eq!(h.bin(), crate::classes::HUGE_BIN);
-        assert!(index(REGION - 1, h) < leaf_len(h));
+        assert!(index(REGION - 1, u32::from(h.shift)) < leaf_len(u32::from(h.shift)));
     }
 
     #[test]
     fn entries_persist_and_are_zero_first() {
-        let c = class(64);
+        let c = Place::of(64, class(64));
+        assert_eq!(c.slack(), None);
         let p = 0x10_0000_0040usize as *const u8; // 64 GiB: below where mimalloc maps
         let e = entry_or_create(p, c).unwrap();
         assert_eq!(e.load(Relaxed), 0);

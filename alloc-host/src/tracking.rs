@@ -12,11 +12,11 @@ use core::sync::atomic::Ordering::Relaxed;
 use alloc_scope::{
     COMPACT_SAMPLED, ScopeId, WORD_SAMPLED, begin_host_alloc, begin_host_realloc, charge_host_free,
     charge_host_free_compact, finish_host_alloc, finish_host_realloc, host_fast_charge,
-    host_fast_free_charge, host_fast_id, host_fast_realloc_charge, mark_host_allocator_seen,
-    owner_from_compact, track_host_alloc,
+    host_fast_id, host_fast_realloc_charge, mark_host_allocator_seen, owner_from_compact,
+    track_host_alloc,
 };
 
-use crate::classes::{Class, GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, class};
+use crate::classes::{GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, Place, place};
 use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
@@ -166,11 +166,10 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let size = layout.size();
         let p = get(&self.inner, layout);
         if !p.is_null() {
-            let c = class(size);
-            if crate::owner::in_slack(size, c) {
-                // SAFETY: a live block of class `c` (host:K1); the slack past
-                // `size` is this allocator's.
-                unsafe { crate::owner::write_slack(p, c, 0) };
+            if let Some(off) = place(size).slack() {
+                // SAFETY: a live block of class `class(size)` (host:K1); the
+                // slack past `size` is this allocator's.
+                unsafe { crate::owner::write_slack(p, off, 0) };
             }
             // The heap profiler's countdown after the owner's store, so that
             // the class is no longer live across it.
@@ -221,28 +220,38 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         if p.is_null() {
             return p;
         }
-        // The word and the class are read again after the call rather than
-        // kept in saved registers across it (a thread-local load and a table
-        // lookup are cheaper than the pushes and pops): the inner allocator
-        // never enters this crate or alloc-scope, so the word is the one
-        // tested above.
+        // The word and the place are read after the call rather than kept in
+        // saved registers across it (a thread-local load and a table lookup
+        // are cheaper than the pushes and pops): the inner allocator never
+        // enters this crate or alloc-scope, so the word is the one tested
+        // above. Every rare case below is a tail call that returns `p`, so
+        // nothing stays live across a call on the common path.
         let id = host_fast_id();
-        // SAFETY: a live block of class `class(size)` (host:K1); kept with
-        // the thread's fast-path word.
-        let kept = unsafe { put_owner(p, size, class(size), id) };
+        let c = place(size);
+        if let Some(off) = c.slack() {
+            // SAFETY: a live block of class `class(size)` (host:K1); the
+            // slack past `size` is this allocator's.
+            unsafe { crate::owner::write_slack(p, off, id) };
+        } else if let Some(e) = crate::owner::entry(p, c) {
+            e.store(id, Relaxed);
+        } else {
+            // The table's region or leaf does not exist yet (or cannot).
+            // SAFETY: a live block of `size` bytes, not yet returned, the
+            // thread's fast-path word.
+            return unsafe { alloc_fast_new_entry(p, size, c, id) };
+        }
         // The heap profiler's countdown, on the thread state just addressed
         // (a subtraction and a branch), after the owner's store so that the
         // word is no longer live across it; when it runs out, the rest is out
         // of line (the sampled flag is then added to the stored owner).
         if alloc_scope::host_sample_due(size) {
-            // SAFETY: as below; `kept` is what `put_owner` returned.
-            unsafe { alloc_fast_sampled(p, size, id, kept) };
-            return p;
+            // SAFETY: the owner was kept with the thread's fast-path word.
+            return unsafe { alloc_fast_sampled(p, size, id, true) };
         }
-        if kept {
-            // SAFETY: the block was kept with the thread's fast-path word;
-            // charged once.
-            unsafe { host_fast_charge(size) };
+        // SAFETY: the block was kept with the thread's fast-path word;
+        // charged once.
+        if unsafe { alloc_scope::host_fast_charge_due(size) } {
+            return flush_then(p);
         }
         p
     }
@@ -256,7 +265,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         get: impl FnOnce(&A, Layout) -> *mut u8,
     ) -> *mut u8 {
         let size = layout.size();
-        let c = class(size);
+        let c = place(size);
         // SAFETY: the global allocator's allocation path; the block's owner is
         // kept by class and read back by `dealloc` with the same size.
         unsafe {
@@ -269,7 +278,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                     owner_from_compact(id)
                 }));
                 // SAFETY: a live block of class `c` (host:K1).
-                let kept = put_owner(p, size, c, id | mark);
+                let kept = put_owner(p, c, id | mark);
                 if !kept && mark != 0 {
                     profile::sampled_free(p);
                 }
@@ -387,10 +396,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // owner is taken (a table entry zeroed) before the block goes back
             // to the inner allocator, and charged with the size it was charged.
             unsafe {
-                let id = take_owner(ptr, size, class(size));
+                let id = take_owner(ptr, place(size));
                 if id == host_fast_id() {
-                    // The thread's current scope: the batch.
-                    host_fast_free_charge(size);
+                    // The thread's current scope: the batch (applied out of
+                    // line when due, with the free as a tail call).
+                    if alloc_scope::host_fast_free_due(size) {
+                        return self.dealloc_flush(ptr, layout);
+                    }
                 } else if id != 0 {
                     // Another scope's block, a thread that does not batch,
                     // or a sampled block (its owner carries
@@ -462,11 +474,11 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     #[inline(always)]
     unsafe fn realloc_by_class(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let size = layout.size();
-        let c = class(size);
-        // SAFETY: a live block of class `c` (contract). Its table entry (if
+        let c = place(size);
+        // SAFETY: a live block of class `class(size)` (contract). Its table entry (if
         // any) is zeroed before the inner realloc may free the block
         // (host:O1), and put back if the realloc fails.
-        let id = unsafe { take_owner(ptr, size, c) };
+        let id = unsafe { take_owner(ptr, c) };
         if id != host_fast_id() {
             // SAFETY: as this function's, with the owner just taken.
             return unsafe { self.realloc_by_class_slow(ptr, layout, new_size, c, id) };
@@ -475,8 +487,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // and, with the same alignment, a valid layout (GlobalAlloc contract).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if p.is_null() {
-            // SAFETY: the old block is still live and of class `c`.
-            unsafe { put_owner(ptr, size, c, id) };
+            // SAFETY: the old block is still live and its place is `c`.
+            unsafe { put_owner(ptr, c, id) };
             return p;
         }
         // A realloc is an allocation of `new_size` bytes for the profiler
@@ -487,7 +499,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // grown) block is live and of class `class(new_size)` (host:K1).
         unsafe {
             host_fast_realloc_charge(size, new_size);
-            if !put_owner(p, new_size, class(new_size), id | mark) {
+            if !put_owner(p, place(new_size), id | mark) {
                 if mark != 0 {
                     profile::sampled_free(p);
                 }
@@ -512,17 +524,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         ptr: *mut u8,
         layout: Layout,
         new_size: usize,
-        c: Class,
+        c: Place,
         id: u32,
     ) -> *mut u8 {
         let size = layout.size();
-        let nc = class(new_size);
+        let nc = place(new_size);
         let owner = owner_from_compact(id & !COMPACT_SAMPLED);
         // SAFETY: the realloc path for a live block charged to `owner`;
         // finished once below.
         let Some(charge) = (unsafe { begin_host_realloc(owner, size, new_size) }) else {
-            // SAFETY: the block is still live and of class `c`.
-            unsafe { put_owner(ptr, size, c, id) };
+            // SAFETY: the block is still live and its place is `c`.
+            unsafe { put_owner(ptr, c, id) };
             return null_mut();
         };
         // A sampled block's realloc is its free and a new allocation: out of
@@ -535,13 +547,13 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         unsafe { finish_host_realloc(charge, size, new_size, !p.is_null()) };
         if p.is_null() {
             profile::restore_sampled(taken);
-            // SAFETY: the old block is still live and of class `c`.
-            unsafe { put_owner(ptr, size, c, id) };
+            // SAFETY: the old block is still live and its place is `c`.
+            unsafe { put_owner(ptr, c, id) };
             return p;
         }
         let mark = profile::compact_mark(profile::sample_alloc(p, new_size, || owner));
         // SAFETY: the moved (or grown) block is live and of class `nc` (host:K1).
-        if !unsafe { put_owner(p, new_size, nc, owner.to_compact() | mark) } {
+        if !unsafe { put_owner(p, nc, owner.to_compact() | mark) } {
             if mark != 0 {
                 profile::sampled_free(p);
             }
@@ -574,6 +586,19 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             charge_host_free_compact(id, layout.size());
             self.inner.dealloc(ptr, layout);
         }
+    }
+
+    /// The rest of a fast-path free whose batch is due: applies the batch,
+    /// then frees the block.
+    ///
+    /// # Safety
+    /// As `dealloc`; the block's owner was taken and charged to the batch.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_flush(&self, ptr: *mut u8, layout: Layout) {
+        alloc_scope::host_flush();
+        // SAFETY: the caller's live block of `layout`.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     /// `dealloc` before the placement is decided (out of line, so that the
@@ -643,33 +668,70 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 }
 
 /// The rest of [`TrackingAllocator::alloc_by_class`] when the heap
-/// profiler's countdown ran out: the sample (or a fresh interval), the owner
-/// rewritten with `COMPACT_SAMPLED` when sampled, the charge.
+/// profiler's countdown ran out (`kept`: the sample, or a fresh interval;
+/// the owner rewritten with `COMPACT_SAMPLED` when sampled; the charge), or
+/// when the side table could not keep the owner (`!kept`: the block is
+/// untracked; the countdown still steps). Returns `p` (a tail call of the
+/// fast path).
 ///
 /// # Safety
 /// As the fast path: `p` a live block of `size` bytes and class
 /// `class(size)` (host:K1), not yet returned to the caller, `id` the
-/// thread's fast-path word (not `NOT_FAST`); `kept` says whether `put_owner`
-/// kept `id` as its owner (then it is charged once here).
+/// thread's fast-path word (not `NOT_FAST`); `kept` says whether `id` was
+/// kept as its owner (then it is charged once here), and then the
+/// countdown has already run out.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32, kept: bool) {
-    let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
+unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32, kept: bool) -> *mut u8 {
     if !kept {
-        if mark != 0 {
-            // Untracked (nowhere to keep the owner): out of the profile.
-            profile::sampled_free(p);
+        if alloc_scope::host_sample_due(size) {
+            let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
+            if mark != 0 {
+                // Untracked (nowhere to keep the owner): out of the profile.
+                profile::sampled_free(p);
+            }
         }
-        return;
+        return p;
     }
+    let mark = profile::compact_mark(profile::take_due(p, size, alloc_scope::current()));
     // SAFETY: the contract; the owner's slot exists (it was just written),
     // so the rewrite keeps it, and no other thread sees the block yet.
     unsafe {
         if mark != 0 {
-            put_owner(p, size, class(size), id | mark);
+            put_owner(p, place(size), id | mark);
         }
         host_fast_charge(size);
     }
+    p
+}
+
+/// The rest of [`TrackingAllocator::alloc_by_class`] when the block's
+/// side-table entry does not exist yet: makes it (then the fast path's
+/// rest: the countdown and the charge), or leaves the block untracked when
+/// the table cannot reach it. Returns `p`.
+///
+/// # Safety
+/// As [`alloc_fast_sampled`], with `c` the place of `size` (the table).
+#[cold]
+#[inline(never)]
+unsafe fn alloc_fast_new_entry(p: *mut u8, size: usize, c: Place, id: u32) -> *mut u8 {
+    let kept = put_in_table(p, c, id);
+    if kept && !alloc_scope::host_sample_due(size) {
+        // SAFETY: kept with the thread's fast-path word; charged once.
+        unsafe { host_fast_charge(size) };
+        return p;
+    }
+    // SAFETY: the contract; when kept, the countdown ran out.
+    unsafe { alloc_fast_sampled(p, size, id, kept) }
+}
+
+/// Applies the thread's batch, then returns `p` (the tail of the fast
+/// path's allocation when the batch is due).
+#[cold]
+#[inline(never)]
+fn flush_then(p: *mut u8) -> *mut u8 {
+    alloc_scope::host_flush();
+    p
 }
 
 /// The rest of [`TrackingAllocator::alloc_off`] when the heap profiler's
@@ -682,32 +744,24 @@ unsafe fn alloc_fast_sampled(p: *mut u8, size: usize, id: u32, kept: bool) {
 #[cold]
 #[inline(never)]
 unsafe fn alloc_off_sampled(p: *mut u8, size: usize) {
-    let c = class(size);
+    let c = place(size);
     let mark = profile::compact_mark(profile::take_due(p, size, ScopeId::UNTRACKED));
-    if crate::owner::in_slack(size, c) {
+    if let Some(off) = c.slack() {
         // SAFETY: the contract; the slack past `size` is this allocator's.
-        unsafe { crate::owner::write_slack(p, c, mark) };
+        unsafe { crate::owner::write_slack(p, off, mark) };
     } else if mark != 0 {
         // SAFETY: the contract.
-        if !unsafe { put_owner(p, size, c, mark) } {
+        if !unsafe { put_owner(p, c, mark) } {
             // Nowhere to keep the mark: out of the in-use profile now.
             profile::sampled_free(p);
         }
     }
 }
 
-/// Keeps `id` as the owner of the block `p` of `size` bytes and class `c`;
-/// false when the side table cannot hold it (the block is then untracked).
-///
-/// # Safety
-/// `p` is a live block of `size` bytes with `c.size` usable bytes (host:K1).
+/// Keeps `id` in the side-table entry of block `p` whose place `c` is the
+/// table; false when the table cannot hold it.
 #[inline(always)]
-unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
-    if crate::owner::in_slack(size, c) {
-        // SAFETY: the slack past `size` is this allocator's (contract).
-        unsafe { crate::owner::write_slack(p, c, id) };
-        return true;
-    }
+fn put_in_table(p: *mut u8, c: Place, id: u32) -> bool {
     match crate::owner::entry_or_create(p, c) {
         Some(e) => {
             e.store(id, Relaxed);
@@ -717,7 +771,24 @@ unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
     }
 }
 
-/// The owner id kept for block `p` of `size` bytes and class `c` (0:
+/// Keeps `id` as the owner of the block `p` whose request size has place
+/// `c` ([`place`]); false when the side table cannot hold it (the block is
+/// then untracked).
+///
+/// # Safety
+/// `p` is a live block of a request whose place is `c`, so with its class's
+/// usable bytes (host:K1).
+#[inline(always)]
+unsafe fn put_owner(p: *mut u8, c: Place, id: u32) -> bool {
+    if let Some(off) = c.slack() {
+        // SAFETY: the slack past the request is this allocator's (contract).
+        unsafe { crate::owner::write_slack(p, off, id) };
+        return true;
+    }
+    put_in_table(p, c, id)
+}
+
+/// The owner id kept for block `p` whose request size has place `c` (0:
 /// untracked), zeroing its table entry: call it just before the block goes
 /// back to the inner allocator (host:O1).
 ///
@@ -725,10 +796,10 @@ unsafe fn put_owner(p: *mut u8, size: usize, c: Class, id: u32) -> bool {
 /// As [`put_owner`], for a block whose owner was put there, or that was
 /// allocated while tracking was off.
 #[inline(always)]
-unsafe fn take_owner(p: *mut u8, size: usize, c: Class) -> u32 {
-    if crate::owner::in_slack(size, c) {
+unsafe fn take_owner(p: *mut u8, c: Place) -> u32 {
+    if let Some(off) = c.slack() {
         // SAFETY: contract.
-        return unsafe { crate::owner::read_slack(p, c) };
+        return unsafe { crate::owner::read_slack(p, off) };
     }
     match crate::owner::entry(p, c) {
         Some(e) => {

@@ -694,6 +694,39 @@ pub unsafe fn host_fast_charge(bytes: usize) {
     }
 }
 
+/// [`host_fast_charge`] without its flush: records the block in the batch
+/// and says whether the batch is now due; the caller then calls
+/// [`host_flush`] (out of line, so that a global allocator can make it a
+/// tail call that keeps nothing live across it).
+///
+/// # Safety
+/// As [`host_fast_charge`].
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_charge_due(bytes: usize) -> bool {
+    this_thread().with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES))
+}
+
+/// [`host_fast_free_charge`] without its flush: true when the batch is
+/// due (then call [`host_flush`]).
+///
+/// # Safety
+/// As [`host_fast_free_charge`].
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_free_due(bytes: usize) -> bool {
+    this_thread().with_batch(|b| b.free(bytes as u64, BATCH_BYTES))
+}
+
+/// Applies the calling thread's batches, after [`host_fast_charge_due`]
+/// or [`host_fast_free_due`] said they are due.
+#[doc(hidden)]
+#[cold]
+#[inline(never)]
+pub fn host_flush() {
+    flush_nonempty(this_thread());
+}
+
 /// Charges a reallocation from `old` to `new` bytes of a block whose stored
 /// owner equals [`host_fast_id`] (so the thread batches, and the owner is its
 /// current scope) to the batch.
