@@ -75,28 +75,38 @@ impl Entry {
         }
     }
 
+    /// Adds one closed scope: its count once for both distributions, and a
+    /// total only when the scope changed it (most scopes never touch device
+    /// memory).
     fn add(&self, f: &Closed) {
         self.closed.fetch_add(1, Relaxed);
         self.host.add(f.host_peak);
         self.device.add(f.device_peak);
-        self.bytes_allocated.fetch_add(f.bytes_allocated, Relaxed);
-        self.allocations.fetch_add(f.allocations, Relaxed);
-        self.device_bytes_allocated
-            .fetch_add(f.device_bytes_allocated, Relaxed);
-        self.wall_ns.fetch_add(f.wall_ns, Relaxed);
+        add_nonzero(&self.bytes_allocated, f.bytes_allocated);
+        add_nonzero(&self.allocations, f.allocations);
+        add_nonzero(&self.device_bytes_allocated, f.device_bytes_allocated);
+        add_nonzero(&self.wall_ns, f.wall_ns);
     }
 
     fn read(&self, name: String) -> ScopeAggregate {
+        let closed = self.closed.load(Relaxed);
         ScopeAggregate {
             name,
-            closed: self.closed.load(Relaxed),
-            host_peak: self.host.summary(),
-            device_peak: self.device.summary(),
+            closed,
+            host_peak: self.host.summary(closed),
+            device_peak: self.device.summary(closed),
             bytes_allocated: self.bytes_allocated.load(Relaxed),
             allocations: self.allocations.load(Relaxed),
             device_bytes_allocated: self.device_bytes_allocated.load(Relaxed),
             wall_time: Duration::from_nanos(self.wall_ns.load(Relaxed)),
         }
+    }
+}
+
+#[inline]
+fn add_nonzero(a: &AtomicU64, v: u64) {
+    if v != 0 {
+        a.fetch_add(v, Relaxed);
     }
 }
 
@@ -168,13 +178,14 @@ pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
-    let (h, d, m) = (r.host.0.read(), r.device.0.read(), &r.meta.0);
+    // Only the figures an aggregate keeps are read.
+    let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
     let f = Closed {
-        host_peak: h.peak_bytes.max(0) as u64,
-        device_peak: d.peak_bytes.max(0) as u64,
-        bytes_allocated: h.bytes_allocated,
-        allocations: h.allocations,
-        device_bytes_allocated: d.bytes_allocated,
+        host_peak: h.peak_bytes.load(Relaxed).max(0) as u64,
+        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
+        bytes_allocated: h.bytes_allocated.load(Relaxed),
+        allocations: h.allocations.load(Relaxed),
+        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
         wall_ns: m
             .closed_ns
             .load(Relaxed)
@@ -247,7 +258,7 @@ mod tests {
         for &v in values {
             h.add(v);
         }
-        h.summary()
+        h.summary(values.len() as u64)
     }
 
     #[test]
@@ -396,7 +407,7 @@ mod accuracy {
             for &v in &values {
                 h.add(v);
             }
-            let s = h.summary();
+            let s = h.summary(values.len() as u64);
             values.sort_unstable();
             let (min, max) = (values[0], values[values.len() - 1]);
             for q in QS {

@@ -13,7 +13,7 @@
 
 use super::counters::{Counters, Delta};
 use super::record::{CLOSED, EVICTING, FREE, REF, Record};
-use super::sync::{AtomicU32, AtomicU64, Ordering::*};
+use super::sync::{AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 #[cfg(doc)]
 use crate::ScopeInvariant;
 
@@ -409,10 +409,11 @@ impl<const N: usize> Registry<N> {
         if let Some(pr) = parent.and_then(|p| self.record(p)) {
             let m = &pr.meta.0;
             m.closed_children.fetch_add(1, Relaxed);
-            m.closed_children_peak
-                .fetch_max(r.host.0.peak_bytes.load(Relaxed), Relaxed);
-            m.closed_children_device_peak
-                .fetch_max(r.device.0.peak_bytes.load(Relaxed), Relaxed);
+            raise(&m.closed_children_peak, r.host.0.peak_bytes.load(Relaxed));
+            raise(
+                &m.closed_children_device_peak,
+                r.device.0.peak_bytes.load(Relaxed),
+            );
         }
         parent
     }
@@ -516,6 +517,16 @@ impl<const N: usize> Registry<N> {
                 r.meta.0.state.load(Acquire) != FREE
                     && r.meta.0.generation.load(Acquire) & super::id::GEN_MASK == generation
             })
+    }
+}
+
+/// `a.fetch_max(v)`, with the read-modify-write only when `v` is above the
+/// value read: a maximum only rises, so a `v` at or below a value seen could
+/// not have raised it later either.
+#[inline]
+fn raise(a: &AtomicI64, v: i64) {
+    if v > a.load(Relaxed) {
+        a.fetch_max(v, Relaxed);
     }
 }
 

@@ -929,7 +929,9 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     with_state(|s| {
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(true));
-        s.attach_hook();
+        if s.hook.get() == HOOK_NONE {
+            s.attach_hook();
+        }
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(false));
         flush_state(s);
