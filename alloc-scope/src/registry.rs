@@ -173,6 +173,14 @@ impl<const N: usize> Registry<N> {
     /// changes by the batch's net allocations. No budget check: used for batches
     /// of chains without budgets.
     pub(crate) fn apply_batch(&self, owner: u32, d: &Delta, device: bool) {
+        self.apply_chain(owner, d, device);
+        self.adjust_life(owner, d.net_allocations());
+    }
+
+    /// Applies a batch to `owner` and every ancestor, leaving life words to
+    /// the caller (a thread's batch can hold operations of a scope it left,
+    /// whose life word already counts them).
+    pub(crate) fn apply_chain(&self, owner: u32, d: &Delta, device: bool) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let live = counters(r, device).apply(d);
@@ -180,7 +188,17 @@ impl<const N: usize> Registry<N> {
                 self.check_soft(r, live);
             }
         }
-        self.adjust_life(owner, d.net_allocations());
+    }
+
+    /// Applies a batch of host operations to `slot` alone (its ancestors are
+    /// charged by the caller, later, through their own chain), and `life`
+    /// (its net allocations that are `slot`'s own) to `slot`'s life word.
+    pub(crate) fn apply_one(&self, slot: u32, d: &Delta, life: i64) {
+        if let Some(r) = self.record(slot) {
+            let live = r.host.0.apply(d);
+            self.check_soft(r, live);
+        }
+        self.adjust_life(slot, life);
     }
 
     /// The scope a compact id names (see `ScopeId::to_compact`): the slot's

@@ -192,12 +192,33 @@ impl World {
     }
 
     fn open(&mut self, r: &mut Rng) {
-        if self.guards.len() >= 24 {
+        self.open_with(r, None);
+    }
+
+    /// A scope with a hard budget, used and left at once (its chain charges
+    /// unbatched while the thread is in it): allocations, some refused.
+    fn budget_request(&mut self, r: &mut Rng) {
+        let open = self.guards.len();
+        let hard = 1 + r.below(20_000);
+        self.open_with(r, Some(hard));
+        if self.guards.len() <= open {
+            return;
+        }
+        for _ in 0..r.below(6) {
+            self.host_alloc(r);
+        }
+        self.churn(r);
+        let (g, s) = self.guards.pop().expect("just opened");
+        drop(g);
+        self.release(s);
+    }
+
+    fn open_with(&mut self, r: &mut Rng, hard: Option<u64>) {
+        if self.guards.len() >= 12 {
             return self.drop_guard(r);
         }
         let name = r.below(NAMES.len() as u64) as usize;
         let parent = self.current();
-        let hard = (r.below(8) == 0).then(|| 1 + r.below(20_000));
         let guard = match hard {
             Some(h) => ScopeBuilder::new(NAMES[name])
                 .hard_limit(h)
@@ -249,7 +270,10 @@ impl World {
     }
 
     fn host_alloc(&mut self, r: &mut Rng) {
-        let bytes = 1 + r.below(5000);
+        self.host_alloc_bytes(1 + r.below(5000));
+    }
+
+    fn host_alloc_bytes(&mut self, bytes: u64) {
         let owner = self.current();
         let chain = self.chain(owner);
         let refuser = chain.iter().copied().find(|&s| {
@@ -292,13 +316,79 @@ impl World {
         }
     }
 
+    /// A request's pattern: blocks allocated and freed again in the current
+    /// scope, so that the thread's pending charges net to zero bytes.
+    fn churn(&mut self, r: &mut Rng) {
+        let n = 1 + r.below(3) as usize;
+        let before = self.host.len();
+        for _ in 0..n {
+            self.host_alloc(r);
+        }
+        while self.host.len() > before {
+            let i = self.host.len() - 1;
+            self.free_at(i);
+        }
+    }
+
+    /// A request inside the current scope, with no check (which flushes)
+    /// between its steps: charges that net to zero, a scope opened, work in
+    /// it (sometimes leaving a block, sometimes reading figures, which
+    /// applies the pending charges), and its guard dropped.
+    fn request(&mut self, r: &mut Rng, step: usize) {
+        // One or two children in a row, nothing applied in between.
+        for _ in 0..1 + r.below(2) {
+            self.child(r, step);
+        }
+    }
+
+    fn child(&mut self, r: &mut Rng, step: usize) {
+        self.churn(r);
+        // Sometimes the pending charges do not net to zero.
+        match r.below(6) {
+            0 => self.host_alloc(r),
+            1 => {
+                let cur = self.current();
+                if let Some(i) = self.host.iter().rposition(|b| b.owner == cur) {
+                    self.free_at(i);
+                }
+            }
+            _ => {}
+        }
+        let open = self.guards.len();
+        // Mostly a new child; sometimes a scope entered again through a
+        // handle (the current one, an ancestor, or one on another branch).
+        if r.below(4) == 0 {
+            self.enter_handle(r);
+        } else {
+            self.open(r);
+        }
+        if self.guards.len() <= open {
+            return;
+        }
+        match r.below(6) {
+            0 => {}
+            1 => self.host_alloc(r),
+            2 => {
+                self.churn(r);
+                self.check(step);
+            }
+            3 => self.device_alloc(r),
+            _ => self.churn(r),
+        }
+        let (g, s) = self.guards.pop().expect("just opened");
+        drop(g);
+        self.release(s);
+    }
+
     fn host_free(&mut self, r: &mut Rng) {
         if self.host.is_empty() {
             return;
         }
-        let b = self
-            .host
-            .swap_remove(r.below(self.host.len() as u64) as usize);
+        self.free_at(r.below(self.host.len() as u64) as usize);
+    }
+
+    fn free_at(&mut self, i: usize) {
+        let b = self.host.swap_remove(i);
         // SAFETY: the id and size this block was charged with, freed once.
         unsafe { charge_host_free_compact(b.compact, b.bytes as usize) };
         for s in self.chain(b.owner) {
@@ -362,7 +452,7 @@ impl World {
     }
 
     fn enter_handle(&mut self, r: &mut Rng) {
-        if self.handles.is_empty() || self.guards.len() >= 24 {
+        if self.handles.is_empty() || self.guards.len() >= 12 {
             return;
         }
         let (h, s) = &self.handles[r.below(self.handles.len() as u64) as usize];
@@ -561,24 +651,58 @@ impl World {
 fn records_report_what_an_independent_model_of_scopes_computes() {
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let mut w = World::new();
+    // First, one sequence that random programs reach too rarely: a child
+    // keeps a block while its parent frees one of the same size, so that the
+    // thread's pending charges net to zero bytes but not to zero blocks of
+    // the parent, and then another child is entered and left.
+    let sized = |w: &mut World, bytes| w.host_alloc_bytes(bytes);
+    w.open_with(&mut r, None); // the parent
+    let parent = w.guards.len() - 1;
+    sized(&mut w, 100); // the parent's block
+    w.check(0);
+    sized(&mut w, 7);
+    let last = w.host.len() - 1;
+    w.free_at(last); // pending: net zero
+    w.open_with(&mut r, None); // a child
+    sized(&mut w, 100); // kept by the child
+    let (g, s) = w.guards.pop().expect("the child");
+    drop(g);
+    w.release(s);
+    let first = w.host.iter().position(|b| b.owner == w.guards[parent].1);
+    w.free_at(first.expect("the parent's block"));
+    w.open_with(&mut r, None); // another child
+    w.check(0); // the pending charges applied while in it
+    let (g, s) = w.guards.pop().expect("the second child");
+    drop(g);
+    w.release(s);
+    w.check(0);
+    while let Some(i) = w.host.len().checked_sub(1) {
+        w.free_at(i);
+    }
+    let (g, s) = w.guards.pop().expect("the parent");
+    drop(g);
+    w.release(s);
+    w.check(0);
     const STEPS: usize = 30_000;
     for step in 0..STEPS {
         match r.below(100) {
-            0..=21 => w.open(&mut r),
-            22..=39 => w.drop_guard(&mut r),
-            40..=44 => w.drop_handle(&mut r),
-            45..=49 => w.enter_handle(&mut r),
-            50..=67 => w.host_alloc(&mut r),
-            68..=81 => w.host_free(&mut r),
-            82..=87 => w.device_alloc(&mut r),
+            0..=17 => w.open(&mut r),
+            18..=31 => w.drop_guard(&mut r),
+            32..=35 => w.drop_handle(&mut r),
+            36..=39 => w.enter_handle(&mut r),
+            40..=45 => w.host_alloc(&mut r),
+            46..=49 => w.budget_request(&mut r),
+            50..=54 => w.churn(&mut r),
+            55..=72 => w.request(&mut r, step),
+            73..=82 => w.host_free(&mut r),
+            83..=87 => w.device_alloc(&mut r),
             88..=95 => w.device_free(&mut r),
             _ => w.mark_failed(&mut r),
         }
         w.check(step);
     }
     // Close everything: every scope retires once it owns nothing.
-    while !w.guards.is_empty() {
-        let (g, s) = w.guards.pop().expect("not empty");
+    while let Some((g, s)) = w.guards.pop() {
         drop(g);
         w.release(s);
     }
