@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::record::{NAME_MAX, Name, NameWords, name_words};
+use super::record::{NAME_MAX, Name, NameWords, Record, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
@@ -78,6 +78,7 @@ impl Entry {
     /// Adds one closed scope: its count once for both distributions, and a
     /// total only when the scope changed it (most scopes never touch device
     /// memory).
+    #[inline]
     fn add(&self, f: &Closed) {
         self.closed.fetch_add(1, Relaxed);
         self.host.add(f.host_peak);
@@ -178,9 +179,20 @@ pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
-    // Only the figures an aggregate keeps are read.
+    let m = &r.meta.0;
+    let cached = m.aggregate.load(Relaxed) as usize;
+    match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        Some(e) if m.failed.load(Relaxed) == 0 => e.add(&closed_of(r)),
+        _ => record_uncached(r),
+    }
+}
+
+/// What a closed scope adds to its name's entry: only the figures an
+/// aggregate keeps are read.
+#[inline(always)]
+fn closed_of(r: &Record) -> Closed {
     let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
-    let f = Closed {
+    Closed {
         host_peak: h.peak_bytes.load(Relaxed).max(0) as u64,
         device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
         bytes_allocated: h.bytes_allocated.load(Relaxed),
@@ -190,26 +202,27 @@ pub(crate) fn record_close(slot: u32) {
             .closed_ns
             .load(Relaxed)
             .saturating_sub(m.opened_ns.load(Relaxed)),
-    };
-    if r.meta.0.failed.load(Relaxed) == 0 {
-        let cached = r.meta.0.aggregate.load(Relaxed) as usize;
-        let e = match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
-            Some(e) => e,
-            None => {
-                let e = entry_of(&r.name.0.words());
-                if let Some(i) = index_of(e) {
-                    r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
-                }
-                e
-            }
-        };
-        e.add(&f);
-    } else {
+    }
+}
+
+/// [`record_close`] of a scope marked failed (under `"{name} (failed)"`),
+/// or of a record whose name's entry is not cached yet.
+#[cold]
+#[inline(never)]
+fn record_uncached(r: &Record) {
+    let f = closed_of(r);
+    if r.meta.0.failed.load(Relaxed) != 0 {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
             entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
         });
+        return;
     }
+    let e = entry_of(&r.name.0.words());
+    if let Some(i) = index_of(e) {
+        r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
+    }
+    e.add(&f);
 }
 
 /// The suffix of the aggregate name of a scope marked failed.

@@ -128,8 +128,17 @@ impl Name {
             end -= 1;
         }
         let b = &name.as_bytes()[..end];
+        let first = end as u64 | (load_le(&b[..end.min(7)]) << 8);
+        if end < 8 {
+            // One word: the usual name of a request or a stage.
+            if self.0[0].load(Relaxed) == first {
+                return false;
+            }
+            self.store_words(&[first, 0, 0, 0, 0, 0, 0, 0]);
+            return true;
+        }
         let mut words = [0u64; 8];
-        words[0] = end as u64 | (load_le(&b[..end.min(7)]) << 8);
+        words[0] = first;
         // Word k holds bytes 8k - 1 .. 8k + 7 of the name.
         let used = (end + 8) / 8;
         let mut k = 1;

@@ -108,12 +108,13 @@ impl<const N: usize> Registry<N> {
     }
 
     /// Takes a free slot ([`ScopeInvariant::G1`]), or `None` when all `N` are in use.
+    #[inline]
     pub(crate) fn take_slot(&self) -> Option<u32> {
         loop {
             let head = self.free_head.load(Acquire);
             let idx = head as u32;
             if idx == 0 {
-                break;
+                return self.take_unused();
             }
             let next = self.record(idx - 1)?.meta.0.next_free.load(Relaxed);
             let new = (((head >> 32) + 1) << 32) | u64::from(next);
@@ -125,6 +126,14 @@ impl<const N: usize> Registry<N> {
                 return Some(idx - 1);
             }
         }
+    }
+
+    /// [`Registry::take_slot`] with the free list empty: a slot never used,
+    /// or a closed one recycled (out of line: a process reaches it only
+    /// until its scopes reuse slots, or with the registry full).
+    #[cold]
+    #[inline(never)]
+    fn take_unused(&self) -> Option<u32> {
         loop {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
