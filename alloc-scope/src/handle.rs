@@ -265,7 +265,7 @@ struct Full;
 /// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
 /// allocated). Returns the handle and whether the new scope's chain has a
 /// budget (its charges are then unbatched).
-#[inline]
+#[inline(always)]
 fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHandle, bool), Full> {
     let Some(slot) = REGISTRY.take_slot() else {
         return Err(Full);

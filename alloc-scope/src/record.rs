@@ -100,7 +100,7 @@ pub(crate) fn name_words(name: &str) -> NameWords {
 
 /// The bytes of `b` (at most 8) as a little-endian word, without a copy
 /// through memory: two overlapping loads cover 4 to 8 bytes, three 1 to 3.
-#[inline]
+#[inline(always)]
 fn load_le(b: &[u8]) -> u64 {
     let n = b.len();
     if n >= 4 {
@@ -121,22 +121,30 @@ impl Name {
     /// true when it was not. Only the words that hold its length byte and
     /// its bytes are built and compared: when the first word matches, so
     /// does the length, and a stored name is zero beyond its bytes.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set(&self, name: &str) -> bool {
-        let mut end = name.len().min(NAME_MAX);
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        let b = &name.as_bytes()[..end];
-        let first = end as u64 | (load_le(&b[..end.min(7)]) << 8);
+        let end = name.len();
         if end < 8 {
             // One word: the usual name of a request or a stage.
+            let first = end as u64 | (load_le(name.as_bytes()) << 8);
             if self.0[0].load(Relaxed) == first {
                 return false;
             }
             self.store_words(&[first, 0, 0, 0, 0, 0, 0, 0]);
             return true;
         }
+        self.set_long(name)
+    }
+
+    /// [`Name::set`] of a name of 8 bytes or more.
+    #[inline(never)]
+    fn set_long(&self, name: &str) -> bool {
+        let mut end = name.len().min(NAME_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let b = &name.as_bytes()[..end];
+        let first = end as u64 | (load_le(&b[..7]) << 8);
         let mut words = [0u64; 8];
         words[0] = first;
         // Word k holds bytes 8k - 1 .. 8k + 7 of the name.

@@ -1028,6 +1028,7 @@ pub(crate) struct EnterToken {
 
 /// Makes `id` the calling thread's scope (pushing it on the guard stack),
 /// flushing the batch of the previous one.
+#[inline(always)]
 pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     with_state(|s| {
         #[cfg(not(unix))]
