@@ -359,7 +359,7 @@ impl ScopeHandle {
     }
 
     /// Enters the scope; `direct`: its chain has a budget.
-    #[inline]
+    #[inline(always)]
     fn enter_with(self, direct: bool) -> ScopeGuard {
         run_budget_callbacks();
         let token = thread::enter(self.id, direct);

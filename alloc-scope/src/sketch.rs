@@ -44,6 +44,7 @@ pub const SKETCH_BYTES: usize = std::mem::size_of::<AtomicSketch>();
 /// The bucket of `v`. Buckets are closed above, `(low - 1, high]`, with
 /// `high` a multiple of a power of two, so that no bucket straddles a power
 /// of two (Prometheus's `le` bounds are exact on them).
+#[inline]
 fn index(v: u64) -> usize {
     if v <= EXACT {
         return v as usize;
@@ -220,6 +221,7 @@ impl AtomicSketch {
     /// extremes only ever move outwards, so a value that does not pass the
     /// one read could not have changed them later either), so a value inside
     /// the seen range costs one atomic add: its bucket.
+    #[inline(always)]
     pub(crate) fn add(&self, v: u64) {
         if v != 0 {
             self.sum.fetch_add(v, Relaxed);

@@ -1166,6 +1166,7 @@ fn exit_deferred(s: &ThreadState, t: &EnterToken) -> bool {
 
 /// Leaves the scope entered with `t`, in whatever order guards drop (see the
 /// module docs), flushing the batch first.
+#[inline(always)]
 pub(crate) fn exit(t: EnterToken) {
     with_state(|s| {
         if !exit_deferred(s, &t) {
