@@ -89,6 +89,9 @@ struct Model {
     retired: bool,
     failed: bool,
     hard: Option<u64>,
+    soft: Option<u64>,
+    /// The highest live bytes seen above `soft`; 0 while never above.
+    soft_exceeded: u64,
     refused: u64,
     closed_children: u64,
     closed_children_peak: u64,
@@ -169,6 +172,8 @@ impl World {
             retired: false,
             failed: false,
             hard: None,
+            soft: None,
+            soft_exceeded: 0,
             refused: 0,
             closed_children: 0,
             closed_children_peak: 0,
@@ -192,15 +197,17 @@ impl World {
     }
 
     fn open(&mut self, r: &mut Rng) {
-        self.open_with(r, None);
+        self.open_with(r, None, None);
     }
 
-    /// A scope with a hard budget, used and left at once (its chain charges
-    /// unbatched while the thread is in it): allocations, some refused.
+    /// A scope with a hard budget, sometimes a soft one below it, used and
+    /// left at once (its chain charges unbatched while the thread is in it):
+    /// allocations, some refused, some past the soft budget.
     fn budget_request(&mut self, r: &mut Rng) {
         let open = self.guards.len();
         let hard = 1 + r.below(20_000);
-        self.open_with(r, Some(hard));
+        let soft = (r.below(2) == 0).then(|| 1 + r.below(hard));
+        self.open_with(r, Some(hard), soft);
         if self.guards.len() <= open {
             return;
         }
@@ -213,18 +220,24 @@ impl World {
         self.release(s);
     }
 
-    fn open_with(&mut self, r: &mut Rng, hard: Option<u64>) {
+    fn open_with(&mut self, r: &mut Rng, hard: Option<u64>, soft: Option<u64>) {
         if self.guards.len() >= 12 {
             return self.drop_guard(r);
         }
         let name = r.below(NAMES.len() as u64) as usize;
         let parent = self.current();
-        let guard = match hard {
-            Some(h) => ScopeBuilder::new(NAMES[name])
-                .hard_limit(h)
-                .enter()
-                .expect("a positive budget"),
-            None => scope(NAMES[name]),
+        let guard = match (hard, soft) {
+            (None, None) => scope(NAMES[name]),
+            _ => {
+                let mut b = ScopeBuilder::new(NAMES[name]);
+                if let Some(h) = hard {
+                    b = b.hard_limit(h);
+                }
+                if let Some(s) = soft {
+                    b = b.soft_limit(s);
+                }
+                b.enter().expect("positive budgets, soft below hard")
+            }
         };
         assert!(!guard.is_fallback(), "the registry is far from full");
         let id = guard.id();
@@ -257,6 +270,8 @@ impl World {
             retired: false,
             failed: false,
             hard,
+            soft,
+            soft_exceeded: 0,
             refused: 0,
             closed_children: 0,
             closed_children_peak: 0,
@@ -305,7 +320,11 @@ impl World {
                     "allocation of {bytes} B within budgets refused"
                 );
                 for &s in &chain {
-                    self.scopes[s].host.alloc(bytes);
+                    let m = &mut self.scopes[s];
+                    m.host.alloc(bytes);
+                    if m.soft.is_some_and(|soft| m.host.live > soft) {
+                        m.soft_exceeded = m.soft_exceeded.max(m.host.live);
+                    }
                 }
                 self.host.push(Block {
                     owner,
@@ -584,9 +603,10 @@ impl World {
             assert!(got.open, "{what}: open");
             assert_eq!(got.depth, m.depth, "{what}: depth");
             assert_eq!(got.hard_limit, m.hard, "{what}: hard limit");
-            assert_eq!(got.soft_limit, None, "{what}: soft limit");
+            assert_eq!(got.soft_limit, m.soft, "{what}: soft limit");
             assert_eq!(
-                got.soft_limit_exceeded_at, None,
+                got.soft_limit_exceeded_at,
+                (m.soft_exceeded != 0).then_some(m.soft_exceeded),
                 "{what}: soft limit exceeded"
             );
             assert_eq!(got.refused_allocations, m.refused, "{what}: refused");
@@ -656,21 +676,21 @@ fn records_report_what_an_independent_model_of_scopes_computes() {
     // thread's pending charges net to zero bytes but not to zero blocks of
     // the parent, and then another child is entered and left.
     let sized = |w: &mut World, bytes| w.host_alloc_bytes(bytes);
-    w.open_with(&mut r, None); // the parent
+    w.open_with(&mut r, None, None); // the parent
     let parent = w.guards.len() - 1;
     sized(&mut w, 100); // the parent's block
     w.check(0);
     sized(&mut w, 7);
     let last = w.host.len() - 1;
     w.free_at(last); // pending: net zero
-    w.open_with(&mut r, None); // a child
+    w.open_with(&mut r, None, None); // a child
     sized(&mut w, 100); // kept by the child
     let (g, s) = w.guards.pop().expect("the child");
     drop(g);
     w.release(s);
     let first = w.host.iter().position(|b| b.owner == w.guards[parent].1);
     w.free_at(first.expect("the parent's block"));
-    w.open_with(&mut r, None); // another child
+    w.open_with(&mut r, None, None); // another child
     w.check(0); // the pending charges applied while in it
     let (g, s) = w.guards.pop().expect("the second child");
     drop(g);
