@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::record::{NAME_MAX, Name, NameWords, name_words};
+use super::record::{NAME_MAX, Name, NameWords, Record, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
@@ -75,28 +75,39 @@ impl Entry {
         }
     }
 
+    /// Adds one closed scope: its count once for both distributions, and a
+    /// total only when the scope changed it (most scopes never touch device
+    /// memory).
+    #[inline]
     fn add(&self, f: &Closed) {
         self.closed.fetch_add(1, Relaxed);
         self.host.add(f.host_peak);
         self.device.add(f.device_peak);
-        self.bytes_allocated.fetch_add(f.bytes_allocated, Relaxed);
-        self.allocations.fetch_add(f.allocations, Relaxed);
-        self.device_bytes_allocated
-            .fetch_add(f.device_bytes_allocated, Relaxed);
-        self.wall_ns.fetch_add(f.wall_ns, Relaxed);
+        add_nonzero(&self.bytes_allocated, f.bytes_allocated);
+        add_nonzero(&self.allocations, f.allocations);
+        add_nonzero(&self.device_bytes_allocated, f.device_bytes_allocated);
+        add_nonzero(&self.wall_ns, f.wall_ns);
     }
 
     fn read(&self, name: String) -> ScopeAggregate {
+        let closed = self.closed.load(Relaxed);
         ScopeAggregate {
             name,
-            closed: self.closed.load(Relaxed),
-            host_peak: self.host.summary(),
-            device_peak: self.device.summary(),
+            closed,
+            host_peak: self.host.summary(closed),
+            device_peak: self.device.summary(closed),
             bytes_allocated: self.bytes_allocated.load(Relaxed),
             allocations: self.allocations.load(Relaxed),
             device_bytes_allocated: self.device_bytes_allocated.load(Relaxed),
             wall_time: Duration::from_nanos(self.wall_ns.load(Relaxed)),
         }
+    }
+}
+
+#[inline]
+fn add_nonzero(a: &AtomicU64, v: u64) {
+    if v != 0 {
+        a.fetch_add(v, Relaxed);
     }
 }
 
@@ -168,37 +179,50 @@ pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
-    let (h, d, m) = (r.host.0.read(), r.device.0.read(), &r.meta.0);
-    let f = Closed {
-        host_peak: h.peak_bytes.max(0) as u64,
-        device_peak: d.peak_bytes.max(0) as u64,
-        bytes_allocated: h.bytes_allocated,
-        allocations: h.allocations,
-        device_bytes_allocated: d.bytes_allocated,
+    let m = &r.meta.0;
+    let cached = m.aggregate.load(Relaxed) as usize;
+    match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
+        Some(e) if m.failed.load(Relaxed) == 0 => e.add(&closed_of(r)),
+        _ => record_uncached(r),
+    }
+}
+
+/// What a closed scope adds to its name's entry: only the figures an
+/// aggregate keeps are read.
+#[inline(always)]
+fn closed_of(r: &Record) -> Closed {
+    let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
+    Closed {
+        host_peak: h.peak_bytes.load(Relaxed).max(0) as u64,
+        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
+        bytes_allocated: h.bytes_allocated.load(Relaxed),
+        allocations: h.allocations.load(Relaxed),
+        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
         wall_ns: m
             .closed_ns
             .load(Relaxed)
             .saturating_sub(m.opened_ns.load(Relaxed)),
-    };
-    if r.meta.0.failed.load(Relaxed) == 0 {
-        let cached = r.meta.0.aggregate.load(Relaxed) as usize;
-        let e = match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
-            Some(e) => e,
-            None => {
-                let e = entry_of(&r.name.0.words());
-                if let Some(i) = index_of(e) {
-                    r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
-                }
-                e
-            }
-        };
-        e.add(&f);
-    } else {
+    }
+}
+
+/// [`record_close`] of a scope marked failed (under `"{name} (failed)"`),
+/// or of a record whose name's entry is not cached yet.
+#[cold]
+#[inline(never)]
+fn record_uncached(r: &Record) {
+    let f = closed_of(r);
+    if r.meta.0.failed.load(Relaxed) != 0 {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
             entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
         });
+        return;
     }
+    let e = entry_of(&r.name.0.words());
+    if let Some(i) = index_of(e) {
+        r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
+    }
+    e.add(&f);
 }
 
 /// The suffix of the aggregate name of a scope marked failed.
@@ -247,7 +271,7 @@ mod tests {
         for &v in values {
             h.add(v);
         }
-        h.summary()
+        h.summary(values.len() as u64)
     }
 
     #[test]
@@ -396,7 +420,7 @@ mod accuracy {
             for &v in &values {
                 h.add(v);
             }
-            let s = h.summary();
+            let s = h.summary(values.len() as u64);
             values.sort_unstable();
             let (min, max) = (values[0], values[values.len() - 1]);
             for q in QS {

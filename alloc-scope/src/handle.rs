@@ -132,8 +132,8 @@ pub fn scope(name: &str) -> ScopeGuard {
     // No `untracked` around it: opening a scope without a callback allocates
     // nothing (the name is copied into the record), and a full registry is
     // told without allocating (`Full`).
-    match create(name, thread::current(), None, None, None) {
-        Ok(h) => h.enter_owned(),
+    match create(name, thread::current(), 0, 0) {
+        Ok((h, direct)) => h.enter_with(direct),
         Err(Full) => {
             let mut g = ScopeHandle::current().enter_owned();
             g.fallback = true;
@@ -204,12 +204,29 @@ impl ScopeBuilder {
             Some(p) => p.id,
             None => thread::current(),
         };
-        create(&self.name, parent, self.hard, self.soft, self.on_soft).map_err(|Full| {
-            ScopeError::RegistryFull {
-                name: self.name.clone(),
-                capacity: super::registry::CAPACITY,
-            }
-        })
+        let (h, _) = create(
+            &self.name,
+            parent,
+            self.hard.unwrap_or(0),
+            self.soft.unwrap_or(0),
+        )
+        .map_err(|Full| ScopeError::RegistryFull {
+            name: self.name.clone(),
+            capacity: super::registry::CAPACITY,
+        })?;
+        // Only scopes with a callback take this lock (never an allocator
+        // path; a stale entry of a reused slot fails the generation check
+        // when due).
+        if let Some(cb) = self.on_soft {
+            lock(&CALLBACKS).get_or_insert_with(HashMap::new).insert(
+                h.id.slot(),
+                CallbackEntry {
+                    scope: h.id,
+                    callback: cb,
+                },
+            );
+        }
+        Ok(h)
     }
 
     /// Creates the scope and enters it on the calling thread.
@@ -243,16 +260,13 @@ impl ScopeBuilder {
 /// Every registry slot holds an open scope (see [`ScopeError::RegistryFull`]).
 struct Full;
 
-/// Takes a slot and opens a scope in it: the one path of [`scope`] and
+/// Takes a slot and opens a scope in it, a child of `parent` with host
+/// budgets `hard` and `soft` (0: none): the one path of [`scope`] and
 /// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
-/// allocated unless a soft-limit callback is registered).
-fn create(
-    name: &str,
-    parent: ScopeId,
-    hard: Option<u64>,
-    soft: Option<u64>,
-    on_soft: Option<Callback>,
-) -> Result<ScopeHandle, Full> {
+/// allocated). Returns the handle and whether the new scope's chain has a
+/// budget (its charges are then unbatched).
+#[inline(always)]
+fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHandle, bool), Full> {
     let Some(slot) = REGISTRY.take_slot() else {
         return Err(Full);
     };
@@ -262,20 +276,27 @@ fn create(
     // A slot is usually reused by a scope of the same name (a request scope
     // opened and closed in a loop): then the name and its aggregate entry
     // stay as they are.
-    let words = super::record::name_words(name);
-    if r.name.0.words() != words {
-        r.name.0.store_words(&words);
+    if r.name.0.set(name) {
         r.meta.0.aggregate.store(0, Relaxed);
     }
     let parent_rec = REGISTRY.record(parent.slot());
-    let depth = parent_rec.map_or(0, |p| p.meta.0.depth.load(Relaxed) + 1);
-    r.reset(Some(parent.slot()), depth.min(MAX_DEPTH), now_ns());
+    let (depth, inherited) = parent_rec.map_or((0, false), |p| {
+        let m = &p.meta.0;
+        (
+            m.depth.load(Relaxed) + 1,
+            m.budget_in_chain.load(Relaxed) != 0,
+        )
+    });
+    let direct = inherited || hard != 0 || soft != 0;
+    r.open(
+        Some(parent.slot()),
+        depth.min(MAX_DEPTH),
+        now_ns(),
+        hard,
+        soft,
+        direct,
+    );
     let m = &r.meta.0;
-    m.hard_limit.store(hard.unwrap_or(0), Relaxed);
-    m.soft_limit.store(soft.unwrap_or(0), Relaxed);
-    let inherited = parent_rec.is_some_and(|p| p.meta.0.budget_in_chain.load(Relaxed) != 0);
-    m.budget_in_chain
-        .store(u8::from(inherited || r.has_budget()), Relaxed);
     if parent.slot() >= FIXED {
         if let Some(p) = parent_rec {
             p.meta.0.life.fetch_add(REF, Relaxed);
@@ -283,19 +304,12 @@ fn create(
     }
     let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
     m.state.store(OPEN, Release);
-    let id = ScopeId::new(slot, generation);
-    // Only scopes with a callback take this lock (never an allocator path;
-    // a stale entry of a reused slot fails the generation check when due).
-    if let Some(cb) = on_soft {
-        lock(&CALLBACKS).get_or_insert_with(HashMap::new).insert(
-            slot,
-            CallbackEntry {
-                scope: id,
-                callback: cb,
-            },
-        );
-    }
-    Ok(ScopeHandle { id })
+    Ok((
+        ScopeHandle {
+            id: ScopeId::new(slot, generation),
+        },
+        direct,
+    ))
 }
 
 /// A shared reference to a scope: `Clone + Send + Sync`. Entering it on another
@@ -340,8 +354,14 @@ impl ScopeHandle {
     }
 
     fn enter_owned(self) -> ScopeGuard {
-        run_budget_callbacks();
         let direct = REGISTRY.budget_in_chain(self.id.slot());
+        self.enter_with(direct)
+    }
+
+    /// Enters the scope; `direct`: its chain has a budget.
+    #[inline(always)]
+    fn enter_with(self, direct: bool) -> ScopeGuard {
+        run_budget_callbacks();
         let token = thread::enter(self.id, direct);
         ScopeGuard {
             handle: self,

@@ -98,7 +98,74 @@ pub(crate) fn name_words(name: &str) -> NameWords {
     words
 }
 
+/// The bytes of `b` (at most 8) as a little-endian word, without a copy
+/// through memory: two overlapping loads cover 4 to 8 bytes, three 1 to 3.
+#[inline(always)]
+fn load_le(b: &[u8]) -> u64 {
+    let n = b.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | (u64::from(hi) << (8 * (n - 4)))
+    } else if n > 0 {
+        u64::from(b[0])
+            | (u64::from(b[n / 2]) << (8 * (n / 2)))
+            | (u64::from(b[n - 1]) << (8 * (n - 1)))
+    } else {
+        0
+    }
+}
+
 impl Name {
+    /// Stores `name` ([`name_words`]'s form) unless it is stored already;
+    /// true when it was not. Only the words that hold its length byte and
+    /// its bytes are built and compared: when the first word matches, so
+    /// does the length, and a stored name is zero beyond its bytes.
+    #[inline(always)]
+    pub(crate) fn set(&self, name: &str) -> bool {
+        let end = name.len();
+        if end < 8 {
+            // One word: the usual name of a request or a stage.
+            let first = end as u64 | (load_le(name.as_bytes()) << 8);
+            if self.0[0].load(Relaxed) == first {
+                return false;
+            }
+            self.store_words(&[first, 0, 0, 0, 0, 0, 0, 0]);
+            return true;
+        }
+        self.set_long(name)
+    }
+
+    /// [`Name::set`] of a name of 8 bytes or more.
+    #[inline(never)]
+    fn set_long(&self, name: &str) -> bool {
+        let mut end = name.len().min(NAME_MAX);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let b = &name.as_bytes()[..end];
+        let first = end as u64 | (load_le(&b[..7]) << 8);
+        let mut words = [0u64; 8];
+        words[0] = first;
+        // Word k holds bytes 8k - 1 .. 8k + 7 of the name.
+        let used = (end + 8) / 8;
+        let mut k = 1;
+        while k < used {
+            let start = 8 * k - 1;
+            words[k] = load_le(&b[start..(start + 8).min(end)]);
+            k += 1;
+        }
+        let mut same = true;
+        for (v, w) in words[..used].iter().zip(&self.0) {
+            same &= w.load(Relaxed) == *v;
+        }
+        if same {
+            return false;
+        }
+        self.store_words(&words);
+        true
+    }
+
     pub(crate) fn store_words(&self, words: &NameWords) {
         for (w, v) in self.0.iter().zip(words) {
             w.store(*v, Relaxed);
@@ -191,18 +258,29 @@ impl Record {
         }
     }
 
-    /// Resets a slot just taken from the free list (exclusively owned).
-    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, now_ns: u64) {
+    /// Opens a slot just taken from the free list (exclusively owned): every
+    /// figure and mark a scope can write starts again (the name, its
+    /// aggregate entry, the generation and the state are the caller's).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        &self,
+        parent: Option<u32>,
+        depth: u32,
+        now_ns: u64,
+        hard_limit: u64,
+        soft_limit: u64,
+        budget_in_chain: bool,
+    ) {
         self.host.0.clear();
         self.device.0.clear();
         let m = &self.meta.0;
         m.parent.store(parent.map_or(0, |p| p + 1), Relaxed);
         m.depth.store(depth, Relaxed);
-        m.budget_in_chain.store(0, Relaxed);
+        m.budget_in_chain.store(u8::from(budget_in_chain), Relaxed);
         m.life.store(REF, Relaxed);
         m.refs.store(1, Relaxed);
-        m.hard_limit.store(0, Relaxed);
-        m.soft_limit.store(0, Relaxed);
+        m.hard_limit.store(hard_limit, Relaxed);
+        m.soft_limit.store(soft_limit, Relaxed);
         m.soft_exceeded.store(0, Relaxed);
         m.refused.store(0, Relaxed);
         m.opened_ns.store(now_ns, Relaxed);
@@ -213,6 +291,12 @@ impl Record {
         m.failed.store(0, Relaxed);
     }
 
+    /// [`Record::open`] without budgets.
+    #[cfg(loom)]
+    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, now_ns: u64) {
+        self.open(parent, depth, now_ns, 0, 0, false);
+    }
+
     /// The parent slot, if any.
     pub(crate) fn parent(&self) -> Option<u32> {
         match self.meta.0.parent.load(Relaxed) {
@@ -220,8 +304,31 @@ impl Record {
             p => Some(p - 1),
         }
     }
+}
 
-    pub(crate) fn has_budget(&self) -> bool {
-        self.meta.0.hard_limit.load(Relaxed) != 0 || self.meta.0.soft_limit.load(Relaxed) != 0
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// `Name::set` stores exactly `name_words`' form, and tells a stored name
+    /// from every other, for every length and a character cut at the limit.
+    #[test]
+    fn set_stores_the_stored_form_and_compares_only_what_it_needs() {
+        let mut names: Vec<String> = (0..=80)
+            .map(|n| "abcdefghij".repeat(9)[..n].to_owned())
+            .collect();
+        names.extend((0..=40).map(|n| "é".repeat(n)));
+        names.extend((0..=8).map(|n| format!("{}\u{1F600}", "x".repeat(60 - n))));
+        let slot = Name([const { AtomicU64::new(0) }; 8]);
+        for a in &names {
+            for b in &names {
+                assert!(slot.set(a) || slot.words() == name_words(a), "{a:?}");
+                assert_eq!(slot.words(), name_words(a), "{a:?}");
+                assert!(!slot.set(a), "{a:?} again");
+                let same = name_words(a) == name_words(b);
+                assert_eq!(slot.set(b), !same, "{a:?} then {b:?}");
+                assert_eq!(slot.words(), name_words(b), "{a:?} then {b:?}");
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@
 
 use super::counters::{Counters, Delta};
 use super::record::{CLOSED, EVICTING, FREE, REF, Record};
-use super::sync::{AtomicU32, AtomicU64, Ordering::*};
+use super::sync::{AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 #[cfg(doc)]
 use crate::ScopeInvariant;
 
@@ -108,12 +108,13 @@ impl<const N: usize> Registry<N> {
     }
 
     /// Takes a free slot ([`ScopeInvariant::G1`]), or `None` when all `N` are in use.
+    #[inline]
     pub(crate) fn take_slot(&self) -> Option<u32> {
         loop {
             let head = self.free_head.load(Acquire);
             let idx = head as u32;
             if idx == 0 {
-                break;
+                return self.take_unused();
             }
             let next = self.record(idx - 1)?.meta.0.next_free.load(Relaxed);
             let new = (((head >> 32) + 1) << 32) | u64::from(next);
@@ -125,6 +126,14 @@ impl<const N: usize> Registry<N> {
                 return Some(idx - 1);
             }
         }
+    }
+
+    /// [`Registry::take_slot`] with the free list empty: a slot never used,
+    /// or a closed one recycled (out of line: a process reaches it only
+    /// until its scopes reuse slots, or with the registry full).
+    #[cold]
+    #[inline(never)]
+    fn take_unused(&self) -> Option<u32> {
         loop {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
@@ -173,6 +182,14 @@ impl<const N: usize> Registry<N> {
     /// changes by the batch's net allocations. No budget check: used for batches
     /// of chains without budgets.
     pub(crate) fn apply_batch(&self, owner: u32, d: &Delta, device: bool) {
+        self.apply_chain(owner, d, device);
+        self.adjust_life(owner, d.net_allocations());
+    }
+
+    /// Applies a batch to `owner` and every ancestor, leaving life words to
+    /// the caller (a thread's batch can hold operations of a scope it left,
+    /// whose life word already counts them).
+    pub(crate) fn apply_chain(&self, owner: u32, d: &Delta, device: bool) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let live = counters(r, device).apply(d);
@@ -180,7 +197,17 @@ impl<const N: usize> Registry<N> {
                 self.check_soft(r, live);
             }
         }
-        self.adjust_life(owner, d.net_allocations());
+    }
+
+    /// Applies a batch of host operations to `slot` alone (its ancestors are
+    /// charged by the caller, later, through their own chain), and `life`
+    /// (its net allocations that are `slot`'s own) to `slot`'s life word.
+    pub(crate) fn apply_one(&self, slot: u32, d: &Delta, life: i64) {
+        if let Some(r) = self.record(slot) {
+            let live = r.host.0.apply(d);
+            self.check_soft(r, live);
+        }
+        self.adjust_life(slot, life);
     }
 
     /// The scope a compact id names (see `ScopeId::to_compact`): the slot's
@@ -409,10 +436,11 @@ impl<const N: usize> Registry<N> {
         if let Some(pr) = parent.and_then(|p| self.record(p)) {
             let m = &pr.meta.0;
             m.closed_children.fetch_add(1, Relaxed);
-            m.closed_children_peak
-                .fetch_max(r.host.0.peak_bytes.load(Relaxed), Relaxed);
-            m.closed_children_device_peak
-                .fetch_max(r.device.0.peak_bytes.load(Relaxed), Relaxed);
+            raise(&m.closed_children_peak, r.host.0.peak_bytes.load(Relaxed));
+            raise(
+                &m.closed_children_device_peak,
+                r.device.0.peak_bytes.load(Relaxed),
+            );
         }
         parent
     }
@@ -516,6 +544,16 @@ impl<const N: usize> Registry<N> {
                 r.meta.0.state.load(Acquire) != FREE
                     && r.meta.0.generation.load(Acquire) & super::id::GEN_MASK == generation
             })
+    }
+}
+
+/// `a.fetch_max(v)`, with the read-modify-write only when `v` is above the
+/// value read: a maximum only rises, so a `v` at or below a value seen could
+/// not have raised it later either.
+#[inline]
+fn raise(a: &AtomicI64, v: i64) {
+    if v > a.load(Relaxed) {
+        a.fetch_max(v, Relaxed);
     }
 }
 

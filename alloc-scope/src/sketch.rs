@@ -12,8 +12,8 @@
 //! minimum and maximum) is within 0.78% of the exact quantile, for values
 //! below 256 TiB.
 //!
-//! **Memory.** [`BUCKETS`] counters of 8 bytes plus count, sum, min and max:
-//! [`SKETCH_BYTES`] (22,064 bytes) per distribution, whatever the number of
+//! **Memory.** [`BUCKETS`] counters of 8 bytes plus sum, min and max:
+//! [`SKETCH_BYTES`] (22,056 bytes) per distribution, whatever the number of
 //! values. Pages of a static table are only resident once touched: a
 //! distribution whose values span a few powers of two touches a few pages.
 
@@ -36,13 +36,15 @@ const FIRST: usize = EXACT as usize + 1;
 /// `(2^7, 2^8]` to `(2^47, 2^48]`, and one above `2^48`.
 pub const BUCKETS: usize = FIRST + (TOP as usize - 7) * SUB + 1;
 
-/// Bytes of one recorded distribution: its bucket counters and its count,
-/// sum, minimum and maximum (22,064).
+/// Bytes of one recorded distribution: its bucket counters and its sum,
+/// minimum and maximum (22,056; the count of values is its owner's: a name's
+/// aggregate counts its closed scopes once for both of its distributions).
 pub const SKETCH_BYTES: usize = std::mem::size_of::<AtomicSketch>();
 
 /// The bucket of `v`. Buckets are closed above, `(low - 1, high]`, with
 /// `high` a multiple of a power of two, so that no bucket straddles a power
 /// of two (Prometheus's `le` bounds are exact on them).
+#[inline]
 fn index(v: u64) -> usize {
     if v <= EXACT {
         return v as usize;
@@ -93,8 +95,9 @@ pub struct Bucket {
 /// values above share one last bucket. A bucket is at most 1/64 of its
 /// lowest value wide, so its midpoint is within 1/128 (0.78%) of any value in
 /// it. Recorded in the registry, a distribution takes [`SKETCH_BYTES`]
-/// (22,064 bytes: [`SKETCH_BUCKETS`](crate::SKETCH_BUCKETS) counters and
-/// count, sum, min, max), whatever the number of values.
+/// (22,056 bytes: [`SKETCH_BUCKETS`](crate::SKETCH_BUCKETS) counters and
+/// sum, min, max; the count is the name's count of closed scopes), whatever
+/// the number of values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PeakSummary {
     /// Values recorded.
@@ -192,7 +195,6 @@ impl PeakSummary {
 /// allocation, so a scope can close anywhere (a lock held by another thread
 /// at `fork` would hang the child at its first scope close).
 pub(crate) struct AtomicSketch {
-    count: AtomicU64,
     sum: AtomicU64,
     max: AtomicU64,
     /// `!min` (0 while empty): every field starts at zero, so a static table
@@ -205,7 +207,6 @@ pub(crate) struct AtomicSketch {
 impl AtomicSketch {
     pub(crate) const fn new() -> AtomicSketch {
         AtomicSketch {
-            count: AtomicU64::new(0),
             sum: AtomicU64::new(0),
             max: AtomicU64::new(0),
             min_not: AtomicU64::new(0),
@@ -213,12 +214,24 @@ impl AtomicSketch {
         }
     }
 
-    /// Records `v`: five relaxed atomic operations.
+    /// Records `v`. The count of values is its owner's (a name's aggregate
+    /// counts its closed scopes once for both of its sketches), given back to
+    /// [`AtomicSketch::summary`]. The sum, maximum and
+    /// minimum are read-modify-written only when `v` changes them (both
+    /// extremes only ever move outwards, so a value that does not pass the
+    /// one read could not have changed them later either), so a value inside
+    /// the seen range costs one atomic add: its bucket.
+    #[inline(always)]
     pub(crate) fn add(&self, v: u64) {
-        self.count.fetch_add(1, Relaxed);
-        self.sum.fetch_add(v, Relaxed);
-        self.max.fetch_max(v, Relaxed);
-        self.min_not.fetch_max(!v, Relaxed);
+        if v != 0 {
+            self.sum.fetch_add(v, Relaxed);
+        }
+        if v > self.max.load(Relaxed) {
+            self.max.fetch_max(v, Relaxed);
+        }
+        if !v > self.min_not.load(Relaxed) {
+            self.min_not.fetch_max(!v, Relaxed);
+        }
         // `index` is below BUCKETS for every u64 (tested); `get` keeps a
         // panic off the scope-close path regardless
         if let Some(b) = self.buckets.get(index(v)) {
@@ -226,10 +239,9 @@ impl AtomicSketch {
         }
     }
 
-    /// What was recorded so far (values recorded while this reads may be
-    /// counted in some figures and not yet in others).
-    pub(crate) fn summary(&self) -> PeakSummary {
-        let count = self.count.load(Relaxed);
+    /// What was recorded so far, `count` values (values recorded while this
+    /// reads may be counted in some figures and not yet in others).
+    pub(crate) fn summary(&self, count: u64) -> PeakSummary {
         let max = self.max.load(Relaxed);
         PeakSummary {
             count,
@@ -281,7 +293,7 @@ mod tests {
                 assert_eq!(high, u64::MAX);
             }
         }
-        assert_eq!(SKETCH_BYTES, 22_064);
+        assert_eq!(SKETCH_BYTES, 22_056);
     }
 
     #[test]
@@ -313,7 +325,7 @@ mod tests {
     fn atomic_and_plain_agree() {
         let s = AtomicSketch::new();
         let mut p = PeakSummary::default();
-        assert_eq!(s.summary(), p);
+        assert_eq!(s.summary(0), p);
         for v in [
             0u64,
             1,
@@ -329,7 +341,7 @@ mod tests {
             s.add(v);
             p.add(v);
         }
-        let a = s.summary();
+        let a = s.summary(p.count);
         assert_eq!(
             (a.count, a.max, a.min, &a.buckets),
             (p.count, p.max, p.min, &p.buckets)

@@ -16,7 +16,10 @@
 //! # Exactness
 //! A thread applies its batch when the batch's net live bytes leave
 //! `[-BATCH_BYTES, BATCH_BYTES]`, after `BATCH_OPS` operations, when it enters
-//! or leaves a scope, when it reads statistics, and when it exits. Hence:
+//! or leaves a scope (leaving a scope for its parent, or entering a child
+//! with charges that net to zero bytes, applies it to the scope left only, or
+//! to nothing yet: see "Deferred batches"), when it reads statistics, and
+//! when it exits. Hence:
 //! - single-threaded, every figure is exact (peaks included: a batch carries its
 //!   own high-water mark, and a thread applies its batch before it charges a
 //!   free to another scope, so the counters see its operations in order);
@@ -35,6 +38,27 @@
 //! - an allocation is charged only once the inner allocator returned memory: a
 //!   refused allocation leaves no trace (with a budget, its bytes are reserved
 //!   first and taken back, never counted in a peak).
+//!
+//! # Deferred batches
+//! Leaving a scope for its parent (its guard the newest on the thread)
+//! applies the operations the thread made in the scope to the scope's own
+//! record, so its figures are exact once it is left, and keeps them in the
+//! batch, which becomes the parent's: the parent's chain gets them with the
+//! parent's own, when that batch is applied. Entering a scope (without a
+//! budget) while the batch holds operations whose net live bytes are 0, all
+//! of them the current scope's own, keeps them too: the batch goes on for
+//! both, and the entered scope's part is told from the parent's by what the
+//! batch held at entry (`outer_base`). So a request scope opened and closed
+//! in a loop touches its own record and not its ancestors' (they get the
+//! loop's operations once per batch). The bounds above hold as stated: the
+//! batch is one batch (its operations and its net live bytes are bounded as
+//! before), the parent's live bytes and peak are those of the sequence of
+//! operations in order (the peak counts from the batch's start across both
+//! parts), and a scope is exact once the thread left it. A closed scope
+//! recycled while its operations are still in another thread's batch
+//! moves its live figures out of its ancestors before they arrive there;
+//! the totals come out the same, and the ancestors' peaks may miss up to
+//! that batch, as for any batch of another thread.
 //!
 //! # Thread exit
 //! The state is a `const`, `Drop`-free thread-local, usable at any point of a
@@ -141,6 +165,15 @@ pub(crate) struct ThreadState {
     /// Device charges, batched the same way.
     device_batch: UnsafeCell<Batch>,
     stack: UnsafeCell<Stack>,
+    /// The scope the thread came from when it entered its current scope with
+    /// that scope's charges still in its batch ("Deferred batches" in the
+    /// module docs); [`ScopeId::UNTRACKED`] when none.
+    outer: Cell<ScopeId>,
+    /// The batch as it was at that entry (its net live bytes 0).
+    outer_base: UnsafeCell<Batch>,
+    /// Net allocations in the batch that were made in scopes the thread
+    /// has left since the batch began: their life words count them already.
+    left_net: Cell<i64>,
 }
 
 impl ThreadState {
@@ -160,6 +193,9 @@ impl ThreadState {
                 overflow: 0,
                 entries: [Entry::EMPTY; STACK_MAX],
             }),
+            outer: Cell::new(ScopeId::UNTRACKED),
+            outer_base: UnsafeCell::new(Batch::EMPTY),
+            left_net: Cell::new(0),
         }
     }
 
@@ -366,13 +402,80 @@ pub(crate) fn flush_state(s: &ThreadState) {
 #[inline(never)]
 fn flush_nonempty(s: &ThreadState) {
     let d = s.with_batch(|b| core::mem::replace(b, Batch::EMPTY));
-    if !d.is_empty() {
+    let left_net = s.left_net.replace(0);
+    let outer = s.outer.replace(ScopeId::UNTRACKED);
+    let cur = s.current.get().slot();
+    if outer.is_tracked() {
+        debug_assert_eq!(
+            left_net, 0,
+            "a batch is deferred only with no scope's allocations in it"
+        );
+        // SAFETY: thread-local, and nothing else refers to it during the copy.
+        let base = unsafe { *s.outer_base.get() };
+        apply_deferred(cur, outer.slot(), &d, &base);
+    } else if !d.is_empty() {
         mark_seen();
-        REGISTRY.apply_batch(s.current.get().slot(), &d.to_delta(), false);
+        let all = d.to_delta();
+        REGISTRY.apply_chain(cur, &all, false);
+        REGISTRY.adjust_life(cur, all.net_allocations().wrapping_sub(left_net));
     }
     let d = s.with_device_batch(|b| core::mem::replace(b, Batch::EMPTY));
     if !d.is_empty() {
         REGISTRY.apply_batch(s.current.get().slot(), &d.to_delta(), true);
+    }
+}
+
+/// The operations batch `d` holds beyond `base` (those made since the thread
+/// entered its current scope with `base` in its batch; `d.max_prefix` counts
+/// from that entry, where the live bytes were 0).
+#[inline]
+fn part_since(d: &Batch, base: &Batch) -> Delta {
+    let allocations = d.allocations.wrapping_sub(base.allocations);
+    let reallocs = d.reallocs.wrapping_sub(base.reallocs);
+    let ops = base.left.wrapping_sub(d.left);
+    let bytes_allocated = d.bytes_allocated.wrapping_sub(base.bytes_allocated);
+    let live = d.live.wrapping_sub(base.live);
+    Delta {
+        allocations: u64::from(allocations),
+        frees: u64::from(ops.wrapping_sub(allocations).wrapping_sub(reallocs)),
+        reallocs: u64::from(reallocs),
+        bytes_allocated,
+        bytes_freed: bytes_allocated.wrapping_sub(live as u64),
+        live,
+        max_prefix: d.max_prefix.wrapping_sub(base.live),
+        left: d.left,
+    }
+}
+
+/// Applies a batch `d` begun in `outer`, whose operations since `base` were
+/// made in `cur` (the thread entered `cur` from `outer` with `base` in its
+/// batch), in the order they were made: `outer`'s part to `outer`'s chain,
+/// then `cur`'s to `cur`'s chain. When `outer` is `cur`'s parent, `cur`'s
+/// chain is `cur` and then `outer`'s: `cur` gets its part, and `outer`'s
+/// chain the whole batch at once (its peak from the highest live bytes of
+/// either part). Every allocation in `base` is `outer`'s (a batch is
+/// deferred only while no scope left since it began kept one).
+#[cold]
+#[inline(never)]
+fn apply_deferred(cur: u32, outer: u32, d: &Batch, base: &Batch) {
+    mark_seen();
+    let part = part_since(d, base);
+    let outer_part = base.to_delta();
+    let outer_net = outer_part.net_allocations();
+    if REGISTRY.parent(cur) == Some(outer) {
+        if d.left != base.left {
+            REGISTRY.apply_one(cur, &part, part.net_allocations());
+        }
+        let mut all = d.to_delta();
+        all.max_prefix = all.max_prefix.max(base.max_prefix);
+        REGISTRY.apply_chain(outer, &all, false);
+        REGISTRY.adjust_life(outer, outer_net);
+    } else {
+        REGISTRY.apply_chain(outer, &outer_part, false);
+        REGISTRY.adjust_life(outer, outer_net);
+        if d.left != base.left {
+            REGISTRY.apply_batch(cur, &part, false);
+        }
     }
 }
 
@@ -958,14 +1061,19 @@ pub(crate) struct EnterToken {
 
 /// Makes `id` the calling thread's scope (pushing it on the guard stack),
 /// flushing the batch of the previous one.
+#[inline(always)]
 pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     with_state(|s| {
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(true));
-        s.attach_hook();
+        if s.hook.get() == HOOK_NONE {
+            s.attach_hook();
+        }
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(false));
-        flush_state(s);
+        if !defer_batch(s, direct) {
+            flush_state(s);
+        }
         let prev = s.current.get();
         let prev_direct = s.direct.get();
         if s.mode.get() == TORN_DOWN {
@@ -999,11 +1107,104 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     })
 }
 
+/// On entry into a scope without a budget: keeps the batch of the scope
+/// the thread is in instead of applying it, when it holds operations whose
+/// net live bytes are 0 and no device charge is pending ("Deferred
+/// batches" in the module docs), and no scope left since the batch began
+/// kept an allocation. Returns whether it did (else the caller applies the
+/// batch).
+#[inline]
+fn defer_batch(s: &ThreadState, direct: bool) -> bool {
+    if s.with_batch(|b| b.is_empty())
+        || direct
+        || !s.batched()
+        || s.outer.get().is_tracked()
+        || s.left_net.get() != 0
+        || !s.with_device_batch(|b| b.is_empty())
+    {
+        return false;
+    }
+    let base = s.with_batch(|b| *b);
+    if base.live != 0 {
+        return false;
+    }
+    // SAFETY: thread-local; no other reference to it exists during the store.
+    unsafe { *s.outer_base.get() = base };
+    s.outer.set(s.current.get());
+    // The entered scope's highest live bytes count from here (0).
+    s.with_batch(|b| b.max_prefix = 0);
+    true
+}
+
+/// On exit from the scope entered with `t` back into its parent (the newest
+/// guard drops): applies the operations made in the scope since it was
+/// entered to its record alone and keeps them in the batch, now the
+/// parent's, with whatever of the parent's the batch held when the scope
+/// was entered ("Deferred batches" in the module docs). Returns whether it
+/// did (else the caller applies the batch).
+#[inline]
+fn exit_deferred(s: &ThreadState, t: &EnterToken) -> bool {
+    if !s.with_device_batch(|b| b.is_empty()) {
+        return false;
+    }
+    let outer = s.outer.get();
+    if !outer.is_tracked() && s.with_batch(|b| b.is_empty()) {
+        return true; // nothing pending
+    }
+    if t.seq == 0 {
+        return false;
+    }
+    let below = s.with_stack(|st| {
+        let n = st.len;
+        if st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
+            return None;
+        }
+        Some(if n >= 2 {
+            st.entries[n - 2].id
+        } else {
+            ScopeId::ROOT
+        })
+    });
+    let Some(below) = below else { return false };
+    let cur = s.current.get().slot();
+    if REGISTRY.parent(cur) != Some(below.slot()) {
+        return false;
+    }
+    let base = if !outer.is_tracked() {
+        Batch::EMPTY
+    } else if outer == below {
+        s.outer.set(ScopeId::UNTRACKED);
+        // SAFETY: thread-local; no other reference to it exists during the copy.
+        unsafe { *s.outer_base.get() }
+    } else {
+        return false;
+    };
+    let d = s.with_batch(|b| {
+        let d = *b;
+        b.max_prefix = b.max_prefix.max(base.max_prefix);
+        d
+    });
+    if d.left != base.left {
+        // The scope's part is its own and its children's; their life words
+        // count the children's allocations already (`left_net`), and from
+        // now on the part is in the batch for the parent's chain.
+        let part = part_since(&d, &base);
+        let net = part.net_allocations();
+        let own = net.wrapping_sub(s.left_net.replace(net));
+        mark_seen();
+        REGISTRY.apply_one(cur, &part, own);
+    }
+    true
+}
+
 /// Leaves the scope entered with `t`, in whatever order guards drop (see the
 /// module docs), flushing the batch first.
+#[inline(always)]
 pub(crate) fn exit(t: EnterToken) {
     with_state(|s| {
-        flush_state(s);
+        if !exit_deferred(s, &t) {
+            flush_state(s);
+        }
         if s.mode.get() == TORN_DOWN {
             return;
         }
