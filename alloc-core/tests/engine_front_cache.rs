@@ -143,6 +143,25 @@ fn forgetting_a_stream_keeps_its_old_buffers_out_of_the_shards() {
     a.validate().unwrap();
 }
 
+/// A stream's blocks leave the shards when it is forgotten: a block left
+/// under the handle would go to the new stream of that handle, and from
+/// there (its slot being the forgotten streams') to any stream while the
+/// new stream's work still uses it.
+#[test]
+fn forgetting_a_stream_drains_its_blocks_from_the_shards() {
+    let (sim, a) = engine("front_cache_mb:16");
+    drop(a.allocate(4096, S0).unwrap());
+    a.forget_stream(S0);
+    let c = a.allocate(4096, S0).unwrap();
+    sim.check_handout(S0, c.ptr(), c.capacity());
+    sim.launch_using(S0, &[range(&c)]);
+    drop(c);
+    let _ = a.stats(); // drains the shards
+    let d = a.allocate(4096, S1).unwrap();
+    sim.check_handout(S1, d.ptr(), d.capacity());
+    a.validate().unwrap();
+}
+
 /// Memory in shards never makes a request fail: the ladder drains them
 /// before it grows, in both segment kinds.
 #[test]
@@ -167,6 +186,15 @@ fn memory_in_shards_never_causes_out_of_memory() {
             a.check_oom_legitimate(40 * MIB)
         );
         drop(big);
+        if a.uses_expandable_segments() {
+            // free pages are mapped again without a sync (fixed segments
+            // must be released, which waits for the device)
+            assert_eq!(
+                a.stats().num_sync_all_streams,
+                0,
+                "{conf}: the shards are drained before the ladder's sync"
+            );
+        }
         a.validate().unwrap();
     }
 }

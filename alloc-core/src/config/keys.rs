@@ -449,9 +449,9 @@ pub const KEY_TABLE: &[Key] = &[
     Key {
         name: "front_cache_mb",
         values: "an integer from 0 to 65536 (MiB)",
-        default: "`0` (off)",
+        default: "`64`",
         effect: Effect::Engine(
-            "this engine's key: the byte cap of each thread's front-cache shard (0 = off): a thread's repeated request of one size on one stream is served from its shard without the engine lock, and a free without `record_stream` uses goes back there; whatever looks at the engine or releases memory drains the shards first",
+            "this engine's key: the byte cap of each thread's front-cache shard (0 = off; 64 by measurement: the replayed traces' efficiency no lower than with the cache off, in both segment kinds): a thread's repeated request of one size on one stream is served from its shard without the engine lock, and a free without `record_stream` uses goes back there; whatever looks at the engine or releases memory drains the shards first",
         ),
         examples: &["0", "16", "65536"],
         parse: |c, key, value| {
