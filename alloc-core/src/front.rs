@@ -27,7 +27,7 @@
 //! shard never makes the engine grow nor fail with out of memory) drain.
 //!
 //! # Statistics
-//! A shard counts what its hits and pushes do in a [`Tally`] (per pool and
+//! A shard counts what its hits and pushes do in a *tally* (per pool and
 //! for both: the change of each counter since the last fold and the highest
 //! that change reached); every locked operation of a thread first folds its
 //! own shard, so with one thread the figures are exact after every
