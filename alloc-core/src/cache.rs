@@ -260,7 +260,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     #[inline]
     pub(crate) fn free_buffer(&self, b: &DeviceBuffer<'_, B>) {
         let mut drain_own = false;
-        if !b.recorded.load(Ordering::Relaxed) && b.size < self.config.max_split_size {
+        if self.front.len() != 0
+            && !b.recorded.load(Ordering::Relaxed)
+            && b.size < self.config.max_split_size
+        {
             let e = Entry {
                 stream: b.stream,
                 requested: b.requested,

@@ -443,6 +443,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// operation does so first, so one thread's figures stay exact.
     #[inline]
     pub(crate) fn fold_own(&self, st: &mut State<B>) {
+        if self.front.len() == 0 {
+            return; // off: no shard, no thread number needed
+        }
         if let Some(mut sh) = self.front.lock(thread_shard()) {
             sh.fold(&mut st.stats);
         }
@@ -478,6 +481,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         pool: Pool,
         rounded: usize,
     ) {
+        if self.front.len() == 0 {
+            return;
+        }
         let Some(mut sh) = self.front.lock(thread_shard()) else {
             return;
         };
