@@ -1,5 +1,8 @@
 //! Statistics with `torch.cuda.memory_stats()` key names, updated under the
-//! engine's lock (exact, never sampled).
+//! engine's lock (never sampled); what the front cache's shards did without
+//! the lock is folded in at the thread's next locked operation and before
+//! any read (`front.rs`: exact with one thread and at quiescence; the
+//! bound on the peak while threads run is stated there).
 
 use std::collections::BTreeMap;
 
