@@ -271,6 +271,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 ptr: b.ptr.0,
                 id: b.block,
                 pool: Pool::of(b.size),
+                epoch: b.epoch,
             };
             match self.front.put(e, b.epoch) {
                 Put::Cached => return,

@@ -42,7 +42,9 @@
 //! A stream that is forgotten bumps the cache's *epoch* and drains every
 //! shard under the engine lock: a buffer handed out before that (its epoch
 //! older) is freed through the lock, never into a shard under a handle that
-//! may name a new stream.
+//! may name a new stream, and a hit takes only a block pushed in the
+//! current epoch (so a hit racing with the drain cannot hand out the
+//! forgotten stream's block under the new epoch).
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -78,6 +80,8 @@ pub(crate) struct Entry<S> {
     pub(crate) id: BlockId,
     /// Its pool.
     pub(crate) pool: Pool,
+    /// The epoch it was pushed in (set by [`FrontCache::put`]).
+    pub(crate) epoch: u64,
 }
 
 /// One family of counters' change since the last fold: index 0 both pools,
@@ -401,21 +405,25 @@ impl<S: Copy + Eq> FrontCache<S> {
             return None;
         }
         let mut sh = self.lock(thread_shard())?;
+        // an entry of an older epoch belongs to a stream forgotten since
+        // (`forget_stream` bumps the epoch, then drains this shard): never
+        // handed out under a handle that may name a new stream
+        let epoch = self.epoch();
         let i = sh
             .entries
             .iter()
-            .rposition(|e| e.requested == requested && e.stream == stream)?;
+            .rposition(|e| e.requested == requested && e.stream == stream && e.epoch == epoch)?;
         let e = sh.entries.swap_remove(i);
         sh.bytes -= e.size;
         sh.tally.handed_out(&e);
         sh.dirty = true;
-        Some((e, self.epoch()))
+        Some((e, epoch))
     }
 
     /// A free into the calling thread's shard, of a buffer handed out in
     /// `epoch`.
     #[inline]
-    pub(crate) fn put(&self, e: Entry<S>, epoch: u64) -> Put {
+    pub(crate) fn put(&self, mut e: Entry<S>, epoch: u64) -> Put {
         if !self.gate.0.on.load(Ordering::Relaxed) {
             return Put::Refused;
         }
@@ -430,6 +438,7 @@ impl<S: Copy + Eq> FrontCache<S> {
         if sh.is_full() {
             return Put::Full;
         }
+        e.epoch = epoch;
         sh.bytes += e.size;
         sh.tally.freed(&e);
         sh.dirty = true;
@@ -522,5 +531,62 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// The byte cap of each front-cache shard (`front_cache_mb`; 0 when off).
     pub fn front_cache_cap(&self) -> usize {
         self.front.cap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(stream: u32, requested: usize) -> Entry<u32> {
+        Entry {
+            stream,
+            requested,
+            size: 4096,
+            ptr: 0x1000,
+            id: 7,
+            pool: Pool::Small,
+            epoch: 0,
+        }
+    }
+
+    /// A hit takes only its stream's block of the size asked, pushed in the
+    /// current epoch: after `forget_stream` bumps the epoch, a block pushed
+    /// before is never handed out, even before the drain reaches its shard.
+    #[test]
+    fn a_hit_takes_only_its_stream_size_and_epoch() {
+        let f = FrontCache::<u32>::new(1 << 20, false);
+        assert!(matches!(f.put(entry(1, 4000), 0), Put::Cached));
+        assert!(f.take(2, 4000).is_none(), "another stream");
+        assert!(f.take(1, 4001).is_none(), "another size");
+        f.bump_epoch();
+        assert!(f.take(1, 4000).is_none(), "an older epoch");
+        assert!(
+            matches!(f.put(entry(1, 4000), 0), Put::Refused),
+            "a buffer of an older epoch is freed through the lock"
+        );
+        assert!(matches!(f.put(entry(1, 4000), 1), Put::Cached));
+        let (e, epoch) = f.take(1, 4000).unwrap();
+        assert_eq!((e.id, epoch), (7, 1));
+    }
+
+    /// The byte cap and the entry cap hold; a full shard says so (the locked
+    /// free then drains it).
+    #[test]
+    fn a_shard_keeps_its_caps() {
+        let f = FrontCache::<u32>::new(3 * 4096, false);
+        for _ in 0..3 {
+            assert!(matches!(f.put(entry(1, 4000), 0), Put::Cached));
+        }
+        assert!(matches!(f.put(entry(1, 4000), 0), Put::Refused));
+        let f = FrontCache::<u32>::new(1 << 30, false);
+        for _ in 0..SHARD_ENTRIES {
+            assert!(matches!(f.put(entry(1, 4000), 0), Put::Cached));
+        }
+        assert!(matches!(f.put(entry(1, 4000), 0), Put::Full));
+        let off = FrontCache::<u32>::new(0, false);
+        assert!(matches!(off.put(entry(1, 4000), 0), Put::Refused));
+        let recording = FrontCache::<u32>::new(1 << 20, true);
+        assert!(matches!(recording.put(entry(1, 4000), 0), Put::Refused));
     }
 }
