@@ -12,6 +12,11 @@
 //! stream's cache with one pair before the clock starts, so every timed pair
 //! is a cache hit.
 //!
+//! With the front cache (`front_cache_mb`, on by default) every timed pair
+//! is a hit in the thread's own shard, on either backend (its shards are
+//! per thread, not per stream, so threads on the host's one stream do not
+//! share one).
+//!
 //! The engine's settings come from `ALLOC_CONF` (the defaults when unset):
 //! `ALLOC_CONF=front_cache_mb:0` runs every pair through the engine lock,
 //! the figures before the front cache; the line printed first says which.
