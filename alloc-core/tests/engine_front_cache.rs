@@ -422,3 +422,35 @@ fn model_programs_hit_the_cache() {
     let hits = run_model(&ops, "front_cache_mb:16").unwrap();
     assert!(hits < 29 * SIZES.len() as u64, "{hits}");
 }
+
+/// `front_cache_mb` is parsed with the other keys: its value in MiB, the
+/// bad ones named with the rule and the way out.
+#[test]
+fn the_cap_is_a_config_key() {
+    assert_eq!(cfg("front_cache_mb:0").front_cache_bytes, 0);
+    assert_eq!(cfg("front_cache_mb:16").front_cache_bytes, 16 * MIB);
+    assert_eq!(
+        Config::default().front_cache_bytes,
+        alloc_core::config::DEFAULT_FRONT_CACHE_MB * MIB
+    );
+    assert_eq!(
+        cfg("front_cache_mb:16").to_conf_string(),
+        "front_cache_mb:16"
+    );
+    let e = Config::parse("front_cache_mb:70000")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("front_cache_mb") && e.contains("70000") && e.contains("use 0"),
+        "{e}"
+    );
+    let e = Config::parse("front_cache_mb:lots")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lots") && e.contains("non-negative integer"),
+        "{e}"
+    );
+    let (_sim, a) = engine("front_cache_mb:8");
+    assert_eq!(a.front_cache_cap(), 8 * MIB);
+}
