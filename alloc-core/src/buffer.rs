@@ -1,6 +1,7 @@
 //! [`DeviceBuffer`]: the RAII handle to a block handed out by the engine.
 
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::{DeviceBackend, DevicePtr};
 use crate::block::BlockId;
@@ -19,6 +20,11 @@ pub struct DeviceBuffer<'a, B: DeviceBackend> {
     pub(crate) requested: usize,
     pub(crate) stream: B::Stream,
     pub(crate) owner: ScopeId,
+    /// The front cache's epoch when it was handed out (`front.rs`).
+    pub(crate) epoch: u64,
+    /// Whether `record_stream` was called: its free then goes through the
+    /// engine's lock, which knows the uses.
+    pub(crate) recorded: AtomicBool,
 }
 
 impl<B: DeviceBackend> DeviceBuffer<'_, B> {
@@ -65,6 +71,7 @@ impl<B: DeviceBackend> DeviceBuffer<'_, B> {
         if self.size == 0 {
             return;
         }
+        self.recorded.store(true, Ordering::Relaxed);
         self.alloc.record_stream(self.block, self.stream, stream);
     }
 }
@@ -74,7 +81,7 @@ impl<B: DeviceBackend> Drop for DeviceBuffer<'_, B> {
         if self.size == 0 {
             return; // a zero-byte request holds no block
         }
-        self.alloc.free_block(self.block);
+        self.alloc.free_buffer(self);
         crate::scope::charge_device_free(self.owner, self.size as u64);
     }
 }

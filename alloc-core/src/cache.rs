@@ -42,6 +42,7 @@
 #[cfg(doc)]
 use crate::{CoreInvariant, LockRule};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::backend::{DeviceBackend, DevicePtr};
@@ -51,6 +52,7 @@ use crate::config::Config;
 use crate::error::{AllocError, OutOfMemory};
 use crate::expandable::Reservations;
 use crate::free_index::{FreeIndex, Key, Verdict};
+use crate::front::{Entry, FrontCache, Put};
 use crate::pending::Pending;
 use crate::segment::{SegmentKind, SegmentTable};
 use crate::size_class::{MIN_BLOCK, Pool, SMALL_SIZE, round_size};
@@ -88,10 +90,14 @@ pub(crate) struct State<B: DeviceBackend> {
 
 /// The block-caching device allocator, generic over its backend.
 ///
-/// `Send + Sync`: one mutex guards the pools and the statistics, so the
-/// statistics are exact.
+/// `Send + Sync`: one mutex guards the pools and the statistics; in front of
+/// it, the front cache (`front.rs`, `front_cache_mb`) serves a thread's
+/// repeated requests on its stream under a lock of its own shard, whose
+/// statistics are folded in before anything reads them.
 pub struct CachingAllocator<B: DeviceBackend> {
     pub(crate) backend: B,
+    /// The per-thread shards in front of the lock (`front.rs`).
+    pub(crate) front: FrontCache<B::Stream>,
     pub(crate) config: Config,
     /// The kind of segment this engine makes: expandable when configured and
     /// supported, else fixed.
@@ -130,6 +136,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         };
         CachingAllocator {
             backend,
+            front: FrontCache::new(config.front_cache_bytes, config.trace_entries > 0),
             config,
             segment_kind,
             page: page.unwrap_or(crate::size_class::ROUND_LARGE),
@@ -160,6 +167,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
 
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<B>> {
+        crate::front::check_no_shard_held();
         // A panic while holding the lock is an engine bug; the state is still
         // the best information there is, so keep using it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -182,6 +190,22 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 requested: 0,
                 stream,
                 owner: crate::scope::ScopeId::UNTRACKED,
+                epoch: 0,
+                recorded: AtomicBool::new(false),
+            });
+        }
+        if let Some((e, epoch)) = self.front.take(stream, bytes) {
+            let owner = crate::scope::charge_device_alloc(e.size as u64);
+            return Ok(DeviceBuffer {
+                alloc: self,
+                block: e.id,
+                ptr: DevicePtr(e.ptr),
+                size: e.size,
+                requested: bytes,
+                stream,
+                owner,
+                epoch,
+                recorded: AtomicBool::new(false),
             });
         }
         let rounded = round_size(bytes, &self.config.roundup_power2_divisions).ok_or(
@@ -192,6 +216,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         )?;
         let pool = Pool::of(rounded);
         let mut st = self.lock();
+        self.drain_own_fitting(&mut st, stream, pool, rounded);
         let slot = st.stream_slot(stream);
         if !st.pending.is_empty() {
             st.process_pending(&self.backend);
@@ -212,6 +237,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             }
         };
         let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size);
+        self.front.note_pending(!st.pending.is_empty());
+        let epoch = self.front.epoch();
         drop(st);
         let owner = crate::scope::charge_device_alloc(size as u64);
         Ok(DeviceBuffer {
@@ -222,12 +249,50 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             requested: bytes,
             stream,
             owner,
+            epoch,
+            recorded: AtomicBool::new(false),
         })
     }
 
-    /// Returns block `id` (a dropped buffer) to the cache.
-    pub(crate) fn free_block(&self, id: BlockId) {
+    /// Returns the block of dropped buffer `b` to the cache: into the
+    /// calling thread's shard when it has no uses on other streams and fits
+    /// there, else through the lock.
+    #[inline]
+    pub(crate) fn free_buffer(&self, b: &DeviceBuffer<'_, B>) {
+        let mut drain_own = false;
+        if self.front.len() != 0
+            && !b.recorded.load(Ordering::Relaxed)
+            && b.size < self.config.max_split_size
+        {
+            let e = Entry {
+                stream: b.stream,
+                requested: b.requested,
+                size: b.size,
+                ptr: b.ptr.0,
+                id: b.block,
+                pool: Pool::of(b.size),
+                epoch: b.epoch,
+            };
+            match self.front.put(e, b.epoch) {
+                Put::Cached => return,
+                Put::Full => drain_own = true,
+                Put::Refused => {}
+            }
+        }
+        self.free_block(b.block, drain_own);
+    }
+
+    /// Returns block `id` (a dropped buffer) to the cache under the lock,
+    /// after folding (`drain_own`: draining) the calling thread's shard.
+    #[cold]
+    #[inline(never)]
+    fn free_block(&self, id: BlockId, drain_own: bool) {
         let mut st = self.lock();
+        if drain_own {
+            self.drain_shard(&mut st, crate::front::thread_shard());
+        } else {
+            self.fold_own(&mut st);
+        }
         let (ptr, size, pool, slot) = {
             let b = st.blocks.at(id);
             (b.ptr, b.size, b.pool, b.stream)
@@ -250,6 +315,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 st.complete_free(id, tick);
             }
         }
+        self.front.note_pending(!st.pending.is_empty());
     }
 
     /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),
@@ -258,24 +324,24 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         self.lock().limit
     }
 
-    /// A copy of the statistics.
+    /// A copy of the statistics (the front cache drained first).
     pub fn stats(&self) -> Stats {
-        self.lock().stats
+        self.lock_drained().stats
     }
 
     /// Sets every peak to its current value.
     pub fn reset_peak(&self) {
-        self.lock().stats.reset_peak();
+        self.lock_drained().stats.reset_peak();
     }
 
     /// Zeroes the accumulated totals and event counters.
     pub fn reset_accumulated(&self) {
-        self.lock().stats.reset_accumulated();
+        self.lock_drained().stats.reset_accumulated();
     }
 
     /// A `torch.cuda.memory_summary()`-style table.
     pub fn memory_summary(&self) -> String {
-        let st = self.lock();
+        let st = self.lock_drained();
         format!(
             "{} allocator ({} segments{})\n{}",
             self.backend.name(),
@@ -305,7 +371,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let mut cfg = self.config.clone();
         cfg.memory_fraction = Some(fraction.clamp(0.0, 1.0));
         let limit = compute_limit(&cfg, Some(total));
-        self.lock().limit = limit;
+        self.lock_drained().limit = limit;
         limit
     }
 }
@@ -549,6 +615,12 @@ impl<B: DeviceBackend> State<B> {
         self.stats.active_bytes.sub(pool, size);
         self.stats.requested_bytes.sub(pool, requested);
         self.trace.push(TraceAction::FreeCompleted, ptr, size, slot);
+        self.make_free(id, freed_at)
+    }
+
+    /// Makes in-use block `id` free without counting (a block of a front
+    /// cache shard, whose free its shard counted): merges and indexes it.
+    pub(crate) fn make_free(&mut self, id: BlockId, freed_at: u64) -> BlockId {
         let b = self.blocks.at_mut(id);
         b.state = BlockState::Free;
         b.requested = 0;

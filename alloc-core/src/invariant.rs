@@ -87,5 +87,14 @@ alloc_scope::invariants! {
         /// Kept in `pending.rs` and `reclaim.rs`; tested by
         /// `tests/engine_sync_unlocked.rs`.
         L1 => "device-wide sync runs unlocked",
+        /// The engine lock before any shard lock: a front-cache shard's lock
+        /// (`front.rs`) is taken either with no lock held (a hit, a push) or
+        /// with the engine lock held (a fold, a drain), shards one at a
+        /// time in slot order, and the engine lock is never taken while a
+        /// shard's lock is held. So no two threads wait for each other's
+        /// locks. Checked in debug builds: taking the engine lock while the
+        /// thread holds a shard lock panics with this rule's id; tested by
+        /// `tests/engine_front_cache.rs`.
+        L2 => "the engine lock before any shard lock",
     }
 }

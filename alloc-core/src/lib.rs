@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub(crate) mod expandable;
 pub(crate) mod free_index;
+pub mod front;
 mod invariant;
 pub mod ops;
 pub(crate) mod pending;

@@ -75,6 +75,13 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         pool: Pool,
         rounded: usize,
     ) -> Result<Option<BlockId>, AllocError> {
+        // blocks in the front cache's shards first: none makes the engine
+        // grow or fail (they may merge into the fit the request needs)
+        if self.drain_front(st)
+            && let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size)
+        {
+            return Ok(Some(id));
+        }
         if self.over_gc_threshold(st, rounded) {
             self.release_cached(st, Release::All, None);
         }
@@ -105,6 +112,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         bytes: usize,
         rounded: usize,
     ) -> Result<BlockId, AllocError> {
+        // what other threads put in their shards while the lock was released
+        // (freed after the mark: judged by their streams' events)
+        self.drain_front(st);
         self.release_cached(st, Release::All, mark);
         self.release_empty_reservations(st);
         if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
@@ -305,7 +315,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Releases every cached block, waiting for pending events first, and
     /// releases expandable reservations with nothing mapped.
     pub fn empty_cache(&self) {
-        let (mut st, mark) = self.synchronize_unlocked(self.lock());
+        let (mut st, mark) = self.synchronize_unlocked(self.lock_drained());
         self.release_cached(&mut st, Release::All, mark.as_ref());
         self.release_empty_reservations(&mut st);
     }
@@ -313,7 +323,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Releases the cached blocks of streams that are idle now, without
     /// waiting on any stream.
     pub fn trim(&self) {
-        let mut st = self.lock();
+        let mut st = self.lock_drained();
         st.process_pending(&self.backend);
         self.release_cached(&mut st, Release::All, None);
         self.release_empty_reservations(&mut st);

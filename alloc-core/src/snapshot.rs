@@ -81,7 +81,7 @@ impl Snapshot {
 impl<B: DeviceBackend> CachingAllocator<B> {
     /// A snapshot of every segment and block.
     pub fn snapshot(&self) -> Snapshot {
-        let st = self.lock();
+        let st = self.lock_drained();
         let stream = |slot: Slot| {
             if st.streams.orphan() == Some(slot) {
                 return FORGOTTEN_STREAMS.to_string();

@@ -1,5 +1,8 @@
 //! Statistics with `torch.cuda.memory_stats()` key names, updated under the
-//! engine's lock (exact, never sampled).
+//! engine's lock (never sampled); what the front cache's shards did without
+//! the lock is folded in at the thread's next locked operation and before
+//! any read (`front.rs`: exact with one thread and at quiescence; the
+//! bound on the peak while threads run is stated there).
 
 use std::collections::BTreeMap;
 
@@ -125,6 +128,9 @@ pub struct Stats {
     pub num_pages_mapped: i64,
     /// Blocks of one stream's idle cache reused by another stream.
     pub num_cross_stream_reuse: i64,
+    /// Allocations served by a thread's front-cache shard without the
+    /// engine lock (`front_cache_mb`).
+    pub num_front_cache_hits: i64,
     /// Blocks handed out of at least `max_split_size` bytes (PyTorch's
     /// `oversize_allocations`).
     pub oversize_allocations: Stat,
@@ -211,12 +217,13 @@ impl Stats {
         self.num_device_unmap = 0;
         self.num_pages_mapped = 0;
         self.num_cross_stream_reuse = 0;
+        self.num_front_cache_hits = 0;
     }
 
     /// The statistics under `torch.cuda.memory_stats()`'s exact key names
     /// (`allocated_bytes.all.current`, `num_ooms`, ...), plus this engine's
-    /// `num_device_map`, `num_device_unmap`, `num_pages_mapped` and
-    /// `num_cross_stream_reuse`.
+    /// `num_device_map`, `num_device_unmap`, `num_pages_mapped`,
+    /// `num_cross_stream_reuse` and `num_front_cache_hits`.
     pub fn to_map(&self) -> BTreeMap<String, i64> {
         let mut m = BTreeMap::new();
         for (name, a) in self.arrays() {
@@ -258,6 +265,7 @@ impl Stats {
             ("num_device_unmap", self.num_device_unmap),
             ("num_pages_mapped", self.num_pages_mapped),
             ("num_cross_stream_reuse", self.num_cross_stream_reuse),
+            ("num_front_cache_hits", self.num_front_cache_hits),
         ] {
             m.insert(k.to_string(), v);
         }

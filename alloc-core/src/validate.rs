@@ -32,7 +32,7 @@ fn fail(invariant: CoreInvariant, detail: String) -> Result<(), InvariantViolati
 impl<B: DeviceBackend> CachingAllocator<B> {
     /// Checks every invariant of the engine's structures and statistics.
     pub fn validate(&self) -> Result<(), InvariantViolation> {
-        let st = self.lock();
+        let st = self.lock_drained();
         validate_state(&st, self.page)
     }
 
@@ -53,7 +53,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let Some(rounded) = round_size(bytes, &self.config.roundup_power2_divisions) else {
             return Ok(());
         };
-        let st = self.lock();
+        let st = self.lock_drained();
         let device = self.backend.mem_info().map_or(usize::MAX, |m| m.total);
         let room = st.limit.map_or(device, |l| l.min(device));
         if self.segment_kind.is_expandable() {

@@ -94,9 +94,20 @@ fn worker_stream(i: usize) -> SimStream {
     SimStream(1 + i as u32)
 }
 
+thread_local! {
+    /// Whether this thread's programs mostly repeat a few sizes (set by
+    /// `run`), so that the front cache's shards hit.
+    static FEW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A request size: mostly small-pool sizes, then large ones up to 10 MiB,
-/// sometimes up to 64 MiB.
+/// sometimes up to 64 MiB; in a run with few sizes, four times in five one
+/// of a few sizes.
 fn pick_size(rng: &mut Rng) -> usize {
+    if FEW.with(|f| f.get()) && rng.below(5) != 0 {
+        const SIZES: [usize; 5] = [4096, 100 << 10, 5 * MIB / 2, 6 * MIB, 20 * MIB];
+        return SIZES[rng.below(SIZES.len())];
+    }
     match rng.below(100) {
         0..55 => rng.between(1, MIB - 1),
         55..88 => rng.between(MIB, 10 * MIB),
@@ -428,6 +439,7 @@ fn run(
     workers: usize,
     ops: usize,
     seed: u64,
+    few: bool,
 ) -> (Counts, alloc_core::Stats) {
     sim.set_auto_complete(false);
     // keep every device-wide sync open a little, so that the other threads
@@ -445,6 +457,7 @@ fn run(
             handles.push((
                 format!("worker {me}"),
                 scope.spawn(move || {
+                    FEW.with(|f| f.set(few));
                     let c = worker(a, sim, me, workers, seed, ops, failed);
                     running.fetch_sub(1, Ordering::SeqCst);
                     c
@@ -452,7 +465,10 @@ fn run(
             ));
         }
         let (a2, sim2, failed2, running2) = (&a, &sim, &failed, &running);
-        let m = scope.spawn(move || maintenance(a2, sim2, capacity, seed, running2, failed2));
+        let m = scope.spawn(move || {
+            FEW.with(|f| f.set(few));
+            maintenance(a2, sim2, capacity, seed, running2, failed2)
+        });
         // a worker that panicked never decrements `running`: the failure
         // flag stops the maintenance thread then
         handles.push(("maintenance".to_string(), m));
@@ -517,15 +533,24 @@ const SEEDS: [u64; 5] = [1, 0x5eed, 0xdead_beef, 42, 7_777_777];
 /// reached the paths this file is about: cross-stream uses, out of memory
 /// pressure (the reclaim ladder with its sync) and forgotten streams.
 fn run_seeds(make: fn(usize) -> SimBackend, cfg: &str) {
+    run_seeds_sized(make, cfg, false);
+}
+
+/// [`run_seeds`], with few sizes or any; returns the front cache's hits.
+fn run_seeds_sized(make: fn(usize) -> SimBackend, cfg: &str, few: bool) -> i64 {
     let mut all = Counts::default();
-    let (mut retries, mut syncs) = (0i64, 0i64);
+    let (mut retries, mut syncs, mut hits) = (0i64, 0i64, 0i64);
     for seed in SEEDS {
-        let (c, s) = run(make(CAPACITY), cfg, CAPACITY, WORKERS, OPS, seed);
+        let (c, s) = run(make(CAPACITY), cfg, CAPACITY, WORKERS, OPS, seed, few);
         all.add(&c);
         retries += s.num_alloc_retries;
         syncs += s.num_sync_all_streams;
+        hits += s.num_front_cache_hits;
     }
-    eprintln!("{cfg:?}: {all:?}, alloc retries {retries}, device-wide syncs {syncs}");
+    eprintln!(
+        "{cfg:?}, few sizes {few}: {all:?}, alloc retries {retries}, device-wide syncs {syncs}, \
+         front-cache hits {hits}"
+    );
     assert!(
         all.allocations > 1000,
         "{cfg:?}: too few allocations: {all:?}"
@@ -539,6 +564,20 @@ fn run_seeds(make: fn(usize) -> SimBackend, cfg: &str) {
         retries > 0,
         "{cfg:?}: the reclaim ladder never had to release memory: {all:?}"
     );
+    hits
+}
+
+/// The same programs, mostly of a few sizes: blocks go through the
+/// threads' front-cache shards while the maintenance thread drains them
+/// (stats, validate, empty_cache, trim, forget_stream) and the ladder
+/// drains them before it grows.
+#[test]
+fn threads_with_front_cache_hits() {
+    for cfg in ["", "expandable_segments:false"] {
+        let hits = run_seeds_sized(SimBackend::new, cfg, true);
+        // the maintenance thread drains the shards all the time: some hit
+        assert!(hits > 100, "{cfg:?}: only {hits} front-cache hits");
+    }
 }
 
 #[test]

@@ -53,9 +53,12 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// Stopping keeps what was recorded; starting again resizes the ring.
     /// Same ring as [`trace`](Self::trace) and `trace_buffer_entries`.
     pub fn record_memory_history(&self, enabled: bool, max_entries: usize) {
-        self.lock()
-            .trace
+        let mut st = self.lock_drained();
+        st.trace
             .set_recording(enabled, max_entries.min(MAX_TRACE_ENTRIES));
+        // a hit records no trace event: the front cache is off while
+        // history is recorded (drained just above)
+        self.front.set_on(!st.trace.is_on());
     }
 
     /// The snapshot pickled as `torch.cuda.memory._dump_snapshot` writes it
@@ -75,7 +78,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// The memory snapshot as the dict PyTorch's `_snapshot()` returns.
     fn torch_dict(&self) -> Py {
         let (entries, names) = {
-            let mut st = self.lock();
+            let mut st = self.lock_drained();
             st.trace.push(TraceAction::Snapshot, 0, 0, 0);
             let entries = st.trace.entries();
             let mut names: HashMap<u64, String> = HashMap::new();
