@@ -21,6 +21,13 @@
 //! `ALLOC_CONF=front_cache_mb:0` runs every pair through the engine lock,
 //! the figures before the front cache; the line printed first says which.
 //!
+//! With `LATENCY=1` in the environment every thread also times each of its
+//! pairs (two clock reads per pair, included in the figures) and each round
+//! prints the latency of one pair over all threads: median, p99, p99.9, the
+//! maximum, and how many pairs took longer than 100 µs (a stall). The pinned
+//! host pool is this engine over page-locked memory on one stream, so `host`
+//! with `LATENCY=1` is its pattern without the driver.
+//!
 //! Under `valgrind --tool=callgrind` with `THREADS` 1, the difference of the
 //! instruction counts of two runs with different `PAIRS` divided by the
 //! difference of `PAIRS` is the instructions per pair (start-up cancels).
@@ -80,37 +87,75 @@ fn args() -> Args {
 
 /// One round: every thread warms its stream, waits for the others, then runs
 /// `pairs` pairs; the wall time runs from the common start to the last
-/// thread's end.
+/// thread's end. With `latency`, each pair is timed too (nanoseconds, all
+/// threads' together).
 fn round<B: DeviceBackend + Sync>(
     a: &CachingAllocator<B>,
     stream_of: impl Fn(usize) -> B::Stream + Sync,
     size: usize,
     threads: usize,
     pairs: u64,
-) -> Duration
+    latency: bool,
+) -> (Duration, Vec<u64>)
 where
     B::Stream: Send,
 {
     let start = Barrier::new(threads + 1);
     let done = Barrier::new(threads + 1);
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (a, start, done, stream_of) = (a, &start, &done, &stream_of);
-            s.spawn(move || {
-                let stream = stream_of(t);
-                drop(a.allocate(size, stream).expect("warm-up allocation"));
-                start.wait();
-                for _ in 0..pairs {
-                    drop(black_box(a.allocate(black_box(size), stream).unwrap()));
-                }
-                done.wait();
-            });
-        }
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (a, start, done, stream_of) = (a, &start, &done, &stream_of);
+                s.spawn(move || {
+                    let stream = stream_of(t);
+                    let mut times = Vec::with_capacity(if latency { pairs as usize } else { 0 });
+                    drop(a.allocate(size, stream).expect("warm-up allocation"));
+                    start.wait();
+                    if latency {
+                        for _ in 0..pairs {
+                            let t0 = Instant::now();
+                            drop(black_box(a.allocate(black_box(size), stream).unwrap()));
+                            times.push(t0.elapsed().as_nanos() as u64);
+                        }
+                    } else {
+                        for _ in 0..pairs {
+                            drop(black_box(a.allocate(black_box(size), stream).unwrap()));
+                        }
+                    }
+                    done.wait();
+                    times
+                })
+            })
+            .collect();
         start.wait();
         let t0 = Instant::now();
         done.wait();
-        t0.elapsed()
+        let wall = t0.elapsed();
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.join().expect("a worker panicked"));
+        }
+        (wall, all)
     })
+}
+
+/// The latency line of a round: quantiles of every timed pair.
+fn report_latency(mut ns: Vec<u64>) {
+    if ns.is_empty() {
+        return;
+    }
+    ns.sort_unstable();
+    let q = |p: f64| ns[((ns.len() - 1) as f64 * p).round() as usize];
+    let stalls = ns.iter().filter(|&&t| t > 100_000).count();
+    println!(
+        "latency pairs={} p50_ns={} p99_ns={} p99.9_ns={} max_ns={} over_100us={}",
+        ns.len(),
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        ns[ns.len() - 1],
+        stalls
+    );
 }
 
 fn report(args: &Args, r: usize, wall: Duration) {
@@ -139,8 +184,9 @@ fn main() {
         config.to_conf_string(),
         config.front_cache_bytes >> 20
     );
+    let latency = std::env::var("LATENCY").is_ok_and(|v| v == "1");
     for r in 0..args.rounds {
-        let wall = if args.backend == "sim" {
+        let (wall, times) = if args.backend == "sim" {
             let a = CachingAllocator::new(SimBackend::new(64 << 30), config.clone());
             round(
                 &a,
@@ -148,12 +194,14 @@ fn main() {
                 args.size,
                 args.threads,
                 args.pairs,
+                latency,
             )
         } else {
             let a = CachingAllocator::new(HostBackend::new(), config.clone());
-            round(&a, |_| (), args.size, args.threads, args.pairs)
+            round(&a, |_| (), args.size, args.threads, args.pairs, latency)
         };
         report(&args, r, wall);
+        report_latency(times);
     }
     if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
         println!("loadavg {}", l.trim());
