@@ -123,16 +123,21 @@ fn a_recorded_buffer_never_enters_a_shard() {
     );
 }
 
-/// A buffer allocated before its stream was forgotten is freed through the
-/// lock (to the forgotten streams' slot), never into a shard under the
-/// handle, which now names a new stream: a block that new stream then used
-/// must not go to S1 while that work runs.
-#[test]
-fn forgetting_a_stream_keeps_its_old_buffers_out_of_the_shards() {
+/// After `forget_stream(S0)` a block S0's new stream uses must not reach S1
+/// while that work runs: the block the handle's old stream freed (`held`:
+/// a buffer allocated before the forget and freed after it) or left in a
+/// shard (dropped before the forget) is freed through the lock, never into
+/// a shard under the handle, which now names a new stream.
+fn reuse_after_forget(held_across: bool) {
     let (sim, a) = engine("front_cache_mb:16");
     let b = a.allocate(4096, S0).unwrap();
-    a.forget_stream(S0);
-    drop(b);
+    if held_across {
+        a.forget_stream(S0);
+        drop(b);
+    } else {
+        drop(b);
+        a.forget_stream(S0);
+    }
     let c = a.allocate(4096, S0).unwrap();
     sim.check_handout(S0, c.ptr(), c.capacity());
     sim.launch_using(S0, &[range(&c)]);
@@ -143,23 +148,21 @@ fn forgetting_a_stream_keeps_its_old_buffers_out_of_the_shards() {
     a.validate().unwrap();
 }
 
+/// A buffer allocated before its stream was forgotten is freed through the
+/// lock (to the forgotten streams' slot), never into a shard under the
+/// handle.
+#[test]
+fn forgetting_a_stream_keeps_its_old_buffers_out_of_the_shards() {
+    reuse_after_forget(true);
+}
+
 /// A stream's blocks leave the shards when it is forgotten: a block left
 /// under the handle would go to the new stream of that handle, and from
 /// there (its slot being the forgotten streams') to any stream while the
 /// new stream's work still uses it.
 #[test]
 fn forgetting_a_stream_drains_its_blocks_from_the_shards() {
-    let (sim, a) = engine("front_cache_mb:16");
-    drop(a.allocate(4096, S0).unwrap());
-    a.forget_stream(S0);
-    let c = a.allocate(4096, S0).unwrap();
-    sim.check_handout(S0, c.ptr(), c.capacity());
-    sim.launch_using(S0, &[range(&c)]);
-    drop(c);
-    let _ = a.stats(); // drains the shards
-    let d = a.allocate(4096, S1).unwrap();
-    sim.check_handout(S1, d.ptr(), d.capacity());
-    a.validate().unwrap();
+    reuse_after_forget(false);
 }
 
 /// Memory in shards never makes a request fail: the ladder drains them

@@ -156,14 +156,21 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-impl World {
-    fn new() -> World {
-        let mut w = World::default();
-        w.scopes.push(Model {
-            id: ScopeId::ROOT,
-            name: 0,
-            parent: None,
-            depth: 0,
+impl Model {
+    /// A scope just opened: no charges, one reference (its guard).
+    fn opened(
+        id: ScopeId,
+        name: usize,
+        parent: Option<usize>,
+        depth: u32,
+        hard: Option<u64>,
+        soft: Option<u64>,
+    ) -> Model {
+        Model {
+            id,
+            name,
+            parent,
+            depth,
             host: Counts::default(),
             device: Counts::default(),
             refs: 1,
@@ -171,14 +178,22 @@ impl World {
             closed: false,
             retired: false,
             failed: false,
-            hard: None,
-            soft: None,
+            hard,
+            soft,
             soft_exceeded: 0,
             refused: 0,
             closed_children: 0,
             closed_children_peak: 0,
             closed_children_device_peak: 0,
-        });
+        }
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let mut w = World::default();
+        w.scopes
+            .push(Model::opened(ScopeId::ROOT, 0, None, 0, None, None));
         w
     }
 
@@ -257,26 +272,8 @@ impl World {
         self.in_slot.insert(id.slot(), i);
         let depth = self.scopes[parent].depth + 1;
         self.scopes[parent].children += 1;
-        self.scopes.push(Model {
-            id,
-            name,
-            parent: Some(parent),
-            depth,
-            host: Counts::default(),
-            device: Counts::default(),
-            refs: 1,
-            children: 0,
-            closed: false,
-            retired: false,
-            failed: false,
-            hard,
-            soft,
-            soft_exceeded: 0,
-            refused: 0,
-            closed_children: 0,
-            closed_children_peak: 0,
-            closed_children_device_peak: 0,
-        });
+        self.scopes
+            .push(Model::opened(id, name, Some(parent), depth, hard, soft));
         if r.below(3) == 0 {
             self.handles.push((guard.handle(), i));
             self.scopes[i].refs += 1;
