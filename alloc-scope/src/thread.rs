@@ -810,11 +810,13 @@ pub unsafe fn host_fast_charge_due(bytes: usize) -> bool {
     this_thread().with_batch(|b| b.alloc(bytes as u64, BATCH_BYTES))
 }
 
-/// [`host_fast_free_charge`] without its flush: true when the batch is
-/// due (then call [`host_flush`]).
+/// A free of a block whose stored owner equals [`host_fast_id`] (so the
+/// thread batches, and the owner is its current scope): into the batch;
+/// true when the batch is now due (then call [`host_flush`]).
 ///
 /// # Safety
-/// As [`host_fast_free_charge`].
+/// Only a global allocator, once per free of a block kept with the id
+/// [`host_fast_id`] returns on this thread now, with the size it charged.
 #[doc(hidden)]
 #[inline(always)]
 pub unsafe fn host_fast_free_due(bytes: usize) -> bool {
@@ -844,18 +846,6 @@ pub unsafe fn host_fast_realloc_charge(old: usize, new: usize) {
     if s.with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES)) {
         flush_nonempty(s);
     }
-}
-
-/// A free of a block whose stored owner equals [`host_fast_id`] (so the
-/// thread batches, and the owner is its current scope): into the batch.
-///
-/// # Safety
-/// Only a global allocator, once per free of a block kept with the id
-/// [`host_fast_id`] returns on this thread now, with the size it charged.
-#[doc(hidden)]
-#[inline(always)]
-pub unsafe fn host_fast_free_charge(bytes: usize) {
-    free_in_batch(this_thread(), bytes);
 }
 
 /// The heap profiler's countdown step: subtracts `bytes` from the calling
