@@ -242,7 +242,8 @@ pub(crate) enum Mode {
 /// The process-wide gate of the allocator path, one byte so that the common
 /// allocation tests one value ([`GATE_CLASSES`]): bits 0–1 the placement
 /// (0 undecided, [`GATE_CLASSES`], [`GATE_HEADER`]; set once, host:K3), bit 2
-/// ([`GATE_OFF`]) tracking switched off.
+/// ([`GATE_OFF`]) tracking switched off, bit 3 ([`GATE_UNTOUCHED`]) no owner
+/// kept by class has ever been anything but 0 (host:O3).
 pub(crate) static GATE: AtomicU8 = AtomicU8::new(0);
 /// Placement by class, tracking on: the gate of the fast path.
 pub(crate) const GATE_CLASSES: u8 = 1;
@@ -252,26 +253,55 @@ pub(crate) const GATE_HEADER: u8 = 2;
 pub(crate) const GATE_MODE: u8 = 3;
 /// Tracking switched off.
 pub(crate) const GATE_OFF: u8 = 4;
+/// Untouched (host:O3): set with [`GATE_CLASSES`] | [`GATE_OFF`] only, when
+/// an allocator built with `starting_off` decides the placement; cleared for
+/// good by `set_tracking(true)` (in the same step as [`GATE_OFF`]) and before
+/// the first sampled block's owner is stored. While it is set every owner
+/// kept by class is 0, so a free (or realloc) need not read it.
+pub(crate) const GATE_UNTOUCHED: u8 = 8;
+
+/// Clears [`GATE_UNTOUCHED`] for good: before a non-zero owner (a sampled
+/// block's mark) is stored while tracking is off (host:O3). The store
+/// follows in program order and the block reaches another thread only
+/// through the program's own synchronisation, so every free of it sees the
+/// bit cleared.
+#[inline]
+pub(crate) fn touch() {
+    use core::sync::atomic::Ordering::Relaxed;
+    if GATE.load(Relaxed) & GATE_UNTOUCHED != 0 {
+        GATE.fetch_and(!GATE_UNTOUCHED, Relaxed);
+    }
+}
 
 #[cfg(feature = "mimalloc")]
 mod detect {
     use core::sync::atomic::Ordering::Relaxed;
 
-    use super::{GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, MEDIUM_MAX, Mode, class};
+    use super::{
+        GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, GATE_UNTOUCHED, MEDIUM_MAX, Mode,
+        class,
+    };
 
     /// The placement for blocks of the mimalloc inner allocator (host:K3):
     /// checks host:K1 on the linked mimalloc the first time. No allocation.
+    /// For an allocator that starts with tracking off (`off`: built with
+    /// `starting_off`) the thread that decides the placement also switches
+    /// tracking off, and marks the gate untouched when the placement is by
+    /// class (host:O3).
     #[inline(always)]
-    pub(crate) fn mode() -> Mode {
+    pub(crate) fn mode_starting(off: bool) -> Mode {
         match GATE.load(Relaxed) & GATE_MODE {
             GATE_CLASSES => Mode::Classes,
             GATE_HEADER => Mode::Header,
-            _ => decide(),
+            _ => decide(off),
         }
     }
 
     #[cold]
-    fn decide() -> Mode {
+    fn decide(off: bool) -> Mode {
+        // Every allocation by class passes here before its first block: the
+        // paths by class need not note that the allocator ran.
+        alloc_scope::mark_host_allocator_seen();
         let ok = [
             1usize, 8, 9, 16, 17, 24, 64, 65, 72, 100, 128, 129, 1000, 1024, 1025, 4096, 5000,
             65_536, 8191, MEDIUM_MAX,
@@ -279,9 +309,16 @@ mod detect {
         .iter()
         // SAFETY: mi_good_size only computes; it accepts any size.
         .all(|&s| class(s).size == unsafe { libmimalloc_sys::mi_good_size(s) });
-        let m = if ok { GATE_CLASSES } else { GATE_HEADER };
+        let mut m = if ok { GATE_CLASSES } else { GATE_HEADER };
+        if off {
+            m |= GATE_OFF;
+            if ok {
+                m |= GATE_UNTOUCHED;
+            }
+        }
         // The first thread to decide wins; every thread then sees one mode
-        // (the tracking bit may change meanwhile: retry on it).
+        // (the tracking bit may change meanwhile: retry on it). Nothing was
+        // kept by class before the decision, so untouched holds.
         let mut seen = GATE.load(Relaxed);
         loop {
             match seen & GATE_MODE {
@@ -300,7 +337,7 @@ mod detect {
 }
 
 #[cfg(feature = "mimalloc")]
-pub(crate) use detect::mode;
+pub(crate) use detect::mode_starting;
 
 #[cfg(all(test, feature = "mimalloc"))]
 mod tests {
@@ -325,7 +362,7 @@ mod tests {
                 "shift of size {s}"
             );
         }
-        assert_eq!(mode(), Mode::Classes);
+        assert_eq!(mode_starting(false), Mode::Classes);
     }
 
     #[test]

@@ -43,6 +43,17 @@ alloc_scope::invariants! {
         /// The placement is a function of the size alone (and the process-wide
         /// mode), so allocation, reallocation and free agree on it.
         O2 => "placement by size alone",
+        /// Untouched: while the gate's untouched bit is set (an allocator
+        /// built with `starting_off`, tracking never switched on, no block
+        /// sampled yet), every owner kept by class is 0, so a free or realloc
+        /// by class skips reading it (and the table entry stays 0, keeping
+        /// [`HostInvariant::O1`]). The bit is set only when the placement is
+        /// decided, and cleared for good by `set_tracking(true)` (in the same
+        /// atomic step that clears the off bit) and before any sampled
+        /// block's mark is stored. Kept in `classes.rs` (`touch`) and
+        /// `tracking.rs`; tested by `host_start_off` and
+        /// `host_start_off_sampled`.
+        O3 => "untouched: every owner is 0",
         /// A sampled block carries the sampled flag in its stored owner
         /// (`alloc_scope::COMPACT_SAMPLED`, bit 31 of a compact id;
         /// `alloc_scope::WORD_SAMPLED`, bit 63 of a header word) exactly while

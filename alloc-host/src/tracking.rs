@@ -16,7 +16,9 @@ use alloc_scope::{
     track_host_alloc,
 };
 
-use crate::classes::{GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, Place, place};
+use crate::classes::{
+    GATE, GATE_CLASSES, GATE_HEADER, GATE_MODE, GATE_OFF, GATE_UNTOUCHED, Place, place,
+};
 use crate::profile;
 
 use crate::header::{WORD, outer, outer_size, outer_unchecked};
@@ -37,18 +39,38 @@ pub type DefaultInner = std::alloc::System;
 /// consistent. Off, an allocation kept by class costs one load of the gate and
 /// a class lookup, plus a 4-byte store where the owner goes in the slack (in
 /// the side table the entry already reads "untracked"); its free reads the
-/// owner as any free does.
+/// owner as any free does, since a block allocated while tracking was on may
+/// be freed at any time. A process whose allocator starts with tracking off
+/// ([`TrackingAllocator::starting_off`]) skips that read until tracking is
+/// first switched on.
+///
+/// Before the first allocation this makes one (a small box, charged
+/// nowhere), so that the installed allocator has decided how it starts and
+/// the switch applies on top of that.
 pub fn set_tracking(on: bool) {
+    settle_gate();
     if on {
-        GATE.fetch_and(!GATE_OFF, Relaxed);
+        GATE.fetch_and(!(GATE_OFF | GATE_UNTOUCHED), Relaxed);
     } else {
         GATE.fetch_or(GATE_OFF, Relaxed);
     }
 }
 
-/// Whether tracking is on.
+/// Whether tracking is on (as [`set_tracking`], one small allocation before
+/// the first).
 pub fn tracking_enabled() -> bool {
+    settle_gate();
     GATE.load(Relaxed) & GATE_OFF == 0
+}
+
+/// Lets the installed allocator decide its placement and starting state
+/// (host:K3) if no allocation did yet: one small box, charged nowhere. A
+/// `TrackingAllocator` over another inner allocator never decides, so this
+/// then allocates (uncharged) each time it is called.
+fn settle_gate() {
+    if cfg!(feature = "mimalloc") && GATE.load(Relaxed) & GATE_MODE == 0 {
+        alloc_scope::untracked(|| drop(std::hint::black_box(Box::new(0u8))));
+    }
 }
 
 /// Whether a `TrackingAllocator` is this process's global allocator. Every
@@ -85,6 +107,9 @@ pub struct TrackingAllocator<A: GlobalAlloc = DefaultInner> {
     inner: A,
     /// Owners by size class (the inner allocator is this crate's `Mimalloc`).
     by_class: bool,
+    /// Tracking starts off (`TrackingAllocator::starting_off`, over mimalloc).
+    #[cfg_attr(not(feature = "mimalloc"), allow(dead_code))]
+    start_off: bool,
 }
 
 #[cfg(feature = "mimalloc")]
@@ -94,6 +119,34 @@ impl TrackingAllocator<crate::Mimalloc> {
         TrackingAllocator {
             inner: crate::Mimalloc,
             by_class: true,
+            start_off: false,
+        }
+    }
+
+    /// This allocator with tracking off from the first allocation, for a
+    /// binary that links tracking in and switches it on only when asked
+    /// ([`set_tracking`]). Until tracking is first switched on (and while no
+    /// block is sampled by the heap profiler), no block carries an owner,
+    /// so a free skips reading it (host:O3): the allocator then costs about
+    /// what plain mimalloc does. After that, tracking off costs as
+    /// [`set_tracking`] says.
+    ///
+    /// ```no_run
+    /// use alloc_host::TrackingAllocator;
+    ///
+    /// #[global_allocator]
+    /// static A: TrackingAllocator = TrackingAllocator::new().starting_off();
+    ///
+    /// fn main() {
+    ///     if std::env::var_os("MYAPP_TRACK_MEMORY").is_some() {
+    ///         alloc_host::set_tracking(true);
+    ///     }
+    /// }
+    /// ```
+    pub const fn starting_off(self) -> Self {
+        TrackingAllocator {
+            start_off: true,
+            ..self
         }
     }
 }
@@ -105,6 +158,7 @@ impl TrackingAllocator<std::alloc::System> {
         TrackingAllocator {
             inner: std::alloc::System,
             by_class: false,
+            start_off: false,
         }
     }
 }
@@ -121,6 +175,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         TrackingAllocator {
             inner,
             by_class: false,
+            start_off: false,
         }
     }
 
@@ -130,7 +185,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     fn by_class(&self, layout: Layout) -> bool {
         #[cfg(feature = "mimalloc")]
         if self.by_class && layout.align() <= 8 {
-            return crate::classes::mode() == crate::classes::Mode::Classes;
+            return crate::classes::mode_starting(self.start_off) == crate::classes::Mode::Classes;
         }
         let _ = layout;
         false
@@ -146,7 +201,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 // SAFETY: the caller's layout; placement by class (the gate).
                 return unsafe { self.alloc_by_class(layout, get) };
             }
-            if gate == GATE_CLASSES | GATE_OFF {
+            if gate & !GATE_UNTOUCHED == GATE_CLASSES | GATE_OFF {
                 return self.alloc_off(layout, get);
             }
         }
@@ -162,7 +217,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// `COMPACT_SAMPLED`, untracked and sampled).
     #[inline(always)]
     fn alloc_off(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
-        mark_host_allocator_seen();
+        // (That this allocator ran was noted when it decided the placement.)
         let size = layout.size();
         let p = get(&self.inner, layout);
         if !p.is_null() {
@@ -381,8 +436,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
-            let placement = GATE.load(Relaxed) & GATE_MODE;
-            if placement != GATE_CLASSES {
+            let gate = GATE.load(Relaxed);
+            if gate & (GATE_MODE | GATE_UNTOUCHED) != GATE_CLASSES {
+                if gate & GATE_UNTOUCHED != 0 {
+                    // SAFETY: the caller's live block of `layout`; its owner
+                    // is 0 (host:O3), its table entry already 0 (host:O1).
+                    return unsafe { self.inner.dealloc(ptr, layout) };
+                }
+                let placement = gate & GATE_MODE;
                 if placement != GATE_HEADER {
                     // SAFETY: the caller's live block of `layout`.
                     return unsafe { self.dealloc_undecided(ptr, layout) };
@@ -473,6 +534,10 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// by class; `new_size` as `GlobalAlloc::realloc` requires.
     #[inline(always)]
     unsafe fn realloc_by_class(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if GATE.load(Relaxed) & GATE_UNTOUCHED != 0 {
+            // SAFETY: the contract.
+            return unsafe { self.realloc_untouched(ptr, layout, new_size) };
+        }
         let size = layout.size();
         let c = place(size);
         // SAFETY: a live block of class `class(size)` (contract). Its table entry (if
@@ -505,6 +570,31 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
                 }
                 // Nowhere to keep the owner: the block leaves tracking now.
                 charge_host_free_compact(id, new_size);
+            }
+        }
+        p
+    }
+
+    /// [`Self::realloc_by_class`] while the gate is untouched (host:O3): the
+    /// old block's owner is 0, so the new one is an allocation with tracking
+    /// off ([`Self::alloc_off`]'s stores).
+    ///
+    /// # Safety
+    /// As [`Self::realloc_by_class`].
+    #[inline(never)]
+    unsafe fn realloc_untouched(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `ptr` and `layout` are the caller's; `new_size` is non-zero
+        // and, with the same alignment, a valid layout (GlobalAlloc contract).
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if let Some(off) = place(new_size).slack() {
+                // SAFETY: a live block of class `class(new_size)` (host:K1);
+                // the slack past `new_size` is this allocator's.
+                unsafe { crate::owner::write_slack(p, off, 0) };
+            }
+            if alloc_scope::host_sample_due(new_size) {
+                // SAFETY: a live block of `new_size` bytes, not yet returned.
+                unsafe { alloc_off_sampled(p, new_size) };
             }
         }
         p

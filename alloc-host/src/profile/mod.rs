@@ -123,6 +123,8 @@ pub(crate) fn sample_alloc(p: *mut u8, size: usize, owner: impl FnOnce() -> Scop
 #[inline(always)]
 pub(crate) fn compact_mark(sampled: bool) -> u32 {
     if sampled {
+        // A mark is about to be kept by class: no longer untouched (host:O3).
+        crate::classes::touch();
         alloc_scope::COMPACT_SAMPLED
     } else {
         0

@@ -5,7 +5,8 @@
 //! VARIANT: system | mimalloc (the `mimalloc` crate's global allocator, which
 //! calls mimalloc's aligned entry points) | mimalloc_plain (plain `mi_malloc` /
 //! `mi_free` and the other unaligned calls, through `alloc_host::Mimalloc`,
-//! the inner allocator of ours) | ours-off | ours-root | ours-scope (DEPTH nested
+//! the inner allocator of ours) | ours-off (tracking switched off at run
+//! time) | ours-start-off (built with `starting_off`, tracking never on) | ours-root | ours-scope (DEPTH nested
 //! scopes, default 1) | side-table (bare mimalloc plus the cheapest side table
 //! that could record owners: a fixed open-addressing table of atomics, one CAS
 //! to insert and one to remove per block; the alternative to the owner header).
@@ -16,6 +17,10 @@ use std::hint::black_box;
 use alloc_host::{ScopeBuilder, TrackingAllocator};
 
 static TRACK: TrackingAllocator = TrackingAllocator::new();
+
+/// The same allocator built to start with tracking off (`ours-start-off`,
+/// the only allocator of this kind a run uses, so it decides the gate).
+static TRACK_START_OFF: TrackingAllocator = TrackingAllocator::new().starting_off();
 
 fn pairs<A: GlobalAlloc>(a: &A, n: u64, layout: Layout) {
     for _ in 0..n {
@@ -81,7 +86,7 @@ fn side_table_pairs(n: u64, layout: Layout) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-root|ours-scope|side-table N SIZE [DEPTH]";
+    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-start-off|ours-root|ours-scope|side-table N SIZE [DEPTH]";
     let (Some(variant), Some(n), Some(size)) = (
         args.get(1),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
@@ -104,6 +109,7 @@ fn main() {
             alloc_host::set_tracking(false);
             pairs(&TRACK, n, layout)
         }
+        "ours-start-off" => pairs(&TRACK_START_OFF, n, layout),
         "ours-root" => pairs(&TRACK, n, layout),
         "side-table" => side_table_pairs(n, layout),
         "ours-scope" => {
