@@ -215,26 +215,35 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// tracked live block or a sampled one holds it), so nothing is stored
     /// there unless the block is sampled (then the owner is
     /// `COMPACT_SAMPLED`, untracked and sampled).
+    ///
+    /// The heap profiler's countdown is stepped before the inner call, so
+    /// that a block whose owner goes in the table (nothing to store) needs
+    /// nothing after the inner call.
     #[inline(always)]
     fn alloc_off(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
         // (That this allocator ran was noted when it decided the placement.)
         let size = layout.size();
-        let p = get(&self.inner, layout);
-        if !p.is_null() {
-            if let Some(off) = place(size).slack() {
-                // SAFETY: a live block of class `class(size)` (host:K1); the
-                // slack past `size` is this allocator's.
-                unsafe { crate::owner::write_slack(p, off, 0) };
-            }
-            // The heap profiler's countdown after the owner's store, so that
-            // the class is no longer live across it.
-            if alloc_scope::host_sample_due(size) {
+        if alloc_scope::host_sample_due(size) {
+            let p = get(&self.inner, layout);
+            if !p.is_null() {
                 // SAFETY: a live block of `size` bytes (host:K1), not yet
-                // returned to the caller.
+                // returned to the caller; its slack (if any) gets the mark.
                 unsafe { alloc_off_sampled(p, size) };
             }
+            return p;
         }
-        p
+        match place(size).slack() {
+            None => get(&self.inner, layout),
+            Some(off) => {
+                let p = get(&self.inner, layout);
+                if !p.is_null() {
+                    // SAFETY: a live block of class `class(size)` (host:K1);
+                    // the slack past `size` is this allocator's.
+                    unsafe { crate::owner::write_slack(p, off, 0) };
+                }
+                p
+            }
+        }
     }
 
     /// Every allocation but the fast path: tracking off, the header, or the
