@@ -32,9 +32,16 @@
 //! that change reached); every locked operation of a thread first folds its
 //! own shard, so with one thread the figures are exact after every
 //! operation. While several threads run, the device-wide peak of
-//! `allocated_bytes` may lag the true peak by at most the bytes the other
-//! shards handed out and had not yet folded: at most `front_cache_mb` per
-//! shard. Totals and currents are exact at quiescence and after `stats()`.
+//! `allocated_bytes` may miss the true peak by at most `front_cache_mb`
+//! per other shard, either way: below it by what the other shards handed
+//! out and had not yet folded (their hits), above it by what they took back
+//! and had not yet folded (their pushes, still counted in use when a fold
+//! or a locked allocation raises the peak). Either is within the shard's
+//! byte cap: since its last fold a shard's change rises at most by the
+//! bytes it held then and falls at most by the bytes it holds now. Totals
+//! and currents are exact at quiescence and after `stats()`. The loom
+//! models (`loom_tests.rs`, `--cfg loom`) check these figures and the
+//! hand-offs below over the interleavings of small programs.
 //!
 //! # Stream order
 //! A block in a shard is handed out only on the stream it was freed on (the

@@ -12,9 +12,13 @@
 //! reclaim ladder); a push, else a locked free; `stats()` draining every
 //! shard; `forget_stream` starting a new epoch.
 //!
-//! A [`Ghost`] (a `std` mutex, never held across a loom operation, so its
-//! updates are atomic in every interleaving) keeps what the users did, and
-//! the models check:
+//! A [`Ghost`] keeps what the users did: each operation notes its change
+//! before it starts and commits it after it ends, so the bytes in users'
+//! hands at any moment lie between two known bounds. The ghost sits behind
+//! a loom mutex (always the last lock taken), so that loom orders the
+//! users' notes as it orders their operations: the true peak depends on how
+//! one thread's hits interleave with another's, which no lock of the front
+//! cache relates. The models check:
 //! - no block is handed out twice, none is lost: at quiescence the blocks
 //!   in the shards, idle in the engine and in users' hands are every block
 //!   grown, each once;
@@ -137,14 +141,11 @@ struct Ghost {
     peak_lo: i64,
     /// The most bytes possibly in users' hands at once.
     peak_hi: i64,
-    /// Bytes handed out and given back, blocks handed out and given back,
-    /// requested bytes handed out and given back, hits.
-    bytes_out: i64,
-    bytes_back: i64,
-    blocks_out: i64,
-    blocks_back: i64,
-    requested_out: i64,
-    requested_back: i64,
+    /// Per pool: blocks, bytes and requested bytes handed out.
+    out: [[i64; 3]; 2],
+    /// Per pool: blocks, bytes and requested bytes given back.
+    back: [[i64; 3]; 2],
+    /// Hits.
     hits: i64,
 }
 
@@ -172,9 +173,7 @@ impl Ghost {
         let i = b.id as usize;
         assert!(!self.held[i], "block {} handed out twice", b.id);
         self.held[i] = true;
-        self.bytes_out += b.size as i64;
-        self.blocks_out += 1;
-        self.requested_out += b.requested as i64;
+        add(&mut self.out[Pool::of(b.size).index()], b);
         self.hits += i64::from(hit);
     }
 
@@ -185,17 +184,22 @@ impl Ghost {
         self.held[i] = false;
         self.epoch[i] = b.epoch;
         self.stream[i] = b.stream;
-        self.bytes_back += b.size as i64;
-        self.blocks_back += 1;
-        self.requested_back += b.requested as i64;
+        add(&mut self.back[Pool::of(b.size).index()], b);
     }
+}
+
+/// Adds `b` to a block, byte and requested byte count.
+fn add(count: &mut [i64; 3], b: &Buf) {
+    count[0] += 1;
+    count[1] += b.size as i64;
+    count[2] += b.requested as i64;
 }
 
 /// The front cache, the engine and the ghost.
 struct World {
     front: FrontCache<u32>,
     engine: Mutex<Engine>,
-    ghost: std::sync::Mutex<Ghost>,
+    ghost: Mutex<Ghost>,
 }
 
 impl World {
@@ -215,7 +219,7 @@ impl World {
         Arc::new(World {
             front: FrontCache::new(cap, false),
             engine: Mutex::new(e),
-            ghost: std::sync::Mutex::new(Ghost::default()),
+            ghost: Mutex::new(Ghost::default()),
         })
     }
 
@@ -225,14 +229,15 @@ impl World {
         self.engine.lock().unwrap()
     }
 
-    fn ghost(&self) -> std::sync::MutexGuard<'_, Ghost> {
+    fn ghost(&self) -> MutexGuard<'_, Ghost> {
         self.ghost.lock().unwrap()
     }
 
-    /// `CachingAllocator::allocate` of `requested` bytes (a multiple of
-    /// 512: its own rounded size) on `stream`, by user `user`.
+    /// `CachingAllocator::allocate` of `requested` bytes on `stream`, by
+    /// user `user`. The model's sizes are whole 4 KiB (so a block pushed
+    /// after a request of 4 KiB can serve one of 3.5 KiB, through the lock).
     fn allocate(&self, user: usize, requested: usize, stream: u32) -> Buf {
-        let size = requested;
+        let size = requested.next_multiple_of(SMALL);
         self.ghost().begin(user, size as i64);
         if let Some((e, epoch)) = self.front.take(stream, requested) {
             let b = Buf {
@@ -391,7 +396,6 @@ impl World {
         let g = self.ghost();
         assert_eq!(g.inflight, [0; USERS]);
         let bytes: i64 = held.iter().map(|b| b.size as i64).sum();
-        let requested: i64 = held.iter().map(|b| b.requested as i64).sum();
         assert_eq!(g.committed, bytes);
         for (name, a) in [
             ("allocation", &s.allocation),
@@ -412,15 +416,27 @@ impl World {
                 );
             }
         }
-        let blocks = (held.len() as i64, g.blocks_out, g.blocks_back);
-        let bytes = (bytes, g.bytes_out, g.bytes_back);
-        let requested = (requested, g.requested_out, g.requested_back);
-        let got = |a: &crate::StatArray| (a.all.current, a.all.allocated, a.all.freed);
-        assert_eq!(got(&s.allocation), blocks, "allocation");
-        assert_eq!(got(&s.active), blocks, "active");
-        assert_eq!(got(&s.allocated_bytes), bytes, "allocated_bytes");
-        assert_eq!(got(&s.active_bytes), bytes, "active_bytes");
-        assert_eq!(got(&s.requested_bytes), requested, "requested_bytes");
+        for pool in [Pool::Small, Pool::Large] {
+            let p = pool.index();
+            let mut now = [0; 3];
+            for b in held.iter().filter(|b| Pool::of(b.size) == pool) {
+                add(&mut now, b);
+            }
+            let want = |k: usize| (now[k], g.out[p][k], g.back[p][k]);
+            let got = |a: &crate::StatArray| {
+                let st = a.pool(pool);
+                (st.current, st.allocated, st.freed)
+            };
+            for (name, a, k) in [
+                ("allocation", &s.allocation, 0),
+                ("active", &s.active, 0),
+                ("allocated_bytes", &s.allocated_bytes, 1),
+                ("active_bytes", &s.active_bytes, 1),
+                ("requested_bytes", &s.requested_bytes, 2),
+            ] {
+                assert_eq!(got(a), want(k), "{name} of the {pool:?} pool");
+            }
+        }
         assert_eq!(s.num_front_cache_hits, g.hits, "hits");
         let peak = s.allocated_bytes.all.peak;
         assert!(
@@ -483,27 +499,36 @@ fn loom_forget_stream_races_hits_and_pushes() {
 /// (d), one thread: its figures are exact after every drain while another
 /// thread reads them (`stats()`), and the peak reached through a hit is
 /// folded in (its shard's highest change). The thread holds a block on
-/// stream 2 while it takes its block of stream 1 back from its shard.
+/// stream 2 while it takes its block of stream 1 back from its shard, then
+/// asks for another size that the block fits: the locked allocation frees
+/// it from the shard first (`drain_fitting`). Last, a block too large for
+/// the shard is freed through the lock while a hit is unfolded: the locked
+/// free folds the shard first (`fold_own`), so the peak the hit reached
+/// counts the large block.
 #[test]
 fn loom_one_thread_is_exact_while_stats_drain() {
     loom::model(|| {
-        let w = World::new(2 * SMALL, &[SMALL, SMALL]);
+        let w = World::new(2 * SMALL, &[SMALL, SMALL, LARGE]);
         let w1 = w.clone();
         let t = thread::spawn(move || {
             w1.enter();
-            let x = w1.allocate(0, SMALL, 1);
-            w1.free(0, x);
-            let y = w1.allocate(0, SMALL, 2);
-            let x = w1.allocate(0, SMALL, 1);
-            w1.free(0, x);
-            w1.free(0, y);
+            hold_and_hit(&w1, 0, SMALL, 1, 2);
+            // another size of the same class: a miss, which frees the
+            // shard's fitting block for the best fit to choose
+            let z = w1.allocate(0, SMALL - 512, 1);
+            w1.free(0, z);
+            let big = w1.allocate(0, LARGE, 3);
+            let z = w1.allocate(0, SMALL - 512, 1);
+            w1.free(0, big);
+            w1.free(0, z);
         });
         // stats(): the engine lock, the user's shard (the only thread with
-        // a number: shard 0) drained, the figures checked, then the rest
+        // a number: shard 0) drained with the ghost held, the figures
+        // checked, then the rest
         let mut st = w.lock();
-        w.front.drain(&mut *st, 0);
         {
             let g = w.ghost();
+            w.front.drain(&mut *st, 0);
             let s = &st.stats.allocated_bytes.all;
             let flight = g.inflight[0];
             assert!(
@@ -533,27 +558,37 @@ fn loom_one_thread_is_exact_while_stats_drain() {
     });
 }
 
-/// (d), two threads on two streams and both pools hit and push at once:
-/// totals exact at quiescence, and the device-wide peak within a shard's
-/// byte cap (`front_cache_mb`) of the true peak for the one other shard.
+/// A thread's program for the statistics' models: it frees its block of
+/// stream `a` into its shard, takes a block on stream `b` through the lock
+/// (which folds its shard), then takes its block of `a` back from the shard
+/// while it holds the other: its most held is reached through a hit.
+fn hold_and_hit(w: &World, user: usize, size: usize, a: u32, b: u32) {
+    let x = w.allocate(user, size, a);
+    w.free(user, x);
+    let y = w.allocate(user, size, b);
+    let x = w.allocate(user, size, a);
+    w.free(user, x);
+    w.free(user, y);
+}
+
+/// (d), two threads on their own streams and pools, each reaching its most
+/// held through a hit: totals exact at quiescence, and the device-wide
+/// peak within a shard's byte cap (`front_cache_mb`) of the true peak for
+/// each other shard, both ways: a fold adds a shard's highest change to a
+/// current that lacks the other shards' unfolded hits (the peak lags) and
+/// still counts their unfolded pushes (the peak leads).
 #[test]
 fn loom_two_threads_peak_within_the_bound() {
     loom::model(|| {
-        let w = World::new(LARGE, &[SMALL, LARGE]);
+        let w = World::new(2 * LARGE, &[SMALL, SMALL, LARGE, LARGE]);
         let w1 = w.clone();
         let t = thread::spawn(move || {
             w1.enter();
-            let b = w1.allocate(0, SMALL, 1);
-            w1.free(0, b);
-            let b = w1.allocate(0, SMALL, 1);
-            w1.free(0, b);
+            hold_and_hit(&w1, 0, SMALL, 1, 2);
         });
         w.enter();
-        let b = w.allocate(1, LARGE, 2);
-        w.free(1, b);
-        let b = w.allocate(1, LARGE, 2);
-        w.free(1, b);
+        hold_and_hit(&w, 1, LARGE, 3, 4);
         t.join().unwrap();
-        w.check_quiescent(&[], LARGE as i64 * (USERS as i64 - 1));
+        w.check_quiescent(&[], 2 * LARGE as i64 * (USERS as i64 - 1));
     });
 }
