@@ -474,6 +474,31 @@ fn loom_hits_and_pushes_race_the_ladder() {
     });
 }
 
+/// (c), across threads: a buffer handed out on one thread is freed on
+/// another, into the freeing thread's shard (with its stream), and taken
+/// back by a hit there, while the first thread on the same stream finds no
+/// idle block and its ladder drains that shard. Two shards hold blocks of
+/// one stream; each block is in one place at a time.
+#[test]
+fn loom_a_buffer_freed_on_another_thread() {
+    loom::model(|| {
+        let w = World::new(2 * SMALL, &[]);
+        w.enter();
+        let x = w.allocate(1, SMALL, 1);
+        let w1 = w.clone();
+        let t = thread::spawn(move || {
+            w1.enter();
+            w1.free(0, x);
+            let b = w1.allocate(0, SMALL, 1);
+            w1.free(0, b);
+        });
+        let b = w.allocate(1, SMALL, 1);
+        w.free(1, b);
+        t.join().unwrap();
+        w.check_quiescent(&[], 2 * SMALL as i64);
+    });
+}
+
 /// (b): a hit and a push race `forget_stream`'s new epoch and drain: a
 /// block pushed in the old epoch is never handed out under the new one, no
 /// shard holds one after the drain, and a buffer of the old epoch is freed
