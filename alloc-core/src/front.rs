@@ -32,9 +32,16 @@
 //! that change reached); every locked operation of a thread first folds its
 //! own shard, so with one thread the figures are exact after every
 //! operation. While several threads run, the device-wide peak of
-//! `allocated_bytes` may lag the true peak by at most the bytes the other
-//! shards handed out and had not yet folded: at most `front_cache_mb` per
-//! shard. Totals and currents are exact at quiescence and after `stats()`.
+//! `allocated_bytes` may miss the true peak by at most `front_cache_mb`
+//! per other shard, either way: below it by what the other shards handed
+//! out and had not yet folded (their hits), above it by what they took back
+//! and had not yet folded (their pushes, still counted in use when a fold
+//! or a locked allocation raises the peak). Either is within the shard's
+//! byte cap: since its last fold a shard's change rises at most by the
+//! bytes it held then and falls at most by the bytes it holds now. Totals
+//! and currents are exact at quiescence and after `stats()`. The loom
+//! models (`loom_tests.rs`, `--cfg loom`) check these figures and the
+//! hand-offs below over the interleavings of small programs.
 //!
 //! # Stream order
 //! A block in a shard is handed out only on the stream it was freed on (the
@@ -47,17 +54,15 @@
 //! forgotten stream's block under the new epoch).
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
-use crate::CachingAllocator;
 #[cfg(doc)]
 use crate::LockRule;
-use crate::backend::DeviceBackend;
 use crate::block::BlockId;
-use crate::cache::State;
 use crate::size_class::Pool;
 use crate::stats::{StatArray, Stats};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
+#[cfg(not(loom))]
+use crate::{CachingAllocator, backend::DeviceBackend, cache::State};
 
 /// Shards per engine: a thread uses the shard of its number modulo this.
 pub const SHARDS: usize = 16;
@@ -253,21 +258,36 @@ pub(crate) struct FrontCache<S> {
     shards: Box<[Padded<Mutex<Shard<S>>>]>,
 }
 
+/// The number the next thread to use a cache gets.
+#[cfg(not(loom))]
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
+#[cfg(loom)]
+loom::lazy_static! {
+    // a loom atomic is made at run time, once per explored execution
+    static ref NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
+}
 
-thread_local! {
+#[cfg(not(loom))]
+std::thread_local! {
     /// This thread's number (`u32::MAX` until its first use of a cache).
     static THREAD: Cell<u32> = const { Cell::new(u32::MAX) };
     /// Shard locks this thread holds ([`LockRule::L2`]'s check, debug
-    /// builds).
+    /// builds and the loom models).
     static HELD: Cell<u32> = const { Cell::new(0) };
+}
+// the same, per loom thread (loom's macro takes no `const` initializer)
+#[cfg(loom)]
+loom::thread_local! {
+    static THREAD: Cell<u32> = Cell::new(u32::MAX);
+    static HELD: Cell<u32> = Cell::new(0);
 }
 
 /// [`LockRule::L2`]'s check, before the engine lock is taken: the thread
-/// holds no shard lock (debug builds; nothing in release builds).
+/// holds no shard lock (debug builds and the loom models; nothing in release
+/// builds).
 #[inline]
 pub(crate) fn check_no_shard_held() {
-    #[cfg(debug_assertions)]
+    #[cfg(any(debug_assertions, loom))]
     HELD.with(|h| {
         assert!(
             h.get() == 0,
@@ -286,7 +306,7 @@ pub(crate) struct ShardGuard<'a, S> {
 impl<'a, S> ShardGuard<'a, S> {
     #[inline]
     fn new(guard: MutexGuard<'a, Shard<S>>) -> Self {
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, loom))]
         HELD.with(|h| h.set(h.get() + 1));
         ShardGuard { guard }
     }
@@ -295,7 +315,7 @@ impl<'a, S> ShardGuard<'a, S> {
 impl<S> Drop for ShardGuard<'_, S> {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(debug_assertions)]
+        #[cfg(any(debug_assertions, loom))]
         HELD.with(|h| h.set(h.get() - 1));
     }
 }
@@ -447,32 +467,41 @@ impl<S: Copy + Eq> FrontCache<S> {
     }
 }
 
-impl<B: DeviceBackend> CachingAllocator<B> {
-    /// Folds the calling thread's shard into the statistics: every locked
-    /// operation does so first, so one thread's figures stay exact.
+/// The engine's side of a fold or a drain (the engine lock held): its
+/// statistics, and where a block leaving a shard goes. The engine's state
+/// is one; the loom models (`loom_tests.rs`) play the engine with another.
+pub(crate) trait EngineSide<S> {
+    /// The statistics a shard's tally is folded into.
+    fn stats(&mut self) -> &mut Stats;
+    /// Makes the block of `e`, taken out of a shard, a free block of its
+    /// stream (its free was counted by the shard's tally).
+    fn free_entry(&mut self, e: &Entry<S>);
+}
+
+impl<S: Copy + Eq> FrontCache<S> {
+    /// Folds the calling thread's shard into `eng`'s statistics (the engine
+    /// lock held): every locked operation does so first, so one thread's
+    /// figures stay exact.
     #[inline]
-    pub(crate) fn fold_own(&self, st: &mut State<B>) {
-        if self.front.len() == 0 {
+    pub(crate) fn fold_own(&self, eng: &mut impl EngineSide<S>) {
+        if self.len() == 0 {
             return; // off: no shard, no thread number needed
         }
-        if let Some(mut sh) = self.front.lock(thread_shard()) {
-            sh.fold(&mut st.stats);
+        if let Some(mut sh) = self.lock(thread_shard()) {
+            sh.fold(eng.stats());
         }
     }
 
-    /// Drains shard `i` under the engine lock (held by the caller,
-    /// [`LockRule::L2`]): folds its statistics and frees its blocks (merged
-    /// and indexed on their streams, each freed at a new tick). Whether it
-    /// held any block.
-    pub(crate) fn drain_shard(&self, st: &mut State<B>, i: usize) -> bool {
-        let Some(mut sh) = self.front.lock(i) else {
+    /// Drains shard `i` into `eng` (the engine lock held, [`LockRule::L2`]):
+    /// folds its statistics and frees its blocks. Whether it held any block.
+    pub(crate) fn drain(&self, eng: &mut impl EngineSide<S>, i: usize) -> bool {
+        let Some(mut sh) = self.lock(i) else {
             return false;
         };
-        sh.fold(&mut st.stats);
+        sh.fold(eng.stats());
         let any = !sh.entries.is_empty();
         for e in sh.take_all() {
-            let tick = st.tick();
-            st.make_free(e.id, tick);
+            eng.free_entry(&e);
         }
         any
     }
@@ -483,28 +512,27 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// among them as it would without the cache (a block in a shard is
     /// never passed over for a larger or later one).
     #[inline]
-    pub(crate) fn drain_own_fitting(
+    pub(crate) fn drain_fitting(
         &self,
-        st: &mut State<B>,
-        stream: B::Stream,
+        eng: &mut impl EngineSide<S>,
+        stream: S,
         pool: Pool,
         rounded: usize,
     ) {
-        if self.front.len() == 0 {
+        if self.len() == 0 {
             return;
         }
-        let Some(mut sh) = self.front.lock(thread_shard()) else {
+        let Some(mut sh) = self.lock(thread_shard()) else {
             return;
         };
-        sh.fold(&mut st.stats);
+        sh.fold(eng.stats());
         let mut i = 0;
         while i < sh.entries.len() {
             let e = sh.entries[i];
             if e.stream == stream && e.pool == pool && e.size >= rounded {
                 sh.entries.swap_remove(i);
                 sh.bytes -= e.size;
-                let tick = st.tick();
-                st.make_free(e.id, tick);
+                eng.free_entry(&e);
             } else {
                 i += 1;
             }
@@ -512,17 +540,81 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Drains every shard (the engine lock held). Whether any held a block.
-    pub(crate) fn drain_front(&self, st: &mut State<B>) -> bool {
+    pub(crate) fn drain_all(&self, eng: &mut impl EngineSide<S>) -> bool {
         let mut any = false;
-        for i in 0..self.front.len() {
-            any |= self.drain_shard(st, i);
+        for i in 0..self.len() {
+            any |= self.drain(eng, i);
         }
         any
     }
 
+    /// Starts a new epoch and drains every shard (`forget_stream`, the
+    /// engine lock held). The epoch first: a push that takes a shard's lock
+    /// after the drain released it reads the new epoch and is refused, and a
+    /// hit before the drain reaches its shard takes no block of the old
+    /// epoch, so no block of the forgotten stream is left in a shard or
+    /// handed out under the new epoch.
+    pub(crate) fn start_epoch(&self, eng: &mut impl EngineSide<S>) {
+        self.bump_epoch();
+        self.drain_all(eng);
+    }
+}
+
+/// The engine's state is the engine's side of a drain: a block leaving a
+/// shard is freed at a new tick, merged and indexed on its stream.
+#[cfg(not(loom))]
+impl<B: DeviceBackend> EngineSide<B::Stream> for State<B> {
+    #[inline]
+    fn stats(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
+    #[inline]
+    fn free_entry(&mut self, e: &Entry<B::Stream>) {
+        let tick = self.tick();
+        self.make_free(e.id, tick);
+    }
+}
+
+#[cfg(not(loom))]
+impl<B: DeviceBackend> CachingAllocator<B> {
+    /// Folds the calling thread's shard into the statistics
+    /// ([`FrontCache::fold_own`]).
+    #[inline]
+    pub(crate) fn fold_own(&self, st: &mut State<B>) {
+        self.front.fold_own(st);
+    }
+
+    /// Drains shard `i` under the engine lock (held by the caller,
+    /// [`LockRule::L2`]): folds its statistics and frees its blocks (merged
+    /// and indexed on their streams, each freed at a new tick). Whether it
+    /// held any block.
+    pub(crate) fn drain_shard(&self, st: &mut State<B>, i: usize) -> bool {
+        self.front.drain(st, i)
+    }
+
+    /// Before a locked allocation: the calling thread's shard folded and its
+    /// blocks that could serve the request freed
+    /// ([`FrontCache::drain_fitting`]).
+    #[inline]
+    pub(crate) fn drain_own_fitting(
+        &self,
+        st: &mut State<B>,
+        stream: B::Stream,
+        pool: Pool,
+        rounded: usize,
+    ) {
+        self.front.drain_fitting(st, stream, pool, rounded);
+    }
+
+    /// Drains every shard (the engine lock held). Whether any held a block.
+    pub(crate) fn drain_front(&self, st: &mut State<B>) -> bool {
+        self.front.drain_all(st)
+    }
+
     /// The engine lock, with every shard drained: what looks at the engine
     /// or releases memory starts here.
-    pub(crate) fn lock_drained(&self) -> MutexGuard<'_, State<B>> {
+    pub(crate) fn lock_drained(&self) -> std::sync::MutexGuard<'_, State<B>> {
         let mut st = self.lock();
         self.drain_front(&mut st);
         st
@@ -534,7 +626,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 }
 
-#[cfg(test)]
+// loom atomics live only inside a model: these run without loom
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

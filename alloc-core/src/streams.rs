@@ -306,8 +306,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if let Some(slot) = st.streams.slot_of.remove(&stream) {
             // buffers handed out before now are freed through the lock; the
             // stream's blocks leave the shards before its slot is retired
-            self.front.bump_epoch();
-            self.drain_front(&mut st);
+            self.front.start_epoch(&mut *st);
             st.streams.last = None;
             if let Some(r) = st.streams.retired.get_mut(slot as usize) {
                 *r = true;
