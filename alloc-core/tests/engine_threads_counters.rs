@@ -5,13 +5,16 @@
 //!
 //! The statistics' rule while threads run ("the host side's rule"): exact
 //! when one thread uses the engine; exact at quiescence (no operation in
-//! flight); while threads run, the device-wide peak may lag the true peak by
-//! at most [`PEAK_LAG_PER_SHARD`] bytes per shard (per thread that
-//! allocates). The engine's front cache (`front_cache_mb`, per-thread
+//! flight); while threads run, the device-wide peak may miss the true peak,
+//! below it or above it, by at most [`PEAK_LAG_PER_SHARD`] bytes per shard
+//! (per thread that allocates). The engine's front cache (`front_cache_mb`, per-thread
 //! shards) folds a shard's counters into the engine's at the thread's next
 //! locked operation and whenever the statistics are read; until then the
-//! peak may miss what the other shards handed out since their last fold,
-//! at most a shard's byte cap each. Every run here sets the cap to
+//! peak may miss what the other shards handed out since their last fold
+//! (below the true peak) or count blocks they took back since as still in
+//! use (above it, as the front cache's loom models show), at most a shard's
+//! byte cap each. The upper bound below (the sum of every worker's most)
+//! already covers the second. Every run here sets the cap to
 //! [`FRONT_MB`]; the runs with few sizes make the shards hit, and the runs
 //! without the sampler leave them unfolded until the quiescent point.
 //!
@@ -50,8 +53,8 @@ use alloc_core::{CachingAllocator, Config, DeviceBuffer, SimBackend, SimStream, 
 /// The byte cap of a front-cache shard in every run here (MiB).
 const FRONT_MB: usize = 16;
 
-/// The most the device-wide peak of `allocated_bytes` may lag the true peak
-/// while threads run, per shard (per thread that allocates): a shard's byte
+/// The most the device-wide peak of `allocated_bytes` may miss the true peak
+/// (either way) while threads run, per shard (per thread that allocates): a shard's byte
 /// cap, which bounds what it can hand out between two folds.
 const PEAK_LAG_PER_SHARD: i64 = (FRONT_MB << 20) as i64;
 
