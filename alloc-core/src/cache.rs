@@ -173,6 +173,17 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether some thread holds the engine lock now. A diagnostic for
+    /// tests, stale as soon as it returns: a test backend calls it from
+    /// inside an event call to check that the engine made the call with its
+    /// lock released ([`CoreInvariant::P1`]). Never blocks.
+    pub fn lock_held(&self) -> bool {
+        matches!(
+            self.state.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
+    }
+
     /// Allocates `bytes` bytes for use on `stream`. A request of 0 bytes
     /// gets an empty buffer at address 0 that counts nothing (as PyTorch's).
     #[inline]
@@ -229,7 +240,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 match got {
                     Ok(id) => id,
                     Err(e) => {
-                        drop(st);
+                        self.unlock(st);
                         self.notify_oom(&e);
                         return Err(e);
                     }
@@ -239,7 +250,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size);
         self.front.note_pending(!st.pending.is_empty());
         let epoch = self.front.epoch();
-        drop(st);
+        self.unlock(st);
         let owner = crate::scope::charge_device_alloc(size as u64);
         Ok(DeviceBuffer {
             alloc: self,
@@ -308,14 +319,20 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         } else {
             st.uses.remove(&id)
         };
-        match uses {
-            Some(streams) => st.defer_free(&self.backend, id, streams),
+        let recording = match uses {
+            Some(streams) => st.begin_deferral(id, streams),
             None => {
                 let tick = st.tick();
                 st.complete_free(id, tick);
+                None
             }
-        }
+        };
         self.front.note_pending(!st.pending.is_empty());
+        match recording {
+            // the events are recorded with the lock released (core:P1)
+            Some(rec) => self.record_unlocked(st, rec),
+            None => self.unlock(st),
+        }
     }
 
     /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),

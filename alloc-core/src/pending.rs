@@ -6,6 +6,20 @@
 //! deferred, takes a tick of the *free clock*; a device-wide sync covers the
 //! frees ticked before the mark taken just before it ([`SyncMark`]).
 //!
+//! No event call of a free runs under the engine lock: the free takes its
+//! tick and marks the block pending, *being recorded*, under the lock
+//! ([`State::begin_deferral`]), records one event per stream with the lock
+//! released (on CUDA `cuEventRecord`, and a batch of `cuEventCreate` when
+//! the pool runs dry), then queues them under the lock
+//! ([`State::finish_deferral`]) unless a device-wide sync that started
+//! after its tick completed the free meanwhile. Events done with (completed,
+//! covered by a sync, or recorded for a free already completed) are
+//! *spent*: dropped after the lock is released ([`CachingAllocator::unlock`]).
+//! `forget_stream` waits for frees still recording on the stream's slot, so
+//! no event is recorded on a stream after it is forgotten. Queries
+//! (`event_done`, `cuEventQuery`) of the queue heads still run under the
+//! lock, at most one that has not completed per stream and allocation.
+//!
 //! # Invariants and locking rule
 //! Pending frees keep [`CoreInvariant::P1`] (pending blocks wait for their
 //! events, queried in order) and [`CoreInvariant::P2`] (a partial sync
@@ -16,7 +30,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::MutexGuard;
 
-use crate::backend::DeviceBackend;
+use crate::backend::{BackendError, DeviceBackend};
 use crate::block::{BlockId, BlockState};
 use crate::cache::{CachingAllocator, State};
 use crate::streams::Slot;
@@ -35,12 +49,28 @@ struct Deferred<E> {
 
 /// What a pending block still waits for.
 struct Wait {
-    /// Events not yet seen completed.
+    /// Events queued and not yet seen completed.
     events: u32,
     /// An event could not be recorded: only a device-wide sync frees it.
     needs_sync: bool,
-    /// The tick of the deferral.
+    /// Its events are being recorded, with the lock released: none is
+    /// queued yet, and only a device-wide sync that started after its tick
+    /// can complete it meanwhile.
+    recording: bool,
+    /// The tick of the deferral (unique: it names this deferral, also once
+    /// the block's id names another block).
     tick: u64,
+}
+
+/// A deferral whose events are to be recorded with the lock released
+/// ([`State::begin_deferral`], then [`State::finish_deferral`]).
+pub(crate) struct Recording<S> {
+    /// The block.
+    pub(crate) block: BlockId,
+    /// The tick of the deferral.
+    pub(crate) tick: u64,
+    /// The streams to record on, with their slots.
+    pub(crate) streams: Vec<(Slot, S)>,
 }
 
 /// Frees waiting for events recorded on the streams that used their blocks
@@ -55,6 +85,14 @@ pub(crate) struct Pending<E> {
     /// device-wide sync completes exactly the frees ticked below a mark
     /// taken before it).
     next_tick: u64,
+    /// Per slot: deferrals recording an event on its stream now, with the
+    /// lock released (`forget_stream` waits for them before it retires the
+    /// slot).
+    recording_on: Vec<u32>,
+    /// Events done with (completed, or covered by a sync), to be dropped
+    /// once the lock is released (`CachingAllocator::unlock`): dropping a
+    /// pooled event takes its pool's lock.
+    pub(crate) spent: Vec<E>,
 }
 
 impl<E> Default for Pending<E> {
@@ -64,6 +102,8 @@ impl<E> Default for Pending<E> {
             active: Vec::new(),
             waits: HashMap::new(),
             next_tick: 0,
+            recording_on: Vec::new(),
+            spent: Vec::new(),
         }
     }
 }
@@ -78,6 +118,62 @@ impl<E> Pending<E> {
     /// Blocks whose free is pending.
     pub(crate) fn len(&self) -> usize {
         self.waits.len()
+    }
+
+    /// Deferrals recording an event on the stream of `slot` now.
+    fn recording_on(&self, slot: Slot) -> u32 {
+        self.recording_on.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// [`CoreInvariant::P1`]'s equations, for `validate`: every queued event
+    /// names a pending block's deferral (its block and tick), each pending
+    /// block's `events` is the number of its queued events, and a block
+    /// being recorded has none queued. `Err` says which failed, with the
+    /// values.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let mut queued: HashMap<BlockId, u32> = HashMap::new();
+        for (slot, q) in self.queues.iter().enumerate() {
+            for d in q {
+                match self.waits.get(&d.block) {
+                    Some(w) if w.tick == d.tick => *queued.entry(d.block).or_default() += 1,
+                    Some(w) => {
+                        return Err(format!(
+                            "slot {slot} queues an event of block {} deferred at tick {}, which waits for its deferral at tick {}",
+                            d.block, d.tick, w.tick
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "slot {slot} queues an event of block {} (tick {}), which is not pending",
+                            d.block, d.tick
+                        ));
+                    }
+                }
+            }
+        }
+        for (b, w) in &self.waits {
+            let q = queued.get(b).copied().unwrap_or(0);
+            if q != w.events || (w.recording && q != 0) {
+                return Err(format!(
+                    "block {b} (tick {}, recording: {}) counts {} events, {q} queued",
+                    w.tick, w.recording, w.events
+                ));
+            }
+            if !w.recording && w.events == 0 && !w.needs_sync {
+                return Err(format!(
+                    "block {b} (tick {}) waits for nothing but is pending",
+                    w.tick
+                ));
+            }
+        }
+        let recording = self.waits.values().filter(|w| w.recording).count() as u64;
+        let on: u64 = self.recording_on.iter().map(|&n| u64::from(n)).sum();
+        if on < recording {
+            return Err(format!(
+                "{recording} deferrals are being recorded, the slots count {on} recordings"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -133,6 +229,58 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 }
 
+impl<B: DeviceBackend> CachingAllocator<B> {
+    /// Releases the lock, then drops the events spent under it (dropping a
+    /// pooled event takes its pool's lock: not under the engine lock).
+    #[inline]
+    pub(crate) fn unlock(&self, mut st: MutexGuard<'_, State<B>>) {
+        if st.pending.spent.is_empty() {
+            return;
+        }
+        let spent = std::mem::take(&mut st.pending.spent);
+        drop(st);
+        drop(spent);
+    }
+
+    /// Records the events of deferral `rec` with the lock released (a
+    /// driver call each, and event creation when a pool runs dry), then
+    /// queues them under the lock ([`CoreInvariant::P1`]).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn record_unlocked(&self, st: MutexGuard<'_, State<B>>, rec: Recording<B::Stream>) {
+        self.unlock(st);
+        let recorded: Vec<(Slot, Result<B::Event, BackendError>)> = rec
+            .streams
+            .iter()
+            .map(|&(slot, s)| (slot, self.backend.record_event(s)))
+            .collect();
+        let mut st = self.lock();
+        st.finish_deferral(rec.block, rec.tick, recorded);
+        self.front.note_pending(!st.pending.is_empty());
+        self.unlock(st);
+    }
+
+    /// The lock, once no deferral records an event on `stream`'s slot: so
+    /// that no event is recorded on a stream after `forget_stream` returns
+    /// (the program may destroy it then). Deferrals record for a bounded
+    /// time (a driver call per stream), so this waits that long at most per
+    /// free that began before.
+    pub(crate) fn lock_no_recording_on(&self, stream: B::Stream) -> MutexGuard<'_, State<B>> {
+        loop {
+            let st = self.lock();
+            let busy = st
+                .streams
+                .slot(stream)
+                .is_some_and(|slot| st.pending.recording_on(slot) != 0);
+            if !busy {
+                return st;
+            }
+            drop(st);
+            std::thread::yield_now();
+        }
+    }
+}
+
 impl<B: DeviceBackend> State<B> {
     /// The next tick of the free clock ([`LockRule::L1`]).
     #[inline]
@@ -155,22 +303,81 @@ impl<B: DeviceBackend> State<B> {
         });
     }
 
-    /// Holds block `id` until events recorded now on `streams` complete
-    /// (retired streams completed their work when they were forgotten).
-    pub(crate) fn defer_free(&mut self, backend: &B, id: BlockId, streams: Vec<Slot>) {
-        let (mut events, mut needs_sync) = (0u32, false);
+    /// Defers the free of block `id`, used on `streams`, and returns the
+    /// events to record with the lock released: the block is pending,
+    /// "being recorded", from now on ([`CoreInvariant::P1`]). `None` when
+    /// no stream is left to wait for (retired streams completed their work
+    /// when they were forgotten): the free completed now.
+    pub(crate) fn begin_deferral(
+        &mut self,
+        id: BlockId,
+        streams: Vec<Slot>,
+    ) -> Option<Recording<B::Stream>> {
         let tick = self.tick();
-        for slot in streams {
-            let Some(s) = self.streams.handle(slot) else {
-                continue;
-            };
-            if self.streams.is_retired(slot) {
-                continue;
+        let streams: Vec<(Slot, B::Stream)> = streams
+            .into_iter()
+            .filter(|&slot| !self.streams.is_retired(slot))
+            .filter_map(|slot| Some((slot, self.streams.handle(slot)?)))
+            .collect();
+        if streams.is_empty() {
+            self.complete_free(id, tick);
+            return None;
+        }
+        for &(slot, _) in &streams {
+            let i = slot as usize;
+            if self.pending.recording_on.len() <= i {
+                self.pending.recording_on.resize(i + 1, 0);
             }
-            match backend.record_event(s) {
+            self.pending.recording_on[i] += 1;
+        }
+        self.blocks.at_mut(id).state = BlockState::Pending;
+        self.pending.waits.insert(
+            id,
+            Wait {
+                events: 0,
+                needs_sync: false,
+                recording: true,
+                tick,
+            },
+        );
+        Some(Recording {
+            block: id,
+            tick,
+            streams,
+        })
+    }
+
+    /// Queues the events recorded for the deferral of block `id` at `tick`
+    /// ([`State::begin_deferral`]). A device-wide sync that started after
+    /// the tick may have completed the free meanwhile (the block may even
+    /// be another user's now): its events are then spent.
+    pub(crate) fn finish_deferral(
+        &mut self,
+        id: BlockId,
+        tick: u64,
+        recorded: Vec<(Slot, Result<B::Event, BackendError>)>,
+    ) {
+        for (slot, _) in &recorded {
+            if let Some(n) = self.pending.recording_on.get_mut(*slot as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let pending = &mut self.pending;
+        let live = pending
+            .waits
+            .get(&id)
+            .is_some_and(|w| w.tick == tick && w.recording);
+        if !live {
+            pending
+                .spent
+                .extend(recorded.into_iter().filter_map(|(_, r)| r.ok()));
+            return;
+        }
+        let (mut events, mut needs_sync) = (0u32, false);
+        for (slot, r) in recorded {
+            match r {
                 Ok(event) => {
                     let i = slot as usize;
-                    let pending = &mut self.pending;
                     if pending.queues.len() <= i {
                         pending.queues.resize_with(i + 1, VecDeque::new);
                     }
@@ -187,19 +394,11 @@ impl<B: DeviceBackend> State<B> {
                 Err(_) => needs_sync = true,
             }
         }
-        if events == 0 && !needs_sync {
-            self.complete_free(id, tick);
-            return;
+        if let Some(w) = pending.waits.get_mut(&id) {
+            w.recording = false;
+            w.events = events;
+            w.needs_sync = needs_sync;
         }
-        self.blocks.at_mut(id).state = BlockState::Pending;
-        self.pending.waits.insert(
-            id,
-            Wait {
-                events,
-                needs_sync,
-                tick,
-            },
-        );
     }
 
     /// The mark a device-wide sync started after now will cover.
@@ -214,9 +413,16 @@ impl<B: DeviceBackend> State<B> {
     /// whatever was deferred since (by other threads while the lock was
     /// released) stays pending ([`LockRule::L1`]).
     pub(crate) fn complete_synced(&mut self, mark: SyncMark) {
-        for q in &mut self.pending.queues {
-            while q.front().is_some_and(|d| d.tick < mark.tick) {
-                q.pop_front();
+        // deferrals are queued in the order their events were recorded,
+        // which need not be their ticks' order (each records with the lock
+        // released): every queue is filtered, not only its front
+        let Pending { queues, spent, .. } = &mut self.pending;
+        for q in queues.iter_mut() {
+            if q.iter().any(|d| d.tick < mark.tick) {
+                let (done, keep): (VecDeque<_>, VecDeque<_>) =
+                    q.drain(..).partition(|d| d.tick < mark.tick);
+                *q = keep;
+                spent.extend(done.into_iter().map(|d| d.event));
             }
         }
         let queues = &self.pending.queues;
@@ -248,14 +454,17 @@ impl<B: DeviceBackend> State<B> {
                 if !backend.event_done(&d.event) {
                     break;
                 }
-                let b = d.block;
-                self.pending.queues[slot].pop_front();
+                let Some(d) = self.pending.queues[slot].pop_front() else {
+                    break;
+                };
+                let (b, tick) = (d.block, d.tick);
+                self.pending.spent.push(d.event);
                 let done = match self.pending.waits.get_mut(&b) {
-                    Some(w) => {
+                    Some(w) if w.tick == tick => {
                         w.events = w.events.saturating_sub(1);
                         (w.events == 0 && !w.needs_sync).then_some(w.tick)
                     }
-                    None => None,
+                    _ => None,
                 };
                 if let Some(tick) = done {
                     self.pending.waits.remove(&b);

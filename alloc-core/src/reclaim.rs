@@ -318,6 +318,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let (mut st, mark) = self.synchronize_unlocked(self.lock_drained());
         self.release_cached(&mut st, Release::All, mark.as_ref());
         self.release_empty_reservations(&mut st);
+        self.unlock(st);
     }
 
     /// Releases the cached blocks of streams that are idle now, without
@@ -327,6 +328,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.process_pending(&self.backend);
         self.release_cached(&mut st, Release::All, None);
         self.release_empty_reservations(&mut st);
+        self.unlock(st);
     }
 
     /// Registers a callback run when an allocation fails with out of memory
