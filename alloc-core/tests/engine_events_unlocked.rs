@@ -311,3 +311,44 @@ fn a_sync_during_the_recording_completes_the_free() {
     );
     check(&e, &sim);
 }
+
+/// `forget_stream` does not return while a free still records an event on
+/// the stream (the program may destroy the stream once it returns).
+#[test]
+fn forget_stream_waits_for_a_free_recording_on_it() {
+    let (e, sim, shared) = engine();
+    let (s0, s1) = (SimStream(0), SimStream(1));
+    let b = e.allocate(MIB, s0).unwrap();
+    b.record_stream(s1);
+    sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+    sim.complete(s1); // so that forgetting s1 does not wait for its work
+    let returned_early = Arc::new(AtomicU64::new(u64::MAX));
+    let r2 = Arc::clone(&returned_early);
+    let shared2 = Arc::clone(&shared);
+    *shared.during_record.lock().unwrap() = Some(Box::new(move |_: &Engine| {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done2 = Arc::clone(&done);
+        let e2 = shared2.engine.get().and_then(Weak::upgrade).unwrap();
+        let h = std::thread::spawn(move || {
+            e2.forget_stream(SimStream(1));
+            done2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        r2.store(u64::from(done.load(Ordering::SeqCst)), Ordering::SeqCst);
+        // the forget finishes once this recording has been queued
+        std::mem::forget(h);
+    }));
+    drop(b);
+    assert_eq!(
+        returned_early.load(Ordering::SeqCst),
+        0,
+        "forget_stream returned while a free was recording on the stream"
+    );
+    // it returns now
+    let t = std::time::Instant::now();
+    while e.stream_count() > 1 {
+        assert!(t.elapsed().as_secs() < 10, "forget_stream never returned");
+        std::thread::yield_now();
+    }
+    check(&e, &sim);
+}
