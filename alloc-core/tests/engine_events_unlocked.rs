@@ -100,10 +100,14 @@ unsafe impl DeviceBackend for Probe {
         seen.records.fetch_add(1, Ordering::SeqCst);
         if self.shared.locked() {
             seen.records_locked.fetch_add(1, Ordering::SeqCst);
-        } else if let Some(act) = self.shared.during_record.lock().unwrap().take()
-            && let Some(e) = self.shared.engine.get().and_then(Weak::upgrade)
-        {
-            act(&e);
+        } else {
+            // taken first: the hook's own threads may record events too
+            let act = self.shared.during_record.lock().unwrap().take();
+            if let Some(act) = act
+                && let Some(e) = self.shared.engine.get().and_then(Weak::upgrade)
+            {
+                act(&e);
+            }
         }
         Ok(ProbeEvent {
             inner: self.sim.record_event(stream)?,
@@ -350,5 +354,61 @@ fn forget_stream_waits_for_a_free_recording_on_it() {
         assert!(t.elapsed().as_secs() < 10, "forget_stream never returned");
         std::thread::yield_now();
     }
+    check(&e, &sim);
+}
+
+/// Events are queued in the order their recordings finish, not in their
+/// frees' tick order: a free (A) that took its tick before a device-wide
+/// sync's mark may queue its event behind one (B) whose free came after
+/// the mark. The sync must complete A (and drop its queued event) and
+/// leave B waiting: no event may stay queued for a free already completed.
+#[test]
+fn a_sync_completes_a_free_queued_behind_a_later_one() {
+    use std::sync::mpsc;
+    let (e, sim, shared) = engine();
+    let (s0, s1) = (SimStream(0), SimStream(1));
+    let a = e.allocate(MIB, s0).unwrap();
+    a.record_stream(s1);
+    sim.launch_using(s1, &[(a.ptr().0, a.capacity())]);
+    // the sync of `empty_cache` (on another thread) parks until `go`
+    let (in_sync_tx, in_sync_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let parked = Mutex::new(Some((in_sync_tx, go_rx)));
+    sim.on_synchronize(move || {
+        if let Some((tx, rx)) = parked.lock().unwrap().take() {
+            let _ = tx.send(());
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+        }
+    });
+    let shared2 = Arc::clone(&shared);
+    let sim2 = sim.clone();
+    let syncer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let syncer2 = Arc::clone(&syncer);
+    // while A's event is being recorded: the sync takes its mark (after
+    // A's tick) and parks; B is freed (its tick after the mark) and queued
+    *shared.during_record.lock().unwrap() = Some(Box::new(move |e: &Engine| {
+        let e2 = shared2.engine.get().and_then(Weak::upgrade).unwrap();
+        *syncer2.lock().unwrap() = Some(std::thread::spawn(move || e2.empty_cache()));
+        in_sync_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the sync started");
+        let b = e.allocate(MIB, s0).unwrap();
+        b.record_stream(s1);
+        sim2.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+        drop(b);
+    }));
+    drop(a); // A's event queued behind B's
+    go_tx.send(()).unwrap();
+    let h = syncer.lock().unwrap().take().expect("the hook ran");
+    h.join().unwrap();
+    check(&e, &sim);
+    let st = e.stats();
+    assert_eq!(
+        st.active.all.current, 1,
+        "A completed by the sync, B still pending"
+    );
+    sim.complete(s1);
+    e.trim();
+    assert_eq!(e.stats().active.all.current, 0);
     check(&e, &sim);
 }
