@@ -70,7 +70,53 @@ pub(crate) struct Recording<S> {
     /// The tick of the deferral.
     pub(crate) tick: u64,
     /// The streams to record on, with their slots.
-    pub(crate) streams: Vec<(Slot, S)>,
+    pub(crate) streams: Few<(Slot, S)>,
+}
+
+/// One item inline, or several on the heap: a freed block was most often
+/// used on one other stream, and its deferral then allocates nothing.
+pub(crate) enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Few<T> {
+    /// `self` with `x` added (`None`: empty).
+    fn push(this: Option<Few<T>>, x: T) -> Few<T> {
+        match this {
+            None => Few::One(x),
+            Some(Few::One(a)) => Few::Many(vec![a, x]),
+            Some(Few::Many(mut v)) => {
+                v.push(x);
+                Few::Many(v)
+            }
+        }
+    }
+
+    /// The items, by reference.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, T> {
+        match self {
+            Few::One(x) => std::slice::from_ref(x).iter(),
+            Few::Many(v) => v.iter(),
+        }
+    }
+
+    /// `f` of each item, in order.
+    pub(crate) fn map<U>(&self, f: impl FnMut(&T) -> U) -> Few<U> {
+        match self {
+            Few::One(x) => Few::One({ f }(x)),
+            Few::Many(v) => Few::Many(v.iter().map(f).collect()),
+        }
+    }
+
+    /// The items, by value.
+    fn into_items(self) -> impl Iterator<Item = T> {
+        let (one, many) = match self {
+            Few::One(x) => (Some(x), Vec::new()),
+            Few::Many(v) => (None, v),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 /// Frees waiting for events recorded on the streams that used their blocks
@@ -237,6 +283,11 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if st.pending.spent.is_empty() {
             return;
         }
+        if !std::mem::needs_drop::<B::Event>() {
+            // dropping does nothing: keep the list's memory
+            st.pending.spent.clear();
+            return;
+        }
         let spent = std::mem::take(&mut st.pending.spent);
         drop(st);
         drop(spent);
@@ -249,11 +300,9 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     #[inline(never)]
     pub(crate) fn record_unlocked(&self, st: MutexGuard<'_, State<B>>, rec: Recording<B::Stream>) {
         self.unlock(st);
-        let recorded: Vec<(Slot, Result<B::Event, BackendError>)> = rec
+        let recorded = rec
             .streams
-            .iter()
-            .map(|&(slot, s)| (slot, self.backend.record_event(s)))
-            .collect();
+            .map(|&(slot, s)| (slot, self.backend.record_event(s)));
         let mut st = self.lock();
         st.finish_deferral(rec.block, rec.tick, recorded);
         self.front.note_pending(!st.pending.is_empty());
@@ -314,16 +363,20 @@ impl<B: DeviceBackend> State<B> {
         streams: Vec<Slot>,
     ) -> Option<Recording<B::Stream>> {
         let tick = self.tick();
-        let streams: Vec<(Slot, B::Stream)> = streams
-            .into_iter()
-            .filter(|&slot| !self.streams.is_retired(slot))
-            .filter_map(|slot| Some((slot, self.streams.handle(slot)?)))
-            .collect();
-        if streams.is_empty() {
+        let mut few = None;
+        for slot in streams {
+            if self.streams.is_retired(slot) {
+                continue;
+            }
+            if let Some(s) = self.streams.handle(slot) {
+                few = Some(Few::push(few, (slot, s)));
+            }
+        }
+        let Some(streams) = few else {
             self.complete_free(id, tick);
             return None;
-        }
-        for &(slot, _) in &streams {
+        };
+        for &(slot, _) in streams.iter() {
             let i = slot as usize;
             if self.pending.recording_on.len() <= i {
                 self.pending.recording_on.resize(i + 1, 0);
@@ -355,49 +408,45 @@ impl<B: DeviceBackend> State<B> {
         &mut self,
         id: BlockId,
         tick: u64,
-        recorded: Vec<(Slot, Result<B::Event, BackendError>)>,
+        recorded: Few<(Slot, Result<B::Event, BackendError>)>,
     ) {
-        for (slot, _) in &recorded {
+        for (slot, _) in recorded.iter() {
             if let Some(n) = self.pending.recording_on.get_mut(*slot as usize) {
                 *n = n.saturating_sub(1);
             }
         }
-        let pending = &mut self.pending;
-        let live = pending
-            .waits
-            .get(&id)
-            .is_some_and(|w| w.tick == tick && w.recording);
-        if !live {
-            pending
-                .spent
-                .extend(recorded.into_iter().filter_map(|(_, r)| r.ok()));
+        let Pending {
+            queues,
+            active,
+            waits,
+            spent,
+            ..
+        } = &mut self.pending;
+        let Some(w) = waits.get_mut(&id).filter(|w| w.tick == tick && w.recording) else {
+            // completed meanwhile by a sync: nothing waits for them
+            spent.extend(recorded.into_items().filter_map(|(_, r)| r.ok()));
             return;
-        }
-        let (mut events, mut needs_sync) = (0u32, false);
-        for (slot, r) in recorded {
+        };
+        w.recording = false;
+        for (slot, r) in recorded.into_items() {
             match r {
                 Ok(event) => {
                     let i = slot as usize;
-                    if pending.queues.len() <= i {
-                        pending.queues.resize_with(i + 1, VecDeque::new);
+                    if queues.len() <= i {
+                        queues.resize_with(i + 1, VecDeque::new);
                     }
-                    if pending.queues[i].is_empty() {
-                        pending.active.push(slot);
+                    if queues[i].is_empty() {
+                        active.push(slot);
                     }
-                    pending.queues[i].push_back(Deferred {
+                    queues[i].push_back(Deferred {
                         event,
                         block: id,
                         tick,
                     });
-                    events += 1;
+                    w.events += 1;
                 }
-                Err(_) => needs_sync = true,
+                Err(_) => w.needs_sync = true,
             }
-        }
-        if let Some(w) = pending.waits.get_mut(&id) {
-            w.recording = false;
-            w.events = events;
-            w.needs_sync = needs_sync;
         }
     }
 
