@@ -106,6 +106,10 @@ pub struct CachingAllocator<B: DeviceBackend> {
     pub(crate) page: usize,
     pub(crate) state: Mutex<State<B>>,
     pub(crate) observers: RwLock<Vec<OomObserver>>,
+    /// Whether frees were pending when the lock was last released through
+    /// `unlock` (a hint: an allocation then queries their events with the
+    /// lock released, `pending.rs`).
+    pub(crate) pending_hint: AtomicBool,
 }
 
 impl<B: DeviceBackend> CachingAllocator<B> {
@@ -142,6 +146,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             page: page.unwrap_or(crate::size_class::ROUND_LARGE),
             state: Mutex::new(state),
             observers: RwLock::new(Vec::new()),
+            pending_hint: AtomicBool::new(false),
         }
     }
 
@@ -226,12 +231,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             },
         )?;
         let pool = Pool::of(rounded);
+        // pending frees' events, queried with the lock released (core:P1)
+        let probes = self.query_unlocked();
         let mut st = self.lock();
+        if let Some(p) = probes {
+            st.settle_probes(p);
+        }
         self.drain_own_fitting(&mut st, stream, pool, rounded);
         let slot = st.stream_slot(stream);
-        if !st.pending.is_empty() {
-            st.process_pending(&self.backend);
-        }
         let id = match st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             Some(id) => id,
             None => {

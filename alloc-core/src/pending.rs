@@ -16,9 +16,20 @@
 //! covered by a sync, or recorded for a free already completed) are
 //! *spent*: dropped after the lock is released ([`CachingAllocator::unlock`]).
 //! `forget_stream` waits for frees still recording on the stream's slot, so
-//! no event is recorded on a stream after it is forgotten. Queries
-//! (`event_done`, `cuEventQuery`) of the queue heads still run under the
-//! lock, at most one that has not completed per stream and allocation.
+//! no event is recorded on a stream after it is forgotten.
+//!
+//! An allocation queries pending events with the lock released too (PyTorch's
+//! `CachingHostAllocator::process_events` pops under its mutex and queries
+//! outside it): while frees are pending, it takes up to
+//! `PROBE_PER_STREAM` events from the head of each stream's queue under
+//! the lock, queries them unlocked (`cuEventQuery`), in order per stream up
+//! to the first that has not completed, and gives them back under the lock
+//! it takes for the allocation itself ([`State::settle_probes`]): a block
+//! whose events all completed is freed, the others go back to the head of
+//! their queue. Meanwhile their blocks count them as *being queried*. What
+//! still queries under the lock: `trim` and a partial sync
+//! ([`State::process_pending`]), and the reclaim ladder's idle check of a
+//! stream (`stream_idle`: an event recorded and queried on the slow path).
 //!
 //! # Invariants and locking rule
 //! Pending frees keep [`CoreInvariant::P1`] (pending blocks wait for their
@@ -29,6 +40,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
 
 use crate::backend::{BackendError, DeviceBackend};
 use crate::block::{BlockId, BlockState};
@@ -38,7 +50,7 @@ use crate::streams::Slot;
 use crate::{CoreInvariant, LockRule};
 
 /// One event a deferred free waits for, in its stream's queue.
-struct Deferred<E> {
+pub(crate) struct Deferred<E> {
     /// Recorded on the queue's stream when the free was deferred.
     event: E,
     /// The pending block.
@@ -57,6 +69,9 @@ struct Wait {
     /// queued yet, and only a device-wide sync that started after its tick
     /// can complete it meanwhile.
     recording: bool,
+    /// Its events taken out of their queues to be queried with the lock
+    /// released (counted in `events`).
+    querying: u32,
     /// The tick of the deferral (unique: it names this deferral, also once
     /// the block's id names another block).
     tick: u64,
@@ -102,10 +117,18 @@ impl<T> Few<T> {
     }
 
     /// `f` of each item, in order.
-    pub(crate) fn map<U>(&self, f: impl FnMut(&T) -> U) -> Few<U> {
+    pub(crate) fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Few<U> {
         match self {
-            Few::One(x) => Few::One({ f }(x)),
+            Few::One(x) => Few::One(f(x)),
             Few::Many(v) => Few::Many(v.iter().map(f).collect()),
+        }
+    }
+
+    /// Runs `f` on each item, in order.
+    fn for_each_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        match self {
+            Few::One(x) => f(x),
+            Few::Many(v) => v.iter_mut().for_each(f),
         }
     }
 
@@ -199,10 +222,10 @@ impl<E> Pending<E> {
         }
         for (b, w) in &self.waits {
             let q = queued.get(b).copied().unwrap_or(0);
-            if q != w.events || (w.recording && q != 0) {
+            if q + w.querying != w.events || (w.recording && q != 0) {
                 return Err(format!(
-                    "block {b} (tick {}, recording: {}) counts {} events, {q} queued",
-                    w.tick, w.recording, w.events
+                    "block {b} (tick {}, recording: {}) counts {} events, {q} queued and {} being queried",
+                    w.tick, w.recording, w.events, w.querying
                 ));
             }
             if !w.recording && w.events == 0 && !w.needs_sync {
@@ -222,6 +245,16 @@ impl<E> Pending<E> {
         Ok(())
     }
 }
+
+/// Queue heads taken out to be queried with the lock released
+/// ([`CachingAllocator::query_unlocked`]), each with its slot and whether
+/// its event completed.
+pub(crate) type Probes<E> = Few<(Slot, Deferred<E>, bool)>;
+
+/// Events taken from the head of each stream's queue per allocation, to be
+/// queried with the lock released (each stream's are queried in order, up
+/// to the first that has not completed).
+const PROBE_PER_STREAM: usize = 8;
 
 /// What a device-wide synchronisation run outside the lock covers: the free
 /// clock, read under the lock just before it. Memory freed (or whose free
@@ -280,6 +313,10 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     /// pooled event takes its pool's lock: not under the engine lock).
     #[inline]
     pub(crate) fn unlock(&self, mut st: MutexGuard<'_, State<B>>) {
+        let pending = !st.pending.is_empty();
+        if self.pending_hint.load(Ordering::Relaxed) != pending {
+            self.pending_hint.store(pending, Ordering::Relaxed);
+        }
         if st.pending.spent.is_empty() {
             return;
         }
@@ -307,6 +344,39 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.finish_deferral(rec.block, rec.tick, recorded);
         self.front.note_pending(!st.pending.is_empty());
         self.unlock(st);
+    }
+
+    /// Queries the events at the head of each stream's queue with the lock
+    /// released (on CUDA `cuEventQuery`, a driver call each): takes them
+    /// out under the lock, queries them unlocked, in order per stream up to
+    /// the first that has not completed. `None` when nothing is pending (by
+    /// the hint the last unlock left, a relaxed load). The caller gives them
+    /// back under the lock with [`State::settle_probes`] before it unlocks.
+    #[inline]
+    pub(crate) fn query_unlocked(&self) -> Option<Probes<B::Event>> {
+        if !self.pending_hint.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.query_unlocked_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn query_unlocked_slow(&self) -> Option<Probes<B::Event>> {
+        let mut st = self.lock();
+        let taken = st.take_heads();
+        self.unlock(st);
+        let mut taken = taken?;
+        let mut stalled: Option<Slot> = None;
+        taken.for_each_mut(|(slot, d, done)| {
+            if stalled != Some(*slot) {
+                *done = self.backend.event_done(&d.event);
+                if !*done {
+                    stalled = Some(*slot);
+                }
+            }
+        });
+        Some(taken)
     }
 
     /// The lock, once no deferral records an event on `stream`'s slot: so
@@ -390,6 +460,7 @@ impl<B: DeviceBackend> State<B> {
                 events: 0,
                 needs_sync: false,
                 recording: true,
+                querying: 0,
                 tick,
             },
         );
@@ -489,6 +560,72 @@ impl<B: DeviceBackend> State<B> {
         for (b, tick) in done {
             self.pending.waits.remove(&b);
             self.complete_free(b, tick);
+        }
+    }
+
+    /// Takes up to [`PROBE_PER_STREAM`] events from the head of each
+    /// stream's queue, in order, to be queried with the lock released;
+    /// their blocks count them as being queried.
+    fn take_heads(&mut self) -> Option<Probes<B::Event>> {
+        let Pending {
+            queues,
+            active,
+            waits,
+            ..
+        } = &mut self.pending;
+        let mut out: Option<Probes<B::Event>> = None;
+        for &slot in active.iter() {
+            let q = &mut queues[slot as usize];
+            for _ in 0..PROBE_PER_STREAM {
+                let Some(d) = q.pop_front() else { break };
+                if let Some(w) = waits.get_mut(&d.block).filter(|w| w.tick == d.tick) {
+                    w.querying += 1;
+                }
+                out = Some(Few::push(out, (slot, d, false)));
+            }
+        }
+        active.retain(|&s| !queues[s as usize].is_empty());
+        out
+    }
+
+    /// Gives back the events [`CachingAllocator::query_unlocked`] took:
+    /// the completed ones are spent (their frees complete once they wait for
+    /// nothing else), the others go back to the head of their queue, in
+    /// order. An event whose free completed meanwhile (a device-wide sync)
+    /// is spent.
+    pub(crate) fn settle_probes(&mut self, probes: Probes<B::Event>) {
+        let mut back: Vec<(Slot, Deferred<B::Event>)> = Vec::new();
+        for (slot, d, done) in probes.into_items() {
+            let Some(w) = self
+                .pending
+                .waits
+                .get_mut(&d.block)
+                .filter(|w| w.tick == d.tick)
+            else {
+                self.pending.spent.push(d.event);
+                continue;
+            };
+            w.querying -= 1;
+            if !done {
+                back.push((slot, d));
+                continue;
+            }
+            w.events -= 1;
+            let complete = w.events == 0 && !w.needs_sync;
+            let (b, tick) = (d.block, d.tick);
+            self.pending.spent.push(d.event);
+            if complete {
+                self.pending.waits.remove(&b);
+                self.complete_free(b, tick);
+            }
+        }
+        // back to the head, in their order
+        for (slot, d) in back.into_iter().rev() {
+            let q = &mut self.pending.queues[slot as usize];
+            if q.is_empty() {
+                self.pending.active.push(slot);
+            }
+            q.push_front(d);
         }
     }
 

@@ -43,6 +43,7 @@ struct Shared {
     engine: OnceLock<Weak<Engine>>,
     seen: Seen,
     during_record: Mutex<Option<Action>>,
+    during_query: Mutex<Option<Action>>,
 }
 
 impl Shared {
@@ -121,6 +122,13 @@ unsafe impl DeviceBackend for Probe {
                 .seen
                 .queries_locked
                 .fetch_add(1, Ordering::SeqCst);
+        } else {
+            let act = self.shared.during_query.lock().unwrap().take();
+            if let Some(act) = act
+                && let Some(e) = self.shared.engine.get().and_then(Weak::upgrade)
+            {
+                act(&e);
+            }
         }
         self.sim.event_done(&event.inner)
     }
@@ -161,6 +169,7 @@ fn engine() -> (Arc<Engine>, SimBackend, Arc<Shared>) {
         engine: OnceLock::new(),
         seen: Seen::default(),
         during_record: Mutex::new(None),
+        during_query: Mutex::new(None),
     });
     let probe = Probe {
         sim: sim.clone(),
@@ -410,5 +419,86 @@ fn a_sync_completes_a_free_queued_behind_a_later_one() {
     sim.complete(s1);
     e.trim();
     assert_eq!(e.stats().active.all.current, 0);
+    check(&e, &sim);
+}
+
+/// An allocation queries pending frees' events with the lock released
+/// (`cuEventQuery`), and a free whose event completed is reused.
+#[test]
+fn an_allocation_queries_events_with_the_lock_released() {
+    let (e, sim, shared) = engine();
+    let (s0, s1, s2) = (SimStream(0), SimStream(1), SimStream(2));
+    let mut last = 0;
+    for i in 0..6 {
+        let b = e.allocate(MIB, s0).unwrap();
+        if i > 1 {
+            assert_eq!(b.ptr().0, last, "the completed free's block reused");
+        }
+        last = b.ptr().0;
+        b.record_stream(s1);
+        b.record_stream(s2);
+        sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+        drop(b);
+        // still running: the next allocation must not take the block
+        let other = e.allocate(MIB, s0).unwrap();
+        assert_ne!(other.ptr().0, last, "a block reused while its events run");
+        sim.check_handout(s0, other.ptr(), other.capacity());
+        drop(other);
+        sim.complete(s1);
+        check(&e, &sim);
+    }
+    let seen = &shared.seen;
+    assert!(n(&seen.queries) >= 6, "the events were queried");
+    assert_eq!(
+        n(&seen.queries_locked),
+        0,
+        "cuEventQuery called under the engine lock"
+    );
+    check(&e, &sim);
+}
+
+/// While an allocation queries a pending free's event with the lock
+/// released, the free is still pending (validate counts the event as being
+/// queried), and a device-wide sync may complete it and another allocation
+/// reuse the block: the queried event is then spent, not given back.
+#[test]
+fn a_sync_while_an_event_is_queried_completes_the_free() {
+    let (e, sim, shared) = engine();
+    let (s0, s1) = (SimStream(0), SimStream(1));
+    let b = e.allocate(MIB, s0).unwrap();
+    let ptr = b.ptr().0;
+    b.record_stream(s1);
+    sim.launch_using(s1, &[(ptr, b.capacity())]);
+    drop(b);
+    type Observed = Option<(Option<BlockState>, Option<BlockState>)>;
+    let got: Arc<Mutex<Observed>> = Arc::default();
+    let got2 = Arc::clone(&got);
+    let sim2 = sim.clone();
+    *shared.during_query.lock().unwrap() = Some(Box::new(move |e: &Engine| {
+        if let Err(v) = e.validate() {
+            panic!("while queried: {v}");
+        }
+        let state = state_at(e, ptr);
+        e.empty_cache();
+        let after = state_at(e, ptr);
+        let again = e.allocate(MIB, s0).unwrap();
+        sim2.check_handout(s0, again.ptr(), again.capacity());
+        *got2.lock().unwrap() = Some((state, after));
+        std::mem::forget(again);
+    }));
+    // this allocation queries the event (not completed: s1 still runs)
+    let c = e.allocate(MIB, s0).unwrap();
+    let (state, after) = got.lock().unwrap().take().expect("the hook ran");
+    assert_eq!(state, Some(BlockState::Pending), "while queried");
+    assert_ne!(
+        after,
+        Some(BlockState::Pending),
+        "the sync completed the free (and released it)"
+    );
+    sim.check_handout(s0, c.ptr(), c.capacity());
+    check(&e, &sim);
+    let seen = &shared.seen;
+    drop(c);
+    assert_eq!(n(&seen.drops), n(&seen.records), "spent events dropped");
     check(&e, &sim);
 }
