@@ -115,6 +115,9 @@ struct SimInner {
     /// sim's lock (0: none), to stand for a driver's `cuEventRecord` and
     /// `cuEventQuery`.
     event_cost_ns: AtomicU64,
+    /// Nanoseconds each `record_event` and `event_done` sleeps (0: none),
+    /// to stand for a driver call that blocks.
+    event_sleep_ns: AtomicU64,
 }
 
 /// A simulated device. Clones share one device, so a test can keep a clone to
@@ -149,6 +152,7 @@ impl SimBackend {
                 state: Mutex::new(state),
                 sync_hook: Mutex::new(None),
                 event_cost_ns: AtomicU64::new(0),
+                event_sleep_ns: AtomicU64::new(0),
             }),
         }
     }
@@ -191,9 +195,21 @@ impl SimBackend {
         self.inner.event_cost_ns.store(ns, Ordering::Relaxed);
     }
 
+    /// Makes every `record_event` and `event_done` sleep for `ns`
+    /// nanoseconds (outside the sim's lock, giving up the CPU), to stand for
+    /// a driver call that blocks (a batch of `cuEventCreate`, a record on a
+    /// full launch queue); 0 (the default) costs nothing.
+    pub fn set_event_sleep_ns(&self, ns: u64) {
+        self.inner.event_sleep_ns.store(ns, Ordering::Relaxed);
+    }
+
     /// The simulated cost of an event call.
     #[inline]
     fn event_cost(&self) {
+        let sleep = self.inner.event_sleep_ns.load(Ordering::Relaxed);
+        if sleep != 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(sleep));
+        }
         let ns = self.inner.event_cost_ns.load(Ordering::Relaxed);
         if ns != 0 {
             let start = std::time::Instant::now();

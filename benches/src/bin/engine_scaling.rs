@@ -34,8 +34,12 @@
 //! it: the pattern of the pinned host pool's blocks used by transfers,
 //! which never take the front cache. `EVENT_NS=N` makes each simulated
 //! event call (`record_event`, `event_done`) spin for N ns, to stand for
-//! the driver's `cuEventRecord` / `cuEventQuery`; the sim's events complete
-//! at once, so every free is pending for one allocation.
+//! the driver's `cuEventRecord` / `cuEventQuery`; `EVENT_SLEEP_NS=N` makes
+//! each sleep instead (giving up the CPU: a driver call that blocks, such as
+//! a batch of `cuEventCreate`), which shows what the engine lock
+//! serialises even on a machine with fewer free cores than threads. The
+//! sim's events complete at once, so every free is pending for one
+//! allocation.
 //!
 //! Under `valgrind --tool=callgrind` with `THREADS` 1, the difference of the
 //! instruction counts of two runs with different `PAIRS` divided by the
@@ -209,17 +213,27 @@ fn main() {
         v.parse()
             .unwrap_or_else(|_| usage(&format!("EVENT_NS {v:?} is not a number of nanoseconds")))
     });
+    let event_sleep_ns: u64 = std::env::var("EVENT_SLEEP_NS").map_or(0, |v| {
+        v.parse().unwrap_or_else(|_| {
+            usage(&format!(
+                "EVENT_SLEEP_NS {v:?} is not a number of nanoseconds"
+            ))
+        })
+    });
     if record && args.backend != "sim" {
         usage("RECORD=1 needs a second stream: BACKEND sim");
     }
-    if record || event_ns != 0 {
-        println!("record_stream on a second stream: {record}; event call cost {event_ns} ns");
+    if record || event_ns != 0 || event_sleep_ns != 0 {
+        println!(
+            "record_stream on a second stream: {record}; event call cost {event_ns} ns spun, {event_sleep_ns} ns slept"
+        );
     }
     let second = |t: usize| SimStream(1_000 + t as u32);
     for r in 0..args.rounds {
         let (wall, times) = if args.backend == "sim" {
             let sim = SimBackend::new(64 << 30);
             sim.set_event_cost_ns(event_ns);
+            sim.set_event_sleep_ns(event_sleep_ns);
             let a = CachingAllocator::new(sim, config.clone());
             round(
                 &a,
