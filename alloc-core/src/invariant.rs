@@ -54,10 +54,10 @@ alloc_scope::invariants! {
         /// *being recorded*, completed meanwhile only by a device-wide sync that
         /// started after its tick (`core:L1`); events done with are dropped
         /// after the lock is released. An allocation queries the heads of the
-        /// queues with the lock released too: taken out under the lock, they
-        /// count as *being queried* until given back. In equations, for every
-        /// pending block `b` with deferral tick `t`: `events(b) = |{queued d :
-        /// d.block = b}| + querying(b)`, every queued `d` has `d.tick = t(b)`,
+        /// queues with the lock released too (they stay queued, shared, and
+        /// are popped under the lock if still at the head). In equations, for
+        /// every pending block `b` with deferral tick `t`: `events(b) =
+        /// |{queued d : d.block = b}|`, every queued `d` has `d.tick = t(b)`,
         /// `recording(b) ⇒ queued(b) = 0`,
         /// `¬recording(b) ⇒ events(b) > 0 ∨ needs_sync(b)`, and
         /// `Σ_slots recording_on ≥ |{b : recording(b)}|`. Kept in `pending.rs`;

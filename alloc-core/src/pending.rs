@@ -20,13 +20,14 @@
 //!
 //! An allocation queries pending events with the lock released too (PyTorch's
 //! `CachingHostAllocator::process_events` pops under its mutex and queries
-//! outside it): while frees are pending, it takes up to
-//! `PROBE_PER_STREAM` events from the head of each stream's queue under
-//! the lock, queries them unlocked (`cuEventQuery`), in order per stream up
-//! to the first that has not completed, and gives them back under the lock
-//! it takes for the allocation itself ([`State::settle_probes`]): a block
-//! whose events all completed is freed, the others go back to the head of
-//! their queue. Meanwhile their blocks count them as *being queried*. What
+//! outside it): queued events are shared (`Arc`), and while frees are
+//! pending an allocation takes handles to up to `PROBE_PER_STREAM` events
+//! from the head of each stream's queue under the lock, queries them
+//! unlocked (`cuEventQuery`), in order per stream up to the first that has
+//! not completed, and under the lock it takes for the allocation itself
+//! pops those still at the head of their queue ([`State::settle_probes`]):
+//! a block whose events all completed is freed. Several threads may query
+//! the same event; the first to settle pops it. What
 //! still queries under the lock: `trim` and a partial sync
 //! ([`State::process_pending`]), and the reclaim ladder's idle check of a
 //! stream (`stream_idle`: an event recorded and queried on the slow path).
@@ -39,8 +40,8 @@
 //! decides what it proves idle). The definitions are on the variants.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crate::backend::{BackendError, DeviceBackend};
 use crate::block::{BlockId, BlockState};
@@ -52,7 +53,7 @@ use crate::{CoreInvariant, LockRule};
 /// One event a deferred free waits for, in its stream's queue.
 pub(crate) struct Deferred<E> {
     /// Recorded on the queue's stream when the free was deferred.
-    event: E,
+    event: Shared<E>,
     /// The pending block.
     block: BlockId,
     /// The tick of the deferral.
@@ -69,9 +70,6 @@ struct Wait {
     /// queued yet, and only a device-wide sync that started after its tick
     /// can complete it meanwhile.
     recording: bool,
-    /// Its events taken out of their queues to be queried with the lock
-    /// released (counted in `events`).
-    querying: u32,
     /// The tick of the deferral (unique: it names this deferral, also once
     /// the block's id names another block).
     tick: u64,
@@ -160,8 +158,9 @@ pub(crate) struct Pending<E> {
     recording_on: Vec<u32>,
     /// Events done with (completed, or covered by a sync), to be dropped
     /// once the lock is released (`CachingAllocator::unlock`): dropping a
-    /// pooled event takes its pool's lock.
-    pub(crate) spent: Vec<E>,
+    /// pooled event takes its pool's lock. (Queued events are shared, so
+    /// that an allocation can query them with the lock released.)
+    pub(crate) spent: Vec<Shared<E>>,
 }
 
 impl<E> Default for Pending<E> {
@@ -222,10 +221,10 @@ impl<E> Pending<E> {
         }
         for (b, w) in &self.waits {
             let q = queued.get(b).copied().unwrap_or(0);
-            if q + w.querying != w.events || (w.recording && q != 0) {
+            if q != w.events || (w.recording && q != 0) {
                 return Err(format!(
-                    "block {b} (tick {}, recording: {}) counts {} events, {q} queued and {} being queried",
-                    w.tick, w.recording, w.events, w.querying
+                    "block {b} (tick {}, recording: {}) counts {} events, {q} queued",
+                    w.tick, w.recording, w.events
                 ));
             }
             if !w.recording && w.events == 0 && !w.needs_sync {
@@ -246,10 +245,30 @@ impl<E> Pending<E> {
     }
 }
 
-/// Queue heads taken out to be queried with the lock released
-/// ([`CachingAllocator::query_unlocked`]), each with its slot and whether
-/// its event completed.
-pub(crate) type Probes<E> = Few<(Slot, Deferred<E>, bool)>;
+/// Events at the head of the queues, shared to be queried with the lock
+/// released ([`CachingAllocator::query_unlocked`]), each with its slot and
+/// whether it completed.
+pub(crate) type Probes<E> = Few<(Slot, Shared<E>, bool)>;
+
+/// A queued event, shared so that an allocation can query it with the lock
+/// released; its own lock lets one thread at a time ask the backend (an
+/// event type need not be `Sync`).
+pub(crate) type Shared<E> = Arc<Mutex<E>>;
+
+/// A shared event, for the spent list.
+pub(crate) fn shared<E>(e: E) -> Shared<E> {
+    Arc::new(Mutex::new(e))
+}
+
+/// Whether shared event `ev` completed; `false` while another thread asks
+/// (never waits for another thread's driver call).
+fn query<B: DeviceBackend>(backend: &B, ev: &Shared<B::Event>) -> bool {
+    match ev.try_lock() {
+        Ok(e) => backend.event_done(&e),
+        Err(TryLockError::Poisoned(p)) => backend.event_done(&p.into_inner()),
+        Err(TryLockError::WouldBlock) => false,
+    }
+}
 
 /// Events taken from the head of each stream's queue per allocation, to be
 /// queried with the lock released (each stream's are queried in order, up
@@ -321,7 +340,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return;
         }
         if !std::mem::needs_drop::<B::Event>() {
-            // dropping does nothing: keep the list's memory
+            // dropping takes no lock (at most the memory of an `Arc`): keep
+            // the list's memory
             st.pending.spent.clear();
             return;
         }
@@ -363,14 +383,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     #[cold]
     #[inline(never)]
     fn query_unlocked_slow(&self) -> Option<Probes<B::Event>> {
-        let mut st = self.lock();
-        let taken = st.take_heads();
+        let st = self.lock();
+        let taken = st.heads();
         self.unlock(st);
         let mut taken = taken?;
         let mut stalled: Option<Slot> = None;
-        taken.for_each_mut(|(slot, d, done)| {
+        taken.for_each_mut(|(slot, ev, done)| {
             if stalled != Some(*slot) {
-                *done = self.backend.event_done(&d.event);
+                *done = query(&self.backend, ev);
                 if !*done {
                     stalled = Some(*slot);
                 }
@@ -460,7 +480,6 @@ impl<B: DeviceBackend> State<B> {
                 events: 0,
                 needs_sync: false,
                 recording: true,
-                querying: 0,
                 tick,
             },
         );
@@ -495,7 +514,11 @@ impl<B: DeviceBackend> State<B> {
         } = &mut self.pending;
         let Some(w) = waits.get_mut(&id).filter(|w| w.tick == tick && w.recording) else {
             // completed meanwhile by a sync: nothing waits for them
-            spent.extend(recorded.into_items().filter_map(|(_, r)| r.ok()));
+            spent.extend(
+                recorded
+                    .into_items()
+                    .filter_map(|(_, r)| r.ok().map(shared)),
+            );
             return;
         };
         w.recording = false;
@@ -510,7 +533,7 @@ impl<B: DeviceBackend> State<B> {
                         active.push(slot);
                     }
                     queues[i].push_back(Deferred {
-                        event,
+                        event: shared(event),
                         block: id,
                         tick,
                     });
@@ -563,69 +586,60 @@ impl<B: DeviceBackend> State<B> {
         }
     }
 
-    /// Takes up to [`PROBE_PER_STREAM`] events from the head of each
-    /// stream's queue, in order, to be queried with the lock released;
-    /// their blocks count them as being queried.
-    fn take_heads(&mut self) -> Option<Probes<B::Event>> {
-        let Pending {
-            queues,
-            active,
-            waits,
-            ..
-        } = &mut self.pending;
+    /// Up to [`PROBE_PER_STREAM`] events from the head of each stream's
+    /// queue, in order, shared (they stay queued) to be queried with the
+    /// lock released.
+    fn heads(&self) -> Option<Probes<B::Event>> {
         let mut out: Option<Probes<B::Event>> = None;
-        for &slot in active.iter() {
-            let q = &mut queues[slot as usize];
-            for _ in 0..PROBE_PER_STREAM {
-                let Some(d) = q.pop_front() else { break };
-                if let Some(w) = waits.get_mut(&d.block).filter(|w| w.tick == d.tick) {
-                    w.querying += 1;
-                }
-                out = Some(Few::push(out, (slot, d, false)));
+        for &slot in &self.pending.active {
+            for d in self.pending.queues[slot as usize]
+                .iter()
+                .take(PROBE_PER_STREAM)
+            {
+                out = Some(Few::push(out, (slot, Arc::clone(&d.event), false)));
             }
         }
-        active.retain(|&s| !queues[s as usize].is_empty());
         out
     }
 
-    /// Gives back the events [`CachingAllocator::query_unlocked`] took:
-    /// the completed ones are spent (their frees complete once they wait for
-    /// nothing else), the others go back to the head of their queue, in
-    /// order. An event whose free completed meanwhile (a device-wide sync)
-    /// is spent.
+    /// Applies what [`CachingAllocator::query_unlocked`] saw: each event
+    /// seen completed that is still at the head of its queue is popped and
+    /// its free completes once it waits for nothing else. (Events are only
+    /// appended to a queue and removed from its head, or by a sync: an
+    /// event no longer at the head was taken meanwhile by another thread or
+    /// a sync.) The shared handles are spent.
     pub(crate) fn settle_probes(&mut self, probes: Probes<B::Event>) {
-        let mut back: Vec<(Slot, Deferred<B::Event>)> = Vec::new();
-        for (slot, d, done) in probes.into_items() {
-            let Some(w) = self
-                .pending
-                .waits
-                .get_mut(&d.block)
-                .filter(|w| w.tick == d.tick)
-            else {
-                self.pending.spent.push(d.event);
-                continue;
-            };
-            w.querying -= 1;
-            if !done {
-                back.push((slot, d));
-                continue;
+        for (slot, ev, done) in probes.into_items() {
+            if done
+                && let Some(q) = self.pending.queues.get_mut(slot as usize)
+                && q.front().is_some_and(|d| Arc::ptr_eq(&d.event, &ev))
+                && let Some(d) = q.pop_front()
+            {
+                self.event_completed(d);
             }
-            w.events -= 1;
-            let complete = w.events == 0 && !w.needs_sync;
-            let (b, tick) = (d.block, d.tick);
-            self.pending.spent.push(d.event);
-            if complete {
-                self.pending.waits.remove(&b);
-                self.complete_free(b, tick);
-            }
+            self.pending.spent.push(ev);
         }
-        // back to the head, in their order
-        for (slot, d) in back.into_iter().rev() {
-            let q = &mut self.pending.queues[slot as usize];
-            if q.is_empty() {
-                self.pending.active.push(slot);
+        let queues = &self.pending.queues;
+        self.pending
+            .active
+            .retain(|&s| queues.get(s as usize).is_some_and(|q| !q.is_empty()));
+    }
+
+    /// Event `d`, popped from its queue, completed: spent, and its free
+    /// completes once it waits for nothing else.
+    fn event_completed(&mut self, d: Deferred<B::Event>) {
+        let (b, tick) = (d.block, d.tick);
+        self.pending.spent.push(d.event);
+        let done = match self.pending.waits.get_mut(&b) {
+            Some(w) if w.tick == tick => {
+                w.events = w.events.saturating_sub(1);
+                w.events == 0 && !w.needs_sync
             }
-            q.push_front(d);
+            _ => false,
+        };
+        if done {
+            self.pending.waits.remove(&b);
+            self.complete_free(b, tick);
         }
     }
 
@@ -637,25 +651,13 @@ impl<B: DeviceBackend> State<B> {
         while i < self.pending.active.len() {
             let slot = self.pending.active[i] as usize;
             while let Some(d) = self.pending.queues[slot].front() {
-                if !backend.event_done(&d.event) {
+                if !query(backend, &d.event) {
                     break;
                 }
                 let Some(d) = self.pending.queues[slot].pop_front() else {
                     break;
                 };
-                let (b, tick) = (d.block, d.tick);
-                self.pending.spent.push(d.event);
-                let done = match self.pending.waits.get_mut(&b) {
-                    Some(w) if w.tick == tick => {
-                        w.events = w.events.saturating_sub(1);
-                        (w.events == 0 && !w.needs_sync).then_some(w.tick)
-                    }
-                    _ => None,
-                };
-                if let Some(tick) = done {
-                    self.pending.waits.remove(&b);
-                    self.complete_free(b, tick);
-                }
+                self.event_completed(d);
             }
             if self.pending.queues[slot].is_empty() {
                 self.pending.active.swap_remove(i);

@@ -350,7 +350,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             return false;
         };
         let idle = self.backend.event_done(&e);
-        st.pending.spent.push(e);
+        st.pending.spent.push(crate::pending::shared(e));
         idle
     }
 }
