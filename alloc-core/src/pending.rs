@@ -28,9 +28,11 @@
 //! pops those still at the head of their queue ([`State::settle_probes`]):
 //! a block whose events all completed is freed. Several threads may query
 //! the same event; the first to settle pops it. What
-//! still queries under the lock: `trim` and a partial sync
-//! ([`State::process_pending`]), and the reclaim ladder's idle check of a
-//! stream (`stream_idle`: an event recorded and queried on the slow path).
+//! still queries under the lock, on slow paths only: an allocation that
+//! misses (the reclaim ladder's first step asks about every pending free
+//! before growing), `trim` and a partial sync ([`State::process_pending`]),
+//! and the ladder's idle check of a stream (`stream_idle`: an event
+//! recorded and queried).
 //!
 //! # Invariants and locking rule
 //! Pending frees keep [`CoreInvariant::P1`] (pending blocks wait for their
