@@ -106,6 +106,10 @@ pub struct CachingAllocator<B: DeviceBackend> {
     pub(crate) page: usize,
     pub(crate) state: Mutex<State<B>>,
     pub(crate) observers: RwLock<Vec<OomObserver>>,
+    /// Whether frees were pending when the lock was last released through
+    /// `unlock` (a hint: an allocation then queries their events with the
+    /// lock released, `pending.rs`).
+    pub(crate) pending_hint: AtomicBool,
 }
 
 impl<B: DeviceBackend> CachingAllocator<B> {
@@ -142,6 +146,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             page: page.unwrap_or(crate::size_class::ROUND_LARGE),
             state: Mutex::new(state),
             observers: RwLock::new(Vec::new()),
+            pending_hint: AtomicBool::new(false),
         }
     }
 
@@ -171,6 +176,17 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         // A panic while holding the lock is an engine bug; the state is still
         // the best information there is, so keep using it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether some thread holds the engine lock now. A diagnostic for
+    /// tests, stale as soon as it returns: a test backend calls it from
+    /// inside an event call to check that the engine made the call with its
+    /// lock released ([`CoreInvariant::P1`]). Never blocks.
+    pub fn lock_held(&self) -> bool {
+        matches!(
+            self.state.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
     }
 
     /// Allocates `bytes` bytes for use on `stream`. A request of 0 bytes
@@ -215,12 +231,14 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             },
         )?;
         let pool = Pool::of(rounded);
+        // pending frees' events, queried with the lock released (core:P1)
+        let probes = self.query_unlocked();
         let mut st = self.lock();
+        if let Some(p) = probes {
+            st.settle_probes(p);
+        }
         self.drain_own_fitting(&mut st, stream, pool, rounded);
         let slot = st.stream_slot(stream);
-        if !st.pending.is_empty() {
-            st.process_pending(&self.backend);
-        }
         let id = match st.take_fit(slot, pool, rounded, self.config.max_split_size) {
             Some(id) => id,
             None => {
@@ -229,7 +247,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
                 match got {
                     Ok(id) => id,
                     Err(e) => {
-                        drop(st);
+                        self.unlock(st);
                         self.notify_oom(&e);
                         return Err(e);
                     }
@@ -239,7 +257,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let (ptr, size) = st.hand_out(id, rounded, bytes, self.config.max_split_size);
         self.front.note_pending(!st.pending.is_empty());
         let epoch = self.front.epoch();
-        drop(st);
+        self.unlock(st);
         let owner = crate::scope::charge_device_alloc(size as u64);
         Ok(DeviceBuffer {
             alloc: self,
@@ -308,14 +326,20 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         } else {
             st.uses.remove(&id)
         };
-        match uses {
-            Some(streams) => st.defer_free(&self.backend, id, streams),
+        let recording = match uses {
+            Some(streams) => st.begin_deferral(id, streams),
             None => {
                 let tick = st.tick();
                 st.complete_free(id, tick);
+                None
             }
-        }
+        };
         self.front.note_pending(!st.pending.is_empty());
+        match recording {
+            // the events are recorded with the lock released (core:P1)
+            Some(rec) => self.record_unlocked(st, rec),
+            None => self.unlock(st),
+        }
     }
 
     /// The cap on reserved bytes now (memory fraction and `max_reserved_mb`),

@@ -46,9 +46,23 @@ alloc_scope::invariants! {
         /// can always be released, so its free blocks are never "inactive split").
         T2 => "inactive split counts shared free blocks",
         /// A pending block waits for one event per stream that used it; each
-        /// stream's events are queried in the order they were recorded, stopping at
+        /// stream's events are queried in the order they were queued, stopping at
         /// the first that has not completed; the pending count is the number of
-        /// pending blocks.
+        /// pending blocks. A free's events are recorded with the engine lock
+        /// released (a driver call each, and event creation when a pool runs
+        /// dry): from its tick until they are queued, the block is pending and
+        /// *being recorded*, completed meanwhile only by a device-wide sync that
+        /// started after its tick (`core:L1`); events done with are dropped
+        /// after the lock is released. An allocation queries the heads of the
+        /// queues with the lock released too (they stay queued, shared, and
+        /// are popped under the lock if still at the head). In equations, for
+        /// every pending block `b` with deferral tick `t`: `events(b) =
+        /// |{queued d : d.block = b}|`, every queued `d` has `d.tick = t(b)`,
+        /// `recording(b) ⇒ queued(b) = 0`,
+        /// `¬recording(b) ⇒ events(b) > 0 ∨ needs_sync(b)`, and
+        /// `Σ_slots recording_on ≥ |{b : recording(b)}|`. Kept in `pending.rs`;
+        /// tested by `tests/engine_events_unlocked.rs`,
+        /// `tests/engine_events_race.rs`.
         P1 => "pending blocks wait for their events",
         /// A partial sync proves nothing idle: after a device-wide sync whose
         /// backend reported [`SyncCoverage::Partial`](crate::SyncCoverage)

@@ -3,11 +3,12 @@
 //! `expandable.rs`), releasing cached memory, `empty_cache`, `trim`, and the
 //! out-of-memory error.
 //!
-//! The reclaim ladder, in order: reuse idle cache of other streams → grow →
-//! release oversize cached blocks and grow → release all releasable cached
-//! memory (waiting for every stream) and try again: the stream's own cache,
-//! then every other stream's (all idle after the wait), then grow → out of
-//! memory.
+//! The reclaim ladder, in order: blocks of the front cache's shards and of
+//! pending frees whose events completed → reuse idle cache of other streams
+//! → grow → release oversize cached blocks and grow → release all
+//! releasable cached memory (waiting for every stream) and try again: the
+//! stream's own cache, then every other stream's (all idle after the wait),
+//! then grow → out of memory.
 //!
 //! Expandable segments and `max_split_size`: a block of an expandable segment
 //! is always split to size, and free pages in the middle of an expandable
@@ -81,6 +82,15 @@ impl<B: DeviceBackend> CachingAllocator<B> {
             && let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size)
         {
             return Ok(Some(id));
+        }
+        // then every pending free whose events completed (an allocation
+        // queries a few per stream with the lock released; a miss asks
+        // about all of them here, on the slow path, before growing)
+        if !st.pending.is_empty() {
+            st.process_pending(&self.backend);
+            if let Some(id) = st.take_fit(slot, pool, rounded, self.config.max_split_size) {
+                return Ok(Some(id));
+            }
         }
         if self.over_gc_threshold(st, rounded) {
             self.release_cached(st, Release::All, None);
@@ -318,6 +328,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         let (mut st, mark) = self.synchronize_unlocked(self.lock_drained());
         self.release_cached(&mut st, Release::All, mark.as_ref());
         self.release_empty_reservations(&mut st);
+        self.unlock(st);
     }
 
     /// Releases the cached blocks of streams that are idle now, without
@@ -327,6 +338,7 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         st.process_pending(&self.backend);
         self.release_cached(&mut st, Release::All, None);
         self.release_empty_reservations(&mut st);
+        self.unlock(st);
     }
 
     /// Registers a callback run when an allocation fails with out of memory

@@ -123,6 +123,11 @@ impl<S: Copy + Eq + Hash> StreamRegistry<S> {
         self.handles.get(slot as usize).copied()
     }
 
+    /// The slot of `stream`, if it is known (not forgotten).
+    pub(crate) fn slot(&self, stream: S) -> Option<Slot> {
+        self.slot_of.get(&stream).copied()
+    }
+
     /// Whether the stream of `slot` was forgotten (its work waited for then).
     #[inline]
     pub(crate) fn is_retired(&self, slot: Slot) -> bool {
@@ -297,7 +302,8 @@ impl<B: DeviceBackend> CachingAllocator<B> {
         if !waited {
             return;
         }
-        let mut st = self.lock();
+        // no free may still be recording an event on it once this returns
+        let mut st = self.lock_no_recording_on(stream);
         // only the registration waited for: another thread may have
         // forgotten it meanwhile, and the handle come back as a new stream
         if st.streams.registration(stream) != Some(registration) {
@@ -331,15 +337,19 @@ impl<B: DeviceBackend> CachingAllocator<B> {
     }
 
     /// Whether every event recorded now on the stream of `slot` has completed.
-    pub(crate) fn stream_idle(&self, st: &State<B>, slot: Slot) -> bool {
+    /// (The probe event is dropped once the lock is released.)
+    pub(crate) fn stream_idle(&self, st: &mut State<B>, slot: Slot) -> bool {
         if st.streams.is_retired(slot) {
             return true; // forgotten: its work was waited for then
         }
         let Some(s) = st.streams.handle(slot) else {
             return false;
         };
-        self.backend
-            .record_event(s)
-            .is_ok_and(|e| self.backend.event_done(&e))
+        let Ok(e) = self.backend.record_event(s) else {
+            return false;
+        };
+        let idle = self.backend.event_done(&e);
+        st.pending.spent.push(crate::pending::shared(e));
+        idle
     }
 }

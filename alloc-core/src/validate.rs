@@ -300,7 +300,7 @@ fn check_segment<B: DeviceBackend>(
     Ok(())
 }
 
-/// [`CoreInvariant::F1`] (count), [`CoreInvariant::P1`] (count) and
+/// [`CoreInvariant::F1`] (count), [`CoreInvariant::P1`] (its equations) and
 /// [`CoreInvariant::T1`]/[`CoreInvariant::T2`]: the statistics against the sums over the blocks.
 fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), InvariantViolation> {
     if st.index.len() != sums.free_n {
@@ -322,6 +322,9 @@ fn check_totals<B: DeviceBackend>(st: &State<B>, sums: &Sums) -> Result<(), Inva
                 st.pending.len()
             ),
         );
+    }
+    if let Err(what) = st.pending.check() {
+        return fail(CoreInvariant::P1, what);
     }
     let s = &st.stats;
     for pool in [Pool::Small, Pool::Large] {

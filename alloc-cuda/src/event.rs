@@ -1,5 +1,8 @@
 //! Pooled CUDA events: created in batches off the hot path, recorded when a
-//! block used on another stream is freed, returned to the pool on drop.
+//! block used on another stream is freed, returned to the pool on drop. The
+//! engine records, queries and drops the events of frees with its lock
+//! released (`core:P1`); only the reclaim ladder's idle check of a stream
+//! records and queries one under it. The pool's own lock is a leaf lock.
 //!
 //! # Invariants
 //! The pool keeps [`CudaInvariant::E1`] (free events are the pool's) and

@@ -5,7 +5,12 @@
 //! Blocks are allocated on [`StreamHandle::HOST`]: the CPU uses host memory
 //! at once, not in any stream's order, so a block used by a transfer on a
 //! stream ([`PinnedBuffer::record_stream`]) waits for that stream's event
-//! before anyone gets it again.
+//! before anyone gets it again. Such a block never takes the engine's front
+//! cache; its free records the event (`cuEventRecord`, and a batch of
+//! `cuEventCreate` when the event pool runs dry), the next allocations
+//! query it (`cuEventQuery`) and drop it, all with the engine lock released
+//! (`core:P1`), so one thread's driver call does not stall the others'
+//! allocations. The pool itself is still one engine behind one lock.
 
 use std::sync::Arc;
 

@@ -14,6 +14,7 @@
 //! is its job).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{BackendError, DeviceBackend, DevicePtr, MemInfo, SyncCoverage};
@@ -110,6 +111,13 @@ struct SimInner {
     state: Mutex<SimState>,
     /// Run after each device-wide sync, outside the sim's lock.
     sync_hook: Mutex<Option<SyncHook>>,
+    /// Nanoseconds each `record_event` and `event_done` spins, outside the
+    /// sim's lock (0: none), to stand for a driver's `cuEventRecord` and
+    /// `cuEventQuery`.
+    event_cost_ns: AtomicU64,
+    /// Nanoseconds each `record_event` and `event_done` sleeps (0: none),
+    /// to stand for a driver call that blocks.
+    event_sleep_ns: AtomicU64,
 }
 
 /// A simulated device. Clones share one device, so a test can keep a clone to
@@ -143,6 +151,8 @@ impl SimBackend {
                 page,
                 state: Mutex::new(state),
                 sync_hook: Mutex::new(None),
+                event_cost_ns: AtomicU64::new(0),
+                event_sleep_ns: AtomicU64::new(0),
             }),
         }
     }
@@ -175,6 +185,38 @@ impl SimBackend {
             .sync_hook
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(hook));
+    }
+
+    /// Makes every `record_event` and `event_done` spin for `ns`
+    /// nanoseconds (outside the sim's lock) before it answers, to stand for
+    /// the cost of a driver's `cuEventRecord` / `cuEventQuery` (a few
+    /// microseconds on CUDA); 0 (the default) costs nothing.
+    pub fn set_event_cost_ns(&self, ns: u64) {
+        self.inner.event_cost_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Makes every `record_event` and `event_done` sleep for `ns`
+    /// nanoseconds (outside the sim's lock, giving up the CPU), to stand for
+    /// a driver call that blocks (a batch of `cuEventCreate`, a record on a
+    /// full launch queue); 0 (the default) costs nothing.
+    pub fn set_event_sleep_ns(&self, ns: u64) {
+        self.inner.event_sleep_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The simulated cost of an event call.
+    #[inline]
+    fn event_cost(&self) {
+        let sleep = self.inner.event_sleep_ns.load(Ordering::Relaxed);
+        if sleep != 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(sleep));
+        }
+        let ns = self.inner.event_cost_ns.load(Ordering::Relaxed);
+        if ns != 0 {
+            let start = std::time::Instant::now();
+            while start.elapsed().as_nanos() < u128::from(ns) {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// When on (the default), work completes as soon as it is launched; when
@@ -405,6 +447,7 @@ unsafe impl DeviceBackend for SimBackend {
     }
 
     fn record_event(&self, stream: SimStream) -> Result<SimEvent, BackendError> {
+        self.event_cost();
         let s = self.lock();
         let seq = s.streams.get(&stream.0).map_or(0, |e| e.0);
         Ok(SimEvent {
@@ -414,6 +457,7 @@ unsafe impl DeviceBackend for SimBackend {
     }
 
     fn event_done(&self, event: &SimEvent) -> bool {
+        self.event_cost();
         self.lock()
             .streams
             .get(&event.stream)

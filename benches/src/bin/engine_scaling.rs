@@ -28,6 +28,19 @@
 //! host pool is this engine over page-locked memory on one stream, so `host`
 //! with `LATENCY=1` is its pattern without the driver.
 //!
+//! With `RECORD=1` (sim only) every pair's buffer is also used on a second
+//! stream of its thread (`record_stream`) before it is dropped, so every
+//! free records an event and waits for it, and the next allocation queries
+//! it: the pattern of the pinned host pool's blocks used by transfers,
+//! which never take the front cache. `EVENT_NS=N` makes each simulated
+//! event call (`record_event`, `event_done`) spin for N ns, to stand for
+//! the driver's `cuEventRecord` / `cuEventQuery`; `EVENT_SLEEP_NS=N` makes
+//! each sleep instead (giving up the CPU: a driver call that blocks, such as
+//! a batch of `cuEventCreate`), which shows what the engine lock
+//! serialises even on a machine with fewer free cores than threads. The
+//! sim's events complete at once, so every free is pending for one
+//! allocation.
+//!
 //! Under `valgrind --tool=callgrind` with `THREADS` 1, the difference of the
 //! instruction counts of two runs with different `PAIRS` divided by the
 //! difference of `PAIRS` is the instructions per pair (start-up cancels).
@@ -89,9 +102,11 @@ fn args() -> Args {
 /// `pairs` pairs; the wall time runs from the common start to the last
 /// thread's end. With `latency`, each pair is timed too (nanoseconds, all
 /// threads' together).
+#[allow(clippy::too_many_arguments)]
 fn round<B: DeviceBackend + Sync>(
     a: &CachingAllocator<B>,
     stream_of: impl Fn(usize) -> B::Stream + Sync,
+    used_on: Option<&(dyn Fn(usize) -> B::Stream + Sync)>,
     size: usize,
     threads: usize,
     pairs: u64,
@@ -108,18 +123,26 @@ where
                 let (a, start, done, stream_of) = (a, &start, &done, &stream_of);
                 s.spawn(move || {
                     let stream = stream_of(t);
+                    let other = used_on.map(|f| f(t));
+                    let pair = || {
+                        let b = black_box(a.allocate(black_box(size), stream).unwrap());
+                        if let Some(o) = other {
+                            b.record_stream(o);
+                        }
+                        drop(b);
+                    };
                     let mut times = Vec::with_capacity(if latency { pairs as usize } else { 0 });
-                    drop(a.allocate(size, stream).expect("warm-up allocation"));
+                    pair();
                     start.wait();
                     if latency {
                         for _ in 0..pairs {
                             let t0 = Instant::now();
-                            drop(black_box(a.allocate(black_box(size), stream).unwrap()));
+                            pair();
                             times.push(t0.elapsed().as_nanos() as u64);
                         }
                     } else {
                         for _ in 0..pairs {
-                            drop(black_box(a.allocate(black_box(size), stream).unwrap()));
+                            pair();
                         }
                     }
                     done.wait();
@@ -185,12 +208,37 @@ fn main() {
         config.front_cache_bytes >> 20
     );
     let latency = std::env::var("LATENCY").is_ok_and(|v| v == "1");
+    let record = std::env::var("RECORD").is_ok_and(|v| v == "1");
+    let event_ns: u64 = std::env::var("EVENT_NS").map_or(0, |v| {
+        v.parse()
+            .unwrap_or_else(|_| usage(&format!("EVENT_NS {v:?} is not a number of nanoseconds")))
+    });
+    let event_sleep_ns: u64 = std::env::var("EVENT_SLEEP_NS").map_or(0, |v| {
+        v.parse().unwrap_or_else(|_| {
+            usage(&format!(
+                "EVENT_SLEEP_NS {v:?} is not a number of nanoseconds"
+            ))
+        })
+    });
+    if record && args.backend != "sim" {
+        usage("RECORD=1 needs a second stream: BACKEND sim");
+    }
+    if record || event_ns != 0 || event_sleep_ns != 0 {
+        println!(
+            "record_stream on a second stream: {record}; event call cost {event_ns} ns spun, {event_sleep_ns} ns slept"
+        );
+    }
+    let second = |t: usize| SimStream(1_000 + t as u32);
     for r in 0..args.rounds {
         let (wall, times) = if args.backend == "sim" {
-            let a = CachingAllocator::new(SimBackend::new(64 << 30), config.clone());
+            let sim = SimBackend::new(64 << 30);
+            sim.set_event_cost_ns(event_ns);
+            sim.set_event_sleep_ns(event_sleep_ns);
+            let a = CachingAllocator::new(sim, config.clone());
             round(
                 &a,
                 |t| SimStream(t as u32),
+                if record { Some(&second) } else { None },
                 args.size,
                 args.threads,
                 args.pairs,
@@ -198,7 +246,15 @@ fn main() {
             )
         } else {
             let a = CachingAllocator::new(HostBackend::new(), config.clone());
-            round(&a, |_| (), args.size, args.threads, args.pairs, latency)
+            round(
+                &a,
+                |_| (),
+                None,
+                args.size,
+                args.threads,
+                args.pairs,
+                latency,
+            )
         };
         report(&args, r, wall);
         report_latency(times);
