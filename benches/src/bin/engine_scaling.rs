@@ -28,6 +28,15 @@
 //! host pool is this engine over page-locked memory on one stream, so `host`
 //! with `LATENCY=1` is its pattern without the driver.
 //!
+//! `LATENCY=2` also says why each stall was long: the thread's context
+//! switches are read (`getrusage(RUSAGE_THREAD)`, one call per pair, included
+//! in the figures) before and after every pair, and a stall counts as
+//! *blocked* when the thread gave up the CPU during it (a voluntary switch:
+//! it waited on a futex, a lock or a sleep), *preempted* when only the
+//! scheduler took the CPU away (involuntary switches: more runnable threads
+//! than cores), and *running* when it never left the CPU. A lock that makes
+//! other threads wait shows as blocked (or running, while they spin).
+//!
 //! With `RECORD=1` (sim only) every pair's buffer is also used on a second
 //! stream of its thread (`record_stream`) before it is dropped, so every
 //! free records an event and waits for it, and the next allocation queries
@@ -110,8 +119,8 @@ fn round<B: DeviceBackend + Sync>(
     size: usize,
     threads: usize,
     pairs: u64,
-    latency: bool,
-) -> (Duration, Vec<u64>)
+    latency: u8,
+) -> (Duration, Vec<(u64, Why)>)
 where
     B::Stream: Send,
 {
@@ -131,14 +140,32 @@ where
                         }
                         drop(b);
                     };
-                    let mut times = Vec::with_capacity(if latency { pairs as usize } else { 0 });
+                    let mut times =
+                        Vec::with_capacity(if latency > 0 { pairs as usize } else { 0 });
                     pair();
                     start.wait();
-                    if latency {
+                    if latency == 2 {
+                        let mut before = switches();
                         for _ in 0..pairs {
                             let t0 = Instant::now();
                             pair();
-                            times.push(t0.elapsed().as_nanos() as u64);
+                            let ns = t0.elapsed().as_nanos() as u64;
+                            let after = switches();
+                            let why = if after.0 > before.0 {
+                                Why::Blocked
+                            } else if after.1 > before.1 {
+                                Why::Preempted
+                            } else {
+                                Why::Running
+                            };
+                            times.push((ns, why));
+                            before = after;
+                        }
+                    } else if latency == 1 {
+                        for _ in 0..pairs {
+                            let t0 = Instant::now();
+                            pair();
+                            times.push((t0.elapsed().as_nanos() as u64, Why::Running));
                         }
                     } else {
                         for _ in 0..pairs {
@@ -162,23 +189,62 @@ where
     })
 }
 
-/// The latency line of a round: quantiles of every timed pair.
-fn report_latency(mut ns: Vec<u64>) {
+/// What the thread did during a timed pair, by its context switches
+/// (`LATENCY=2`; `Running` when not classified).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// It gave up the CPU (a voluntary switch: a futex, lock or sleep).
+    Blocked,
+    /// Only the scheduler took the CPU away (involuntary switches).
+    Preempted,
+    /// It never left the CPU.
+    Running,
+}
+
+/// The calling thread's (voluntary, involuntary) context switches so far.
+fn switches() -> (i64, i64) {
+    // SAFETY: `getrusage` writes one `rusage` into the zeroed value it is
+    // given; `RUSAGE_THREAD` reads the calling thread's counters.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `ru` is a valid, writable `rusage`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    (ru.ru_nvcsw, ru.ru_nivcsw)
+}
+
+/// The latency line of a round: quantiles of every timed pair, and (with
+/// `classified`) why the stalls were long.
+fn report_latency(mut ns: Vec<(u64, Why)>, classified: bool) {
     if ns.is_empty() {
         return;
     }
-    ns.sort_unstable();
-    let q = |p: f64| ns[((ns.len() - 1) as f64 * p).round() as usize];
-    let stalls = ns.iter().filter(|&&t| t > 100_000).count();
-    println!(
+    ns.sort_unstable_by_key(|&(t, _)| t);
+    let q = |p: f64| ns[((ns.len() - 1) as f64 * p).round() as usize].0;
+    let stalls = |why: Option<Why>| {
+        ns.iter()
+            .filter(|&&(t, w)| t > 100_000 && why.is_none_or(|y| y == w))
+            .count()
+    };
+    print!(
         "latency pairs={} p50_ns={} p99_ns={} p99.9_ns={} max_ns={} over_100us={}",
         ns.len(),
         q(0.5),
         q(0.99),
         q(0.999),
-        ns[ns.len() - 1],
-        stalls
+        ns[ns.len() - 1].0,
+        stalls(None)
     );
+    if classified {
+        print!(
+            " over_100us_blocked={} over_100us_preempted={} over_100us_running={}",
+            stalls(Some(Why::Blocked)),
+            stalls(Some(Why::Preempted)),
+            stalls(Some(Why::Running))
+        );
+    }
+    println!();
 }
 
 fn report(args: &Args, r: usize, wall: Duration) {
@@ -207,7 +273,14 @@ fn main() {
         config.to_conf_string(),
         config.front_cache_bytes >> 20
     );
-    let latency = std::env::var("LATENCY").is_ok_and(|v| v == "1");
+    let latency: u8 = match std::env::var("LATENCY").as_deref() {
+        Err(_) | Ok("0") => 0,
+        Ok("1") => 1,
+        Ok("2") => 2,
+        Ok(v) => usage(&format!(
+            "LATENCY {v:?}: 1 times every pair, 2 also classifies the stalls, 0 or unset neither"
+        )),
+    };
     let record = std::env::var("RECORD").is_ok_and(|v| v == "1");
     let event_ns: u64 = std::env::var("EVENT_NS").map_or(0, |v| {
         v.parse()
@@ -257,7 +330,7 @@ fn main() {
             )
         };
         report(&args, r, wall);
-        report_latency(times);
+        report_latency(times, latency == 2);
     }
     if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
         println!("loadavg {}", l.trim());
