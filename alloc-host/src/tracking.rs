@@ -490,10 +490,49 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
+            // One load of the gate, as `dealloc`: placed by class and not
+            // untouched is the common case; the rest is out of line.
+            if GATE.load(Relaxed) & (GATE_MODE | GATE_UNTOUCHED) == GATE_CLASSES {
+                // SAFETY: the caller's live block of `layout` (GlobalAlloc
+                // contract), placed by class (the gate).
+                return unsafe { self.realloc_by_class(ptr, layout, new_size) };
+            }
+            // SAFETY: as above.
+            return unsafe { self.realloc_other(ptr, layout, new_size) };
+        }
+        // SAFETY: as above, its owner in the header.
+        unsafe { self.realloc_header(ptr, layout, new_size) }
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `realloc` when the gate is not "by class, touched": the placement
+    /// not decided yet, untouched (host:O3), or the header.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_other(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if self.by_class(layout) {
-            // SAFETY: the caller's live block of `layout` (GlobalAlloc contract).
+            if GATE.load(Relaxed) & GATE_UNTOUCHED != 0 {
+                // SAFETY: the contract; the block's owner is 0 (host:O3).
+                return unsafe { self.realloc_untouched(ptr, layout, new_size) };
+            }
+            // SAFETY: the contract; placed by class.
             return unsafe { self.realloc_by_class(ptr, layout, new_size) };
         }
+        // SAFETY: the contract; the owner is in the header.
+        unsafe { self.realloc_header(ptr, layout, new_size) }
+    }
+
+    /// `realloc` of a block whose owner is in its header.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`, for a block not placed by class.
+    #[inline]
+    unsafe fn realloc_header(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (outer, h) = outer_unchecked(layout);
         let Some(new_outer) = outer_size(new_size, h, layout.align()) else {
             return null_mut();
@@ -543,10 +582,6 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// by class; `new_size` as `GlobalAlloc::realloc` requires.
     #[inline(always)]
     unsafe fn realloc_by_class(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if GATE.load(Relaxed) & GATE_UNTOUCHED != 0 {
-            // SAFETY: the contract.
-            return unsafe { self.realloc_untouched(ptr, layout, new_size) };
-        }
         let size = layout.size();
         let c = place(size);
         // SAFETY: a live block of class `class(size)` (contract). Its table entry (if
