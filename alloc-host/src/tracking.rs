@@ -493,10 +493,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
             // One load of the gate, as `dealloc`: placed by class and not
             // untouched is the common case; the rest is out of line.
-            if GATE.load(Relaxed) & (GATE_MODE | GATE_UNTOUCHED) == GATE_CLASSES {
+            let gate = GATE.load(Relaxed);
+            if gate & (GATE_MODE | GATE_UNTOUCHED) == GATE_CLASSES {
                 // SAFETY: the caller's live block of `layout` (GlobalAlloc
                 // contract), placed by class (the gate).
                 return unsafe { self.realloc_by_class(ptr, layout, new_size) };
+            }
+            if gate & GATE_UNTOUCHED != 0 {
+                // SAFETY: as above; the block's owner is 0 (host:O3; the bit
+                // is set only with the placement by class).
+                return unsafe { self.realloc_untouched(ptr, layout, new_size) };
             }
             // SAFETY: as above.
             return unsafe { self.realloc_other(ptr, layout, new_size) };
