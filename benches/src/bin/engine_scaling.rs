@@ -201,7 +201,15 @@ enum Why {
     Running,
 }
 
+/// The calling thread's (voluntary, involuntary) context switches so far
+/// (Linux: `RUSAGE_THREAD`; `LATENCY=2` is refused elsewhere).
+#[cfg(not(target_os = "linux"))]
+fn switches() -> (i64, i64) {
+    (0, 0)
+}
+
 /// The calling thread's (voluntary, involuntary) context switches so far.
+#[cfg(target_os = "linux")]
 fn switches() -> (i64, i64) {
     // SAFETY: `getrusage` writes one `rusage` into the zeroed value it is
     // given; `RUSAGE_THREAD` reads the calling thread's counters.
@@ -276,7 +284,10 @@ fn main() {
     let latency: u8 = match std::env::var("LATENCY").as_deref() {
         Err(_) | Ok("0") => 0,
         Ok("1") => 1,
-        Ok("2") => 2,
+        Ok("2") if cfg!(target_os = "linux") => 2,
+        Ok("2") => {
+            usage("LATENCY=2 reads each thread's context switches: Linux only; use LATENCY=1")
+        }
         Ok(v) => usage(&format!(
             "LATENCY {v:?}: 1 times every pair, 2 also classifies the stalls, 0 or unset neither"
         )),
