@@ -180,6 +180,21 @@ fn engine() -> (Arc<Engine>, SimBackend, Arc<Shared>) {
     (e, sim, shared)
 }
 
+/// A 1 MiB buffer allocated on `own`, used on `other` (`record_stream`) by
+/// work launched there that has not completed: its free must wait for
+/// `other`'s event.
+fn busy_on<'a>(
+    e: &'a Engine,
+    sim: &SimBackend,
+    own: SimStream,
+    other: SimStream,
+) -> alloc_core::DeviceBuffer<'a, Probe> {
+    let b = e.allocate(MIB, own).unwrap();
+    b.record_stream(other);
+    sim.launch_using(other, &[(b.ptr().0, b.capacity())]);
+    b
+}
+
 fn n(a: &AtomicU64) -> u64 {
     a.load(Ordering::SeqCst)
 }
@@ -226,25 +241,19 @@ fn spent_events_are_dropped_with_the_lock_released() {
     let (e, sim, shared) = engine();
     let (s0, s1) = (SimStream(0), SimStream(1));
     for _ in 0..4 {
-        let b = e.allocate(MIB, s0).unwrap();
-        b.record_stream(s1);
-        sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+        let b = busy_on(&e, &sim, s0, s1);
         drop(b);
         sim.complete(s1);
         // processes the pending free: its event is spent
         drop(e.allocate(MIB, s0).unwrap());
     }
     // the ones `trim` finds completed
-    let b = e.allocate(MIB, s0).unwrap();
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+    let b = busy_on(&e, &sim, s0, s1);
     drop(b);
     sim.complete(s1);
     e.trim();
     // and the ones a device-wide sync makes spent
-    let b = e.allocate(MIB, s0).unwrap();
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+    let b = busy_on(&e, &sim, s0, s1);
     drop(b);
     e.empty_cache();
     let seen = &shared.seen;
@@ -265,10 +274,8 @@ fn spent_events_are_dropped_with_the_lock_released() {
 fn a_block_being_recorded_is_pending_and_not_reused() {
     let (e, sim, shared) = engine();
     let (s0, s1) = (SimStream(0), SimStream(1));
-    let b = e.allocate(MIB, s0).unwrap();
+    let b = busy_on(&e, &sim, s0, s1);
     let ptr = b.ptr().0;
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(ptr, b.capacity())]);
     // (the block's state, the other block's address, validate passed)
     type Observed = Option<(Option<BlockState>, usize, bool)>;
     let got: Arc<Mutex<Observed>> = Arc::default();
@@ -305,10 +312,7 @@ fn a_block_being_recorded_is_pending_and_not_reused() {
 fn a_sync_during_the_recording_completes_the_free() {
     let (e, sim, shared) = engine();
     let (s0, s1) = (SimStream(0), SimStream(1));
-    let b = e.allocate(MIB, s0).unwrap();
-    let ptr = b.ptr().0;
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(ptr, b.capacity())]);
+    let b = busy_on(&e, &sim, s0, s1);
     let reused: Arc<Mutex<Option<usize>>> = Arc::default();
     let reused2 = Arc::clone(&reused);
     let sim2 = sim.clone();
@@ -338,9 +342,7 @@ fn a_sync_during_the_recording_completes_the_free() {
 fn forget_stream_waits_for_a_free_recording_on_it() {
     let (e, sim, shared) = engine();
     let (s0, s1) = (SimStream(0), SimStream(1));
-    let b = e.allocate(MIB, s0).unwrap();
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+    let b = busy_on(&e, &sim, s0, s1);
     sim.complete(s1); // so that forgetting s1 does not wait for its work
     let returned_early = Arc::new(AtomicU64::new(u64::MAX));
     let r2 = Arc::clone(&returned_early);
@@ -408,9 +410,7 @@ fn a_sync_completes_a_free_queued_behind_a_later_one() {
         in_sync_rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the sync started");
-        let b = e.allocate(MIB, s0).unwrap();
-        b.record_stream(s1);
-        sim2.launch_using(s1, &[(b.ptr().0, b.capacity())]);
+        let b = busy_on(e, &sim2, s0, s1);
         drop(b);
     }));
     drop(a); // A's event queued behind B's
@@ -472,10 +472,8 @@ fn an_allocation_queries_events_with_the_lock_released() {
 fn a_sync_while_an_event_is_queried_completes_the_free() {
     let (e, sim, shared) = engine();
     let (s0, s1) = (SimStream(0), SimStream(1));
-    let b = e.allocate(MIB, s0).unwrap();
+    let b = busy_on(&e, &sim, s0, s1);
     let ptr = b.ptr().0;
-    b.record_stream(s1);
-    sim.launch_using(s1, &[(ptr, b.capacity())]);
     drop(b);
     type Observed = Option<(Option<BlockState>, Option<BlockState>)>;
     let got: Arc<Mutex<Observed>> = Arc::default();
