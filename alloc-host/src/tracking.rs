@@ -73,9 +73,11 @@ fn settle_gate() {
     }
 }
 
-/// Whether a `TrackingAllocator` is this process's global allocator. Every
-/// path of the allocator (tracking on or off, inside `untracked` too) notes
-/// that it ran; this allocates one small box if nothing was noted yet. It
+/// Whether a `TrackingAllocator` is this process's global allocator. The
+/// allocator notes that it ran (by class: when it decides the placement,
+/// before its first block; otherwise on every path, tracking on or off,
+/// inside `untracked` too); this allocates one small box if nothing was
+/// noted yet. It
 /// never touches the tracking switch, so it is safe to call while other
 /// threads allocate, with tracking off, and inside `untracked`.
 pub fn is_installed() -> bool {
