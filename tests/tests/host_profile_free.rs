@@ -83,8 +83,57 @@ fn own_scope_round_trip() {
     }
 }
 
+/// Blocks allocated while sampling is off (unsampled: their owner is the
+/// thread's fast-path word), then reallocated with it on: each realloc's
+/// fast path takes the sample, and the mark it keeps must send the block's
+/// free out of the fast path and out of the in-use profile.
+fn realloc_sampled_on_the_fast_path() {
+    let name = "fast-realloc-sampled";
+    let mut blocks = Vec::with_capacity(300);
+    let g = alloc_host::scope(name);
+    alloc_host::set_sample_rate(0);
+    for i in 0..300usize {
+        let l = layout_of(i);
+        // SAFETY: non-zero size layout.
+        let p = unsafe { alloc(l) };
+        assert!(!p.is_null());
+        blocks.push(Block(p, l));
+    }
+    assert_eq!(live_in(name), (0.0, 0.0), "nothing sampled while off");
+    alloc_host::set_sample_rate(1);
+    for (i, b) in blocks.iter_mut().enumerate() {
+        let new = b.1.size() + 8 * (i % 5) + 64;
+        // SAFETY: a live block of this layout; non-zero new size.
+        let p = unsafe { realloc(b.0, b.1, new) };
+        assert!(!p.is_null());
+        *b = Block(p, Layout::from_size_align(new, b.1.align()).unwrap());
+    }
+    let (count, _) = live_in(name);
+    assert_eq!(
+        count.round() as usize,
+        blocks.len(),
+        "every realloc sampled once"
+    );
+    for b in blocks.drain(..) {
+        // SAFETY: reallocated above to this layout, freed once, in its scope.
+        unsafe { dealloc(b.0, b.1) };
+    }
+    assert_eq!(
+        live_in(name),
+        (0.0, 0.0),
+        "frees of blocks sampled by their realloc removed"
+    );
+    let st = g.stats();
+    assert_eq!(
+        (st.live_bytes, st.live_allocations, st.frees),
+        (0, 0, st.allocations),
+        "each free charged exactly once"
+    );
+}
+
 #[test]
 fn frees_on_other_threads_leave_the_in_use_profile_exact() {
+    realloc_sampled_on_the_fast_path();
     alloc_host::set_sample_rate(1);
     own_scope_round_trip();
     let name = "xthread-free";

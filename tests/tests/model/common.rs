@@ -22,6 +22,11 @@ enum Op {
     },
     /// A request no allocator grants.
     AllocHuge,
+    /// A live block grown to a size no allocator grants: refused, the block
+    /// keeps its contents and its owner.
+    ReallocHuge {
+        i: usize,
+    },
     Free {
         i: usize,
     },
@@ -52,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (1usize..70_000, 0u8..13, any::<bool>(), proptest::bool::weighted(0.1))
             .prop_map(|(size, align_log2, zeroed, refuse)| Op::Alloc { size, align_log2, zeroed, refuse }),
         1 => Just(Op::AllocHuge),
+        1 => any::<usize>().prop_map(|i| Op::ReallocHuge { i }),
         5 => any::<usize>().prop_map(|i| Op::Free { i }),
         3 => (any::<usize>(), 1usize..140_000, proptest::bool::weighted(0.1))
             .prop_map(|(i, size, refuse)| Op::Realloc { i, size, refuse }),
@@ -303,6 +309,26 @@ fn step(m: &mut Model, op: &Op) {
             untracked(|| {
                 let owner = m.current();
                 if let (true, Some(r)) = (m.tracking, m.refuser(owner, 1 << 50)) {
+                    m.scopes[r].fig.refused += 1;
+                }
+            });
+        }
+        Op::ReallocHuge { i } => {
+            if m.blocks.is_empty() {
+                return;
+            }
+            let k = i % m.blocks.len();
+            let (ptr, l, owner) = (m.blocks[k].ptr, m.blocks[k].layout, m.blocks[k].owner);
+            // SAFETY: a live block of layout `l`; 1 PiB rounded to any
+            // alignment used here does not overflow `isize`.
+            let p = std::hint::black_box(unsafe { std::alloc::realloc(ptr as *mut u8, l, 1 << 50) });
+            assert!(p.is_null(), "1 PiB granted");
+            // A limited scope in the owner's chain refuses first and counts
+            // it; otherwise the inner allocator refuses, and nothing changes.
+            untracked(|| {
+                if owner.is_some()
+                    && let Some(r) = m.refuser(owner, (1u64 << 50) - l.size() as u64)
+                {
                     m.scopes[r].fig.refused += 1;
                 }
             });
