@@ -48,10 +48,14 @@ impl Class {
 
 /// Where the owner of a block of a request size is kept (see `owner.rs`),
 /// packed in one word so that the allocation and the free each get it with
-/// one table load (sizes up to 1 KiB) and test it with one compare: below
+/// one table load (sizes up to 64 KiB) and test it with one compare: below
 /// [`Place::TABLE`], the byte offset of the owner's 4 bytes in the block's
-/// slack (class size − 4); at or above, the side table of the class, bits
-/// 0–7 its shift and bits 8–15 its bin.
+/// slack (class size − 4); at or above, the side table of the class: bits
+/// 0–5 its shift (bits 6–7 are 0, so the low byte is the shift), bits 8–39
+/// the byte offset of the class's leaf in a region's block of leaves
+/// ([`leaf_offset`]), bits 40–62 the class size (at most [`MEDIUM_MAX`];
+/// 0 for huge blocks), which lets the medium sizes choose between slack and
+/// table from one load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Place(u64);
 
@@ -65,8 +69,20 @@ impl Place {
         if c.size - size >= 4 {
             Place((c.size - 4) as u64)
         } else {
-            Place(Place::TABLE | (c.bin as u64) << 8 | c.shift as u64)
+            Place::table(c)
         }
+    }
+
+    /// The side-table place of class `c`.
+    const fn table(c: Class) -> Place {
+        let size = if c.size <= MEDIUM_MAX {
+            c.size as u64
+        } else {
+            0
+        };
+        Place(
+            Place::TABLE | size << 40 | (leaf_offset(c.bin as usize) as u64) << 8 | c.shift as u64,
+        )
     }
 
     /// The offset of the owner in the block's slack, or `None` when the
@@ -80,22 +96,26 @@ impl Place {
         }
     }
 
-    /// The bin of a side-table place (below [`BINS`]).
+    /// The byte offset of a side-table place's leaf in its region's block
+    /// of leaves.
     #[inline(always)]
-    pub(crate) fn bin(self) -> usize {
-        (self.0 >> 8) as u8 as usize
+    pub(crate) fn leaf(self) -> usize {
+        (self.0 >> 8) as u32 as usize
     }
 
     /// The shift of a side-table place: distinct blocks of its class are at
-    /// least `1 << shift` bytes apart.
+    /// least `1 << shift` bytes apart. The whole low word is returned: a
+    /// shift by it (`wrapping_shr`, which keeps its low 6 bits) is a shift
+    /// by the class's shift, with no extraction.
     #[inline(always)]
     pub(crate) fn shift(self) -> u32 {
-        u32::from(self.0 as u8)
+        self.0 as u32
     }
 }
 
 /// The place of a request of `size` bytes (as [`class`]): one load from a
-/// table by size up to 1 KiB.
+/// table by size up to 1 KiB; up to 64 KiB one load from a table by 128-byte
+/// step (every size of a step has the same class) and a compare.
 #[inline(always)]
 pub(crate) fn place(size: usize) -> Place {
     if size <= SMALL_MAX {
@@ -105,10 +125,43 @@ pub(crate) fn place(size: usize) -> Place {
     place_large(size)
 }
 
-#[inline]
+#[inline(always)]
 fn place_large(size: usize) -> Place {
-    Place::of(size, class_large(size))
+    if size > MEDIUM_MAX {
+        return place_huge(size);
+    }
+    // `size.div_ceil(128) <= MEDIUM_MAX / 128 < 1024`: the mask only spares
+    // a bounds check (no panic on the allocator path) and changes nothing.
+    let t = MEDIUM_PLACE[size.div_ceil(128) & (MEDIUM_PLACE.len() - 1)];
+    // The class size, kept in the table place (bits 40–62).
+    let c = ((t.0 << 1) >> 41) as usize;
+    // (`c >= size`: every size of the step is in the class.)
+    if c.wrapping_sub(size) >= 4 {
+        Place((c - 4) as u64)
+    } else {
+        t
+    }
 }
+
+/// The place of a request above [`MEDIUM_MAX`] (inline, arithmetic only:
+/// a call here would make the free save registers on every path).
+#[inline(always)]
+fn place_huge(size: usize) -> Place {
+    // As `class_large`: no overflow, `size <= isize::MAX` (contract).
+    let c = size.wrapping_add(4095) & !4095;
+    if c - size >= 4 {
+        Place((c - 4) as u64)
+    } else {
+        HUGE_PLACE
+    }
+}
+
+/// The side-table place of every huge class (one leaf, [`HUGE_SHIFT`]).
+const HUGE_PLACE: Place = Place::table(Class {
+    size: MEDIUM_MAX + 1,
+    bin: HUGE_BIN as u16,
+    shift: HUGE_SHIFT as u8,
+});
 
 /// The place of each request size up to [`SMALL_MAX`].
 static SMALL_PLACE: [Place; SMALL_MAX + 1] = {
@@ -120,6 +173,47 @@ static SMALL_PLACE: [Place; SMALL_MAX + 1] = {
     }
     t
 };
+
+/// The side-table place of the class of each 128-byte step from
+/// `SMALL_MAX + 1` to `MEDIUM_MAX` (index `size.div_ceil(128)`; padded to
+/// 1,024 entries so that a mask bounds the index).
+static MEDIUM_PLACE: [Place; 1024] = {
+    let mut t = [Place(0); 1024];
+    let mut i = SMALL_MAX / 128;
+    while i <= MEDIUM_MAX / 128 {
+        t[i] = Place::table(BIN_CLASS[MEDIUM_BIN[i] as usize]);
+        i += 1;
+    }
+    t
+};
+
+/// The byte offset of bin `bin`'s leaf in a region's block of leaves
+/// (`owner.rs`): the leaves of bins 1 to [`HUGE_BIN`] follow one another,
+/// each `(REGION >> shift) × 4` bytes (a multiple of 4 KiB), in bin order.
+pub(crate) const fn leaf_offset(bin: usize) -> usize {
+    let mut off = 0;
+    let mut b = 1;
+    while b < bin {
+        off += leaf_bytes(b);
+        b += 1;
+    }
+    off
+}
+
+/// The bytes of bin `bin`'s leaf (0 for a bin no class uses).
+pub(crate) const fn leaf_bytes(bin: usize) -> usize {
+    let shift = if bin == HUGE_BIN {
+        HUGE_SHIFT as usize
+    } else if BIN_CLASS[bin].size == 0 {
+        return 0;
+    } else {
+        BIN_CLASS[bin].shift as usize
+    };
+    (crate::owner::REGION >> shift) * 4
+}
+
+/// The bytes of a region's block of leaves: every bin's leaf.
+pub(crate) const LEAVES_BYTES: usize = leaf_offset(HUGE_BIN) + leaf_bytes(HUGE_BIN);
 
 /// The class of a request of `size` bytes (alignment up to 16; `size <=
 /// isize::MAX`, as every `Layout` and `realloc` size is). Sizes up to 1 KiB
@@ -383,10 +477,11 @@ mod tests {
             } else {
                 assert_eq!(p.slack(), None, "size {s}");
                 assert_eq!(
-                    (p.bin(), p.shift()),
-                    (c.bin(), u32::from(c.shift)),
+                    (p.leaf(), p.shift() & 63),
+                    (leaf_offset(c.bin()), u32::from(c.shift)),
                     "size {s}"
                 );
+                assert_eq!(p.shift() & 0xc0, 0, "size {s}: the low byte is the shift");
             }
         }
     }

@@ -73,15 +73,16 @@ unsafe impl GlobalAlloc for Mimalloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = Layout::from_size_align(new_size, layout.align());
-        // SAFETY: `ptr` came from this allocator; the result is aligned as the
-        // layout requires (plain calls only where mimalloc guarantees it).
+        // SAFETY: `new_size`, rounded up to the alignment, does not overflow
+        // `isize` (GlobalAlloc::realloc contract), so this is a valid layout;
+        // `ptr` came from this allocator; the result is aligned as the layout
+        // requires (plain calls only where mimalloc guarantees it).
         unsafe {
-            match new {
-                Ok(n) if plain(n) && plain(layout) => {
-                    ffi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
-                }
-                _ => ffi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast(),
+            let n = Layout::from_size_align_unchecked(new_size, layout.align());
+            if plain(n) && plain(layout) {
+                ffi::mi_realloc(ptr.cast::<c_void>(), new_size).cast()
+            } else {
+                ffi::mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()
             }
         }
     }

@@ -27,12 +27,17 @@
 //!
 //! # Side table
 //! A directory of 256 MiB address regions (`.bss`, 4 MiB of zeroed address
-//! space), each pointing to a page of per-class leaves; a leaf holds one
-//! `u32` per `class size` of its region, reserved with `mmap` (no swap
-//! reservation, touched on use) when a block of that class first lands in the
-//! region. Nothing here allocates through the global allocator, locks, or
-//! panics. An address the table cannot cover (above 2^47, or `mmap` refused)
-//! leaves its block untracked, consistently at allocation and free.
+//! space), each pointing to the region's **block of leaves**, one per class
+//! at a fixed offset (`classes::leaf_offset`, kept in the class's
+//! [`Place`]); a leaf holds one `u32` per `1 << shift` bytes of its region.
+//! The block (384 MiB of address space per 256 MiB region) is reserved with
+//! `mmap` (no swap reservation where the OS has the flag; touched on use)
+//! when a block kept in the table first lands in the region, so finding an
+//! entry is one load (the directory) and a null test. Only the pages of the
+//! leaves that blocks touch become resident. Nothing here allocates through
+//! the global allocator, locks, or panics. An address the table cannot cover
+//! (above 2^47, or `mmap` refused) leaves its block untracked, consistently
+//! at allocation and free.
 //!
 //! # Invariants
 //! The table keeps [`HostInvariant::O1`] (the owner kept by class) and
@@ -44,18 +49,17 @@ use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering::*};
 
 #[cfg(doc)]
 use crate::HostInvariant;
-use crate::classes::{BINS, Place};
+use crate::classes::{LEAVES_BYTES, Place};
 
 const REGION_SHIFT: u32 = 28;
-const REGION: usize = 1 << REGION_SHIFT;
+/// Bytes of address space per directory entry.
+pub(crate) const REGION: usize = 1 << REGION_SHIFT;
 /// Regions of a 47-bit address space.
 const DIR_LEN: usize = 1 << (47 - REGION_SHIFT);
 
-struct Region {
-    leaves: [AtomicPtr<AtomicU32>; BINS],
-}
-
-static DIR: [AtomicPtr<Region>; DIR_LEN] = [const { AtomicPtr::new(null_mut()) }; DIR_LEN];
+/// Each region's block of leaves ([`LEAVES_BYTES`]), null until a block kept
+/// in the table lands in the region.
+static DIR: [AtomicPtr<u8>; DIR_LEN] = [const { AtomicPtr::new(null_mut()) }; DIR_LEN];
 
 /// Reads the owner id from the slack of a block at `p`, `off` the slack
 /// place of its request size ([`Place::slack`]).
@@ -83,21 +87,21 @@ pub(crate) unsafe fn write_slack(p: *mut u8, off: usize, id: u32) {
 }
 
 /// The index of a block at offset `off` of its region in the leaf of a
-/// class of this `shift`: `off >> shift`, below [`leaf_len`] since `off <
-/// REGION`.
+/// class of this `shift` ([`Place::shift`]: its low 6 bits): `off >>
+/// shift`, below [`leaf_len`] since `off < REGION`.
 #[inline(always)]
 fn index(off: usize, shift: u32) -> usize {
-    off >> shift
+    off.wrapping_shr(shift)
 }
 
 /// Entries of the leaf of a class of this `shift`.
 fn leaf_len(shift: u32) -> usize {
-    REGION >> shift
+    REGION >> (shift & 63)
 }
 
 /// The table entry of the block at `p` whose request has the side-table
 /// place `c`, or `None` where the table has none yet (nothing was ever kept
-/// there: reads as untracked) or cannot reach.
+/// in its region: reads as untracked) or cannot reach.
 #[inline(always)]
 pub(crate) fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     let addr = p as usize;
@@ -105,22 +109,17 @@ pub(crate) fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     if r.is_null() {
         return None;
     }
-    // SAFETY: regions are never freed once published (zeroed memory from
-    // mmap, so every leaf pointer starts null); `c.bin < BINS` (classes.rs).
-    let l = unsafe { (*r).leaves.get_unchecked(c.bin()) }.load(Acquire);
-    if l.is_null() {
-        return None;
-    }
     let i = index(addr & (REGION - 1), c.shift());
     debug_assert!(i < leaf_len(c.shift()), "index {i} of {c:?} past its leaf");
-    // SAFETY: the leaf holds `leaf_len(c.shift())` zero-initialised
-    // `AtomicU32`s and is never freed once published; `i <
-    // leaf_len(c.shift())` because the offset is below REGION and `i =
-    // offset >> c.shift()`.
-    Some(unsafe { &*l.add(i) })
+    // SAFETY: the block of leaves is `LEAVES_BYTES` of zeroed memory, never
+    // freed once published; the class's leaf starts at `c.leaf()` and holds
+    // `leaf_len(c.shift())` `AtomicU32`s inside it (`classes::leaf_offset`,
+    // tested), and `i < leaf_len(c.shift())` because the offset is below
+    // REGION and `i = offset >> shift`.
+    Some(unsafe { &*r.add(c.leaf()).cast::<AtomicU32>().add(i) })
 }
 
-/// [`entry`], making the region and leaf on first use.
+/// [`entry`], making the region's block of leaves on first use.
 #[inline(always)]
 pub(crate) fn entry_or_create(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     match entry(p, c) {
@@ -133,41 +132,16 @@ pub(crate) fn entry_or_create(p: *const u8, c: Place) -> Option<&'static AtomicU
 #[inline(never)]
 fn create_entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     let region = DIR.get(p as usize >> REGION_SHIFT)?;
-    let r = match region.load(Acquire) {
-        r if r.is_null() => new_region(region)?,
-        r => r,
-    };
-    // SAFETY: as in `entry`.
-    let slot = unsafe { (*r).leaves.get_unchecked(c.bin()) };
-    if slot.load(Acquire).is_null() {
-        new_leaf(slot, c)?;
+    if region.load(Acquire).is_null() {
+        let m = map(LEAVES_BYTES)?;
+        if region
+            .compare_exchange(null_mut(), m, AcqRel, Acquire)
+            .is_err()
+        {
+            unmap(m, LEAVES_BYTES);
+        }
     }
     entry(p, c)
-}
-
-#[cold]
-fn new_region(slot: &AtomicPtr<Region>) -> Option<*mut Region> {
-    let p = map(core::mem::size_of::<Region>())?.cast::<Region>();
-    match slot.compare_exchange(null_mut(), p, AcqRel, Acquire) {
-        Ok(_) => Some(p),
-        Err(won) => {
-            unmap(p.cast(), core::mem::size_of::<Region>());
-            Some(won)
-        }
-    }
-}
-
-#[cold]
-fn new_leaf(slot: &AtomicPtr<AtomicU32>, c: Place) -> Option<*mut AtomicU32> {
-    let bytes = leaf_len(c.shift()) * core::mem::size_of::<AtomicU32>();
-    let p = map(bytes)?.cast::<AtomicU32>();
-    match slot.compare_exchange(null_mut(), p, AcqRel, Acquire) {
-        Ok(_) => Some(p),
-        Err(won) => {
-            unmap(p.cast(), bytes);
-            Some(won)
-        }
-    }
 }
 
 /// Zeroed, readable and writable memory from the OS, reserved lazily.
@@ -251,5 +225,63 @@ mod tests {
         e.store(42, Relaxed);
         assert_eq!(entry(p, c).unwrap().load(Relaxed), 42);
         assert!(entry_or_create(usize::MAX as *const u8, c).is_none());
+    }
+
+    #[test]
+    fn every_class_leaf_lies_inside_the_block_and_apart_from_the_others() {
+        // Every table place of every size: the entries of a region's first
+        // and last address lie in the class's own leaf, inside the block,
+        // and the leaves of distinct classes do not overlap.
+        let mut leaves: Vec<(usize, usize, usize)> = Vec::new();
+        let mut sizes: Vec<usize> = (1..=MEDIUM_MAX + 1).collect();
+        sizes.extend([1 << 20, (1 << 20) + 4096, 1 << 40]);
+        for s in sizes {
+            let c = class(s);
+            let p = crate::classes::place(s);
+            if p.slack().is_some() {
+                continue;
+            }
+            let start = p.leaf();
+            let len = leaf_len(p.shift()) * 4;
+            assert_eq!(len, (REGION >> c.shift) * 4, "size {s}");
+            for off in [0, REGION - 1] {
+                let at = start + index(off, p.shift()) * 4;
+                assert!(
+                    at >= start && at + 4 <= start + len,
+                    "size {s}, offset {off}"
+                );
+                assert!(at + 4 <= LEAVES_BYTES, "size {s}, offset {off}");
+            }
+            assert_eq!(start % 4096, 0, "size {s}: leaf at {start}");
+            // (Every huge class shares one leaf.)
+            if !leaves.iter().any(|l| l.1 == start) {
+                leaves.push((c.size, start, len));
+            }
+        }
+        leaves.sort_by_key(|l| l.1);
+        for w in leaves.windows(2) {
+            assert!(
+                w[0].1 + w[0].2 <= w[1].1,
+                "leaves of classes {} and {} overlap",
+                w[0].0,
+                w[1].0
+            );
+        }
+        assert!(leaves.len() >= 45, "{} classes in the table", leaves.len());
+    }
+
+    #[test]
+    fn one_address_in_two_classes_has_two_entries() {
+        // A block of one class freed and a block of another class at the
+        // same address: their entries differ (a stale entry is never read).
+        let p = 0x11_0000_0000usize as *const u8; // offset 0 of its region: index 0 in every class
+        let a = Place::of(16, class(16));
+        let b = Place::of(4096, class(4096));
+        let ea = entry_or_create(p, a).unwrap();
+        let eb = entry_or_create(p, b).unwrap();
+        assert!(!core::ptr::eq(ea, eb));
+        ea.store(7, Relaxed);
+        assert_eq!(eb.load(Relaxed), 0);
+        ea.store(0, Relaxed);
     }
 }

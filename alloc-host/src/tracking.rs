@@ -539,7 +539,9 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc`, for a block not placed by class.
-    #[inline]
+    // Out of line: inlined, its frame (six saved registers and a spill
+    // area) would be the whole realloc's, fast path included.
+    #[inline(never)]
     unsafe fn realloc_header(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (outer, h) = outer_unchecked(layout);
         let Some(new_outer) = outer_size(new_size, h, layout.align()) else {
@@ -604,25 +606,37 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // and, with the same alignment, a valid layout (GlobalAlloc contract).
         let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
         if p.is_null() {
-            // SAFETY: the old block is still live and its place is `c`.
-            unsafe { put_owner(ptr, c, id) };
-            return p;
+            // SAFETY: the old block is still live, of `size` bytes, its owner
+            // taken; the word is the one tested above (as below).
+            return unsafe { realloc_fast_failed(ptr, size) };
+        }
+        // As in `alloc_by_class`: the word and the place are read after the
+        // call (the inner allocator never enters this crate or alloc-scope,
+        // so the word is the one tested above), and every rare case is a
+        // tail call that returns `p`.
+        let id = host_fast_id();
+        let nc = place(new_size);
+        if let Some(off) = nc.slack() {
+            // SAFETY: a live block of class `class(new_size)` (host:K1); the
+            // slack past `new_size` is this allocator's.
+            unsafe { crate::owner::write_slack(p, off, id) };
+        } else if let Some(e) = crate::owner::entry(p, nc) {
+            e.store(id, Relaxed);
+        } else {
+            // SAFETY: the moved (or grown) block, live and not yet returned;
+            // the realloc is not charged yet.
+            return unsafe { realloc_fast_new_entry(p, size, new_size, id) };
         }
         // A realloc is an allocation of `new_size` bytes for the profiler
         // (the old block was not sampled: its owner equals the fast word).
-        let mark = profile::compact_mark(profile::sample_alloc(p, new_size, alloc_scope::current));
+        if alloc_scope::host_sample_due(new_size) {
+            // SAFETY: the owner was kept with the word; not charged yet.
+            return unsafe { realloc_fast_sampled(p, size, new_size, id) };
+        }
         // SAFETY: the block is charged to the thread's current scope (`id`
-        // is its fast-path word), its realloc charged once; the moved (or
-        // grown) block is live and of class `class(new_size)` (host:K1).
-        unsafe {
-            host_fast_realloc_charge(size, new_size);
-            if !put_owner(p, place(new_size), id | mark) {
-                if mark != 0 {
-                    profile::sampled_free(p);
-                }
-                // Nowhere to keep the owner: the block leaves tracking now.
-                charge_host_free_compact(id, new_size);
-            }
+        // is its fast-path word), its realloc charged once.
+        if unsafe { alloc_scope::host_fast_realloc_due(size, new_size) } {
+            return flush_then(p);
         }
         p
     }
@@ -900,6 +914,75 @@ unsafe fn alloc_off_sampled(p: *mut u8, size: usize) {
     }
 }
 
+/// A fast-path realloc the inner allocator refused: the old block's owner
+/// (the thread's fast-path word) goes back to its place; null.
+///
+/// # Safety
+/// `ptr` is a live block of `size` bytes whose owner, the thread's fast-path
+/// word, was taken for the refused realloc.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_fast_failed(ptr: *mut u8, size: usize) -> *mut u8 {
+    // SAFETY: the contract; the old block is still live and its place is
+    // `place(size)`, where its owner was.
+    unsafe { put_owner(ptr, place(size), host_fast_id()) };
+    null_mut()
+}
+
+/// A fast-path realloc whose new block's table region does not exist yet
+/// (or cannot): makes it, or the block leaves tracking; then the sample and
+/// the charge, as [`realloc_fast_sampled`].
+///
+/// # Safety
+/// `p` is the live block the realloc from `old` to `new` bytes returned, not
+/// yet handed back; `id` the thread's fast-path word; nothing charged yet.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_fast_new_entry(p: *mut u8, old: usize, new: usize, id: u32) -> *mut u8 {
+    if put_in_table(p, place(new), id) {
+        if alloc_scope::host_sample_due(new) {
+            // SAFETY: the contract, the owner kept.
+            return unsafe { realloc_fast_sampled(p, old, new, id) };
+        }
+        // SAFETY: the contract.
+        unsafe { host_fast_realloc_charge(old, new) };
+        return p;
+    }
+    // Nowhere to keep the owner: charged, then out of tracking at once (the
+    // realloc is the scope's; the block leaves it). Still a sampling step.
+    // SAFETY: the contract.
+    unsafe {
+        host_fast_realloc_charge(old, new);
+        charge_host_free_compact(id, new);
+    }
+    if alloc_scope::host_sample_due(new) && profile::take_due(p, new, alloc_scope::current()) {
+        // Untracked: out of the profile at once.
+        profile::sampled_free(p);
+    }
+    p
+}
+
+/// A fast-path realloc whose sampling countdown ran out: the sample, the
+/// owner's mark, the charge.
+///
+/// # Safety
+/// `p` is the live block the realloc from `old` to `new` bytes returned, its
+/// owner kept as `id` (the thread's fast-path word); not charged yet.
+#[cold]
+#[inline(never)]
+unsafe fn realloc_fast_sampled(p: *mut u8, old: usize, new: usize, id: u32) -> *mut u8 {
+    let mark = profile::compact_mark(profile::take_due(p, new, alloc_scope::current()));
+    // SAFETY: the contract; the owner's slot exists (it was just written),
+    // so the rewrite keeps it, and no other thread sees the block yet.
+    unsafe {
+        if mark != 0 {
+            put_owner(p, place(new), id | mark);
+        }
+        host_fast_realloc_charge(old, new);
+    }
+    p
+}
+
 /// Keeps `id` in the side-table entry of block `p` whose place `c` is the
 /// table; false when the table cannot hold it.
 #[inline(always)]
@@ -946,7 +1029,12 @@ unsafe fn take_owner(p: *mut u8, c: Place) -> u32 {
     match crate::owner::entry(p, c) {
         Some(e) => {
             let id = e.load(Relaxed);
-            e.store(0, Relaxed);
+            // Stored only when it is not 0 already: a block that was never
+            // tracked (tracking off, a class never kept in this region) does
+            // not dirty its leaf's page.
+            if id != 0 {
+                e.store(0, Relaxed);
+            }
             id
         }
         None => 0,

@@ -68,8 +68,9 @@ pub use thread::{
     begin_host_realloc, charge_device_alloc, charge_device_free, charge_host_free,
     charge_host_free_compact, current, finish_host_alloc, finish_host_realloc, flush,
     host_allocator_seen, host_fast_charge, host_fast_charge_due, host_fast_free_due, host_fast_id,
-    host_fast_realloc_charge, host_flush, host_sample_due, mark_host_allocator_seen,
-    owner_from_compact, set_host_sample_left, track_host_alloc, untracked,
+    host_fast_realloc_charge, host_fast_realloc_due, host_flush, host_sample_due,
+    mark_host_allocator_seen, owner_from_compact, set_host_sample_left, track_host_alloc,
+    untracked,
 };
 #[cfg(not(loom))]
 pub use validate::{ScopeInvariantViolation, validate};

@@ -832,6 +832,18 @@ pub fn host_flush() {
     flush_nonempty(this_thread());
 }
 
+/// [`host_fast_realloc_charge`] without its flush: records the
+/// reallocation in the batch and says whether the batch is now due (then
+/// call [`host_flush`], as a tail call).
+///
+/// # Safety
+/// As [`host_fast_realloc_charge`].
+#[doc(hidden)]
+#[inline(always)]
+pub unsafe fn host_fast_realloc_due(old: usize, new: usize) -> bool {
+    this_thread().with_batch(|b| b.realloc(old as u64, new as u64, BATCH_BYTES))
+}
+
 /// Charges a reallocation from `old` to `new` bytes of a block whose stored
 /// owner equals [`host_fast_id`] (so the thread batches, and the owner is its
 /// current scope) to the batch.
