@@ -447,44 +447,21 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
+            // One compare of the gate, as `alloc`: placed by class, tracking
+            // on; a second for tracking off. Anything else (untouched, the
+            // header, undecided) is out of line.
             let gate = GATE.load(Relaxed);
-            if gate & (GATE_MODE | GATE_UNTOUCHED) != GATE_CLASSES {
+            if gate != GATE_CLASSES {
                 if gate & GATE_UNTOUCHED != 0 {
                     // SAFETY: the caller's live block of `layout`; its owner
                     // is 0 (host:O3), its table entry already 0 (host:O1).
                     return unsafe { self.inner.dealloc(ptr, layout) };
                 }
-                let placement = gate & GATE_MODE;
-                if placement != GATE_HEADER {
-                    // SAFETY: the caller's live block of `layout`.
-                    return unsafe { self.dealloc_undecided(ptr, layout) };
-                }
-                // SAFETY: as below; the header placement.
-                return unsafe { self.dealloc_header(ptr, layout) };
+                // SAFETY: the caller's live block of `layout`.
+                return unsafe { self.dealloc_other(ptr, layout, gate) };
             }
-            let size = layout.size();
-            // SAFETY: `ptr` is a live block of this layout, so of class
-            // `class(size)`, its owner kept by class (host:O1, host:O2); the
-            // owner is taken (a table entry zeroed) before the block goes back
-            // to the inner allocator, and charged with the size it was charged.
-            unsafe {
-                let id = take_owner(ptr, place(size));
-                if id == host_fast_id() {
-                    // The thread's current scope: the batch (applied out of
-                    // line when due, with the free as a tail call).
-                    if alloc_scope::host_fast_free_due(size) {
-                        return self.dealloc_flush(ptr, layout);
-                    }
-                } else if id != 0 {
-                    // Another scope's block, a thread that does not batch,
-                    // or a sampled block (its owner carries
-                    // `COMPACT_SAMPLED`, above every fast-path word).
-                    return self.dealloc_by_class_other(ptr, layout, id);
-                }
-                // (0: untracked, charged nowhere.)
-                self.inner.dealloc(ptr, layout);
-            }
-            return;
+            // SAFETY: `ptr` is a live block of this layout, placed by class.
+            return unsafe { self.dealloc_by_class::<false>(ptr, layout) };
         }
         // SAFETY: the caller's live block of `layout`, its owner in the header.
         unsafe { self.dealloc_header(ptr, layout) }
@@ -493,21 +470,17 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
-            // One load of the gate, as `dealloc`: placed by class and not
-            // untouched is the common case; the rest is out of line.
+            // One compare of the gate, as `dealloc`: placed by class, tracking
+            // on; a second for tracking off; the rest is out of line.
             let gate = GATE.load(Relaxed);
-            if gate & (GATE_MODE | GATE_UNTOUCHED) == GATE_CLASSES {
+            if gate == GATE_CLASSES {
                 // SAFETY: the caller's live block of `layout` (GlobalAlloc
                 // contract), placed by class (the gate).
-                return unsafe { self.realloc_by_class(ptr, layout, new_size) };
+                return unsafe { self.realloc_by_class::<false>(ptr, layout, new_size) };
             }
-            if gate & GATE_UNTOUCHED != 0 {
-                // SAFETY: as above; the block's owner is 0 (host:O3; the bit
-                // is set only with the placement by class).
-                return unsafe { self.realloc_untouched(ptr, layout, new_size) };
-            }
+
             // SAFETY: as above.
-            return unsafe { self.realloc_other(ptr, layout, new_size) };
+            return unsafe { self.realloc_other(ptr, layout, new_size, gate) };
         }
         // SAFETY: as above, its owner in the header.
         unsafe { self.realloc_header(ptr, layout, new_size) }
@@ -515,21 +488,33 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 }
 
 impl<A: GlobalAlloc> TrackingAllocator<A> {
-    /// `realloc` when the gate is not "by class, touched": the placement
-    /// not decided yet, untouched (host:O3), or the header.
+    /// `realloc` when the gate the caller read (`gate`) is not "by class,
+    /// tracking on": tracking off, untouched (host:O3), the header, or the
+    /// placement not decided yet.
     ///
     /// # Safety
     /// As `GlobalAlloc::realloc`.
-    #[cold]
     #[inline(never)]
-    unsafe fn realloc_other(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    unsafe fn realloc_other(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        gate: u8,
+    ) -> *mut u8 {
+        if gate == GATE_CLASSES | GATE_OFF {
+            // SAFETY: the contract; placed by class, tracking off.
+            return unsafe { self.realloc_by_class::<true>(ptr, layout, new_size) };
+        }
+        if gate & GATE_UNTOUCHED != 0 {
+            // SAFETY: the contract; the block's owner is 0 (host:O3; the bit
+            // is set only with the placement by class).
+            return unsafe { self.realloc_untouched(ptr, layout, new_size) };
+        }
         if self.by_class(layout) {
-            if GATE.load(Relaxed) & GATE_UNTOUCHED != 0 {
-                // SAFETY: the contract; the block's owner is 0 (host:O3).
-                return unsafe { self.realloc_untouched(ptr, layout, new_size) };
-            }
-            // SAFETY: the contract; placed by class.
-            return unsafe { self.realloc_by_class(ptr, layout, new_size) };
+            // SAFETY: the contract; placed by class (the placement just
+            // decided, or the gate changed since the caller read it).
+            return unsafe { self.realloc_by_class::<true>(ptr, layout, new_size) };
         }
         // SAFETY: the contract; the owner is in the header.
         unsafe { self.realloc_header(ptr, layout, new_size) }
@@ -591,13 +576,18 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     /// `ptr` is a live block of `layout` from this allocator, its owner kept
     /// by class; `new_size` as `GlobalAlloc::realloc` requires.
     #[inline(always)]
-    unsafe fn realloc_by_class(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    unsafe fn realloc_by_class<const OFF: bool>(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+    ) -> *mut u8 {
         let size = layout.size();
         let c = place(size);
         // SAFETY: a live block of class `class(size)` (contract). Its table entry (if
         // any) is zeroed before the inner realloc may free the block
         // (host:O1), and put back if the realloc fails.
-        let id = unsafe { take_owner(ptr, c) };
+        let id = unsafe { take_owner::<OFF>(ptr, c) };
         if id != host_fast_id() {
             // SAFETY: as this function's, with the owner just taken.
             return unsafe { self.realloc_by_class_slow(ptr, layout, new_size, c, id) };
@@ -722,6 +712,60 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 }
 
 impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// Frees a block placed by class: the owner taken (its table entry
+    /// zeroed; with `OFF`, only when it holds an owner, so that a block never
+    /// tracked does not dirty its leaf's page), then the batch when the owner
+    /// is the thread's current scope, else [`Self::dealloc_by_class_other`].
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this layout, so of class `class(size)`, its
+    /// owner kept by class (host:O1, host:O2); the owner is taken before the
+    /// block goes back to the inner allocator, and charged with the size it
+    /// was charged.
+    #[inline(always)]
+    unsafe fn dealloc_by_class<const OFF: bool>(&self, ptr: *mut u8, layout: Layout) {
+        let size = layout.size();
+        // SAFETY: the contract.
+        unsafe {
+            let id = take_owner::<OFF>(ptr, place(size));
+            if id == host_fast_id() {
+                // The thread's current scope: the batch (applied out of
+                // line when due, with the free as a tail call).
+                if alloc_scope::host_fast_free_due(size) {
+                    return self.dealloc_flush(ptr, layout);
+                }
+            } else if id != 0 {
+                // Another scope's block, a thread that does not batch, or a
+                // sampled block (its owner carries `COMPACT_SAMPLED`, above
+                // every fast-path word).
+                return self.dealloc_by_class_other(ptr, layout, id);
+            }
+            // (0: untracked, charged nowhere.)
+            self.inner.dealloc(ptr, layout);
+        }
+    }
+
+    /// Every free of a block that may be placed by class but neither on the
+    /// fast path nor untouched, by the gate the caller read: tracking off
+    /// (the owner taken without dirtying a leaf, then as the fast path), the
+    /// header placement, or the placement not decided yet.
+    ///
+    /// # Safety
+    /// As `dealloc`.
+    #[inline(never)]
+    unsafe fn dealloc_other(&self, ptr: *mut u8, layout: Layout, gate: u8) {
+        match gate & GATE_MODE {
+            // Tracking off (every by-class gate but the fast path's).
+            // SAFETY: the caller's live block, placed by class.
+            GATE_CLASSES => unsafe { self.dealloc_by_class::<true>(ptr, layout) },
+            // SAFETY: the caller's live block; the header placement.
+            GATE_HEADER => unsafe { self.dealloc_header(ptr, layout) },
+            // SAFETY: the caller's live block of `layout` (the placement is
+            // decided there, so the free that follows is one of the above).
+            _ => unsafe { self.dealloc_undecided(ptr, layout) },
+        }
+    }
+
     /// `dealloc` of a block kept by class whose owner `id` (already taken) is
     /// not the thread's fast-path word: a sampled block goes to
     /// [`Self::dealloc_sampled`], any other is charged to its owner.
@@ -1021,7 +1065,7 @@ unsafe fn put_owner(p: *mut u8, c: Place, id: u32) -> bool {
 /// As [`put_owner`], for a block whose owner was put there, or that was
 /// allocated while tracking was off.
 #[inline(always)]
-unsafe fn take_owner(p: *mut u8, c: Place) -> u32 {
+unsafe fn take_owner<const OFF: bool>(p: *mut u8, c: Place) -> u32 {
     if let Some(off) = c.slack() {
         // SAFETY: contract.
         return unsafe { crate::owner::read_slack(p, off) };
@@ -1029,10 +1073,11 @@ unsafe fn take_owner(p: *mut u8, c: Place) -> u32 {
     match crate::owner::entry(p, c) {
         Some(e) => {
             let id = e.load(Relaxed);
-            // Stored only when it is not 0 already: a block that was never
-            // tracked (tracking off, a class never kept in this region) does
-            // not dirty its leaf's page.
-            if id != 0 {
+            // While tracking is off, stored only when it is not 0 already:
+            // a block that was never tracked (a class never kept in this
+            // region) does not dirty its leaf's page. On, the entry nearly
+            // always holds an owner: stored without a test.
+            if !OFF || id != 0 {
                 e.store(0, Relaxed);
             }
             id

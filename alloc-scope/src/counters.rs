@@ -172,9 +172,12 @@ impl Batch {
     /// `live`, so only the lower bound is tested, see [`Batch::alloc`]).
     #[inline(always)]
     pub(crate) fn free(&mut self, bytes: u64, limit: i64) -> bool {
-        self.live = self.live.wrapping_sub(bytes as i64);
+        // `left` first, tested on its own: a decrement of memory and a
+        // branch on its flags, with nothing kept in a register.
         self.left = self.left.wrapping_sub(1);
-        (self.left == 0) | (self.live < -limit)
+        let used_up = self.left == 0;
+        self.live = self.live.wrapping_sub(bytes as i64);
+        used_up || self.live < -limit
     }
 
     /// Records a reallocation from `old` to `new` bytes (growth counts as
