@@ -317,6 +317,30 @@ mod tests {
         );
     }
 
+    /// Zeros (scopes that never touched a kind of memory: most device
+    /// peaks, empty scopes' host peaks) are values like any other: counted
+    /// in the lowest bucket, the minimum, and the quantiles.
+    #[test]
+    fn zeros_are_counted_in_the_buckets_the_minimum_and_the_quantiles() {
+        let s = hist(&[0, 9, 0, 5, 0]);
+        assert_eq!((s.count, s.sum, s.min, s.max), (5, 14, 0, 9), "{s:?}");
+        assert_eq!(
+            s.buckets.iter().map(|b| (b.low, b.count)).collect::<Vec<_>>(),
+            vec![(0, 3), (5, 1), (9, 1)],
+            "{s:?}"
+        );
+        assert_eq!(s.quantile(0.6), 0);
+        assert_eq!(s.quantile(0.8), 5);
+        assert_eq!(s.quantile(1.0), 9);
+        let s = hist(&[0, 0]);
+        assert_eq!((s.count, s.min, s.max, s.quantile(0.5)), (2, 0, 0, 0));
+        assert_eq!(s.buckets.len(), 1, "{s:?}");
+        let s = hist(&[7, 3]);
+        assert_eq!((s.min, s.max, s.buckets.len()), (3, 7, 2), "{s:?}");
+        let s = hist(&[]);
+        assert_eq!((s.count, s.min, s.max, s.buckets.len()), (0, 0, 0, 0));
+    }
+
     #[test]
     fn quantiles_are_within_a_factor_of_two_and_exact_at_the_max() {
         let values: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
