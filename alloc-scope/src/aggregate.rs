@@ -12,7 +12,7 @@ use super::record::{NAME_MAX, Name, NameWords, Record, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
-use super::thread;
+use super::thread::{self, Part};
 
 /// Distinct names kept (names are cut at 63 bytes, as scope names are); scopes
 /// with further names are aggregated under [`OTHER`]. Name request scopes with a fixed name ("request") and keep ids
@@ -75,22 +75,24 @@ impl Entry {
         }
     }
 
-    /// Adds one closed scope: its count once for both distributions, and a
-    /// total only when the scope changed it (most scopes never touch device
-    /// memory).
-    #[inline]
+    /// Adds one closed scope: its values first, then its count once for
+    /// both distributions (released: a reader that acquires the count sees
+    /// the values of every scope it counts, so no value in flight reads as
+    /// a zero), and a total only when the scope changed it (most scopes
+    /// never touch device memory).
+    #[inline(always)]
     fn add(&self, f: &Closed) {
-        self.closed.fetch_add(1, Relaxed);
         self.host.add(f.host_peak);
         self.device.add(f.device_peak);
         add_nonzero(&self.bytes_allocated, f.bytes_allocated);
         add_nonzero(&self.allocations, f.allocations);
         add_nonzero(&self.device_bytes_allocated, f.device_bytes_allocated);
         add_nonzero(&self.wall_ns, f.wall_ns);
+        self.closed.fetch_add(1, Release);
     }
 
     fn read(&self, name: String) -> ScopeAggregate {
-        let closed = self.closed.load(Relaxed);
+        let closed = self.closed.load(Acquire);
         ScopeAggregate {
             name,
             closed,
@@ -164,7 +166,7 @@ fn index_of(e: &'static Entry) -> Option<usize> {
 }
 
 /// What a closing scope adds to its name's entry.
-struct Closed {
+pub(crate) struct Closed {
     host_peak: u64,
     device_peak: u64,
     bytes_allocated: u64,
@@ -173,48 +175,67 @@ struct Closed {
     wall_ns: u64,
 }
 
-/// Records a scope that just closed (called with its life reference held).
-/// No allocation and no lock: the name is read into a stack buffer.
+/// Records a scope that just closed (called with its life reference held;
+/// its close time stored).
 pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
+    let end = r.meta.0.closed_ns.load(Relaxed);
+    add_closed(r, &closed_of(r, &Part::default(), end).0);
+}
+
+/// Adds the figures of `r`'s scope, closed, to its name's aggregate (the
+/// caller keeps the record from being reused meanwhile). No allocation and
+/// no lock: a name not cached in the record yet is looked up in its stored
+/// form.
+#[inline(always)]
+pub(crate) fn add_closed(r: &Record, f: &Closed) {
     let m = &r.meta.0;
     let cached = m.aggregate.load(Relaxed) as usize;
     match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
-        Some(e) if m.failed.load(Relaxed) == 0 => e.add(&closed_of(r)),
-        _ => record_uncached(r),
+        Some(e) if m.failed.load(Relaxed) == 0 => e.add(f),
+        _ => record_uncached(r, f),
     }
 }
 
-/// What a closed scope adds to its name's entry: only the figures an
-/// aggregate keeps are read.
+/// What a scope closed at `end_ns` adds to its name's entry, with `part`,
+/// operations of its own not applied to its record (the closing thread's,
+/// [`thread::exit`]), counted as applying them would count them (the peak
+/// rises to the live bytes before them plus their high-water mark); and its
+/// host peak as a counter holds it. Only the figures an aggregate keeps are
+/// read.
 #[inline(always)]
-fn closed_of(r: &Record) -> Closed {
+pub(crate) fn closed_of(r: &Record, part: &Part, end_ns: u64) -> (Closed, i64) {
     let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
-    Closed {
-        host_peak: h.peak_bytes.load(Relaxed).max(0) as u64,
-        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
-        bytes_allocated: h.bytes_allocated.load(Relaxed),
-        allocations: h.allocations.load(Relaxed),
-        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
-        wall_ns: m
-            .closed_ns
-            .load(Relaxed)
-            .saturating_sub(m.opened_ns.load(Relaxed)),
+    let mut host_peak = h.peak_bytes.load(Relaxed);
+    if part.max_prefix > 0 {
+        let live = h.live_bytes.load(Relaxed);
+        host_peak = host_peak.max(live.wrapping_add(part.max_prefix));
     }
+    let closed = Closed {
+        host_peak: host_peak.max(0) as u64,
+        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
+        bytes_allocated: h
+            .bytes_allocated
+            .load(Relaxed)
+            .wrapping_add(part.bytes_allocated),
+        allocations: h.allocations.load(Relaxed).wrapping_add(part.allocations),
+        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
+        wall_ns: end_ns.saturating_sub(m.opened_ns.load(Relaxed)),
+    };
+    (closed, host_peak)
 }
 
-/// [`record_close`] of a scope marked failed (under `"{name} (failed)"`),
+/// [`add_closed`] of a scope marked failed (under `"{name} (failed)"`),
 /// or of a record whose name's entry is not cached yet.
 #[cold]
 #[inline(never)]
-fn record_uncached(r: &Record) {
-    let f = closed_of(r);
+fn record_uncached(r: &Record, f: &Closed) {
     if r.meta.0.failed.load(Relaxed) != 0 {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
-            entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
+            entry_of(&name_words(failed_name(name, &mut buf))).add(f)
         });
         return;
     }
@@ -222,7 +243,7 @@ fn record_uncached(r: &Record) {
     if let Some(i) = index_of(e) {
         r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
     }
-    e.add(&f);
+    e.add(f);
 }
 
 /// The suffix of the aggregate name of a scope marked failed.
@@ -325,7 +346,10 @@ mod tests {
         let s = hist(&[0, 9, 0, 5, 0]);
         assert_eq!((s.count, s.sum, s.min, s.max), (5, 14, 0, 9), "{s:?}");
         assert_eq!(
-            s.buckets.iter().map(|b| (b.low, b.count)).collect::<Vec<_>>(),
+            s.buckets
+                .iter()
+                .map(|b| (b.low, b.count))
+                .collect::<Vec<_>>(),
             vec![(0, 3), (5, 1), (9, 1)],
             "{s:?}"
         );

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::id::ScopeId;
-use super::record::{OPEN, REF};
+use super::record::{OPEN, REF, Record};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
-use super::thread::{self, EnterToken};
+use super::thread::{self, EnterToken, Part};
 
 /// Why a scope could not be opened as asked. Nothing is charged or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// system call), which is what `Instant::now` reads, without its epoch and
 /// `Duration` arithmetic: scope open and close each read it once.
 #[cfg(unix)]
+#[inline]
 pub(crate) fn now_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
@@ -302,7 +304,11 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
             p.meta.0.life.fetch_add(REF, Relaxed);
         }
     }
-    let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
+    // The slot is this thread's alone until the state says open: the only
+    // other writer of the generation is the recycler, on closed slots, and
+    // a charge's `pin` adds 0 (it cannot lose this store).
+    let generation = m.generation.load(Relaxed).wrapping_add(1);
+    m.generation.store(generation, Relaxed);
     m.state.store(OPEN, Release);
     Ok((
         ScopeHandle {
@@ -364,7 +370,7 @@ impl ScopeHandle {
         run_budget_callbacks();
         let token = thread::enter(self.id, direct);
         ScopeGuard {
-            handle: self,
+            handle: ManuallyDrop::new(self),
             token,
             fallback: false,
             _not_send: PhantomData,
@@ -436,13 +442,38 @@ impl Clone for ScopeHandle {
 impl Drop for ScopeHandle {
     fn drop(&mut self) {
         let slot = self.id.slot();
-        if REGISTRY.close_ref(slot, now_ns()) {
-            // Still holding this handle's life reference: the slot cannot be
-            // retired or reused while the aggregate reads it.
-            super::aggregate::record_close(slot);
+        if let Some(r) = REGISTRY.alone(slot) {
+            close_alone(slot, r, &Part::default());
+            return;
         }
-        REGISTRY.adjust_life(slot, -REF);
+        release(slot);
     }
+}
+
+/// Closes and retires the scope in `slot` whose only reference the caller
+/// holds and which owns nothing ([`Registry::alone`]), `part` being its
+/// operations not applied to its record (its guard's, `thread::exit`): its
+/// figures go to its name's aggregate and its peaks to its parent, with
+/// one clock read and no read-modify-write on its own record.
+///
+/// [`Registry::alone`]: super::registry::Registry::alone
+#[inline(always)]
+fn close_alone(slot: u32, r: &Record, part: &Part) {
+    let (closed, host_peak) = super::aggregate::closed_of(r, part, now_ns());
+    super::aggregate::add_closed(r, &closed);
+    REGISTRY.retire_alone(slot, r, host_peak);
+}
+
+/// Drops one reference of a scope that others may still hold or that
+/// owns memory.
+#[inline(never)]
+fn release(slot: u32) {
+    if REGISTRY.close_ref(slot, now_ns()) {
+        // Still holding this handle's life reference: the slot cannot be
+        // retired or reused while the aggregate reads it.
+        super::aggregate::record_close(slot);
+    }
+    REGISTRY.adjust_life(slot, -REF);
 }
 
 impl std::fmt::Debug for ScopeHandle {
@@ -459,7 +490,8 @@ impl std::fmt::Debug for ScopeHandle {
 /// the thread is in the most recently entered scope whose guard still lives
 /// (see the `thread` module docs of this crate).
 pub struct ScopeGuard {
-    handle: ScopeHandle,
+    /// Dropped by the guard's `drop` (or consumed by a close, see there).
+    handle: ManuallyDrop<ScopeHandle>,
     token: EnterToken,
     fallback: bool,
     _not_send: PhantomData<*const ()>,
@@ -473,7 +505,7 @@ impl ScopeGuard {
 
     /// A handle to enter this scope on other threads.
     pub fn handle(&self) -> ScopeHandle {
-        self.handle.clone()
+        ScopeHandle::clone(&self.handle)
     }
 
     /// This scope's id.
@@ -500,9 +532,20 @@ impl ScopeGuard {
 }
 
 impl Drop for ScopeGuard {
+    /// Leaves the scope and drops the guard's reference, in one pass when
+    /// it was the scope's last (a request scope): the scope's operations
+    /// still in the thread's batch then go into its figures as it closes,
+    /// without being applied to its record first.
+    #[inline]
     fn drop(&mut self) {
-        thread::exit(self.token);
+        let slot = self.handle.id.slot();
+        let kept = thread::exit(self.token, slot);
         run_budget_callbacks();
+        match kept.and_then(|part| Some((REGISTRY.record(slot)?, part))) {
+            Some((r, part)) => close_alone(slot, r, &part),
+            // SAFETY: `handle` is dropped once, here, and never used after.
+            None => unsafe { ManuallyDrop::drop(&mut self.handle) },
+        }
     }
 }
 

@@ -284,7 +284,8 @@ impl Record {
         m.soft_exceeded.store(0, Relaxed);
         m.refused.store(0, Relaxed);
         m.opened_ns.store(now_ns, Relaxed);
-        m.closed_ns.store(0, Relaxed);
+        // `closed_ns` is written before the state says closed, and read
+        // only then.
         m.closed_children.store(0, Relaxed);
         m.closed_children_peak.store(0, Relaxed);
         m.closed_children_device_peak.store(0, Relaxed);
@@ -298,6 +299,7 @@ impl Record {
     }
 
     /// The parent slot, if any.
+    #[inline]
     pub(crate) fn parent(&self) -> Option<u32> {
         match self.meta.0.parent.load(Relaxed) {
             0 => None,

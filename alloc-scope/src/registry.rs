@@ -393,6 +393,50 @@ impl<const N: usize> Registry<N> {
         false
     }
 
+    /// The record of `slot` when its caller holds the scope's only
+    /// reference and the scope owns nothing (its life word is exactly one
+    /// reference, [`ScopeInvariant::R1`]): then nothing else can reach the
+    /// record until the caller retires it with [`Registry::retire_alone`].
+    /// Every other thread that could charge it holds a reference (a guard
+    /// or handle: each is one), and a free from outside needs a block it
+    /// owns (each is one in the low half); a charge applied before this
+    /// reads the word is seen whole (its life change is its last write,
+    /// an acquire-release read-modify-write). The caller must also know
+    /// that no charge of the scope is pending in its own thread's batch
+    /// with a life change (`thread.rs`, `exit_deferred`).
+    #[inline]
+    pub(crate) fn alone(&self, slot: u32) -> Option<&Record> {
+        if slot < FIXED {
+            return None;
+        }
+        let r = self.record(slot)?;
+        (r.meta.0.life.load(Acquire) == REF).then_some(r)
+    }
+
+    /// Retires `slot`, closed by the holder of its only reference
+    /// ([`Registry::alone`]) once its figures were read, with plain stores
+    /// where [`Registry::close_ref`] and [`Registry::adjust_life`] take
+    /// read-modify-writes (nothing else refers to the slot): the slot goes
+    /// from open to free without a closed state, its peaks (`host_peak`:
+    /// the record's, with the caller's pending part) go to its parent, and
+    /// it returns to the free list; the parent's reference is dropped, and
+    /// a parent whose last life that was retires too.
+    #[inline]
+    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64) {
+        let m = &r.meta.0;
+        m.life.store(0, Relaxed);
+        m.refs.store(0, Relaxed);
+        m.state.store(FREE, Release);
+        let parent = self.parent(slot);
+        if let Some(p) = parent {
+            self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
+        }
+        self.put_slot(slot);
+        if let Some(p) = parent.and_then(|p| self.drop_child_ref(p)) {
+            self.retire(p);
+        }
+    }
+
     /// Drops one handle reference: closes the scope when it was the last.
     #[cfg(loom)]
     pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
@@ -403,6 +447,7 @@ impl<const N: usize> Registry<N> {
     /// Frees a slot whose life word reached zero, folding its figures into its
     /// parent and releasing the parent's child reference (iteratively). A slot
     /// being recycled (EVICTING) is left to the recycler.
+    #[inline(never)]
     fn retire(&self, first: u32) {
         let mut slot = first;
         loop {
@@ -433,16 +478,25 @@ impl<const N: usize> Registry<N> {
     fn fold_into_parent(&self, slot: u32) -> Option<u32> {
         let r = self.record(slot)?;
         let parent = self.parent(slot);
-        if let Some(pr) = parent.and_then(|p| self.record(p)) {
-            let m = &pr.meta.0;
-            m.closed_children.fetch_add(1, Relaxed);
-            raise(&m.closed_children_peak, r.host.0.peak_bytes.load(Relaxed));
-            raise(
-                &m.closed_children_device_peak,
+        if let Some(p) = parent {
+            self.fold_peaks(
+                p,
+                r.host.0.peak_bytes.load(Relaxed),
                 r.device.0.peak_bytes.load(Relaxed),
             );
         }
         parent
+    }
+
+    /// Counts a closed child of `parent` with these peaks.
+    #[inline]
+    fn fold_peaks(&self, parent: u32, host_peak: i64, device_peak: i64) {
+        if let Some(pr) = self.record(parent) {
+            let m = &pr.meta.0;
+            m.closed_children.fetch_add(1, Relaxed);
+            raise(&m.closed_children_peak, host_peak);
+            raise(&m.closed_children_device_peak, device_peak);
+        }
     }
 
     /// Releases a child's reference on `parent`; returns it when that was its

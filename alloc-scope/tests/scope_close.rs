@@ -156,7 +156,11 @@ fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_fr
     assert_eq!(s.closed_children, 6, "{s:?}");
     assert_eq!(s.closed_children_peak_bytes, 1500, "{s:?}");
     assert_eq!(s.allocations, 1 + 2 + 300 + 1 + 1 + 2, "{s:?}");
-    assert_eq!(s.bytes_allocated, 64 + 1500 + 30_000 + 4096 + 7 + 30, "{s:?}");
+    assert_eq!(
+        s.bytes_allocated,
+        64 + 1500 + 30_000 + 4096 + 7 + 30,
+        "{s:?}"
+    );
     assert_eq!(s.live_bytes, 0, "{s:?}");
     assert_eq!(s.peak_bytes, 4096, "{s:?}");
 
