@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::clock::Rate;
 use super::record::{NAME_MAX, Name, NameWords, Record, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
@@ -54,7 +55,8 @@ struct Entry {
     bytes_allocated: AtomicU64,
     allocations: AtomicU64,
     device_bytes_allocated: AtomicU64,
-    wall_ns: AtomicU64,
+    /// Their wall times summed, in scope clock ticks (`clock.rs`).
+    wall_ticks: AtomicU64,
     host: AtomicSketch,
     device: AtomicSketch,
 }
@@ -69,7 +71,7 @@ impl Entry {
             bytes_allocated: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
             device_bytes_allocated: AtomicU64::new(0),
-            wall_ns: AtomicU64::new(0),
+            wall_ticks: AtomicU64::new(0),
             host: AtomicSketch::new(),
             device: AtomicSketch::new(),
         }
@@ -87,11 +89,11 @@ impl Entry {
         add_nonzero(&self.bytes_allocated, f.bytes_allocated);
         add_nonzero(&self.allocations, f.allocations);
         add_nonzero(&self.device_bytes_allocated, f.device_bytes_allocated);
-        add_nonzero(&self.wall_ns, f.wall_ns);
+        add_nonzero(&self.wall_ticks, f.wall_ticks);
         self.closed.fetch_add(1, Release);
     }
 
-    fn read(&self, name: String) -> ScopeAggregate {
+    fn read(&self, name: String, rate: Rate) -> ScopeAggregate {
         let closed = self.closed.load(Acquire);
         ScopeAggregate {
             name,
@@ -101,7 +103,7 @@ impl Entry {
             bytes_allocated: self.bytes_allocated.load(Relaxed),
             allocations: self.allocations.load(Relaxed),
             device_bytes_allocated: self.device_bytes_allocated.load(Relaxed),
-            wall_time: Duration::from_nanos(self.wall_ns.load(Relaxed)),
+            wall_time: Duration::from_nanos(rate.ns(self.wall_ticks.load(Relaxed))),
         }
     }
 }
@@ -172,7 +174,7 @@ pub(crate) struct Closed {
     bytes_allocated: u64,
     allocations: u64,
     device_bytes_allocated: u64,
-    wall_ns: u64,
+    wall_ticks: u64,
 }
 
 /// Records a scope that just closed (called with its life reference held;
@@ -181,7 +183,7 @@ pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
-    let end = r.meta.0.closed_ns.load(Relaxed);
+    let end = r.meta.0.closed_at.load(Relaxed);
     add_closed(r, &closed_of(r, &Part::default(), end).0);
 }
 
@@ -199,14 +201,14 @@ pub(crate) fn add_closed(r: &Record, f: &Closed) {
     }
 }
 
-/// What a scope closed at `end_ns` adds to its name's entry, with `part`,
+/// What a scope closed at `end` (a scope clock reading) adds to its name's entry, with `part`,
 /// operations of its own not applied to its record (the closing thread's,
 /// [`thread::exit`]), counted as applying them would count them (the peak
 /// rises to the live bytes before them plus their high-water mark); and its
 /// host peak as a counter holds it. Only the figures an aggregate keeps are
 /// read.
 #[inline(always)]
-pub(crate) fn closed_of(r: &Record, part: &Part, end_ns: u64) -> (Closed, i64) {
+pub(crate) fn closed_of(r: &Record, part: &Part, end: u64) -> (Closed, i64) {
     let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
     let mut host_peak = h.peak_bytes.load(Relaxed);
     if part.max_prefix > 0 {
@@ -222,7 +224,7 @@ pub(crate) fn closed_of(r: &Record, part: &Part, end_ns: u64) -> (Closed, i64) {
             .wrapping_add(part.bytes_allocated),
         allocations: h.allocations.load(Relaxed).wrapping_add(part.allocations),
         device_bytes_allocated: d.bytes_allocated.load(Relaxed),
-        wall_ns: end_ns.saturating_sub(m.opened_ns.load(Relaxed)),
+        wall_ticks: end.saturating_sub(m.opened_at.load(Relaxed)),
     };
     (closed, host_peak)
 }
@@ -265,13 +267,14 @@ fn failed_name<'a>(name: &str, buf: &'a mut [u8; NAME_MAX]) -> &'a str {
 /// The aggregates of every scope name seen closing, sorted by name.
 pub fn aggregates() -> Vec<ScopeAggregate> {
     thread::untracked(|| {
+        let rate = Rate::now();
         let mut v: Vec<ScopeAggregate> = TABLE
             .iter()
             .filter(|e| e.state.load(Acquire) == 2)
-            .map(|e| e.read(e.name.load()))
+            .map(|e| e.read(e.name.load(), rate))
             .collect();
         if OTHER_ENTRY.closed.load(Relaxed) != 0 {
-            v.push(OTHER_ENTRY.read(OTHER.to_owned()));
+            v.push(OTHER_ENTRY.read(OTHER.to_owned(), rate));
         }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v

@@ -7,6 +7,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::clock;
 use super::id::ScopeId;
 use super::record::{OPEN, REF, Record};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
@@ -77,34 +78,6 @@ static CALLBACKS: Mutex<Option<HashMap<u32, CallbackEntry>>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Nanoseconds on a monotonic clock (only differences are used: a scope's
-/// wall time). On Unix one `clock_gettime(CLOCK_MONOTONIC)` (the vDSO, no
-/// system call), which is what `Instant::now` reads, without its epoch and
-/// `Duration` arithmetic: scope open and close each read it once.
-#[cfg(unix)]
-#[inline]
-pub(crate) fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-pointer; CLOCK_MONOTONIC exists on every
-    // Unix this builds for. On failure `t` stays zero (a wall time of 0).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(t.tv_nsec as u64)
-}
-
-/// Nanoseconds since the first scope was opened in this process.
-#[cfg(not(unix))]
-pub(crate) fn now_ns() -> u64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// The name a slot was opened with.
@@ -293,7 +266,7 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
     r.open(
         Some(parent.slot()),
         depth.min(MAX_DEPTH),
-        now_ns(),
+        clock::now(),
         hard,
         soft,
         direct,
@@ -459,7 +432,7 @@ impl Drop for ScopeHandle {
 /// [`Registry::alone`]: super::registry::Registry::alone
 #[inline(always)]
 fn close_alone(slot: u32, r: &Record, part: &Part) {
-    let (closed, host_peak) = super::aggregate::closed_of(r, part, now_ns());
+    let (closed, host_peak) = super::aggregate::closed_of(r, part, clock::now());
     super::aggregate::add_closed(r, &closed);
     REGISTRY.retire_alone(slot, r, host_peak);
 }
@@ -468,7 +441,7 @@ fn close_alone(slot: u32, r: &Record, part: &Part) {
 /// owns memory.
 #[inline(never)]
 fn release(slot: u32) {
-    if REGISTRY.close_ref(slot, now_ns()) {
+    if REGISTRY.close_ref(slot, clock::now()) {
         // Still holding this handle's life reference: the slot cannot be
         // retired or reused while the aggregate reads it.
         super::aggregate::record_close(slot);

@@ -50,8 +50,9 @@ pub(crate) struct Meta {
     pub soft_exceeded: AtomicU64,
     /// Allocations refused by the hard limit.
     pub refused: AtomicU64,
-    pub opened_ns: AtomicU64,
-    pub closed_ns: AtomicU64,
+    /// Scope clock readings (`clock.rs`, ticks) at open and at close.
+    pub opened_at: AtomicU64,
+    pub closed_at: AtomicU64,
     /// Children that retired, and the highest host / device peak among them.
     pub closed_children: AtomicU64,
     pub closed_children_peak: AtomicI64,
@@ -226,8 +227,8 @@ macro_rules! meta_new {
             soft_limit: AtomicU64::new(0),
             soft_exceeded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            opened_ns: AtomicU64::new(0),
-            closed_ns: AtomicU64::new(0),
+            opened_at: AtomicU64::new(0),
+            closed_at: AtomicU64::new(0),
             closed_children: AtomicU64::new(0),
             closed_children_peak: AtomicI64::new(0),
             closed_children_device_peak: AtomicI64::new(0),
@@ -266,7 +267,7 @@ impl Record {
         &self,
         parent: Option<u32>,
         depth: u32,
-        now_ns: u64,
+        opened_at: u64,
         hard_limit: u64,
         soft_limit: u64,
         budget_in_chain: bool,
@@ -283,8 +284,8 @@ impl Record {
         m.soft_limit.store(soft_limit, Relaxed);
         m.soft_exceeded.store(0, Relaxed);
         m.refused.store(0, Relaxed);
-        m.opened_ns.store(now_ns, Relaxed);
-        // `closed_ns` is written before the state says closed, and read
+        m.opened_at.store(opened_at, Relaxed);
+        // `closed_at` is written before the state says closed, and read
         // only then.
         m.closed_children.store(0, Relaxed);
         m.closed_children_peak.store(0, Relaxed);
@@ -294,8 +295,8 @@ impl Record {
 
     /// [`Record::open`] without budgets.
     #[cfg(loom)]
-    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, now_ns: u64) {
-        self.open(parent, depth, now_ns, 0, 0, false);
+    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, opened_at: u64) {
+        self.open(parent, depth, opened_at, 0, 0, false);
     }
 
     /// The parent slot, if any.

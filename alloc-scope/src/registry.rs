@@ -378,7 +378,7 @@ impl<const N: usize> Registry<N> {
     /// Drops one handle reference without touching the life word; returns
     /// true when it was the last (the scope is now closed). The caller then
     /// calls `adjust_life(slot, -REF)`.
-    pub(crate) fn close_ref(&self, slot: u32, now_ns: u64) -> bool {
+    pub(crate) fn close_ref(&self, slot: u32, closed_at: u64) -> bool {
         if slot < FIXED {
             return false;
         }
@@ -386,7 +386,7 @@ impl<const N: usize> Registry<N> {
             return false;
         };
         if r.meta.0.refs.fetch_sub(1, AcqRel) == 1 {
-            r.meta.0.closed_ns.store(now_ns, Relaxed);
+            r.meta.0.closed_at.store(closed_at, Relaxed);
             r.meta.0.state.store(CLOSED, Release);
             return true;
         }
@@ -439,8 +439,8 @@ impl<const N: usize> Registry<N> {
 
     /// Drops one handle reference: closes the scope when it was the last.
     #[cfg(loom)]
-    pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
-        self.close_ref(slot, now_ns);
+    pub(crate) fn release_ref(&self, slot: u32, closed_at: u64) {
+        self.close_ref(slot, closed_at);
         self.adjust_life(slot, -REF);
     }
 
