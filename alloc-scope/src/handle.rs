@@ -393,6 +393,8 @@ impl ScopeHandle {
     /// Sets this scope's host and device peaks to their current live bytes.
     pub fn reset_peak(&self) {
         thread::flush();
+        // Not a counter write for `Meta::written`: the peak becomes the
+        // live bytes, so counters at zero stay at zero.
         if let Some(r) = REGISTRY.record(self.id.slot()) {
             r.host.0.reset_peak();
             r.device.0.reset_peak();

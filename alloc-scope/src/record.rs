@@ -67,6 +67,13 @@ pub(crate) struct Meta {
     /// scope of the same name skips the lookup. Cleared whenever another
     /// name is stored (`handle.rs`, `create`); kept across slot reuse.
     pub aggregate: AtomicU32,
+    /// 1 once a counter of this record was written since it was last
+    /// cleared: every write goes through the registry (`registry.rs`,
+    /// `written`), and a record's next scope clears its counters only then
+    /// (a request scope whose charges stayed in its thread's batch leaves
+    /// them at zero). Seen by the next opener through the retirement's
+    /// release and the free list's acquire.
+    pub written: AtomicU8,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -234,6 +241,7 @@ macro_rules! meta_new {
             closed_children_device_peak: AtomicI64::new(0),
             failed: AtomicU8::new(0),
             aggregate: AtomicU32::new(0),
+            written: AtomicU8::new(0),
         }
     };
 }
@@ -261,7 +269,9 @@ impl Record {
 
     /// Opens a slot just taken from the free list (exclusively owned): every
     /// figure and mark a scope can write starts again (the name, its
-    /// aggregate entry, the generation and the state are the caller's).
+    /// aggregate entry, the generation and the state are the caller's); the
+    /// counters are cleared only when written since they last were
+    /// (`Meta::written`), being zero otherwise.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         &self,
@@ -272,9 +282,12 @@ impl Record {
         soft_limit: u64,
         budget_in_chain: bool,
     ) {
-        self.host.0.clear();
-        self.device.0.clear();
         let m = &self.meta.0;
+        if m.written.load(Relaxed) != 0 {
+            self.host.0.clear();
+            self.device.0.clear();
+            m.written.store(0, Relaxed);
+        }
         m.parent.store(parent.map_or(0, |p| p + 1), Relaxed);
         m.depth.store(depth, Relaxed);
         m.budget_in_chain.store(u8::from(budget_in_chain), Relaxed);

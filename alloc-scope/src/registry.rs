@@ -192,7 +192,7 @@ impl<const N: usize> Registry<N> {
     pub(crate) fn apply_chain(&self, owner: u32, d: &Delta, device: bool) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
-            let live = counters(r, device).apply(d);
+            let live = written(r, device).apply(d);
             if !device {
                 self.check_soft(r, live);
             }
@@ -204,7 +204,7 @@ impl<const N: usize> Registry<N> {
     /// (its net allocations that are `slot`'s own) to `slot`'s life word.
     pub(crate) fn apply_one(&self, slot: u32, d: &Delta, life: i64) {
         if let Some(r) = self.record(slot) {
-            let live = r.host.0.apply(d);
+            let live = written(r, false).apply(d);
             self.check_soft(r, live);
         }
         self.adjust_life(slot, life);
@@ -287,7 +287,7 @@ impl<const N: usize> Registry<N> {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let hard = r.meta.0.hard_limit.load(Relaxed);
-            let live = &r.host.0.live_bytes;
+            let live = &written(r, false).live_bytes;
             if hard == 0 {
                 live.fetch_add(bytes, Relaxed);
             } else {
@@ -320,7 +320,7 @@ impl<const N: usize> Registry<N> {
                 return;
             }
             let Some(r) = self.record(slot) else { return };
-            r.host.0.unreserve(bytes);
+            written(r, false).unreserve(bytes);
         }
     }
 
@@ -329,7 +329,7 @@ impl<const N: usize> Registry<N> {
     pub(crate) fn commit_reserved(&self, owner: u32, d: &Delta) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
-            let c = &r.host.0;
+            let c = written(r, false);
             let live = c.live_bytes.load(Relaxed);
             c.commit_reserved(d, live);
             self.check_soft(r, live);
@@ -572,12 +572,12 @@ impl<const N: usize> Registry<N> {
             // scope:C1–scope:C4 hold everywhere.
             for p in self.chain(self.parent(slot)) {
                 if let Some(pr) = self.record(p) {
-                    counters(pr, device).apply(&out);
+                    written(pr, device).apply(&out);
                 }
             }
             for p in [RETIRED, 0] {
                 if let Some(pr) = self.record(p) {
-                    counters(pr, device).apply(&into);
+                    written(pr, device).apply(&into);
                 }
             }
         }
@@ -609,6 +609,18 @@ fn raise(a: &AtomicI64, v: i64) {
     if v > a.load(Relaxed) {
         a.fetch_max(v, Relaxed);
     }
+}
+
+/// The counters of `r` about to be written: marks the record written
+/// (`Meta::written`), with one load and no store once it is, so that the
+/// record's next scope clears them.
+#[inline]
+fn written(r: &Record, device: bool) -> &Counters {
+    let w = &r.meta.0.written;
+    if w.load(Relaxed) == 0 {
+        w.store(1, Relaxed);
+    }
+    counters(r, device)
 }
 
 #[inline]

@@ -228,10 +228,28 @@ fn a_scope_that_keeps_a_block_or_a_handle_closes_when_the_last_reference_goes() 
     drop(g);
     assert_eq!(agg("keep-handle").closed, before.closed, "still open");
     assert_eq!(h.stats().bytes_allocated, 300);
+    let slot = h.id().slot();
     drop(h);
     assert_eq!(added(&before, &agg("keep-handle")), (1, 300, 1, 300));
+    // Its figures were applied to its record (not closed alone): the
+    // slot's next scope starts from zero all the same.
+    let g = scope("keep-next");
+    assert_eq!(g.id().slot(), slot, "the slot is reused");
+    let s = g.stats();
+    assert_eq!(
+        (
+            s.allocations,
+            s.frees,
+            s.bytes_allocated,
+            s.bytes_freed,
+            s.peak_bytes
+        ),
+        (0, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    drop(g);
     let s = parent.stats();
-    assert_eq!(s.closed_children, 2, "{s:?}");
+    assert_eq!(s.closed_children, 3, "{s:?}");
 }
 
 #[test]
