@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::clock;
 use super::id::ScopeId;
-use super::record::{OPEN, REF, Record};
+use super::record::{OPEN, REF, Record, short_word};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
 use super::thread::{self, EnterToken, Part};
@@ -103,11 +103,20 @@ pub(crate) fn name_of(slot: u32) -> String {
 /// its [`stats`](ScopeGuard::stats) are the parent's, [`report`](super::report())
 /// counts such scopes, and the test helpers refuse to measure with one. Use
 /// [`ScopeBuilder::enter`] to get the error instead.
+#[inline(always)]
 pub fn scope(name: &str) -> ScopeGuard {
+    // Inlined only to this: a name known at the call (a literal) makes its
+    // stored form a constant there.
+    open(name, short_word(name))
+}
+
+/// [`scope`], the name's [`short_word`] computed.
+#[inline(never)]
+fn open(name: &str, first: u64) -> ScopeGuard {
     // No `untracked` around it: opening a scope without a callback allocates
     // nothing (the name is copied into the record), and a full registry is
     // told without allocating (`Full`).
-    match create(name, thread::current(), 0, 0) {
+    match create(name, first, thread::current(), 0, 0) {
         Ok((h, direct)) => h.enter_with(direct),
         Err(Full) => {
             let mut g = ScopeHandle::current().enter_owned();
@@ -181,6 +190,7 @@ impl ScopeBuilder {
         };
         let (h, _) = create(
             &self.name,
+            short_word(&self.name),
             parent,
             self.hard.unwrap_or(0),
             self.soft.unwrap_or(0),
@@ -238,10 +248,17 @@ struct Full;
 /// Takes a slot and opens a scope in it, a child of `parent` with host
 /// budgets `hard` and `soft` (0: none): the one path of [`scope`] and
 /// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
-/// allocated). Returns the handle and whether the new scope's chain has a
-/// budget (its charges are then unbatched).
+/// allocated; `first` is [`short_word`]`(name)`). Returns the handle and
+/// whether the new scope's chain has a budget (its charges are then
+/// unbatched).
 #[inline(always)]
-fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHandle, bool), Full> {
+fn create(
+    name: &str,
+    first: u64,
+    parent: ScopeId,
+    hard: u64,
+    soft: u64,
+) -> Result<(ScopeHandle, bool), Full> {
     let Some(slot) = REGISTRY.take_slot() else {
         return Err(Full);
     };
@@ -251,7 +268,7 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
     // A slot is usually reused by a scope of the same name (a request scope
     // opened and closed in a loop): then the name and its aggregate entry
     // stay as they are.
-    if r.name.0.set(name) {
+    if r.name.0.set_with(name, first) {
         r.meta.0.aggregate.store(0, Relaxed);
     }
     let parent_rec = REGISTRY.record(parent.slot());

@@ -124,17 +124,37 @@ fn load_le(b: &[u8]) -> u64 {
     }
 }
 
+/// [`short_word`] of a name of 8 bytes or more (no stored first word has
+/// all bits set: its low byte is a length below 64).
+pub(crate) const LONG: u64 = u64::MAX;
+
+/// The stored form of `name` when it is one word (up to 7 bytes: the usual
+/// name of a request or a stage), else [`LONG`]. Always inlined, so that a
+/// name known where the scope is opened (a literal) is a constant there.
+#[inline(always)]
+pub(crate) fn short_word(name: &str) -> u64 {
+    let end = name.len();
+    if end < 8 {
+        end as u64 | (load_le(name.as_bytes()) << 8)
+    } else {
+        LONG
+    }
+}
+
 impl Name {
     /// Stores `name` ([`name_words`]'s form) unless it is stored already;
     /// true when it was not. Only the words that hold its length byte and
     /// its bytes are built and compared: when the first word matches, so
     /// does the length, and a stored name is zero beyond its bytes.
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn set(&self, name: &str) -> bool {
-        let end = name.len();
-        if end < 8 {
-            // One word: the usual name of a request or a stage.
-            let first = end as u64 | (load_le(name.as_bytes()) << 8);
+        self.set_with(name, short_word(name))
+    }
+
+    /// [`Name::set`] with `first` = [`short_word`]`(name)`.
+    #[inline(always)]
+    pub(crate) fn set_with(&self, name: &str, first: u64) -> bool {
+        if first != LONG {
             if self.0[0].load(Relaxed) == first {
                 return false;
             }

@@ -427,7 +427,7 @@ impl<const N: usize> Registry<N> {
         m.life.store(0, Relaxed);
         m.refs.store(0, Relaxed);
         m.state.store(FREE, Release);
-        let parent = self.parent(slot);
+        let parent = r.parent();
         if let Some(p) = parent {
             self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
         }

@@ -115,6 +115,8 @@ struct Entry {
     seq: u64,
     id: ScopeId,
     direct: bool,
+    /// `id.to_compact()`, computed once at entry.
+    compact: u32,
 }
 
 impl Entry {
@@ -122,6 +124,7 @@ impl Entry {
         seq: 0,
         id: ScopeId::ROOT,
         direct: false,
+        compact: ScopeId::ROOT.to_compact(),
     };
 }
 
@@ -224,6 +227,16 @@ impl ThreadState {
         self.current.set(id);
         self.direct.set(direct);
         self.refresh();
+    }
+
+    /// [`ThreadState::set_current`] of a stack entry, whose compact id is
+    /// computed already.
+    #[inline(always)]
+    fn set_current_entry(&self, e: &Entry) {
+        self.current.set(e.id);
+        self.direct.set(e.direct);
+        let fast = self.mode.get() == NORMAL && !e.direct && self.hook.get() == HOOK_SET;
+        self.fast_id.set(if fast { e.compact } else { NOT_FAST });
     }
 
     /// Runs `f` on this thread's batch.
@@ -1079,13 +1092,18 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
                 prev_direct,
             };
         }
+        let e = Entry {
+            seq: 0,
+            id,
+            direct,
+            compact: id.to_compact(),
+        };
         let seq = s.with_stack(|st| {
             if st.len < STACK_MAX && st.overflow == 0 {
                 st.next_seq += 1;
                 st.entries[st.len] = Entry {
                     seq: st.next_seq,
-                    id,
-                    direct,
+                    ..e
                 };
                 st.len += 1;
                 st.next_seq
@@ -1094,7 +1112,7 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
                 0
             }
         });
-        s.set_current(id, direct);
+        s.set_current_entry(&e);
         EnterToken {
             seq,
             prev,
@@ -1283,7 +1301,7 @@ pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
                     n => st.entries[n - 1],
                 }
             });
-            s.set_current(below.id, below.direct);
+            s.set_current_entry(&below);
         } else {
             exit_out_of_order(s, &t);
         }
@@ -1316,7 +1334,7 @@ fn exit_out_of_order(s: &ThreadState, t: &EnterToken) {
         })
     });
     if let Some(top) = top {
-        s.set_current(top.id, top.direct);
+        s.set_current_entry(&top);
     }
 }
 
