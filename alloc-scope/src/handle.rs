@@ -259,8 +259,16 @@ fn create(
     hard: u64,
     soft: u64,
 ) -> Result<(ScopeHandle, bool), Full> {
-    let Some(slot) = REGISTRY.take_slot() else {
-        return Err(Full);
+    // The slot of this thread's last scope closed alone, if still kept;
+    // else the free list.
+    let kept = thread::take_kept_slot();
+    let slot = if kept != 0 && REGISTRY.claim_kept(kept - 1) {
+        kept - 1
+    } else {
+        let Some(slot) = REGISTRY.take_slot() else {
+            return Err(Full);
+        };
+        slot
     };
     let Some(r) = REGISTRY.record(slot) else {
         return Err(Full);
@@ -453,7 +461,13 @@ impl Drop for ScopeHandle {
 fn close_alone(slot: u32, r: &Record, part: &Part) {
     let (closed, host_peak) = super::aggregate::closed_of(r, part, clock::now());
     super::aggregate::add_closed(r, &closed);
-    REGISTRY.retire_alone(slot, r, host_peak);
+    // The slot is kept for this thread's next scope (no free-list
+    // operation at either end) unless it keeps one already.
+    let keep = thread::may_keep_slot();
+    REGISTRY.retire_alone(slot, r, host_peak, keep);
+    if keep {
+        thread::note_kept_slot(slot);
+    }
 }
 
 /// Drops one reference of a scope that others may still hold or that

@@ -178,7 +178,7 @@ fn loom_a_scope_closes_alone_only_when_nothing_else_reaches_it() {
             reg2.charge_owner(ScopeId::new(s, generation), &f, false);
         });
         match reg.alone(s) {
-            Some(r) => reg.retire_alone(s, r, 100),
+            Some(r) => reg.retire_alone(s, r, 100, false),
             None => reg.release_ref(s, 1),
         }
         t.join().unwrap();
@@ -214,7 +214,7 @@ fn loom_two_last_references_close_a_scope_once() {
             .life
             .fetch_add(REF, Relaxed); // the child's reference
         let close = move |reg: &Registry<5>| match reg.alone(s) {
-            Some(r) => reg.retire_alone(s, r, 0),
+            Some(r) => reg.retire_alone(s, r, 0, false),
             None => reg.release_ref(s, 1),
         };
         let reg2 = reg.clone();
@@ -226,6 +226,30 @@ fn loom_two_last_references_close_a_scope_once() {
         assert_eq!(p.closed_children.load(Relaxed), 1);
         assert_eq!(p.life.load(Relaxed), REF, "the parent keeps its own");
         assert_eq!(reg.take_slot(), Some(s));
+        assert_eq!(reg.take_slot(), None, "a slot handed out twice");
+    });
+}
+
+/// scope:G1 with a slot kept by the thread that closed its scope alone:
+/// that thread claiming it and another thread, with no other slot left,
+/// taking it, never both get it, and one of them does.
+#[test]
+fn loom_a_kept_slot_goes_to_one_claimant() {
+    loom::model(|| {
+        let reg = Arc::new(Registry::<5>::new());
+        let s = reg.take_slot().unwrap();
+        let other = reg.take_slot().unwrap(); // the registry is now full
+        reg.record(other).unwrap().reset(Some(0), 1, 0);
+        let r = reg.record(s).unwrap();
+        r.reset(Some(0), 1, 0);
+        reg.retire_alone(s, reg.alone(s).unwrap(), 0, true);
+        let reg2 = reg.clone();
+        let t = thread::spawn(move || reg2.take_slot());
+        let mine = reg.claim_kept(s);
+        let theirs = t.join().unwrap();
+        assert!(mine != (theirs == Some(s)), "kept {mine}, taken {theirs:?}");
+        assert!(theirs.is_none() || theirs == Some(s));
+        assert!(!reg.claim_kept(s), "claimed twice");
         assert_eq!(reg.take_slot(), None, "a slot handed out twice");
     });
 }

@@ -74,6 +74,12 @@ pub(crate) struct Meta {
     /// them at zero). Seen by the next opener through the retirement's
     /// release and the free list's acquire.
     pub written: AtomicU8,
+    /// 1 while this free slot is kept by the thread that retired it, for
+    /// its next scope, instead of being on the free list
+    /// ([`ScopeInvariant::G1`]: whoever sets it back to 0 takes the slot;
+    /// `registry.rs`, `claim_kept`, and any thread when no other slot is
+    /// left).
+    pub kept: AtomicU8,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -262,6 +268,7 @@ macro_rules! meta_new {
             failed: AtomicU8::new(0),
             aggregate: AtomicU32::new(0),
             written: AtomicU8::new(0),
+            kept: AtomicU8::new(0),
         }
     };
 }

@@ -89,6 +89,19 @@ impl<const N: usize> Registry<N> {
         }
     }
 
+    /// Whether `parent` is `slot`'s parent ([`Registry::parent`], without
+    /// the `Option`).
+    #[inline]
+    pub(crate) fn is_parent(&self, slot: u32, parent: u32) -> bool {
+        match slot {
+            0 => false,
+            1 | RETIRED => parent == 0,
+            s => self
+                .record(s)
+                .is_some_and(|r| r.meta.0.parent.load(Relaxed) == parent.wrapping_add(1)),
+        }
+    }
+
     /// `from` and its ancestors up to the root, at most [`MAX_DEPTH`] of them
     /// ([`ScopeInvariant::G3`]: a corrupted link cannot loop).
     #[inline]
@@ -138,7 +151,7 @@ impl<const N: usize> Registry<N> {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
             if slot as usize >= N {
-                if let Some(slot) = self.evict_one() {
+                if let Some(slot) = self.steal_kept().or_else(|| self.evict_one()) {
                     return Some(slot);
                 }
                 self.dropped.fetch_add(1, Relaxed);
@@ -152,6 +165,24 @@ impl<const N: usize> Registry<N> {
                 return Some(slot);
             }
         }
+    }
+
+    /// Takes a free slot kept by a thread for its next scope
+    /// ([`Registry::retire_alone`]), with no other slot left: kept slots
+    /// count as free, so the registry is full only when every slot holds a
+    /// scope.
+    fn steal_kept(&self) -> Option<u32> {
+        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot))
+    }
+
+    /// Takes `slot` if it is still kept for a next scope (by this thread's
+    /// note, or any thread's when stealing): exactly one claimant of a kept
+    /// slot gets it ([`ScopeInvariant::G1`]); the acquire sees everything
+    /// its retirement wrote.
+    #[inline]
+    pub(crate) fn claim_kept(&self, slot: u32) -> bool {
+        self.record(slot)
+            .is_some_and(|r| r.meta.0.kept.swap(0, Acquire) == 1)
     }
 
     /// Returns a retired slot to the free list ([`ScopeInvariant::G1`]).
@@ -419,10 +450,12 @@ impl<const N: usize> Registry<N> {
     /// read-modify-writes (nothing else refers to the slot): the slot goes
     /// from open to free without a closed state, its peaks (`host_peak`:
     /// the record's, with the caller's pending part) go to its parent, and
-    /// it returns to the free list; the parent's reference is dropped, and
-    /// a parent whose last life that was retires too.
+    /// it returns to the free list, or with `keep` is kept for the calling
+    /// thread's next scope ([`Registry::claim_kept`]; the caller notes the
+    /// slot); the parent's reference is dropped, and a parent whose last
+    /// life that was retires too.
     #[inline]
-    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64) {
+    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64, keep: bool) {
         let m = &r.meta.0;
         m.life.store(0, Relaxed);
         m.refs.store(0, Relaxed);
@@ -431,7 +464,11 @@ impl<const N: usize> Registry<N> {
         if let Some(p) = parent {
             self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
         }
-        self.put_slot(slot);
+        if keep {
+            m.kept.store(1, Release);
+        } else {
+            self.put_slot(slot);
+        }
         if let Some(p) = parent.and_then(|p| self.drop_child_ref(p)) {
             self.retire(p);
         }

@@ -177,6 +177,10 @@ pub(crate) struct ThreadState {
     /// Net allocations in the batch that were made in scopes the thread
     /// has left since the batch began: their life words count them already.
     left_net: Cell<i64>,
+    /// The slot this thread kept from the last scope it closed alone, for
+    /// its next one (`Registry::claim_kept`), plus 1; 0 when none. A note,
+    /// not a claim: another thread may have taken the slot since.
+    kept_slot: Cell<u32>,
 }
 
 impl ThreadState {
@@ -199,6 +203,7 @@ impl ThreadState {
             outer: Cell::new(ScopeId::UNTRACKED),
             outer_base: UnsafeCell::new(Batch::EMPTY),
             left_net: Cell::new(0),
+            kept_slot: Cell::new(0),
         }
     }
 
@@ -1202,33 +1207,37 @@ fn exit_deferred(s: &ThreadState, top: bool, below: ScopeId, closing: u32) -> Le
             Left::Done
         };
     }
-    if !top || REGISTRY.parent(cur) != Some(below.slot()) {
+    if !top || !REGISTRY.is_parent(cur, below.slot()) {
         return Left::Flush;
     }
-    let base = if !outer.is_tracked() {
-        Batch::EMPTY
-    } else if outer == below {
-        s.outer.set(ScopeId::UNTRACKED);
-        // SAFETY: thread-local; no other reference to it exists during the copy.
-        unsafe { *s.outer_base.get() }
-    } else {
+    let deferred = outer.is_tracked();
+    if deferred && outer != below {
         return Left::Flush;
+    }
+    // SAFETY: both thread-local; the references live until this function
+    // returns, and nothing it calls (the registry) reaches this thread's
+    // state.
+    let (b, base) = unsafe { (&mut *s.batch.get(), &*s.outer_base.get()) };
+    let base = if deferred {
+        s.outer.set(ScopeId::UNTRACKED);
+        base
+    } else {
+        &Batch::EMPTY
     };
-    let d = s.with_batch(|b| {
-        let d = *b;
-        b.max_prefix = b.max_prefix.max(base.max_prefix);
-        d
-    });
-    if d.left == base.left {
+    // From here the batch is the parent's: its highest live bytes count
+    // from the batch's start, across both parts.
+    let max_prefix = b.max_prefix;
+    b.max_prefix = max_prefix.max(base.max_prefix);
+    if b.left == base.left {
         return Left::Done;
     }
     mark_seen();
     // The scope's part is its own and its children's; their life words
     // count the children's allocations already (`left_net`), and from now
     // on the part is in the batch for the parent's chain.
-    let allocations = d.allocations.wrapping_sub(base.allocations);
-    let reallocs = d.reallocs.wrapping_sub(base.reallocs);
-    let ops = base.left.wrapping_sub(d.left);
+    let allocations = b.allocations.wrapping_sub(base.allocations);
+    let reallocs = b.reallocs.wrapping_sub(base.reallocs);
+    let ops = base.left.wrapping_sub(b.left);
     // allocations − frees, frees = ops − allocations − reallocs
     let net = i64::from(
         allocations
@@ -1240,11 +1249,12 @@ fn exit_deferred(s: &ThreadState, top: bool, below: ScopeId, closing: u32) -> Le
     if net == 0 && left_net == 0 && cur == closing && REGISTRY.alone(cur).is_some() {
         return Left::Kept(Part {
             allocations: u64::from(allocations),
-            bytes_allocated: d.bytes_allocated.wrapping_sub(base.bytes_allocated),
-            max_prefix: d.max_prefix.wrapping_sub(base.live),
+            bytes_allocated: b.bytes_allocated.wrapping_sub(base.bytes_allocated),
+            max_prefix: max_prefix.wrapping_sub(base.live),
         });
     }
-    apply_part(cur, &d, &base, net.wrapping_sub(left_net));
+    let d = Batch { max_prefix, ..*b };
+    apply_part(cur, &d, base, net.wrapping_sub(left_net));
     Left::Done
 }
 
@@ -1336,6 +1346,26 @@ fn exit_out_of_order(s: &ThreadState, t: &EnterToken) {
     if let Some(top) = top {
         s.set_current_entry(&top);
     }
+}
+
+/// The slot this thread kept for its next scope, plus 1 (0: none), taken
+/// off its note: the caller claims it (`Registry::claim_kept`).
+#[inline(always)]
+pub(crate) fn take_kept_slot() -> u32 {
+    this_thread().kept_slot.replace(0)
+}
+
+/// Whether this thread has no kept slot noted (a slot it retires may be
+/// kept, then noted with [`note_kept_slot`]).
+#[inline(always)]
+pub(crate) fn may_keep_slot() -> bool {
+    this_thread().kept_slot.get() == 0
+}
+
+/// Notes `slot`, kept by this thread for its next scope.
+#[inline(always)]
+pub(crate) fn note_kept_slot(slot: u32) {
+    this_thread().kept_slot.set(slot + 1);
 }
 
 /// The owner a compact id names (see [`ScopeId::to_compact`]); a recycled
