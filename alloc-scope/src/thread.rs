@@ -181,6 +181,11 @@ pub(crate) struct ThreadState {
     /// its next one (`Registry::claim_kept`), plus 1; 0 when none. A note,
     /// not a claim: another thread may have taken the slot since.
     kept_slot: Cell<u32>,
+    /// `mode == NORMAL && hook == HOOK_SET`, kept by `refresh` (every change
+    /// of either is followed by one): the fast-path word of a scope entered
+    /// or returned to is its compact id exactly when this holds and its
+    /// chain has no budget.
+    batchable: Cell<bool>,
 }
 
 impl ThreadState {
@@ -204,6 +209,7 @@ impl ThreadState {
             outer_base: UnsafeCell::new(Batch::EMPTY),
             left_net: Cell::new(0),
             kept_slot: Cell::new(0),
+            batchable: Cell::new(false),
         }
     }
 
@@ -214,7 +220,9 @@ impl ThreadState {
 
     #[inline]
     fn refresh(&self) {
-        let fast = self.mode.get() == NORMAL && !self.direct.get() && self.hook.get() == HOOK_SET;
+        let batchable = self.mode.get() == NORMAL && self.hook.get() == HOOK_SET;
+        self.batchable.set(batchable);
+        let fast = batchable && !self.direct.get();
         self.fast_id.set(if fast {
             self.current.get().to_compact()
         } else {
@@ -240,7 +248,7 @@ impl ThreadState {
     fn set_current_entry(&self, e: &Entry) {
         self.current.set(e.id);
         self.direct.set(e.direct);
-        let fast = self.mode.get() == NORMAL && !e.direct && self.hook.get() == HOOK_SET;
+        let fast = self.batchable.get() && !e.direct;
         self.fast_id.set(if fast { e.compact } else { NOT_FAST });
     }
 
