@@ -168,7 +168,7 @@ fn index_of(e: &'static Entry) -> Option<usize> {
 }
 
 /// What a closing scope adds to its name's entry.
-pub(crate) struct Closed {
+struct Closed {
     host_peak: u64,
     device_peak: u64,
     bytes_allocated: u64,
@@ -184,20 +184,26 @@ pub(crate) fn record_close(slot: u32) {
         return;
     };
     let end = r.meta.0.closed_at.load(Relaxed);
-    add_closed(r, &closed_of(r, &Part::default(), end).0);
+    add_closed(r, &Part::default(), end);
 }
 
-/// Adds the figures of `r`'s scope, closed, to its name's aggregate (the
-/// caller keeps the record from being reused meanwhile). No allocation and
-/// no lock: a name not cached in the record yet is looked up in its stored
-/// form.
+/// Adds the figures of `r`'s scope, closed at `end` with `part` not
+/// applied to its record ([`closed_of`]), to its name's aggregate (the
+/// caller keeps the record from being reused meanwhile); returns its host
+/// peak as a counter holds it. No allocation and no lock: a name not
+/// cached in the record yet is looked up in its stored form.
 #[inline(always)]
-pub(crate) fn add_closed(r: &Record, f: &Closed) {
+pub(crate) fn add_closed(r: &Record, part: &Part, end: u64) -> i64 {
     let m = &r.meta.0;
     let cached = m.aggregate.load(Relaxed) as usize;
     match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
-        Some(e) if m.failed.load(Relaxed) == 0 => e.add(f),
-        _ => record_uncached(r, f),
+        Some(e) if m.failed.load(Relaxed) == 0 => {
+            let (f, host_peak) = closed_of(r, part, end);
+            e.add(&f);
+            host_peak
+        }
+        // The figures are read again there: none is kept in memory for it.
+        _ => record_uncached(r, part, end),
     }
 }
 
@@ -208,7 +214,7 @@ pub(crate) fn add_closed(r: &Record, f: &Closed) {
 /// host peak as a counter holds it. Only the figures an aggregate keeps are
 /// read.
 #[inline(always)]
-pub(crate) fn closed_of(r: &Record, part: &Part, end: u64) -> (Closed, i64) {
+fn closed_of(r: &Record, part: &Part, end: u64) -> (Closed, i64) {
     let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
     let mut host_peak = h.peak_bytes.load(Relaxed);
     if part.max_prefix > 0 {
@@ -233,19 +239,21 @@ pub(crate) fn closed_of(r: &Record, part: &Part, end: u64) -> (Closed, i64) {
 /// or of a record whose name's entry is not cached yet.
 #[cold]
 #[inline(never)]
-fn record_uncached(r: &Record, f: &Closed) {
+fn record_uncached(r: &Record, part: &Part, end: u64) -> i64 {
+    let (f, host_peak) = closed_of(r, part, end);
     if r.meta.0.failed.load(Relaxed) != 0 {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
-            entry_of(&name_words(failed_name(name, &mut buf))).add(f)
+            entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
         });
-        return;
+        return host_peak;
     }
     let e = entry_of(&r.name.0.words());
     if let Some(i) = index_of(e) {
         r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
     }
-    e.add(f);
+    e.add(&f);
+    host_peak
 }
 
 /// The suffix of the aggregate name of a scope marked failed.

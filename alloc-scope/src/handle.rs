@@ -459,8 +459,7 @@ impl Drop for ScopeHandle {
 /// [`Registry::alone`]: super::registry::Registry::alone
 #[inline(always)]
 fn close_alone(slot: u32, r: &Record, part: &Part) {
-    let (closed, host_peak) = super::aggregate::closed_of(r, part, clock::now());
-    super::aggregate::add_closed(r, &closed);
+    let host_peak = super::aggregate::add_closed(r, part, clock::now());
     // The slot is kept for this thread's next scope (no free-list
     // operation at either end) unless it keeps one already.
     let keep = thread::may_keep_slot();
