@@ -338,3 +338,22 @@ fn a_slot_kept_by_a_thread_that_exited_is_still_handed_out() {
     drop(handles);
     drop(scope("after-the-fill"));
 }
+
+#[test]
+fn a_scope_opened_inside_untracked_charges_nothing_it_allocates() {
+    let _one = one_at_a_time();
+    let before = agg("untracked-inside");
+    // Tracked first (this thread's first scope also sets up its batch).
+    let g = scope("untracked-inside");
+    let b = alloc(8);
+    free(b);
+    drop(g);
+    assert_eq!(added(&before, &agg("untracked-inside")), (1, 8, 1, 8));
+    alloc_scope::untracked(|| {
+        let g = scope("untracked-inside");
+        let b = alloc(4096);
+        free(b);
+        drop(g);
+    });
+    assert_eq!(added(&before, &agg("untracked-inside")), (2, 8, 1, 8));
+}
