@@ -44,7 +44,12 @@
 //! applies the operations the thread made in the scope to the scope's own
 //! record, so its figures are exact once it is left, and keeps them in the
 //! batch, which becomes the parent's: the parent's chain gets them with the
-//! parent's own, when that batch is applied. Entering a scope (without a
+//! parent's own, when that batch is applied. When that guard held the
+//! scope's last reference and nothing else reaches the scope (no other
+//! handle, no block it owns, the operations netting no allocation), the
+//! scope closes with the exit: its figures are read as the record's plus
+//! these operations, and its slot retires without the record being
+//! written (`Left::Kept`). Entering a scope (without a
 //! budget) while the batch holds operations whose net live bytes are 0, all
 //! of them the current scope's own, keeps them too: the batch goes on for
 //! both, and the entered scope's part is told from the parent's by what the
