@@ -17,18 +17,23 @@
 //! - elsewhere (another kernel clocksource, `/sys` unreadable, other
 //!   systems): `CLOCK_MONOTONIC` itself, a tick being a nanosecond.
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// Ticks are nanoseconds of `CLOCK_MONOTONIC` (the default).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 const MONOTONIC: u8 = 0;
 /// Ticks are the CPU's time-stamp counter.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 const TSC: u8 = 1;
 
 /// The source, set before `main` (by [`choose`]) and never after.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 static SOURCE: AtomicU8 = AtomicU8::new(MONOTONIC);
 /// The time-stamp counter and `CLOCK_MONOTONIC` read together at start.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 static START_TICKS: AtomicU64 = AtomicU64::new(0);
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 static START_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `CLOCK_MONOTONIC` in nanoseconds (on Unix one `clock_gettime`, without
@@ -175,10 +180,11 @@ impl Rate {
 /// Which source the process reads (`"tsc"` or `"monotonic"`).
 #[cfg(test)]
 fn source() -> &'static str {
-    match SOURCE.load(Relaxed) {
-        MONOTONIC => "monotonic",
-        _ => "tsc",
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if SOURCE.load(Relaxed) == TSC {
+        return "tsc";
     }
+    "monotonic"
 }
 
 #[cfg(test)]

@@ -148,16 +148,17 @@ pub(crate) fn short_word(name: &str) -> u64 {
 }
 
 impl Name {
-    /// Stores `name` ([`name_words`]'s form) unless it is stored already;
-    /// true when it was not. Only the words that hold its length byte and
-    /// its bytes are built and compared: when the first word matches, so
-    /// does the length, and a stored name is zero beyond its bytes.
+    /// [`Name::set_with`] computing the short word itself (tests).
     #[cfg(test)]
     pub(crate) fn set(&self, name: &str) -> bool {
         self.set_with(name, short_word(name))
     }
 
-    /// [`Name::set`] with `first` = [`short_word`]`(name)`.
+    /// Stores `name` ([`name_words`]'s form) unless it is stored already;
+    /// true when it was not; `first` is [`short_word`]`(name)`. Only the
+    /// words that hold its length byte and its bytes are built and
+    /// compared: when the first word matches, so does the length, and a
+    /// stored name is zero beyond its bytes.
     #[inline(always)]
     pub(crate) fn set_with(&self, name: &str, first: u64) -> bool {
         if first != LONG {
@@ -170,7 +171,7 @@ impl Name {
         self.set_long(name)
     }
 
-    /// [`Name::set`] of a name of 8 bytes or more.
+    /// [`Name::set_with`] of a name of 8 bytes or more.
     #[inline(never)]
     fn set_long(&self, name: &str) -> bool {
         let mut end = name.len().min(NAME_MAX);
