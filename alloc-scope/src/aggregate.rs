@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::clock::Rate;
 use super::record::{NAME_MAX, Name, NameWords, Record, name_words};
 use super::registry::REGISTRY;
 use super::sketch::AtomicSketch;
 pub use super::sketch::{Bucket, PeakSummary};
-use super::thread;
+use super::thread::{self, Part};
 
 /// Distinct names kept (names are cut at 63 bytes, as scope names are); scopes
 /// with further names are aggregated under [`OTHER`]. Name request scopes with a fixed name ("request") and keep ids
@@ -54,7 +55,8 @@ struct Entry {
     bytes_allocated: AtomicU64,
     allocations: AtomicU64,
     device_bytes_allocated: AtomicU64,
-    wall_ns: AtomicU64,
+    /// Their wall times summed, in scope clock ticks (`clock.rs`).
+    wall_ticks: AtomicU64,
     host: AtomicSketch,
     device: AtomicSketch,
 }
@@ -69,28 +71,30 @@ impl Entry {
             bytes_allocated: AtomicU64::new(0),
             allocations: AtomicU64::new(0),
             device_bytes_allocated: AtomicU64::new(0),
-            wall_ns: AtomicU64::new(0),
+            wall_ticks: AtomicU64::new(0),
             host: AtomicSketch::new(),
             device: AtomicSketch::new(),
         }
     }
 
-    /// Adds one closed scope: its count once for both distributions, and a
-    /// total only when the scope changed it (most scopes never touch device
-    /// memory).
-    #[inline]
+    /// Adds one closed scope: its values first, then its count once for
+    /// both distributions (released: a reader that acquires the count sees
+    /// the values of every scope it counts, so no value in flight reads as
+    /// a zero), and a total only when the scope changed it (most scopes
+    /// never touch device memory).
+    #[inline(always)]
     fn add(&self, f: &Closed) {
-        self.closed.fetch_add(1, Relaxed);
         self.host.add(f.host_peak);
         self.device.add(f.device_peak);
         add_nonzero(&self.bytes_allocated, f.bytes_allocated);
         add_nonzero(&self.allocations, f.allocations);
         add_nonzero(&self.device_bytes_allocated, f.device_bytes_allocated);
-        add_nonzero(&self.wall_ns, f.wall_ns);
+        add_nonzero(&self.wall_ticks, f.wall_ticks);
+        self.closed.fetch_add(1, Release);
     }
 
-    fn read(&self, name: String) -> ScopeAggregate {
-        let closed = self.closed.load(Relaxed);
+    fn read(&self, name: String, rate: Rate) -> ScopeAggregate {
+        let closed = self.closed.load(Acquire);
         ScopeAggregate {
             name,
             closed,
@@ -99,7 +103,7 @@ impl Entry {
             bytes_allocated: self.bytes_allocated.load(Relaxed),
             allocations: self.allocations.load(Relaxed),
             device_bytes_allocated: self.device_bytes_allocated.load(Relaxed),
-            wall_time: Duration::from_nanos(self.wall_ns.load(Relaxed)),
+            wall_time: Duration::from_nanos(rate.ns(self.wall_ticks.load(Relaxed))),
         }
     }
 }
@@ -170,59 +174,86 @@ struct Closed {
     bytes_allocated: u64,
     allocations: u64,
     device_bytes_allocated: u64,
-    wall_ns: u64,
+    wall_ticks: u64,
 }
 
-/// Records a scope that just closed (called with its life reference held).
-/// No allocation and no lock: the name is read into a stack buffer.
+/// Records a scope that just closed (called with its life reference held;
+/// its close time stored).
 pub(crate) fn record_close(slot: u32) {
     let Some(r) = REGISTRY.record(slot) else {
         return;
     };
+    let end = r.meta.0.closed_at.load(Relaxed);
+    add_closed(r, &Part::default(), end);
+}
+
+/// Adds the figures of `r`'s scope, closed at `end` with `part` not
+/// applied to its record ([`closed_of`]), to its name's aggregate (the
+/// caller keeps the record from being reused meanwhile); returns its host
+/// peak as a counter holds it. No allocation and no lock: a name not
+/// cached in the record yet is looked up in its stored form.
+#[inline(always)]
+pub(crate) fn add_closed(r: &Record, part: &Part, end: u64) -> i64 {
     let m = &r.meta.0;
     let cached = m.aggregate.load(Relaxed) as usize;
     match cached.checked_sub(1).and_then(|i| TABLE.get(i)) {
-        Some(e) if m.failed.load(Relaxed) == 0 => e.add(&closed_of(r)),
-        _ => record_uncached(r),
+        Some(e) if m.failed.load(Relaxed) == 0 => {
+            let (f, host_peak) = closed_of(r, part, end);
+            e.add(&f);
+            host_peak
+        }
+        // The figures are read again there: none is kept in memory for it.
+        _ => record_uncached(r, part, end),
     }
 }
 
-/// What a closed scope adds to its name's entry: only the figures an
-/// aggregate keeps are read.
+/// What a scope closed at `end` (a scope clock reading) adds to its name's entry, with `part`,
+/// operations of its own not applied to its record (the closing thread's,
+/// [`thread::exit`]), counted as applying them would count them (the peak
+/// rises to the live bytes before them plus their high-water mark); and its
+/// host peak as a counter holds it. Only the figures an aggregate keeps are
+/// read.
 #[inline(always)]
-fn closed_of(r: &Record) -> Closed {
+fn closed_of(r: &Record, part: &Part, end: u64) -> (Closed, i64) {
     let (h, d, m) = (&r.host.0, &r.device.0, &r.meta.0);
-    Closed {
-        host_peak: h.peak_bytes.load(Relaxed).max(0) as u64,
-        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
-        bytes_allocated: h.bytes_allocated.load(Relaxed),
-        allocations: h.allocations.load(Relaxed),
-        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
-        wall_ns: m
-            .closed_ns
-            .load(Relaxed)
-            .saturating_sub(m.opened_ns.load(Relaxed)),
+    let mut host_peak = h.peak_bytes.load(Relaxed);
+    if part.max_prefix > 0 {
+        let live = h.live_bytes.load(Relaxed);
+        host_peak = host_peak.max(live.wrapping_add(part.max_prefix));
     }
+    let closed = Closed {
+        host_peak: host_peak.max(0) as u64,
+        device_peak: d.peak_bytes.load(Relaxed).max(0) as u64,
+        bytes_allocated: h
+            .bytes_allocated
+            .load(Relaxed)
+            .wrapping_add(part.bytes_allocated),
+        allocations: h.allocations.load(Relaxed).wrapping_add(part.allocations),
+        device_bytes_allocated: d.bytes_allocated.load(Relaxed),
+        wall_ticks: end.saturating_sub(m.opened_at.load(Relaxed)),
+    };
+    (closed, host_peak)
 }
 
-/// [`record_close`] of a scope marked failed (under `"{name} (failed)"`),
+/// [`add_closed`] of a scope marked failed (under `"{name} (failed)"`),
 /// or of a record whose name's entry is not cached yet.
 #[cold]
 #[inline(never)]
-fn record_uncached(r: &Record) {
-    let f = closed_of(r);
+fn record_uncached(r: &Record, part: &Part, end: u64) -> i64 {
+    let (f, host_peak) = closed_of(r, part, end);
     if r.meta.0.failed.load(Relaxed) != 0 {
         r.name.0.with_str(|name| {
             let mut buf = [0u8; NAME_MAX];
             entry_of(&name_words(failed_name(name, &mut buf))).add(&f)
         });
-        return;
+        return host_peak;
     }
     let e = entry_of(&r.name.0.words());
     if let Some(i) = index_of(e) {
         r.meta.0.aggregate.store(i as u32 + 1, Relaxed);
     }
     e.add(&f);
+    host_peak
 }
 
 /// The suffix of the aggregate name of a scope marked failed.
@@ -244,13 +275,14 @@ fn failed_name<'a>(name: &str, buf: &'a mut [u8; NAME_MAX]) -> &'a str {
 /// The aggregates of every scope name seen closing, sorted by name.
 pub fn aggregates() -> Vec<ScopeAggregate> {
     thread::untracked(|| {
+        let rate = Rate::now();
         let mut v: Vec<ScopeAggregate> = TABLE
             .iter()
             .filter(|e| e.state.load(Acquire) == 2)
-            .map(|e| e.read(e.name.load()))
+            .map(|e| e.read(e.name.load(), rate))
             .collect();
         if OTHER_ENTRY.closed.load(Relaxed) != 0 {
-            v.push(OTHER_ENTRY.read(OTHER.to_owned()));
+            v.push(OTHER_ENTRY.read(OTHER.to_owned(), rate));
         }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -315,6 +347,33 @@ mod tests {
             27,
             "{got}"
         );
+    }
+
+    /// Zeros (scopes that never touched a kind of memory: most device
+    /// peaks, empty scopes' host peaks) are values like any other: counted
+    /// in the lowest bucket, the minimum, and the quantiles.
+    #[test]
+    fn zeros_are_counted_in_the_buckets_the_minimum_and_the_quantiles() {
+        let s = hist(&[0, 9, 0, 5, 0]);
+        assert_eq!((s.count, s.sum, s.min, s.max), (5, 14, 0, 9), "{s:?}");
+        assert_eq!(
+            s.buckets
+                .iter()
+                .map(|b| (b.low, b.count))
+                .collect::<Vec<_>>(),
+            vec![(0, 3), (5, 1), (9, 1)],
+            "{s:?}"
+        );
+        assert_eq!(s.quantile(0.6), 0);
+        assert_eq!(s.quantile(0.8), 5);
+        assert_eq!(s.quantile(1.0), 9);
+        let s = hist(&[0, 0]);
+        assert_eq!((s.count, s.min, s.max, s.quantile(0.5)), (2, 0, 0, 0));
+        assert_eq!(s.buckets.len(), 1, "{s:?}");
+        let s = hist(&[7, 3]);
+        assert_eq!((s.min, s.max, s.buckets.len()), (3, 7, 2), "{s:?}");
+        let s = hist(&[]);
+        assert_eq!((s.count, s.min, s.max, s.buckets.len()), (0, 0, 0, 0));
     }
 
     #[test]

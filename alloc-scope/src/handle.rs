@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::clock;
 use super::id::ScopeId;
-use super::record::{OPEN, REF};
+use super::record::{OPEN, REF, Record, short_word};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
-use super::thread::{self, EnterToken};
+use super::thread::{self, EnterToken, Part};
 
 /// Why a scope could not be opened as asked. Nothing is charged or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,33 +80,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Nanoseconds on a monotonic clock (only differences are used: a scope's
-/// wall time). On Unix one `clock_gettime(CLOCK_MONOTONIC)` (the vDSO, no
-/// system call), which is what `Instant::now` reads, without its epoch and
-/// `Duration` arithmetic: scope open and close each read it once.
-#[cfg(unix)]
-pub(crate) fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-pointer; CLOCK_MONOTONIC exists on every
-    // Unix this builds for. On failure `t` stays zero (a wall time of 0).
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    (t.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(t.tv_nsec as u64)
-}
-
-/// Nanoseconds since the first scope was opened in this process.
-#[cfg(not(unix))]
-pub(crate) fn now_ns() -> u64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
 /// The name a slot was opened with.
 pub(crate) fn name_of(slot: u32) -> String {
     match slot {
@@ -128,11 +103,20 @@ pub(crate) fn name_of(slot: u32) -> String {
 /// its [`stats`](ScopeGuard::stats) are the parent's, [`report`](super::report())
 /// counts such scopes, and the test helpers refuse to measure with one. Use
 /// [`ScopeBuilder::enter`] to get the error instead.
+#[inline(always)]
 pub fn scope(name: &str) -> ScopeGuard {
+    // Inlined only to this: a name known at the call (a literal) makes its
+    // stored form a constant there.
+    open(name, short_word(name))
+}
+
+/// [`scope`], the name's [`short_word`] computed.
+#[inline(never)]
+fn open(name: &str, first: u64) -> ScopeGuard {
     // No `untracked` around it: opening a scope without a callback allocates
     // nothing (the name is copied into the record), and a full registry is
     // told without allocating (`Full`).
-    match create(name, thread::current(), 0, 0) {
+    match create(name, first, thread::current(), 0, 0) {
         Ok((h, direct)) => h.enter_with(direct),
         Err(Full) => {
             let mut g = ScopeHandle::current().enter_owned();
@@ -206,6 +190,7 @@ impl ScopeBuilder {
         };
         let (h, _) = create(
             &self.name,
+            short_word(&self.name),
             parent,
             self.hard.unwrap_or(0),
             self.soft.unwrap_or(0),
@@ -263,12 +248,27 @@ struct Full;
 /// Takes a slot and opens a scope in it, a child of `parent` with host
 /// budgets `hard` and `soft` (0: none): the one path of [`scope`] and
 /// [`ScopeBuilder::build`] (the name is copied into the record; nothing is
-/// allocated). Returns the handle and whether the new scope's chain has a
-/// budget (its charges are then unbatched).
+/// allocated; `first` is [`short_word`]`(name)`). Returns the handle and
+/// whether the new scope's chain has a budget (its charges are then
+/// unbatched).
 #[inline(always)]
-fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHandle, bool), Full> {
-    let Some(slot) = REGISTRY.take_slot() else {
-        return Err(Full);
+fn create(
+    name: &str,
+    first: u64,
+    parent: ScopeId,
+    hard: u64,
+    soft: u64,
+) -> Result<(ScopeHandle, bool), Full> {
+    // The slot of this thread's last scope closed alone, if still kept;
+    // else the free list.
+    let kept = thread::take_kept_slot();
+    let slot = if kept != 0 && REGISTRY.claim_kept(kept - 1) {
+        kept - 1
+    } else {
+        let Some(slot) = REGISTRY.take_slot() else {
+            return Err(Full);
+        };
+        slot
     };
     let Some(r) = REGISTRY.record(slot) else {
         return Err(Full);
@@ -276,7 +276,7 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
     // A slot is usually reused by a scope of the same name (a request scope
     // opened and closed in a loop): then the name and its aggregate entry
     // stay as they are.
-    if r.name.0.set(name) {
+    if r.name.0.set_with(name, first) {
         r.meta.0.aggregate.store(0, Relaxed);
     }
     let parent_rec = REGISTRY.record(parent.slot());
@@ -291,7 +291,7 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
     r.open(
         Some(parent.slot()),
         depth.min(MAX_DEPTH),
-        now_ns(),
+        clock::now(),
         hard,
         soft,
         direct,
@@ -302,7 +302,11 @@ fn create(name: &str, parent: ScopeId, hard: u64, soft: u64) -> Result<(ScopeHan
             p.meta.0.life.fetch_add(REF, Relaxed);
         }
     }
-    let generation = m.generation.fetch_add(1, Relaxed).wrapping_add(1);
+    // The slot is this thread's alone until the state says open: the only
+    // other writer of the generation is the recycler, on closed slots, and
+    // a charge's `pin` adds 0 (it cannot lose this store).
+    let generation = m.generation.load(Relaxed).wrapping_add(1);
+    m.generation.store(generation, Relaxed);
     m.state.store(OPEN, Release);
     Ok((
         ScopeHandle {
@@ -364,7 +368,7 @@ impl ScopeHandle {
         run_budget_callbacks();
         let token = thread::enter(self.id, direct);
         ScopeGuard {
-            handle: self,
+            handle: ManuallyDrop::new(self),
             token,
             fallback: false,
             _not_send: PhantomData,
@@ -414,6 +418,8 @@ impl ScopeHandle {
     /// Sets this scope's host and device peaks to their current live bytes.
     pub fn reset_peak(&self) {
         thread::flush();
+        // Not a counter write for `Meta::written`: the peak becomes the
+        // live bytes, so counters at zero stay at zero.
         if let Some(r) = REGISTRY.record(self.id.slot()) {
             r.host.0.reset_peak();
             r.device.0.reset_peak();
@@ -436,13 +442,43 @@ impl Clone for ScopeHandle {
 impl Drop for ScopeHandle {
     fn drop(&mut self) {
         let slot = self.id.slot();
-        if REGISTRY.close_ref(slot, now_ns()) {
-            // Still holding this handle's life reference: the slot cannot be
-            // retired or reused while the aggregate reads it.
-            super::aggregate::record_close(slot);
+        if let Some(r) = REGISTRY.alone(slot) {
+            close_alone(slot, r, &Part::default());
+            return;
         }
-        REGISTRY.adjust_life(slot, -REF);
+        release(slot);
     }
+}
+
+/// Closes and retires the scope in `slot` whose only reference the caller
+/// holds and which owns nothing ([`Registry::alone`]), `part` being its
+/// operations not applied to its record (its guard's, `thread::exit`): its
+/// figures go to its name's aggregate and its peaks to its parent, with
+/// one clock read and no read-modify-write on its own record.
+///
+/// [`Registry::alone`]: super::registry::Registry::alone
+#[inline(always)]
+fn close_alone(slot: u32, r: &Record, part: &Part) {
+    let host_peak = super::aggregate::add_closed(r, part, clock::now());
+    // The slot is kept for this thread's next scope (no free-list
+    // operation at either end) unless it keeps one already.
+    let keep = thread::may_keep_slot();
+    REGISTRY.retire_alone(slot, r, host_peak, keep);
+    if keep {
+        thread::note_kept_slot(slot);
+    }
+}
+
+/// Drops one reference of a scope that others may still hold or that
+/// owns memory.
+#[inline(never)]
+fn release(slot: u32) {
+    if REGISTRY.close_ref(slot, clock::now()) {
+        // Still holding this handle's life reference: the slot cannot be
+        // retired or reused while the aggregate reads it.
+        super::aggregate::record_close(slot);
+    }
+    REGISTRY.adjust_life(slot, -REF);
 }
 
 impl std::fmt::Debug for ScopeHandle {
@@ -459,7 +495,8 @@ impl std::fmt::Debug for ScopeHandle {
 /// the thread is in the most recently entered scope whose guard still lives
 /// (see the `thread` module docs of this crate).
 pub struct ScopeGuard {
-    handle: ScopeHandle,
+    /// Dropped by the guard's `drop` (or consumed by a close, see there).
+    handle: ManuallyDrop<ScopeHandle>,
     token: EnterToken,
     fallback: bool,
     _not_send: PhantomData<*const ()>,
@@ -473,7 +510,7 @@ impl ScopeGuard {
 
     /// A handle to enter this scope on other threads.
     pub fn handle(&self) -> ScopeHandle {
-        self.handle.clone()
+        ScopeHandle::clone(&self.handle)
     }
 
     /// This scope's id.
@@ -500,9 +537,20 @@ impl ScopeGuard {
 }
 
 impl Drop for ScopeGuard {
+    /// Leaves the scope and drops the guard's reference, in one pass when
+    /// it was the scope's last (a request scope): the scope's operations
+    /// still in the thread's batch then go into its figures as it closes,
+    /// without being applied to its record first.
+    #[inline]
     fn drop(&mut self) {
-        thread::exit(self.token);
+        let slot = self.handle.id.slot();
+        let kept = thread::exit(self.token, slot);
         run_budget_callbacks();
+        match kept.and_then(|part| Some((REGISTRY.record(slot)?, part))) {
+            Some((r, part)) => close_alone(slot, r, &part),
+            // SAFETY: `handle` is dropped once, here, and never used after.
+            None => unsafe { ManuallyDrop::drop(&mut self.handle) },
+        }
     }
 }
 

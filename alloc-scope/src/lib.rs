@@ -22,6 +22,8 @@ mod sync;
 #[cfg(not(loom))]
 mod aggregate;
 #[cfg(not(loom))]
+mod clock;
+#[cfg(not(loom))]
 mod handle;
 #[cfg(not(loom))]
 mod instrument;

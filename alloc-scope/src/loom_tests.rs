@@ -154,3 +154,102 @@ fn loom_a_recycled_slot_never_takes_a_stale_charge() {
         assert_eq!(root.allocations - root.frees, 0);
     });
 }
+
+/// scope:R1 with the close of a scope's only reference (`alone`, then
+/// `retire_alone`, else the ordinary release) racing the free of its last
+/// block from another thread: the slot retires exactly once, whichever
+/// comes last, and goes back on the free list once.
+#[test]
+fn loom_a_scope_closes_alone_only_when_nothing_else_reaches_it() {
+    use super::ScopeId;
+    loom::model(|| {
+        let reg = Arc::new(Registry::<5>::new());
+        let s = reg.take_slot().unwrap();
+        let r = reg.record(s).unwrap();
+        r.reset(Some(0), 1, 0);
+        let generation = r.meta.0.generation.fetch_add(1, Relaxed) + 1;
+        let mut d = Delta::EMPTY;
+        d.alloc(100);
+        reg.apply_batch(s, &d, false); // one live block of 100 B
+        let reg2 = reg.clone();
+        let t = thread::spawn(move || {
+            let mut f = Delta::EMPTY;
+            f.free(100);
+            reg2.charge_owner(ScopeId::new(s, generation), &f, false);
+        });
+        match reg.alone(s) {
+            Some(r) => reg.retire_alone(s, r, 100, false),
+            None => reg.release_ref(s, 1),
+        }
+        t.join().unwrap();
+        let r = reg.record(s).unwrap();
+        assert_eq!(r.meta.0.state.load(Relaxed), FREE);
+        assert_eq!(r.meta.0.life.load(Relaxed), 0);
+        let root = &reg.record(0).unwrap().meta.0;
+        assert_eq!(root.closed_children.load(Relaxed), 1);
+        assert_eq!(root.closed_children_peak.load(Relaxed), 100);
+        assert_eq!(reg.take_slot(), Some(s));
+        assert_ne!(reg.take_slot(), Some(s), "a slot handed out twice");
+        assert_eq!(reg.take_slot(), None);
+    });
+}
+
+/// Two references of one scope dropped at once on two threads, each
+/// closing alone when it finds itself the last: one closes, exactly once.
+#[test]
+fn loom_two_last_references_close_a_scope_once() {
+    loom::model(|| {
+        let reg = Arc::new(Registry::<5>::new());
+        let parent = reg.take_slot().unwrap();
+        reg.record(parent).unwrap().reset(Some(0), 1, 0);
+        let s = reg.take_slot().unwrap();
+        let r = reg.record(s).unwrap();
+        r.reset(Some(parent), 2, 0);
+        r.meta.0.refs.fetch_add(1, Relaxed);
+        r.meta.0.life.fetch_add(REF, Relaxed); // a second handle
+        reg.record(parent)
+            .unwrap()
+            .meta
+            .0
+            .life
+            .fetch_add(REF, Relaxed); // the child's reference
+        let close = move |reg: &Registry<5>| match reg.alone(s) {
+            Some(r) => reg.retire_alone(s, r, 0, false),
+            None => reg.release_ref(s, 1),
+        };
+        let reg2 = reg.clone();
+        let t = thread::spawn(move || close(&reg2));
+        close(&reg);
+        t.join().unwrap();
+        assert_eq!(reg.record(s).unwrap().meta.0.state.load(Relaxed), FREE);
+        let p = &reg.record(parent).unwrap().meta.0;
+        assert_eq!(p.closed_children.load(Relaxed), 1);
+        assert_eq!(p.life.load(Relaxed), REF, "the parent keeps its own");
+        assert_eq!(reg.take_slot(), Some(s));
+        assert_eq!(reg.take_slot(), None, "a slot handed out twice");
+    });
+}
+
+/// scope:G1 with a slot kept by the thread that closed its scope alone:
+/// that thread claiming it and another thread, with no other slot left,
+/// taking it, never both get it, and one of them does.
+#[test]
+fn loom_a_kept_slot_goes_to_one_claimant() {
+    loom::model(|| {
+        let reg = Arc::new(Registry::<5>::new());
+        let s = reg.take_slot().unwrap();
+        let other = reg.take_slot().unwrap(); // the registry is now full
+        reg.record(other).unwrap().reset(Some(0), 1, 0);
+        let r = reg.record(s).unwrap();
+        r.reset(Some(0), 1, 0);
+        reg.retire_alone(s, reg.alone(s).unwrap(), 0, true);
+        let reg2 = reg.clone();
+        let t = thread::spawn(move || reg2.take_slot());
+        let mine = reg.claim_kept(s);
+        let theirs = t.join().unwrap();
+        assert!(mine != (theirs == Some(s)), "kept {mine}, taken {theirs:?}");
+        assert!(theirs.is_none() || theirs == Some(s));
+        assert!(!reg.claim_kept(s), "claimed twice");
+        assert_eq!(reg.take_slot(), None, "a slot handed out twice");
+    });
+}

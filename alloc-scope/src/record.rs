@@ -50,8 +50,9 @@ pub(crate) struct Meta {
     pub soft_exceeded: AtomicU64,
     /// Allocations refused by the hard limit.
     pub refused: AtomicU64,
-    pub opened_ns: AtomicU64,
-    pub closed_ns: AtomicU64,
+    /// Scope clock readings (`clock.rs`, ticks) at open and at close.
+    pub opened_at: AtomicU64,
+    pub closed_at: AtomicU64,
     /// Children that retired, and the highest host / device peak among them.
     pub closed_children: AtomicU64,
     pub closed_children_peak: AtomicI64,
@@ -66,6 +67,19 @@ pub(crate) struct Meta {
     /// scope of the same name skips the lookup. Cleared whenever another
     /// name is stored (`handle.rs`, `create`); kept across slot reuse.
     pub aggregate: AtomicU32,
+    /// 1 once a counter of this record was written since it was last
+    /// cleared: every write goes through the registry (`registry.rs`,
+    /// `written`), and a record's next scope clears its counters only then
+    /// (a request scope whose charges stayed in its thread's batch leaves
+    /// them at zero). Seen by the next opener through the retirement's
+    /// release and the free list's acquire.
+    pub written: AtomicU8,
+    /// 1 while this free slot is kept by the thread that retired it, for
+    /// its next scope, instead of being on the free list
+    /// ([`ScopeInvariant::G1`]: whoever sets it back to 0 takes the slot;
+    /// `registry.rs`, `claim_kept`, and any thread when no other slot is
+    /// left).
+    pub kept: AtomicU8,
 }
 
 /// A scope's name, stored inline so that opening a scope and reading a report
@@ -116,17 +130,38 @@ fn load_le(b: &[u8]) -> u64 {
     }
 }
 
+/// [`short_word`] of a name of 8 bytes or more (no stored first word has
+/// all bits set: its low byte is a length below 64).
+pub(crate) const LONG: u64 = u64::MAX;
+
+/// The stored form of `name` when it is one word (up to 7 bytes: the usual
+/// name of a request or a stage), else [`LONG`]. Always inlined, so that a
+/// name known where the scope is opened (a literal) is a constant there.
+#[inline(always)]
+pub(crate) fn short_word(name: &str) -> u64 {
+    let end = name.len();
+    if end < 8 {
+        end as u64 | (load_le(name.as_bytes()) << 8)
+    } else {
+        LONG
+    }
+}
+
 impl Name {
-    /// Stores `name` ([`name_words`]'s form) unless it is stored already;
-    /// true when it was not. Only the words that hold its length byte and
-    /// its bytes are built and compared: when the first word matches, so
-    /// does the length, and a stored name is zero beyond its bytes.
-    #[inline(always)]
+    /// [`Name::set_with`] computing the short word itself (tests).
+    #[cfg(test)]
     pub(crate) fn set(&self, name: &str) -> bool {
-        let end = name.len();
-        if end < 8 {
-            // One word: the usual name of a request or a stage.
-            let first = end as u64 | (load_le(name.as_bytes()) << 8);
+        self.set_with(name, short_word(name))
+    }
+
+    /// Stores `name` ([`name_words`]'s form) unless it is stored already;
+    /// true when it was not; `first` is [`short_word`]`(name)`. Only the
+    /// words that hold its length byte and its bytes are built and
+    /// compared: when the first word matches, so does the length, and a
+    /// stored name is zero beyond its bytes.
+    #[inline(always)]
+    pub(crate) fn set_with(&self, name: &str, first: u64) -> bool {
+        if first != LONG {
             if self.0[0].load(Relaxed) == first {
                 return false;
             }
@@ -136,7 +171,7 @@ impl Name {
         self.set_long(name)
     }
 
-    /// [`Name::set`] of a name of 8 bytes or more.
+    /// [`Name::set_with`] of a name of 8 bytes or more.
     #[inline(never)]
     fn set_long(&self, name: &str) -> bool {
         let mut end = name.len().min(NAME_MAX);
@@ -226,13 +261,15 @@ macro_rules! meta_new {
             soft_limit: AtomicU64::new(0),
             soft_exceeded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            opened_ns: AtomicU64::new(0),
-            closed_ns: AtomicU64::new(0),
+            opened_at: AtomicU64::new(0),
+            closed_at: AtomicU64::new(0),
             closed_children: AtomicU64::new(0),
             closed_children_peak: AtomicI64::new(0),
             closed_children_device_peak: AtomicI64::new(0),
             failed: AtomicU8::new(0),
             aggregate: AtomicU32::new(0),
+            written: AtomicU8::new(0),
+            kept: AtomicU8::new(0),
         }
     };
 }
@@ -260,20 +297,25 @@ impl Record {
 
     /// Opens a slot just taken from the free list (exclusively owned): every
     /// figure and mark a scope can write starts again (the name, its
-    /// aggregate entry, the generation and the state are the caller's).
+    /// aggregate entry, the generation and the state are the caller's); the
+    /// counters are cleared only when written since they last were
+    /// (`Meta::written`), being zero otherwise.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         &self,
         parent: Option<u32>,
         depth: u32,
-        now_ns: u64,
+        opened_at: u64,
         hard_limit: u64,
         soft_limit: u64,
         budget_in_chain: bool,
     ) {
-        self.host.0.clear();
-        self.device.0.clear();
         let m = &self.meta.0;
+        if m.written.load(Relaxed) != 0 {
+            self.host.0.clear();
+            self.device.0.clear();
+            m.written.store(0, Relaxed);
+        }
         m.parent.store(parent.map_or(0, |p| p + 1), Relaxed);
         m.depth.store(depth, Relaxed);
         m.budget_in_chain.store(u8::from(budget_in_chain), Relaxed);
@@ -283,8 +325,9 @@ impl Record {
         m.soft_limit.store(soft_limit, Relaxed);
         m.soft_exceeded.store(0, Relaxed);
         m.refused.store(0, Relaxed);
-        m.opened_ns.store(now_ns, Relaxed);
-        m.closed_ns.store(0, Relaxed);
+        m.opened_at.store(opened_at, Relaxed);
+        // `closed_at` is written before the state says closed, and read
+        // only then.
         m.closed_children.store(0, Relaxed);
         m.closed_children_peak.store(0, Relaxed);
         m.closed_children_device_peak.store(0, Relaxed);
@@ -293,11 +336,12 @@ impl Record {
 
     /// [`Record::open`] without budgets.
     #[cfg(loom)]
-    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, now_ns: u64) {
-        self.open(parent, depth, now_ns, 0, 0, false);
+    pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, opened_at: u64) {
+        self.open(parent, depth, opened_at, 0, 0, false);
     }
 
     /// The parent slot, if any.
+    #[inline]
     pub(crate) fn parent(&self) -> Option<u32> {
         match self.meta.0.parent.load(Relaxed) {
             0 => None,

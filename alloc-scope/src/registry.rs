@@ -89,6 +89,19 @@ impl<const N: usize> Registry<N> {
         }
     }
 
+    /// Whether `parent` is `slot`'s parent ([`Registry::parent`], without
+    /// the `Option`).
+    #[inline]
+    pub(crate) fn is_parent(&self, slot: u32, parent: u32) -> bool {
+        match slot {
+            0 => false,
+            1 | RETIRED => parent == 0,
+            s => self
+                .record(s)
+                .is_some_and(|r| r.meta.0.parent.load(Relaxed) == parent.wrapping_add(1)),
+        }
+    }
+
     /// `from` and its ancestors up to the root, at most [`MAX_DEPTH`] of them
     /// ([`ScopeInvariant::G3`]: a corrupted link cannot loop).
     #[inline]
@@ -138,7 +151,7 @@ impl<const N: usize> Registry<N> {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
             if slot as usize >= N {
-                if let Some(slot) = self.evict_one() {
+                if let Some(slot) = self.steal_kept().or_else(|| self.evict_one()) {
                     return Some(slot);
                 }
                 self.dropped.fetch_add(1, Relaxed);
@@ -152,6 +165,24 @@ impl<const N: usize> Registry<N> {
                 return Some(slot);
             }
         }
+    }
+
+    /// Takes a free slot kept by a thread for its next scope
+    /// ([`Registry::retire_alone`]), with no other slot left: kept slots
+    /// count as free, so the registry is full only when every slot holds a
+    /// scope.
+    fn steal_kept(&self) -> Option<u32> {
+        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot))
+    }
+
+    /// Takes `slot` if it is still kept for a next scope (by this thread's
+    /// note, or any thread's when stealing): exactly one claimant of a kept
+    /// slot gets it ([`ScopeInvariant::G1`]); the acquire sees everything
+    /// its retirement wrote.
+    #[inline]
+    pub(crate) fn claim_kept(&self, slot: u32) -> bool {
+        self.record(slot)
+            .is_some_and(|r| r.meta.0.kept.swap(0, Acquire) == 1)
     }
 
     /// Returns a retired slot to the free list ([`ScopeInvariant::G1`]).
@@ -192,7 +223,7 @@ impl<const N: usize> Registry<N> {
     pub(crate) fn apply_chain(&self, owner: u32, d: &Delta, device: bool) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
-            let live = counters(r, device).apply(d);
+            let live = written(r, device).apply(d);
             if !device {
                 self.check_soft(r, live);
             }
@@ -204,7 +235,7 @@ impl<const N: usize> Registry<N> {
     /// (its net allocations that are `slot`'s own) to `slot`'s life word.
     pub(crate) fn apply_one(&self, slot: u32, d: &Delta, life: i64) {
         if let Some(r) = self.record(slot) {
-            let live = r.host.0.apply(d);
+            let live = written(r, false).apply(d);
             self.check_soft(r, live);
         }
         self.adjust_life(slot, life);
@@ -287,7 +318,7 @@ impl<const N: usize> Registry<N> {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
             let hard = r.meta.0.hard_limit.load(Relaxed);
-            let live = &r.host.0.live_bytes;
+            let live = &written(r, false).live_bytes;
             if hard == 0 {
                 live.fetch_add(bytes, Relaxed);
             } else {
@@ -320,7 +351,7 @@ impl<const N: usize> Registry<N> {
                 return;
             }
             let Some(r) = self.record(slot) else { return };
-            r.host.0.unreserve(bytes);
+            written(r, false).unreserve(bytes);
         }
     }
 
@@ -329,7 +360,7 @@ impl<const N: usize> Registry<N> {
     pub(crate) fn commit_reserved(&self, owner: u32, d: &Delta) {
         for slot in self.chain(Some(owner)) {
             let Some(r) = self.record(slot) else { break };
-            let c = &r.host.0;
+            let c = written(r, false);
             let live = c.live_bytes.load(Relaxed);
             c.commit_reserved(d, live);
             self.check_soft(r, live);
@@ -378,7 +409,7 @@ impl<const N: usize> Registry<N> {
     /// Drops one handle reference without touching the life word; returns
     /// true when it was the last (the scope is now closed). The caller then
     /// calls `adjust_life(slot, -REF)`.
-    pub(crate) fn close_ref(&self, slot: u32, now_ns: u64) -> bool {
+    pub(crate) fn close_ref(&self, slot: u32, closed_at: u64) -> bool {
         if slot < FIXED {
             return false;
         }
@@ -386,23 +417,74 @@ impl<const N: usize> Registry<N> {
             return false;
         };
         if r.meta.0.refs.fetch_sub(1, AcqRel) == 1 {
-            r.meta.0.closed_ns.store(now_ns, Relaxed);
+            r.meta.0.closed_at.store(closed_at, Relaxed);
             r.meta.0.state.store(CLOSED, Release);
             return true;
         }
         false
     }
 
+    /// The record of `slot` when its caller holds the scope's only
+    /// reference and the scope owns nothing (its life word is exactly one
+    /// reference, [`ScopeInvariant::R1`]): then nothing else can reach the
+    /// record until the caller retires it with [`Registry::retire_alone`].
+    /// Every other thread that could charge it holds a reference (a guard
+    /// or handle: each is one), and a free from outside needs a block it
+    /// owns (each is one in the low half); a charge applied before this
+    /// reads the word is seen whole (its life change is its last write,
+    /// an acquire-release read-modify-write). The caller must also know
+    /// that no charge of the scope is pending in its own thread's batch
+    /// with a life change (`thread.rs`, `exit_deferred`).
+    #[inline]
+    pub(crate) fn alone(&self, slot: u32) -> Option<&Record> {
+        if slot < FIXED {
+            return None;
+        }
+        let r = self.record(slot)?;
+        (r.meta.0.life.load(Acquire) == REF).then_some(r)
+    }
+
+    /// Retires `slot`, closed by the holder of its only reference
+    /// ([`Registry::alone`]) once its figures were read, with plain stores
+    /// where [`Registry::close_ref`] and [`Registry::adjust_life`] take
+    /// read-modify-writes (nothing else refers to the slot): the slot goes
+    /// from open to free without a closed state, its peaks (`host_peak`:
+    /// the record's, with the caller's pending part) go to its parent, and
+    /// it returns to the free list, or with `keep` is kept for the calling
+    /// thread's next scope ([`Registry::claim_kept`]; the caller notes the
+    /// slot); the parent's reference is dropped, and a parent whose last
+    /// life that was retires too.
+    #[inline]
+    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64, keep: bool) {
+        let m = &r.meta.0;
+        m.life.store(0, Relaxed);
+        m.refs.store(0, Relaxed);
+        m.state.store(FREE, Release);
+        let parent = r.parent();
+        if let Some(p) = parent {
+            self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
+        }
+        if keep {
+            m.kept.store(1, Release);
+        } else {
+            self.put_slot(slot);
+        }
+        if let Some(p) = parent.and_then(|p| self.drop_child_ref(p)) {
+            self.retire(p);
+        }
+    }
+
     /// Drops one handle reference: closes the scope when it was the last.
     #[cfg(loom)]
-    pub(crate) fn release_ref(&self, slot: u32, now_ns: u64) {
-        self.close_ref(slot, now_ns);
+    pub(crate) fn release_ref(&self, slot: u32, closed_at: u64) {
+        self.close_ref(slot, closed_at);
         self.adjust_life(slot, -REF);
     }
 
     /// Frees a slot whose life word reached zero, folding its figures into its
     /// parent and releasing the parent's child reference (iteratively). A slot
     /// being recycled (EVICTING) is left to the recycler.
+    #[inline(never)]
     fn retire(&self, first: u32) {
         let mut slot = first;
         loop {
@@ -433,16 +515,25 @@ impl<const N: usize> Registry<N> {
     fn fold_into_parent(&self, slot: u32) -> Option<u32> {
         let r = self.record(slot)?;
         let parent = self.parent(slot);
-        if let Some(pr) = parent.and_then(|p| self.record(p)) {
-            let m = &pr.meta.0;
-            m.closed_children.fetch_add(1, Relaxed);
-            raise(&m.closed_children_peak, r.host.0.peak_bytes.load(Relaxed));
-            raise(
-                &m.closed_children_device_peak,
+        if let Some(p) = parent {
+            self.fold_peaks(
+                p,
+                r.host.0.peak_bytes.load(Relaxed),
                 r.device.0.peak_bytes.load(Relaxed),
             );
         }
         parent
+    }
+
+    /// Counts a closed child of `parent` with these peaks.
+    #[inline]
+    fn fold_peaks(&self, parent: u32, host_peak: i64, device_peak: i64) {
+        if let Some(pr) = self.record(parent) {
+            let m = &pr.meta.0;
+            m.closed_children.fetch_add(1, Relaxed);
+            raise(&m.closed_children_peak, host_peak);
+            raise(&m.closed_children_device_peak, device_peak);
+        }
     }
 
     /// Releases a child's reference on `parent`; returns it when that was its
@@ -518,12 +609,12 @@ impl<const N: usize> Registry<N> {
             // scope:C1–scope:C4 hold everywhere.
             for p in self.chain(self.parent(slot)) {
                 if let Some(pr) = self.record(p) {
-                    counters(pr, device).apply(&out);
+                    written(pr, device).apply(&out);
                 }
             }
             for p in [RETIRED, 0] {
                 if let Some(pr) = self.record(p) {
-                    counters(pr, device).apply(&into);
+                    written(pr, device).apply(&into);
                 }
             }
         }
@@ -555,6 +646,18 @@ fn raise(a: &AtomicI64, v: i64) {
     if v > a.load(Relaxed) {
         a.fetch_max(v, Relaxed);
     }
+}
+
+/// The counters of `r` about to be written: marks the record written
+/// (`Meta::written`), with one load and no store once it is, so that the
+/// record's next scope clears them.
+#[inline]
+fn written(r: &Record, device: bool) -> &Counters {
+    let w = &r.meta.0.written;
+    if w.load(Relaxed) == 0 {
+        w.store(1, Relaxed);
+    }
+    counters(r, device)
 }
 
 #[inline]

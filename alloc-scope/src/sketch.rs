@@ -201,6 +201,8 @@ pub(crate) struct AtomicSketch {
     /// of sketches lies in `.bss` (pages resident once touched), not in the
     /// executable's `.data`.
     min_not: AtomicU64,
+    /// Values per bucket; bucket 0's stays 0 (zeros are derived from the
+    /// count, see [`AtomicSketch::add`]).
     buckets: [AtomicU64; BUCKETS],
 }
 
@@ -216,16 +218,20 @@ impl AtomicSketch {
 
     /// Records `v`. The count of values is its owner's (a name's aggregate
     /// counts its closed scopes once for both of its sketches), given back to
-    /// [`AtomicSketch::summary`]. The sum, maximum and
-    /// minimum are read-modify-written only when `v` changes them (both
-    /// extremes only ever move outwards, so a value that does not pass the
-    /// one read could not have changed them later either), so a value inside
-    /// the seen range costs one atomic add: its bucket.
+    /// [`AtomicSketch::summary`]. A zero writes nothing: the zeros are the
+    /// values the count has beyond the other buckets (most scopes never
+    /// touch device memory, and an empty scope's host peak is 0), so they
+    /// cost a test. The sum, maximum and minimum are read-modify-written
+    /// only when `v` changes them (both extremes only ever move outwards, so
+    /// a value that does not pass the one read could not have changed them
+    /// later either), so a value inside the seen range costs one atomic add:
+    /// its bucket.
     #[inline(always)]
     pub(crate) fn add(&self, v: u64) {
-        if v != 0 {
-            self.sum.fetch_add(v, Relaxed);
+        if v == 0 {
+            return;
         }
+        self.sum.fetch_add(v, Relaxed);
         if v > self.max.load(Relaxed) {
             self.max.fetch_max(v, Relaxed);
         }
@@ -239,30 +245,46 @@ impl AtomicSketch {
         }
     }
 
-    /// What was recorded so far, `count` values (values recorded while this
-    /// reads may be counted in some figures and not yet in others).
+    /// What was recorded so far, `count` values: those not in a bucket
+    /// above 0 are the zeros. Values recorded while this reads may be
+    /// counted in some figures and not yet in others (the owner counts a
+    /// value after recording it, so a value in flight is never read as a
+    /// zero it is not).
     pub(crate) fn summary(&self, count: u64) -> PeakSummary {
+        let mut buckets: Vec<Bucket> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(i, n)| {
+                let count = n.load(Relaxed);
+                let (low, high) = bounds(i);
+                (count != 0).then_some(Bucket { low, high, count })
+            })
+            .collect();
+        let zeros = count.saturating_sub(buckets.iter().map(|b| b.count).sum());
+        if zeros != 0 {
+            buckets.insert(
+                0,
+                Bucket {
+                    low: 0,
+                    high: 0,
+                    count: zeros,
+                },
+            );
+        }
         let max = self.max.load(Relaxed);
         PeakSummary {
             count,
             sum: self.sum.load(Relaxed),
             max,
             // a value being recorded may have raised `max` and not yet `min`
-            min: if count == 0 {
+            min: if count == 0 || zeros != 0 {
                 0
             } else {
                 (!self.min_not.load(Relaxed)).min(max)
             },
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| {
-                    let count = n.load(Relaxed);
-                    let (low, high) = bounds(i);
-                    (count != 0).then_some(Bucket { low, high, count })
-                })
-                .collect(),
+            buckets,
         }
     }
 }

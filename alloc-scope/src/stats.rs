@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::clock::{self, Rate};
 use super::counters::CounterValues;
-use super::handle::{name_of, now_ns};
+use super::handle::name_of;
 use super::record::{CLOSED, FREE};
 use super::registry::{CAPACITY, FIXED, REGISTRY};
 use super::thread;
@@ -94,10 +95,10 @@ impl ScopeStats {
         let d = r.device.0.read();
         let m = &r.meta.0;
         let state = m.state.load(Relaxed);
-        let opened = m.opened_ns.load(Relaxed);
+        let opened = m.opened_at.load(Relaxed);
         let end = match state {
-            CLOSED => m.closed_ns.load(Relaxed),
-            _ => now_ns(),
+            CLOSED => m.closed_at.load(Relaxed),
+            _ => clock::now(),
         };
         let generation = m.generation.load(Relaxed);
         ScopeStats {
@@ -112,7 +113,7 @@ impl ScopeStats {
             peak_bytes: nonneg(h.peak_bytes),
             live_allocations: h.allocations.saturating_sub(h.frees),
             device: device_stats(&d),
-            wall_time: Duration::from_nanos(end.saturating_sub(opened)),
+            wall_time: Duration::from_nanos(Rate::now().ns(end.saturating_sub(opened))),
             open: slot < FIXED || (state != CLOSED && state != FREE),
             depth: match slot {
                 0 => 0,

@@ -44,7 +44,12 @@
 //! applies the operations the thread made in the scope to the scope's own
 //! record, so its figures are exact once it is left, and keeps them in the
 //! batch, which becomes the parent's: the parent's chain gets them with the
-//! parent's own, when that batch is applied. Entering a scope (without a
+//! parent's own, when that batch is applied. When that guard held the
+//! scope's last reference and nothing else reaches the scope (no other
+//! handle, no block it owns, the operations netting no allocation), the
+//! scope closes with the exit: its figures are read as the record's plus
+//! these operations, and its slot retires without the record being
+//! written (`Left::Kept`). Entering a scope (without a
 //! budget) while the batch holds operations whose net live bytes are 0, all
 //! of them the current scope's own, keeps them too: the batch goes on for
 //! both, and the entered scope's part is told from the parent's by what the
@@ -115,6 +120,8 @@ struct Entry {
     seq: u64,
     id: ScopeId,
     direct: bool,
+    /// `id.to_compact()`, computed once at entry.
+    compact: u32,
 }
 
 impl Entry {
@@ -122,6 +129,7 @@ impl Entry {
         seq: 0,
         id: ScopeId::ROOT,
         direct: false,
+        compact: ScopeId::ROOT.to_compact(),
     };
 }
 
@@ -174,6 +182,15 @@ pub(crate) struct ThreadState {
     /// Net allocations in the batch that were made in scopes the thread
     /// has left since the batch began: their life words count them already.
     left_net: Cell<i64>,
+    /// The slot this thread kept from the last scope it closed alone, for
+    /// its next one (`Registry::claim_kept`), plus 1; 0 when none. A note,
+    /// not a claim: another thread may have taken the slot since.
+    kept_slot: Cell<u32>,
+    /// `mode == NORMAL && hook == HOOK_SET`, kept by `refresh` (every change
+    /// of either is followed by one): the fast-path word of a scope entered
+    /// or returned to is its compact id exactly when this holds and its
+    /// chain has no budget.
+    batchable: Cell<bool>,
 }
 
 impl ThreadState {
@@ -196,6 +213,8 @@ impl ThreadState {
             outer: Cell::new(ScopeId::UNTRACKED),
             outer_base: UnsafeCell::new(Batch::EMPTY),
             left_net: Cell::new(0),
+            kept_slot: Cell::new(0),
+            batchable: Cell::new(false),
         }
     }
 
@@ -204,8 +223,11 @@ impl ThreadState {
         self.fast_id.get() != NOT_FAST
     }
 
+    #[inline]
     fn refresh(&self) {
-        let fast = self.mode.get() == NORMAL && !self.direct.get() && self.hook.get() == HOOK_SET;
+        let batchable = self.mode.get() == NORMAL && self.hook.get() == HOOK_SET;
+        self.batchable.set(batchable);
+        let fast = batchable && !self.direct.get();
         self.fast_id.set(if fast {
             self.current.get().to_compact()
         } else {
@@ -218,10 +240,21 @@ impl ThreadState {
         self.refresh();
     }
 
+    #[inline]
     fn set_current(&self, id: ScopeId, direct: bool) {
         self.current.set(id);
         self.direct.set(direct);
         self.refresh();
+    }
+
+    /// [`ThreadState::set_current`] of a stack entry, whose compact id is
+    /// computed already.
+    #[inline(always)]
+    fn set_current_entry(&self, e: &Entry) {
+        self.current.set(e.id);
+        self.direct.set(e.direct);
+        let fast = self.batchable.get() && !e.direct;
+        self.fast_id.set(if fast { e.compact } else { NOT_FAST });
     }
 
     /// Runs `f` on this thread's batch.
@@ -1065,7 +1098,11 @@ pub(crate) struct EnterToken {
 /// flushing the batch of the previous one.
 #[inline(always)]
 pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
-    with_state(|s| {
+    // No closure: its body is the caller's, in one frame (a closure passed
+    // to `with_state` was measured out of line, a call and a frame per
+    // scope).
+    let s = this_thread();
+    {
         #[cfg(not(unix))]
         ENTERING.with(|e| e.set(true));
         if s.hook.get() == HOOK_NONE {
@@ -1085,13 +1122,18 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
                 prev_direct,
             };
         }
+        let e = Entry {
+            seq: 0,
+            id,
+            direct,
+            compact: id.to_compact(),
+        };
         let seq = s.with_stack(|st| {
             if st.len < STACK_MAX && st.overflow == 0 {
                 st.next_seq += 1;
                 st.entries[st.len] = Entry {
                     seq: st.next_seq,
-                    id,
-                    direct,
+                    ..e
                 };
                 st.len += 1;
                 st.next_seq
@@ -1100,13 +1142,13 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
                 0
             }
         });
-        s.set_current(id, direct);
+        s.set_current_entry(&e);
         EnterToken {
             seq,
             prev,
             prev_direct,
         }
-    })
+    }
 }
 
 /// On entry into a scope without a budget: keeps the batch of the scope
@@ -1138,104 +1180,217 @@ fn defer_batch(s: &ThreadState, direct: bool) -> bool {
     true
 }
 
-/// On exit from the scope entered with `t` back into its parent (the newest
-/// guard drops): applies the operations made in the scope since it was
-/// entered to its record alone and keeps them in the batch, now the
-/// parent's, with whatever of the parent's the batch held when the scope
-/// was entered ("Deferred batches" in the module docs). Returns whether it
-/// did (else the caller applies the batch).
-#[inline]
-fn exit_deferred(s: &ThreadState, t: &EnterToken) -> bool {
+/// A closing scope's operations still in its thread's batch, as its
+/// figures need them ([`exit`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Part {
+    /// Allocations made.
+    pub allocations: u64,
+    /// Bytes they allocated (reallocations' growth included).
+    pub bytes_allocated: u64,
+    /// The highest live bytes reached, from 0 at the scope's entry.
+    pub max_prefix: i64,
+}
+
+/// What [`exit_deferred`] did.
+enum Left {
+    /// Nothing: the caller applies the batch.
+    Flush,
+    /// The batch was dealt with (the scope's part applied to its record, or
+    /// nothing pending).
+    Done,
+    /// The scope closes with this exit (`closing`, alone: [`Registry::alone`])
+    /// and its part of the batch, which changes no life word, was not
+    /// applied to its record: the caller counts it in the figures it reads
+    /// from the record when it retires the scope (the part stays in the
+    /// batch for the parent's chain, as after [`Left::Done`]).
+    ///
+    /// [`Registry::alone`]: super::registry::Registry::alone
+    Kept(Part),
+}
+
+/// On exit from the scope entered with `t` back into its parent (`top`:
+/// the guard's entry is the newest on the stack; `below`: the entry under
+/// it): applies the operations made in the scope since it was entered to
+/// its record alone and keeps them in the batch, now the parent's, with
+/// whatever of the parent's the batch held when the scope was entered
+/// ("Deferred batches" in the module docs); or, when the scope is
+/// `closing` and alone and its part nets no allocation, leaves the part to
+/// the caller ([`Left::Kept`]).
+#[inline(always)]
+fn exit_deferred(s: &ThreadState, top: bool, below: ScopeId, closing: u32) -> Left {
     if !s.with_device_batch(|b| b.is_empty()) {
-        return false;
+        return Left::Flush;
     }
+    let cur = s.current.get().slot();
     let outer = s.outer.get();
     if !outer.is_tracked() && s.with_batch(|b| b.is_empty()) {
-        return true; // nothing pending
-    }
-    if t.seq == 0 {
-        return false;
-    }
-    let below = s.with_stack(|st| {
-        let n = st.len;
-        if st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
-            return None;
-        }
-        Some(if n >= 2 {
-            st.entries[n - 2].id
+        // Nothing pending.
+        return if cur == closing && s.left_net.get() == 0 && REGISTRY.alone(cur).is_some() {
+            Left::Kept(Part::default())
         } else {
-            ScopeId::ROOT
-        })
-    });
-    let Some(below) = below else { return false };
-    let cur = s.current.get().slot();
-    if REGISTRY.parent(cur) != Some(below.slot()) {
-        return false;
+            Left::Done
+        };
     }
-    let base = if !outer.is_tracked() {
-        Batch::EMPTY
-    } else if outer == below {
+    if !top || !REGISTRY.is_parent(cur, below.slot()) {
+        return Left::Flush;
+    }
+    let deferred = outer.is_tracked();
+    if deferred && outer != below {
+        return Left::Flush;
+    }
+    // SAFETY: both thread-local; the references live until this function
+    // returns, and nothing it calls (the registry) reaches this thread's
+    // state.
+    let (b, base) = unsafe { (&mut *s.batch.get(), &*s.outer_base.get()) };
+    let base = if deferred {
         s.outer.set(ScopeId::UNTRACKED);
-        // SAFETY: thread-local; no other reference to it exists during the copy.
-        unsafe { *s.outer_base.get() }
+        base
     } else {
-        return false;
+        &Batch::EMPTY
     };
-    let d = s.with_batch(|b| {
-        let d = *b;
-        b.max_prefix = b.max_prefix.max(base.max_prefix);
-        d
-    });
-    if d.left != base.left {
-        // The scope's part is its own and its children's; their life words
-        // count the children's allocations already (`left_net`), and from
-        // now on the part is in the batch for the parent's chain.
-        let part = part_since(&d, &base);
-        let net = part.net_allocations();
-        let own = net.wrapping_sub(s.left_net.replace(net));
-        mark_seen();
-        REGISTRY.apply_one(cur, &part, own);
+    // From here the batch is the parent's: its highest live bytes count
+    // from the batch's start, across both parts.
+    let max_prefix = b.max_prefix;
+    b.max_prefix = max_prefix.max(base.max_prefix);
+    if b.left == base.left {
+        return Left::Done;
     }
-    true
+    mark_seen();
+    // The scope's part is its own and its children's; their life words
+    // count the children's allocations already (`left_net`), and from now
+    // on the part is in the batch for the parent's chain.
+    let allocations = b.allocations.wrapping_sub(base.allocations);
+    let reallocs = b.reallocs.wrapping_sub(base.reallocs);
+    let ops = base.left.wrapping_sub(b.left);
+    // allocations − frees, frees = ops − allocations − reallocs
+    let net = i64::from(
+        allocations
+            .wrapping_add(allocations)
+            .wrapping_add(reallocs)
+            .wrapping_sub(ops) as i32,
+    );
+    let left_net = s.left_net.replace(net);
+    if net == 0 && left_net == 0 && cur == closing && REGISTRY.alone(cur).is_some() {
+        return Left::Kept(Part {
+            allocations: u64::from(allocations),
+            bytes_allocated: b.bytes_allocated.wrapping_sub(base.bytes_allocated),
+            max_prefix: max_prefix.wrapping_sub(base.live),
+        });
+    }
+    let d = Batch { max_prefix, ..*b };
+    apply_part(cur, &d, base, net.wrapping_sub(left_net));
+    Left::Done
+}
+
+/// Applies the part of batch `d` since `base` to `cur`'s record alone, and
+/// `own` to its life word ([`exit_deferred`]).
+#[inline(never)]
+fn apply_part(cur: u32, d: &Batch, base: &Batch, own: i64) {
+    REGISTRY.apply_one(cur, &part_since(d, base), own);
 }
 
 /// Leaves the scope entered with `t`, in whatever order guards drop (see the
-/// module docs), flushing the batch first.
+/// module docs), flushing the batch first. `closing`: the slot of the
+/// scope whose last reference the caller may hold (`u32::MAX`: none).
+/// Returns the scope's part of the batch when the scope is `closing`,
+/// alone, and its part was not applied ([`Left::Kept`]): the caller
+/// retires it.
 #[inline(always)]
-pub(crate) fn exit(t: EnterToken) {
-    with_state(|s| {
-        if !exit_deferred(s, &t) {
-            flush_state(s);
-        }
-        if s.mode.get() == TORN_DOWN {
-            return;
-        }
-        if t.seq == 0 {
-            s.with_stack(|st| st.overflow = st.overflow.saturating_sub(1));
-            s.set_current(t.prev, t.prev_direct);
-            return;
-        }
-        let top = s.with_stack(|st| {
+pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
+    let s = this_thread();
+    {
+        // The common case: the guard's entry is the newest (read once, for
+        // both the batch and the stack).
+        let (top, below) = s.with_stack(|st| {
             let n = st.len;
-            if n > 0 && st.entries[n - 1].seq == t.seq {
-                // The common case: the newest guard drops first.
-                st.len -= 1;
-            } else if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
-                st.entries.copy_within(i + 1..n, i);
-                st.len -= 1;
+            if t.seq == 0 || st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
+                return (false, ScopeId::ROOT);
             }
-            if st.overflow != 0 {
-                return None;
-            }
-            Some(match st.len {
-                0 => Entry::EMPTY,
-                n => st.entries[n - 1],
-            })
+            (
+                true,
+                if n >= 2 {
+                    st.entries[n - 2]
+                } else {
+                    Entry::EMPTY
+                }
+                .id,
+            )
         });
-        if let Some(top) = top {
-            s.set_current(top.id, top.direct);
+        let kept = match exit_deferred(s, top, below, closing) {
+            Left::Flush => {
+                flush_state(s);
+                None
+            }
+            Left::Done => None,
+            Left::Kept(part) => Some(part),
+        };
+        if s.mode.get() == TORN_DOWN {
+            return kept;
         }
-    })
+        if top {
+            let below = s.with_stack(|st| {
+                st.len -= 1;
+                match st.len {
+                    0 => Entry::EMPTY,
+                    n => st.entries[n - 1],
+                }
+            });
+            s.set_current_entry(&below);
+        } else {
+            exit_out_of_order(s, &t);
+        }
+        kept
+    }
+}
+
+/// [`exit`] of a guard that is not the newest on its thread's stack, or
+/// past [`STACK_MAX`].
+#[cold]
+#[inline(never)]
+fn exit_out_of_order(s: &ThreadState, t: &EnterToken) {
+    if t.seq == 0 {
+        s.with_stack(|st| st.overflow = st.overflow.saturating_sub(1));
+        s.set_current(t.prev, t.prev_direct);
+        return;
+    }
+    let top = s.with_stack(|st| {
+        let n = st.len;
+        if let Some(i) = st.entries[..n].iter().rposition(|e| e.seq == t.seq) {
+            st.entries.copy_within(i + 1..n, i);
+            st.len -= 1;
+        }
+        if st.overflow != 0 {
+            return None;
+        }
+        Some(match st.len {
+            0 => Entry::EMPTY,
+            n => st.entries[n - 1],
+        })
+    });
+    if let Some(top) = top {
+        s.set_current_entry(&top);
+    }
+}
+
+/// The slot this thread kept for its next scope, plus 1 (0: none), taken
+/// off its note: the caller claims it (`Registry::claim_kept`).
+#[inline(always)]
+pub(crate) fn take_kept_slot() -> u32 {
+    this_thread().kept_slot.replace(0)
+}
+
+/// Whether this thread has no kept slot noted (a slot it retires may be
+/// kept, then noted with [`note_kept_slot`]).
+#[inline(always)]
+pub(crate) fn may_keep_slot() -> bool {
+    this_thread().kept_slot.get() == 0
+}
+
+/// Notes `slot`, kept by this thread for its next scope.
+#[inline(always)]
+pub(crate) fn note_kept_slot(slot: u32) {
+    this_thread().kept_slot.set(slot + 1);
 }
 
 /// The owner a compact id names (see [`ScopeId::to_compact`]); a recycled
