@@ -457,6 +457,19 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
                     // is 0 (host:O3), its table entry already 0 (host:O1).
                     return unsafe { self.inner.dealloc(ptr, layout) };
                 }
+                if gate == GATE_CLASSES | GATE_OFF {
+                    // Tracking off: the owner read without dirtying a leaf;
+                    // a tracked one is charged out of line.
+                    let size = layout.size();
+                    // SAFETY: a live block placed by class (as below).
+                    let id = unsafe { take_owner::<true>(ptr, place(size)) };
+                    if id != 0 {
+                        // SAFETY: the owner just taken, the block still live.
+                        return unsafe { self.dealloc_owned(ptr, layout, id) };
+                    }
+                    // SAFETY: untracked: the caller's live block, to the inner.
+                    return unsafe { self.inner.dealloc(ptr, layout) };
+                }
                 // SAFETY: the caller's live block of `layout`.
                 return unsafe { self.dealloc_other(ptr, layout, gate) };
             }
@@ -742,6 +755,25 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             }
             // (0: untracked, charged nowhere.)
             self.inner.dealloc(ptr, layout);
+        }
+    }
+
+    /// The rest of a free placed by class whose owner `id` (not 0) was just
+    /// taken while tracking is off: as the fast path from its compare on.
+    ///
+    /// # Safety
+    /// As [`Self::dealloc_by_class`], after its `take_owner`.
+    #[inline(never)]
+    unsafe fn dealloc_owned(&self, ptr: *mut u8, layout: Layout, id: u32) {
+        // SAFETY: the contract.
+        unsafe {
+            if id == host_fast_id() {
+                if alloc_scope::host_fast_free_due(layout.size()) {
+                    return self.dealloc_flush(ptr, layout);
+                }
+                return self.inner.dealloc(ptr, layout);
+            }
+            self.dealloc_by_class_other(ptr, layout, id)
         }
     }
 
