@@ -460,17 +460,21 @@ impl<const N: usize> Registry<N> {
         m.life.store(0, Relaxed);
         m.refs.store(0, Relaxed);
         m.state.store(FREE, Release);
-        let parent = r.parent();
-        if let Some(p) = parent {
-            self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
+        // The parent's record looked up once, for its peaks and its
+        // reference.
+        let parent = r.parent().and_then(|p| Some((p, self.record(p)?)));
+        if let Some((_, pr)) = parent {
+            fold_peaks_of(pr, host_peak, r.device.0.peak_bytes.load(Relaxed));
         }
         if keep {
             m.kept.store(1, Release);
         } else {
             self.put_slot(slot);
         }
-        if let Some(p) = parent.and_then(|p| self.drop_child_ref(p)) {
-            self.retire(p);
+        if let Some((p, pr)) = parent {
+            if p >= FIXED && pr.meta.0.life.fetch_sub(REF, AcqRel) == REF {
+                self.retire(p);
+            }
         }
     }
 
@@ -529,10 +533,7 @@ impl<const N: usize> Registry<N> {
     #[inline]
     fn fold_peaks(&self, parent: u32, host_peak: i64, device_peak: i64) {
         if let Some(pr) = self.record(parent) {
-            let m = &pr.meta.0;
-            m.closed_children.fetch_add(1, Relaxed);
-            raise(&m.closed_children_peak, host_peak);
-            raise(&m.closed_children_device_peak, device_peak);
+            fold_peaks_of(pr, host_peak, device_peak);
         }
     }
 
@@ -636,6 +637,15 @@ impl<const N: usize> Registry<N> {
                     && r.meta.0.generation.load(Acquire) & super::id::GEN_MASK == generation
             })
     }
+}
+
+/// [`Registry::fold_peaks`] of the parent's record `pr`.
+#[inline]
+fn fold_peaks_of(pr: &Record, host_peak: i64, device_peak: i64) {
+    let m = &pr.meta.0;
+    m.closed_children.fetch_add(1, Relaxed);
+    raise(&m.closed_children_peak, host_peak);
+    raise(&m.closed_children_device_peak, device_peak);
 }
 
 /// `a.fetch_max(v)`, with the read-modify-write only when `v` is above the

@@ -1304,7 +1304,9 @@ pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
         // both the batch and the stack).
         let (top, below) = s.with_stack(|st| {
             let n = st.len;
-            if t.seq == 0 || st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
+            // No entry's sequence number is 0 (they count from 1), so a
+            // token of a guard past the stack (`seq` 0) never matches one.
+            if st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
                 return (false, ScopeId::ROOT);
             }
             (
