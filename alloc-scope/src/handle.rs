@@ -261,17 +261,20 @@ fn create(
 ) -> Result<(ScopeHandle, bool), Full> {
     // The slot of this thread's last scope closed alone, if still kept;
     // else the free list.
-    let kept = thread::take_kept_slot();
-    let slot = if kept != 0 && REGISTRY.claim_kept(kept - 1) {
-        kept - 1
-    } else {
-        let Some(slot) = REGISTRY.take_slot() else {
-            return Err(Full);
-        };
-        slot
-    };
-    let Some(r) = REGISTRY.record(slot) else {
-        return Err(Full);
+    // else the free list. The record is looked up once (a note of 0, no
+    // slot, is `u32::MAX` here: no record).
+    let kept = thread::take_kept_slot().wrapping_sub(1);
+    let (slot, r) = match REGISTRY.claim_kept(kept) {
+        Some(r) => (kept, r),
+        None => {
+            let Some((slot, r)) = REGISTRY
+                .take_slot()
+                .and_then(|slot| Some((slot, REGISTRY.record(slot)?)))
+            else {
+                return Err(Full);
+            };
+            (slot, r)
+        }
     };
     // A slot is usually reused by a scope of the same name (a request scope
     // opened and closed in a loop): then the name and its aggregate entry

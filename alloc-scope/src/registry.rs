@@ -172,17 +172,17 @@ impl<const N: usize> Registry<N> {
     /// count as free, so the registry is full only when every slot holds a
     /// scope.
     fn steal_kept(&self) -> Option<u32> {
-        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot))
+        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot).is_some())
     }
 
     /// Takes `slot` if it is still kept for a next scope (by this thread's
     /// note, or any thread's when stealing): exactly one claimant of a kept
     /// slot gets it ([`ScopeInvariant::G1`]); the acquire sees everything
-    /// its retirement wrote.
+    /// its retirement wrote. Returns the slot's record when it did.
     #[inline]
-    pub(crate) fn claim_kept(&self, slot: u32) -> bool {
+    pub(crate) fn claim_kept(&self, slot: u32) -> Option<&Record> {
         self.record(slot)
-            .is_some_and(|r| r.meta.0.kept.swap(0, Acquire) == 1)
+            .filter(|r| r.meta.0.kept.swap(0, Acquire) == 1)
     }
 
     /// Returns a retired slot to the free list ([`ScopeInvariant::G1`]).
