@@ -457,8 +457,9 @@ impl<const N: usize> Registry<N> {
     #[inline]
     pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64, keep: bool) {
         let m = &r.meta.0;
+        // `refs` stays 1: it is read only by `close_ref` on an open scope,
+        // and the next `Record::open` stores it.
         m.life.store(0, Relaxed);
-        m.refs.store(0, Relaxed);
         m.state.store(FREE, Release);
         // The parent's record looked up once, for its peaks and its
         // reference.
