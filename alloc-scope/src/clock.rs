@@ -72,6 +72,30 @@ pub(crate) fn now() -> u64 {
     monotonic_ns()
 }
 
+/// A reading of the scope clock where it is the time-stamp counter (one
+/// instruction, no call); `None` elsewhere, where [`now`] calls the
+/// kernel's clock: the plain paths of scope open and close take it and
+/// leave the rest to the general ones.
+#[inline(always)]
+pub(crate) fn counter_now() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if SOURCE.load(Relaxed) == TSC {
+        return Some(tsc());
+    }
+    None
+}
+
+/// Whether the scope clock is the time-stamp counter ([`counter_now`]
+/// reads it then).
+#[inline(always)]
+pub(crate) fn is_counter() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if SOURCE.load(Relaxed) == TSC {
+        return true;
+    }
+    false
+}
+
 /// The time-stamp counter.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[inline(always)]

@@ -466,9 +466,12 @@ fn close_alone(slot: u32, r: &Record, part: &Part) {
     // The slot is kept for this thread's next scope (no free-list
     // operation at either end) unless it keeps one already.
     let keep = thread::may_keep_slot();
-    REGISTRY.retire_alone(slot, r, host_peak, keep);
+    let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);
     if keep {
         thread::note_kept_slot(slot);
+    }
+    if let Some(p) = parent {
+        REGISTRY.retire(p);
     }
 }
 
@@ -546,6 +549,20 @@ impl Drop for ScopeGuard {
     /// without being applied to its record first.
     #[inline]
     fn drop(&mut self) {
+        match close_plain(self.handle.id, &self.token) {
+            Some(None) => {}
+            // The calls come last, after every value of the plain path
+            // is dead: no register is saved for them there.
+            Some(Some(parent)) => REGISTRY.retire(parent),
+            None => self.drop_general(),
+        }
+    }
+}
+
+impl ScopeGuard {
+    /// [`Drop::drop`] for every case [`close_plain`] leaves.
+    #[inline(never)]
+    fn drop_general(&mut self) {
         let slot = self.handle.id.slot();
         let kept = thread::exit(self.token, slot);
         run_budget_callbacks();
@@ -555,6 +572,35 @@ impl Drop for ScopeGuard {
             None => unsafe { ManuallyDrop::drop(&mut self.handle) },
         }
     }
+}
+
+/// The close of a plain request scope by its guard (`id`, entered with
+/// `token`), in one straight path without a call: the scope is not in a
+/// fixed slot, no budget callback is due, its name's aggregate entry is
+/// cached and it is not marked failed, the scope clock is the counter,
+/// and [`thread::exit_alone`] holds (the guard's entry the newest, the
+/// scope alone, its part netting no allocation). Then it does what the
+/// general path does for that case ([`close_alone`]) and returns the
+/// parent to retire, if any (`Some`); `None`, having changed nothing,
+/// for every other case. The guard's handle is consumed (its reference
+/// is the one retired).
+#[inline(always)]
+fn close_plain(id: ScopeId, token: &EnterToken) -> Option<Option<u32>> {
+    let slot = id.slot();
+    if slot < FIXED || REGISTRY.soft_pending.load(Acquire) != 0 || !clock::is_counter() {
+        return None;
+    }
+    let r = REGISTRY.record(slot)?;
+    let e = super::aggregate::cached_entry(r)?;
+    let part = thread::exit_alone(token, id, r)?;
+    let end = clock::counter_now().unwrap_or(0);
+    let host_peak = super::aggregate::add_closed_to(e, r, &part, end);
+    let keep = thread::may_keep_slot();
+    let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);
+    if keep {
+        thread::note_kept_slot(slot);
+    }
+    Some(parent)
 }
 
 impl std::fmt::Debug for ScopeGuard {

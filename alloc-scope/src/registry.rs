@@ -440,8 +440,7 @@ impl<const N: usize> Registry<N> {
         if slot < FIXED {
             return None;
         }
-        let r = self.record(slot)?;
-        (r.meta.0.life.load(Acquire) == REF).then_some(r)
+        self.record(slot).filter(|r| r.alone())
     }
 
     /// Retires `slot`, closed by the holder of its only reference
@@ -454,8 +453,17 @@ impl<const N: usize> Registry<N> {
     /// thread's next scope ([`Registry::claim_kept`]; the caller notes the
     /// slot); the parent's reference is dropped, and a parent whose last
     /// life that was retires too.
-    #[inline]
-    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64, keep: bool) {
+    /// Returns the parent when that was its last life: the caller retires
+    /// it with [`Registry::retire`] (a call left to the end of its path).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) fn retire_alone(
+        &self,
+        slot: u32,
+        r: &Record,
+        host_peak: i64,
+        keep: bool,
+    ) -> Option<u32> {
         let m = &r.meta.0;
         // `refs` stays 1: it is read only by `close_ref` on an open scope,
         // and the next `Record::open` stores it.
@@ -472,11 +480,8 @@ impl<const N: usize> Registry<N> {
         } else {
             self.put_slot(slot);
         }
-        if let Some((p, pr)) = parent {
-            if p >= FIXED && pr.meta.0.life.fetch_sub(REF, AcqRel) == REF {
-                self.retire(p);
-            }
-        }
+        let (p, pr) = parent?;
+        (p >= FIXED && pr.meta.0.life.fetch_sub(REF, AcqRel) == REF).then_some(p)
     }
 
     /// Drops one handle reference: closes the scope when it was the last.
@@ -490,7 +495,7 @@ impl<const N: usize> Registry<N> {
     /// parent and releasing the parent's child reference (iteratively). A slot
     /// being recycled (EVICTING) is left to the recycler.
     #[inline(never)]
-    fn retire(&self, first: u32) {
+    pub(crate) fn retire(&self, first: u32) {
         let mut slot = first;
         loop {
             let Some(r) = self.record(slot) else { return };

@@ -82,6 +82,7 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use super::counters::{Batch, Delta};
 use super::id::ScopeId;
+use super::record::Record;
 use super::registry::REGISTRY;
 
 /// Net live bytes a thread may hold back before applying its batch.
@@ -1344,6 +1345,93 @@ pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
         }
         kept
     }
+}
+
+/// [`exit`] of a plain request scope that closes with it, in one straight
+/// path without a call: the guard's entry (`t`, scope `id`, record `r`) is
+/// the newest on the stack and none is past it, the thread is in that
+/// scope and not torn down, no device charge is pending, the scope is
+/// alone ([`Record::alone`]), and its part of the batch nets no
+/// allocation. Returns that part with the stack popped, as [`exit`] does
+/// for [`Left::Kept`]; `None`, having changed nothing, when any of these
+/// does not hold (the caller then takes [`exit`]). Every condition is read
+/// before anything is written.
+#[inline(always)]
+pub(crate) fn exit_alone(t: &EnterToken, id: ScopeId, r: &Record) -> Option<Part> {
+    let s = this_thread();
+    // SAFETY: thread-local; nothing below allocates, calls out, or reaches
+    // the stack, the batch or the outer base another way while these
+    // references live (they end with this function).
+    let (st, b) = unsafe { (&mut *s.stack.get(), &mut *s.batch.get()) };
+    let n = st.len;
+    // `get` bounds the index once: `n` is 1 to `STACK_MAX` past it.
+    let top = st.entries.get(n.wrapping_sub(1))?;
+    if top.seq != t.seq
+        || st.overflow != 0
+        || s.current.get() != id
+        || s.mode.get() == TORN_DOWN
+        || !s.with_device_batch(|d| d.is_empty())
+        || !r.alone()
+    {
+        return None;
+    }
+    let below = if n >= 2 {
+        st.entries[n - 2]
+    } else {
+        Entry::EMPTY
+    };
+    let outer = s.outer.get();
+    let part = if !outer.is_tracked() && b.is_empty() {
+        // Nothing pending (`exit_deferred`).
+        if s.left_net.get() != 0 {
+            return None;
+        }
+        Part::default()
+    } else {
+        // The entry under is the scope's parent (`Registry::is_parent`,
+        // from the record in hand: the scope is not in a fixed slot).
+        let deferred = outer.is_tracked();
+        if r.meta.0.parent.load(Relaxed) != below.id.slot().wrapping_add(1)
+            || (deferred && outer != below.id)
+        {
+            return None;
+        }
+        let base = if deferred {
+            // SAFETY: thread-local, as above.
+            unsafe { *s.outer_base.get() }
+        } else {
+            Batch::EMPTY
+        };
+        if b.left == base.left {
+            return None;
+        }
+        let allocations = b.allocations.wrapping_sub(base.allocations);
+        let reallocs = b.reallocs.wrapping_sub(base.reallocs);
+        let ops = base.left.wrapping_sub(b.left);
+        let net = allocations
+            .wrapping_add(allocations)
+            .wrapping_add(reallocs)
+            .wrapping_sub(ops) as i32;
+        if net != 0 || s.left_net.get() != 0 {
+            return None;
+        }
+        // From here the batch is the parent's (`exit_deferred`); the
+        // operations left behind net 0, so `left_net` stays 0.
+        if deferred {
+            s.outer.set(ScopeId::UNTRACKED);
+        }
+        let max_prefix = b.max_prefix;
+        b.max_prefix = max_prefix.max(base.max_prefix);
+        mark_seen();
+        Part {
+            allocations: u64::from(allocations),
+            bytes_allocated: b.bytes_allocated.wrapping_sub(base.bytes_allocated),
+            max_prefix: max_prefix.wrapping_sub(base.live),
+        }
+    };
+    st.len = n - 1;
+    s.set_current_entry(&below);
+    Some(part)
 }
 
 /// [`exit`] of a guard that is not the newest on its thread's stack, or
