@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::clock;
 use super::id::ScopeId;
-use super::record::{OPEN, REF, Record, short_word};
+use super::record::{LONG, OPEN, REF, Record, short_word};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
 use super::thread::{self, EnterToken, Part};
@@ -113,6 +113,69 @@ pub fn scope(name: &str) -> ScopeGuard {
 /// [`scope`], the name's [`short_word`] computed.
 #[inline(never)]
 fn open(name: &str, first: u64) -> ScopeGuard {
+    match open_plain(name, first) {
+        Some(g) => g,
+        None => open_general(name, first),
+    }
+}
+
+/// The open of a plain request scope in one straight path without a
+/// call: a short name (`first` not [`LONG`]), no budget callback due, the
+/// scope clock the counter, the thread able to enter it plainly
+/// ([`thread::plain_entry`]: batched, room on its stack, no application
+/// of its batch needed, a slot kept from its last scope), no budget in
+/// the parent's chain, and the kept slot still there to claim. Does what
+/// [`create`] and [`ScopeHandle::enter_with`] do for that case; `None`,
+/// with nothing changed but a kept slot found taken (the general path
+/// then finds none), for every other case.
+#[inline(always)]
+fn open_plain(name: &str, first: u64) -> Option<ScopeGuard> {
+    if first == LONG || REGISTRY.soft_pending.load(Acquire) != 0 || !clock::is_counter() {
+        return None;
+    }
+    let entry = thread::plain_entry()?;
+    let parent = entry.parent;
+    let p = REGISTRY.record(parent.slot())?;
+    let pm = &p.meta.0;
+    if pm.budget_in_chain.load(Relaxed) != 0 {
+        return None;
+    }
+    let depth = (pm.depth.load(Relaxed) + 1).min(MAX_DEPTH);
+    thread::take_kept_slot();
+    let slot = entry.kept - 1;
+    let r = REGISTRY.claim_kept(slot)?;
+    if r.name.0.set_with(name, first) {
+        r.meta.0.aggregate.store(0, Relaxed);
+    }
+    r.open(
+        Some(parent.slot()),
+        depth,
+        clock::counter_now(),
+        0,
+        0,
+        false,
+    );
+    if parent.slot() >= FIXED {
+        pm.life.fetch_add(REF, Relaxed);
+    }
+    // As in `create`: the slot is this thread's until the state says open.
+    let m = &r.meta.0;
+    let generation = m.generation.load(Relaxed).wrapping_add(1);
+    m.generation.store(generation, Relaxed);
+    m.state.store(OPEN, Release);
+    let id = ScopeId::new(slot, generation);
+    let token = thread::plain_enter(&entry, id);
+    Some(ScopeGuard {
+        handle: ManuallyDrop::new(ScopeHandle { id }),
+        token,
+        fallback: false,
+        _not_send: PhantomData,
+    })
+}
+
+/// [`open`] for every case [`open_plain`] leaves.
+#[inline(never)]
+fn open_general(name: &str, first: u64) -> ScopeGuard {
     // No `untracked` around it: opening a scope without a callback allocates
     // nothing (the name is copied into the record), and a full registry is
     // told without allocating (`Full`).
@@ -593,7 +656,7 @@ fn close_plain(id: ScopeId, token: &EnterToken) -> Option<Option<u32>> {
     let r = REGISTRY.record(slot)?;
     let e = super::aggregate::cached_entry(r)?;
     let part = thread::exit_alone(token, id, r)?;
-    let end = clock::counter_now().unwrap_or(0);
+    let end = clock::counter_now();
     let host_peak = super::aggregate::add_closed_to(e, r, &part, end);
     let keep = thread::may_keep_slot();
     let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);

@@ -304,6 +304,7 @@ impl Record {
     /// counters are cleared only when written since they last were
     /// (`Meta::written`), being zero otherwise.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn open(
         &self,
         parent: Option<u32>,

@@ -1152,6 +1152,94 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     }
 }
 
+/// What [`plain_entry`] found: the thread may enter a plain scope in one
+/// straight path ([`plain_enter`]).
+pub(crate) struct PlainEntry {
+    s: &'static ThreadState,
+    /// The scope the thread is in: the new scope's parent.
+    pub parent: ScopeId,
+    /// The slot the thread kept for its next scope, plus 1 (not 0).
+    pub kept: u32,
+    /// The batch holds the parent's operations, netting 0 live bytes, to
+    /// be kept for both ([`defer_batch`]).
+    defer: bool,
+}
+
+/// Whether the calling thread can enter a new scope without a budget in
+/// one straight path without a call, read before anything is written:
+/// its exit hook is set and it charges batched (mode normal, the current
+/// chain without a budget), its stack has room (none past it), no device
+/// charge is pending, its batch is empty or can be kept for both scopes
+/// ([`defer_batch`]: no application needed), and it kept a slot from its
+/// last scope. `None` otherwise (the caller takes the general path).
+#[inline(always)]
+pub(crate) fn plain_entry() -> Option<PlainEntry> {
+    let s = this_thread();
+    // SAFETY: thread-local; read only, and no reference outlives the read.
+    let (st, b) = unsafe { (&*s.stack.get(), &*s.batch.get()) };
+    let kept = s.kept_slot.get();
+    // Batched: the mode is normal and the exit hook set (`batchable`),
+    // and the current chain has no budget.
+    if kept == 0
+        || !s.batched()
+        || st.len >= STACK_MAX
+        || st.overflow != 0
+        || !s.with_device_batch(|d| d.is_empty())
+    {
+        return None;
+    }
+    let defer = !b.is_empty();
+    if defer && (s.outer.get().is_tracked() || s.left_net.get() != 0 || b.live != 0) {
+        return None;
+    }
+    Some(PlainEntry {
+        s,
+        parent: s.current.get(),
+        kept,
+        defer,
+    })
+}
+
+/// [`enter`] of scope `id` (no budget in its chain, a child of the
+/// current scope) as [`plain_entry`] found the thread: keeps the batch
+/// for both scopes when it holds the parent's operations, pushes the
+/// stack and sets the fast-path word.
+#[inline(always)]
+pub(crate) fn plain_enter(p: &PlainEntry, id: ScopeId) -> EnterToken {
+    let s = p.s;
+    if p.defer {
+        // `defer_batch`, its conditions read by `plain_entry`.
+        // SAFETY: thread-local; no other reference to either exists
+        // during these stores.
+        unsafe {
+            let b = &mut *s.batch.get();
+            *s.outer_base.get() = *b;
+            b.max_prefix = 0;
+        }
+        s.outer.set(p.parent);
+    }
+    let e = Entry {
+        seq: 0,
+        id,
+        direct: false,
+        compact: id.to_compact(),
+    };
+    let seq = s.with_stack(|st| {
+        // `plain_entry` saw room and nothing past the stack.
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        st.entries[st.len] = Entry { seq, ..e };
+        st.len += 1;
+        seq
+    });
+    s.set_current_entry(&e);
+    EnterToken {
+        seq,
+        prev: p.parent,
+        prev_direct: false,
+    }
+}
+
 /// On entry into a scope without a budget: keeps the batch of the scope
 /// the thread is in instead of applying it, when it holds operations whose
 /// net live bytes are 0 and no device charge is pending ("Deferred
