@@ -1218,21 +1218,29 @@ pub(crate) fn plain_enter(p: &PlainEntry, id: ScopeId) -> EnterToken {
         }
         s.outer.set(p.parent);
     }
-    let e = Entry {
-        seq: 0,
-        id,
-        direct: false,
-        compact: id.to_compact(),
-    };
+    // `id` is a registry slot's: tracked.
+    let compact = id.to_compact_tracked();
     let seq = s.with_stack(|st| {
-        // `plain_entry` saw room and nothing past the stack.
         st.next_seq += 1;
         let seq = st.next_seq;
-        st.entries[st.len] = Entry { seq, ..e };
-        st.len += 1;
+        let n = st.len;
+        // SAFETY: `plain_entry` returned only with `n < STACK_MAX`, and
+        // between it and here nothing writes this thread's stack (the
+        // caller writes registry records only).
+        *unsafe { st.entries.get_unchecked_mut(n) } = Entry {
+            seq,
+            id,
+            direct: false,
+            compact,
+        };
+        st.len = n + 1;
         seq
     });
-    s.set_current_entry(&e);
+    // `set_current_entry`, with what `plain_entry` read: the thread may
+    // batch and the chain has no budget (the fast-path word is set only
+    // then, so `direct` is false already), so the word is the compact id.
+    s.current.set(id);
+    s.fast_id.set(compact);
     EnterToken {
         seq,
         prev: p.parent,
