@@ -1492,11 +1492,11 @@ pub(crate) fn exit_alone(t: &EnterToken, id: ScopeId, r: &Record) -> Option<Part
         {
             return None;
         }
-        let base = if deferred {
-            // SAFETY: thread-local, as above.
-            unsafe { *s.outer_base.get() }
+        let base: &Batch = if deferred {
+            // SAFETY: thread-local, as above (read only).
+            unsafe { &*s.outer_base.get() }
         } else {
-            Batch::EMPTY
+            &Batch::EMPTY
         };
         if b.left == base.left {
             return None;
