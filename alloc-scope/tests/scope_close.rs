@@ -458,3 +458,35 @@ fn request_scopes_of_one_name_report_the_same_every_time() {
     assert_eq!((st.allocations, st.peak_bytes, st.closed_children), (0, 0, 0));
     drop(g);
 }
+
+/// A request scope opened while its parent holds a block of its own in
+/// the thread's batch (net live bytes not 0: the batch is applied at the
+/// open, not kept for both), again and again: the parent's live bytes and
+/// peak count the block and each child's, and each child reports only its
+/// own.
+#[test]
+fn a_request_scope_opened_over_a_live_block_of_its_parent_reports_its_own() {
+    let _one = one_at_a_time();
+    let parent = ScopeBuilder::new("over-parent").build().unwrap();
+    let _in = parent.enter();
+    let mut kept = Vec::new();
+    for i in 1..=4u64 {
+        kept.push(alloc(300));
+        request_case(
+            "over-child",
+            || {
+                let b = alloc(5);
+                free(b);
+            },
+            (5, 1, 5),
+        );
+        flush();
+        let s = parent.stats();
+        assert_eq!(s.live_bytes, 300 * i, "{s:?}");
+        assert_eq!(s.peak_bytes, 300 * i + 5, "{s:?}");
+        assert_eq!(s.allocations, 2 * i, "{s:?}");
+    }
+    kept.into_iter().for_each(free);
+    flush();
+    assert_eq!(parent.stats().live_bytes, 0);
+}
