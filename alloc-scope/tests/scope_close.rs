@@ -490,3 +490,31 @@ fn a_request_scope_opened_over_a_live_block_of_its_parent_reports_its_own() {
     flush();
     assert_eq!(parent.stats().live_bytes, 0);
 }
+
+/// A scope made a child of a scope other than the one its thread is in
+/// (`child_of`), entered and closed again and again: its operations go to
+/// its own parent's chain, never to the chain of the scope under its
+/// guard on the thread's stack.
+#[test]
+fn a_scope_adopted_by_another_parent_is_charged_to_that_parent() {
+    let _one = one_at_a_time();
+    let home = ScopeBuilder::new("adopt-home").build().unwrap();
+    let other = ScopeBuilder::new("adopt-other").build().unwrap();
+    let _in = home.enter();
+    for _ in 0..4 {
+        let before = agg("adopted");
+        let g = ScopeBuilder::new("adopted")
+            .child_of(&other)
+            .enter()
+            .unwrap();
+        let b = alloc(40);
+        free(b);
+        drop(g);
+        assert_eq!(added(&before, &agg("adopted")), (1, 40, 1, 40));
+    }
+    flush();
+    let (h, o) = (home.stats(), other.stats());
+    assert_eq!((h.allocations, h.closed_children), (0, 0), "{h:?}");
+    assert_eq!((o.allocations, o.bytes_allocated), (4, 160), "{o:?}");
+    assert_eq!((o.closed_children, o.peak_bytes), (4, 40), "{o:?}");
+}
