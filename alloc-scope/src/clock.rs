@@ -80,9 +80,13 @@ pub(crate) fn now() -> u64 {
 #[inline(always)]
 pub(crate) fn counter_now() -> u64 {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    return tsc();
+    {
+        tsc()
+    }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-    0
+    {
+        0
+    }
 }
 
 /// Whether the scope clock is the time-stamp counter ([`counter_now`]

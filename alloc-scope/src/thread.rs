@@ -65,6 +65,18 @@
 //! the totals come out the same, and the ancestors' peaks may miss up to
 //! that batch, as for any batch of another thread.
 //!
+//! # Plain scopes
+//! A request scope opened and closed in a loop (a short name, no budget in
+//! its chain, the thread batched with room on its stack, the slot its last
+//! scope kept, nothing else reaching it at its close) opens and closes in
+//! one straight path each, without a call: [`plain_entry`] and
+//! [`plain_enter`] for the thread's part of the open (`handle.rs`,
+//! `open_plain`), [`exit_alone`] for its part of the close (`handle.rs`,
+//! `close_plain`). Every condition is read before anything is written;
+//! any other case takes the general paths ([`enter`], [`exit`]), which
+//! remain the definition: the straight ones do exactly what those do for
+//! their case.
+//!
 //! # Thread exit
 //! The state is a `const`, `Drop`-free thread-local, usable at any point of a
 //! thread's life. On Unix a thread's first charge (before anything is batched)

@@ -443,7 +443,11 @@ fn request_scopes_of_one_name_report_the_same_every_time() {
     let s = parent.stats();
     assert_eq!(s.closed_children, 4 * 7, "{s:?}");
     assert_eq!(s.closed_children_peak_bytes, 1500, "{s:?}");
-    assert_eq!(s.allocations, 4 * (1 + 2 + 300 + 1 + 1 + 1 + 1 + 2), "{s:?}");
+    assert_eq!(
+        s.allocations,
+        4 * (1 + 2 + 300 + 1 + 1 + 1 + 1 + 2),
+        "{s:?}"
+    );
     assert_eq!(
         s.bytes_allocated,
         4 * (64 + 1500 + 30_000 + 4096 + 7 + 9000 + 3 + 30),
@@ -455,7 +459,10 @@ fn request_scopes_of_one_name_report_the_same_every_time() {
     // takes the one the thread kept, and its figures start from zero.
     let g = scope("again-after");
     let st = g.stats();
-    assert_eq!((st.allocations, st.peak_bytes, st.closed_children), (0, 0, 0));
+    assert_eq!(
+        (st.allocations, st.peak_bytes, st.closed_children),
+        (0, 0, 0)
+    );
     drop(g);
 }
 
