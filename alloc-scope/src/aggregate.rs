@@ -46,7 +46,7 @@ pub struct ScopeAggregate {
 /// One name's accumulators: a fixed record of atomics, so that closing a
 /// scope takes no lock (a lock held by another thread at `fork` would hang the
 /// child at its first scope close) and allocates nothing.
-struct Entry {
+pub(crate) struct Entry {
     /// 0 free, 1 being claimed, 2 ready.
     state: AtomicU8,
     hash: AtomicU64,
@@ -205,6 +205,26 @@ pub(crate) fn add_closed(r: &Record, part: &Part, end: u64) -> i64 {
         // The figures are read again there: none is kept in memory for it.
         _ => record_uncached(r, part, end),
     }
+}
+
+/// The name's entry cached in `r` ([`Meta::aggregate`]) when `r`'s scope
+/// is not marked failed: [`add_closed`] adds to it without a lookup.
+///
+/// [`Meta::aggregate`]: crate::record::Meta::aggregate
+#[inline(always)]
+pub(crate) fn cached_entry(r: &Record) -> Option<&'static Entry> {
+    let m = &r.meta.0;
+    let cached = m.aggregate.load(Relaxed) as usize;
+    let e = TABLE.get(cached.wrapping_sub(1))?;
+    (m.failed.load(Relaxed) == 0).then_some(e)
+}
+
+/// [`add_closed`] to `e`, the entry [`cached_entry`] returned for `r`.
+#[inline(always)]
+pub(crate) fn add_closed_to(e: &Entry, r: &Record, part: &Part, end: u64) -> i64 {
+    let (f, host_peak) = closed_of(r, part, end);
+    e.add(&f);
+    host_peak
 }
 
 /// What a scope closed at `end` (a scope clock reading) adds to its name's entry, with `part`,

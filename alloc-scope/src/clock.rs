@@ -72,6 +72,34 @@ pub(crate) fn now() -> u64 {
     monotonic_ns()
 }
 
+/// A reading of the scope clock once [`is_counter`] said it is the
+/// time-stamp counter (one instruction, no call; 0 where there is no
+/// counter, [`is_counter`] being false there). The plain paths of scope
+/// open and close take it, and leave other clocks, where [`now`] calls
+/// the kernel, to the general ones.
+#[inline(always)]
+pub(crate) fn counter_now() -> u64 {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        tsc()
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        0
+    }
+}
+
+/// Whether the scope clock is the time-stamp counter ([`counter_now`]
+/// reads it then).
+#[inline(always)]
+pub(crate) fn is_counter() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if SOURCE.load(Relaxed) == TSC {
+        return true;
+    }
+    false
+}
+
 /// The time-stamp counter.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[inline(always)]

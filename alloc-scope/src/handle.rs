@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::clock;
 use super::id::ScopeId;
-use super::record::{OPEN, REF, Record, short_word};
+use super::record::{LONG, OPEN, REF, Record, short_word};
 use super::registry::{FIXED, MAX_DEPTH, REGISTRY};
 use super::stats::ScopeStats;
 use super::thread::{self, EnterToken, Part};
@@ -113,6 +113,69 @@ pub fn scope(name: &str) -> ScopeGuard {
 /// [`scope`], the name's [`short_word`] computed.
 #[inline(never)]
 fn open(name: &str, first: u64) -> ScopeGuard {
+    match open_plain(name, first) {
+        Some(g) => g,
+        None => open_general(name, first),
+    }
+}
+
+/// The open of a plain request scope in one straight path without a
+/// call: a short name (`first` not [`LONG`]), no budget callback due, the
+/// scope clock the counter, the thread able to enter it plainly
+/// ([`thread::plain_entry`]: batched, room on its stack, no application
+/// of its batch needed, a slot kept from its last scope), no budget in
+/// the parent's chain, and the kept slot still there to claim. Does what
+/// [`create`] and [`ScopeHandle::enter_with`] do for that case; `None`,
+/// with nothing changed but a kept slot found taken (the general path
+/// then finds none), for every other case.
+#[inline(always)]
+fn open_plain(name: &str, first: u64) -> Option<ScopeGuard> {
+    if first == LONG || REGISTRY.soft_pending.load(Acquire) != 0 || !clock::is_counter() {
+        return None;
+    }
+    let entry = thread::plain_entry()?;
+    let parent = entry.parent;
+    let p = REGISTRY.record(parent.slot())?;
+    let pm = &p.meta.0;
+    if pm.budget_in_chain.load(Relaxed) != 0 {
+        return None;
+    }
+    let depth = (pm.depth.load(Relaxed) + 1).min(MAX_DEPTH);
+    thread::take_kept_slot();
+    let slot = entry.kept - 1;
+    let r = REGISTRY.claim_kept(slot)?;
+    if r.name.0.set_with(name, first) {
+        r.meta.0.aggregate.store(0, Relaxed);
+    }
+    r.open(
+        Some(parent.slot()),
+        depth,
+        clock::counter_now(),
+        0,
+        0,
+        false,
+    );
+    if parent.slot() >= FIXED {
+        pm.life.fetch_add(REF, Relaxed);
+    }
+    // As in `create`: the slot is this thread's until the state says open.
+    let m = &r.meta.0;
+    let generation = m.generation.load(Relaxed).wrapping_add(1);
+    m.generation.store(generation, Relaxed);
+    m.state.store(OPEN, Release);
+    let id = ScopeId::new(slot, generation);
+    let token = thread::plain_enter(&entry, id);
+    Some(ScopeGuard {
+        handle: ManuallyDrop::new(ScopeHandle { id }),
+        token,
+        fallback: false,
+        _not_send: PhantomData,
+    })
+}
+
+/// [`open`] for every case [`open_plain`] leaves.
+#[inline(never)]
+fn open_general(name: &str, first: u64) -> ScopeGuard {
     // No `untracked` around it: opening a scope without a callback allocates
     // nothing (the name is copied into the record), and a full registry is
     // told without allocating (`Full`).
@@ -261,17 +324,20 @@ fn create(
 ) -> Result<(ScopeHandle, bool), Full> {
     // The slot of this thread's last scope closed alone, if still kept;
     // else the free list.
-    let kept = thread::take_kept_slot();
-    let slot = if kept != 0 && REGISTRY.claim_kept(kept - 1) {
-        kept - 1
-    } else {
-        let Some(slot) = REGISTRY.take_slot() else {
-            return Err(Full);
-        };
-        slot
-    };
-    let Some(r) = REGISTRY.record(slot) else {
-        return Err(Full);
+    // else the free list. The record is looked up once (a note of 0, no
+    // slot, is `u32::MAX` here: no record).
+    let kept = thread::take_kept_slot().wrapping_sub(1);
+    let (slot, r) = match REGISTRY.claim_kept(kept) {
+        Some(r) => (kept, r),
+        None => {
+            let Some((slot, r)) = REGISTRY
+                .take_slot()
+                .and_then(|slot| Some((slot, REGISTRY.record(slot)?)))
+            else {
+                return Err(Full);
+            };
+            (slot, r)
+        }
     };
     // A slot is usually reused by a scope of the same name (a request scope
     // opened and closed in a loop): then the name and its aggregate entry
@@ -463,9 +529,12 @@ fn close_alone(slot: u32, r: &Record, part: &Part) {
     // The slot is kept for this thread's next scope (no free-list
     // operation at either end) unless it keeps one already.
     let keep = thread::may_keep_slot();
-    REGISTRY.retire_alone(slot, r, host_peak, keep);
+    let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);
     if keep {
         thread::note_kept_slot(slot);
+    }
+    if let Some(p) = parent {
+        REGISTRY.retire(p);
     }
 }
 
@@ -543,6 +612,20 @@ impl Drop for ScopeGuard {
     /// without being applied to its record first.
     #[inline]
     fn drop(&mut self) {
+        match close_plain(self.handle.id, &self.token) {
+            Some(None) => {}
+            // The calls come last, after every value of the plain path
+            // is dead: no register is saved for them there.
+            Some(Some(parent)) => REGISTRY.retire(parent),
+            None => self.drop_general(),
+        }
+    }
+}
+
+impl ScopeGuard {
+    /// [`Drop::drop`] for every case [`close_plain`] leaves.
+    #[inline(never)]
+    fn drop_general(&mut self) {
         let slot = self.handle.id.slot();
         let kept = thread::exit(self.token, slot);
         run_budget_callbacks();
@@ -552,6 +635,35 @@ impl Drop for ScopeGuard {
             None => unsafe { ManuallyDrop::drop(&mut self.handle) },
         }
     }
+}
+
+/// The close of a plain request scope by its guard (`id`, entered with
+/// `token`), in one straight path without a call: the scope is not in a
+/// fixed slot, no budget callback is due, its name's aggregate entry is
+/// cached and it is not marked failed, the scope clock is the counter,
+/// and [`thread::exit_alone`] holds (the guard's entry the newest, the
+/// scope alone, its part netting no allocation). Then it does what the
+/// general path does for that case ([`close_alone`]) and returns the
+/// parent to retire, if any (`Some`); `None`, having changed nothing,
+/// for every other case. The guard's handle is consumed (its reference
+/// is the one retired).
+#[inline(always)]
+fn close_plain(id: ScopeId, token: &EnterToken) -> Option<Option<u32>> {
+    let slot = id.slot();
+    if slot < FIXED || REGISTRY.soft_pending.load(Acquire) != 0 || !clock::is_counter() {
+        return None;
+    }
+    let r = REGISTRY.record(slot)?;
+    let e = super::aggregate::cached_entry(r)?;
+    let part = thread::exit_alone(token, id, r)?;
+    let end = clock::counter_now();
+    let host_peak = super::aggregate::add_closed_to(e, r, &part, end);
+    let keep = thread::may_keep_slot();
+    let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);
+    if keep {
+        thread::note_kept_slot(slot);
+    }
+    Some(parent)
 }
 
 impl std::fmt::Debug for ScopeGuard {

@@ -63,6 +63,13 @@ impl ScopeId {
         if !self.is_tracked() {
             return 0;
         }
+        self.to_compact_tracked()
+    }
+
+    /// [`ScopeId::to_compact`] of an id known not to be
+    /// [`ScopeId::UNTRACKED`] (one made from a registry slot).
+    #[inline(always)]
+    pub(crate) const fn to_compact_tracked(self) -> u32 {
         let slot = self.slot() & COMPACT_SLOT_MASK;
         let generation = self.generation() & COMPACT_GEN_MASK;
         1 + (slot | (generation << COMPACT_SLOT_BITS))

@@ -9,6 +9,19 @@ use super::record::{FREE, REF};
 use super::registry::Registry;
 use super::sync::Ordering::Relaxed;
 
+/// `Registry::retire_alone` and the parent's retirement it may leave.
+fn retire_alone<const N: usize>(
+    reg: &Registry<N>,
+    slot: u32,
+    r: &super::record::Record,
+    host_peak: i64,
+    keep: bool,
+) {
+    if let Some(p) = reg.retire_alone(slot, r, host_peak, keep) {
+        reg.retire(p);
+    }
+}
+
 /// scope:C1–scope:C3 under any interleaving of two batches: totals add up exactly and the
 /// peak lies between the final live bytes and the sum of both high-water marks.
 #[test]
@@ -178,7 +191,7 @@ fn loom_a_scope_closes_alone_only_when_nothing_else_reaches_it() {
             reg2.charge_owner(ScopeId::new(s, generation), &f, false);
         });
         match reg.alone(s) {
-            Some(r) => reg.retire_alone(s, r, 100, false),
+            Some(r) => retire_alone(&reg, s, r, 100, false),
             None => reg.release_ref(s, 1),
         }
         t.join().unwrap();
@@ -214,7 +227,7 @@ fn loom_two_last_references_close_a_scope_once() {
             .life
             .fetch_add(REF, Relaxed); // the child's reference
         let close = move |reg: &Registry<5>| match reg.alone(s) {
-            Some(r) => reg.retire_alone(s, r, 0, false),
+            Some(r) => retire_alone(reg, s, r, 0, false),
             None => reg.release_ref(s, 1),
         };
         let reg2 = reg.clone();
@@ -242,14 +255,14 @@ fn loom_a_kept_slot_goes_to_one_claimant() {
         reg.record(other).unwrap().reset(Some(0), 1, 0);
         let r = reg.record(s).unwrap();
         r.reset(Some(0), 1, 0);
-        reg.retire_alone(s, reg.alone(s).unwrap(), 0, true);
+        retire_alone(&reg, s, reg.alone(s).unwrap(), 0, true);
         let reg2 = reg.clone();
         let t = thread::spawn(move || reg2.take_slot());
-        let mine = reg.claim_kept(s);
+        let mine = reg.claim_kept(s).is_some();
         let theirs = t.join().unwrap();
         assert!(mine != (theirs == Some(s)), "kept {mine}, taken {theirs:?}");
         assert!(theirs.is_none() || theirs == Some(s));
-        assert!(!reg.claim_kept(s), "claimed twice");
+        assert!(reg.claim_kept(s).is_none(), "claimed twice");
         assert_eq!(reg.take_slot(), None, "a slot handed out twice");
     });
 }

@@ -8,7 +8,10 @@
 //! (recycling a closed slot); their definitions are on the variants.
 
 use super::counters::Counters;
-use super::sync::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use super::sync::{
+    AtomicI64, AtomicU8, AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed},
+};
 #[cfg(doc)]
 use crate::ScopeInvariant;
 
@@ -301,6 +304,7 @@ impl Record {
     /// counters are cleared only when written since they last were
     /// (`Meta::written`), being zero otherwise.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(crate) fn open(
         &self,
         parent: Option<u32>,
@@ -338,6 +342,16 @@ impl Record {
     #[cfg(loom)]
     pub(crate) fn reset(&self, parent: Option<u32>, depth: u32, opened_at: u64) {
         self.open(parent, depth, opened_at, 0, 0, false);
+    }
+
+    /// [`Registry::alone`] of a record not in a fixed slot: its life word
+    /// is exactly one reference (the acquire sees a charge applied before
+    /// it whole).
+    ///
+    /// [`Registry::alone`]: super::registry::Registry::alone
+    #[inline(always)]
+    pub(crate) fn alone(&self) -> bool {
+        self.meta.0.life.load(Acquire) == REF
     }
 
     /// The parent slot, if any.

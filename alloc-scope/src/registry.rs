@@ -172,17 +172,17 @@ impl<const N: usize> Registry<N> {
     /// count as free, so the registry is full only when every slot holds a
     /// scope.
     fn steal_kept(&self) -> Option<u32> {
-        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot))
+        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot).is_some())
     }
 
     /// Takes `slot` if it is still kept for a next scope (by this thread's
     /// note, or any thread's when stealing): exactly one claimant of a kept
     /// slot gets it ([`ScopeInvariant::G1`]); the acquire sees everything
-    /// its retirement wrote.
+    /// its retirement wrote. Returns the slot's record when it did.
     #[inline]
-    pub(crate) fn claim_kept(&self, slot: u32) -> bool {
+    pub(crate) fn claim_kept(&self, slot: u32) -> Option<&Record> {
         self.record(slot)
-            .is_some_and(|r| r.meta.0.kept.swap(0, Acquire) == 1)
+            .filter(|r| r.meta.0.kept.swap(0, Acquire) == 1)
     }
 
     /// Returns a retired slot to the free list ([`ScopeInvariant::G1`]).
@@ -440,8 +440,7 @@ impl<const N: usize> Registry<N> {
         if slot < FIXED {
             return None;
         }
-        let r = self.record(slot)?;
-        (r.meta.0.life.load(Acquire) == REF).then_some(r)
+        self.record(slot).filter(|r| r.alone())
     }
 
     /// Retires `slot`, closed by the holder of its only reference
@@ -454,24 +453,35 @@ impl<const N: usize> Registry<N> {
     /// thread's next scope ([`Registry::claim_kept`]; the caller notes the
     /// slot); the parent's reference is dropped, and a parent whose last
     /// life that was retires too.
-    #[inline]
-    pub(crate) fn retire_alone(&self, slot: u32, r: &Record, host_peak: i64, keep: bool) {
+    /// Returns the parent when that was its last life: the caller retires
+    /// it with [`Registry::retire`] (a call left to the end of its path).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) fn retire_alone(
+        &self,
+        slot: u32,
+        r: &Record,
+        host_peak: i64,
+        keep: bool,
+    ) -> Option<u32> {
         let m = &r.meta.0;
+        // `refs` stays 1: it is read only by `close_ref` on an open scope,
+        // and the next `Record::open` stores it.
         m.life.store(0, Relaxed);
-        m.refs.store(0, Relaxed);
         m.state.store(FREE, Release);
-        let parent = r.parent();
-        if let Some(p) = parent {
-            self.fold_peaks(p, host_peak, r.device.0.peak_bytes.load(Relaxed));
+        // The parent's record looked up once, for its peaks and its
+        // reference.
+        let parent = r.parent().and_then(|p| Some((p, self.record(p)?)));
+        if let Some((_, pr)) = parent {
+            fold_peaks_of(pr, host_peak, r.device.0.peak_bytes.load(Relaxed));
         }
         if keep {
             m.kept.store(1, Release);
         } else {
             self.put_slot(slot);
         }
-        if let Some(p) = parent.and_then(|p| self.drop_child_ref(p)) {
-            self.retire(p);
-        }
+        let (p, pr) = parent?;
+        (p >= FIXED && pr.meta.0.life.fetch_sub(REF, AcqRel) == REF).then_some(p)
     }
 
     /// Drops one handle reference: closes the scope when it was the last.
@@ -485,7 +495,7 @@ impl<const N: usize> Registry<N> {
     /// parent and releasing the parent's child reference (iteratively). A slot
     /// being recycled (EVICTING) is left to the recycler.
     #[inline(never)]
-    fn retire(&self, first: u32) {
+    pub(crate) fn retire(&self, first: u32) {
         let mut slot = first;
         loop {
             let Some(r) = self.record(slot) else { return };
@@ -529,10 +539,7 @@ impl<const N: usize> Registry<N> {
     #[inline]
     fn fold_peaks(&self, parent: u32, host_peak: i64, device_peak: i64) {
         if let Some(pr) = self.record(parent) {
-            let m = &pr.meta.0;
-            m.closed_children.fetch_add(1, Relaxed);
-            raise(&m.closed_children_peak, host_peak);
-            raise(&m.closed_children_device_peak, device_peak);
+            fold_peaks_of(pr, host_peak, device_peak);
         }
     }
 
@@ -636,6 +643,15 @@ impl<const N: usize> Registry<N> {
                     && r.meta.0.generation.load(Acquire) & super::id::GEN_MASK == generation
             })
     }
+}
+
+/// [`Registry::fold_peaks`] of the parent's record `pr`.
+#[inline]
+fn fold_peaks_of(pr: &Record, host_peak: i64, device_peak: i64) {
+    let m = &pr.meta.0;
+    m.closed_children.fetch_add(1, Relaxed);
+    raise(&m.closed_children_peak, host_peak);
+    raise(&m.closed_children_device_peak, device_peak);
 }
 
 /// `a.fetch_max(v)`, with the read-modify-write only when `v` is above the

@@ -65,6 +65,18 @@
 //! the totals come out the same, and the ancestors' peaks may miss up to
 //! that batch, as for any batch of another thread.
 //!
+//! # Plain scopes
+//! A request scope opened and closed in a loop (a short name, no budget in
+//! its chain, the thread batched with room on its stack, the slot its last
+//! scope kept, nothing else reaching it at its close) opens and closes in
+//! one straight path each, without a call: [`plain_entry`] and
+//! [`plain_enter`] for the thread's part of the open (`handle.rs`,
+//! `open_plain`), [`exit_alone`] for its part of the close (`handle.rs`,
+//! `close_plain`). Every condition is read before anything is written;
+//! any other case takes the general paths ([`enter`], [`exit`]), which
+//! remain the definition: the straight ones do exactly what those do for
+//! their case.
+//!
 //! # Thread exit
 //! The state is a `const`, `Drop`-free thread-local, usable at any point of a
 //! thread's life. On Unix a thread's first charge (before anything is batched)
@@ -82,6 +94,7 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use super::counters::{Batch, Delta};
 use super::id::ScopeId;
+use super::record::Record;
 use super::registry::REGISTRY;
 
 /// Net live bytes a thread may hold back before applying its batch.
@@ -1151,6 +1164,102 @@ pub(crate) fn enter(id: ScopeId, direct: bool) -> EnterToken {
     }
 }
 
+/// What [`plain_entry`] found: the thread may enter a plain scope in one
+/// straight path ([`plain_enter`]).
+pub(crate) struct PlainEntry {
+    s: &'static ThreadState,
+    /// The scope the thread is in: the new scope's parent.
+    pub parent: ScopeId,
+    /// The slot the thread kept for its next scope, plus 1 (not 0).
+    pub kept: u32,
+    /// The batch holds the parent's operations, netting 0 live bytes, to
+    /// be kept for both ([`defer_batch`]).
+    defer: bool,
+}
+
+/// Whether the calling thread can enter a new scope without a budget in
+/// one straight path without a call, read before anything is written:
+/// its exit hook is set and it charges batched (mode normal, the current
+/// chain without a budget), its stack has room (none past it), no device
+/// charge is pending, its batch is empty or can be kept for both scopes
+/// ([`defer_batch`]: no application needed), and it kept a slot from its
+/// last scope. `None` otherwise (the caller takes the general path).
+#[inline(always)]
+pub(crate) fn plain_entry() -> Option<PlainEntry> {
+    let s = this_thread();
+    // SAFETY: thread-local; read only, and no reference outlives the read.
+    let (st, b) = unsafe { (&*s.stack.get(), &*s.batch.get()) };
+    let kept = s.kept_slot.get();
+    // Batched: the mode is normal and the exit hook set (`batchable`),
+    // and the current chain has no budget.
+    if kept == 0
+        || !s.batched()
+        || st.len >= STACK_MAX
+        || st.overflow != 0
+        || !s.with_device_batch(|d| d.is_empty())
+    {
+        return None;
+    }
+    let defer = !b.is_empty();
+    if defer && (s.outer.get().is_tracked() || s.left_net.get() != 0 || b.live != 0) {
+        return None;
+    }
+    Some(PlainEntry {
+        s,
+        parent: s.current.get(),
+        kept,
+        defer,
+    })
+}
+
+/// [`enter`] of scope `id` (no budget in its chain, a child of the
+/// current scope) as [`plain_entry`] found the thread: keeps the batch
+/// for both scopes when it holds the parent's operations, pushes the
+/// stack and sets the fast-path word.
+#[inline(always)]
+pub(crate) fn plain_enter(p: &PlainEntry, id: ScopeId) -> EnterToken {
+    let s = p.s;
+    if p.defer {
+        // `defer_batch`, its conditions read by `plain_entry`.
+        // SAFETY: thread-local; no other reference to either exists
+        // during these stores.
+        unsafe {
+            let b = &mut *s.batch.get();
+            *s.outer_base.get() = *b;
+            b.max_prefix = 0;
+        }
+        s.outer.set(p.parent);
+    }
+    // `id` is a registry slot's: tracked.
+    let compact = id.to_compact_tracked();
+    let seq = s.with_stack(|st| {
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let n = st.len;
+        // SAFETY: `plain_entry` returned only with `n < STACK_MAX`, and
+        // between it and here nothing writes this thread's stack (the
+        // caller writes registry records only).
+        *unsafe { st.entries.get_unchecked_mut(n) } = Entry {
+            seq,
+            id,
+            direct: false,
+            compact,
+        };
+        st.len = n + 1;
+        seq
+    });
+    // `set_current_entry`, with what `plain_entry` read: the thread may
+    // batch and the chain has no budget (the fast-path word is set only
+    // then, so `direct` is false already), so the word is the compact id.
+    s.current.set(id);
+    s.fast_id.set(compact);
+    EnterToken {
+        seq,
+        prev: p.parent,
+        prev_direct: false,
+    }
+}
+
 /// On entry into a scope without a budget: keeps the batch of the scope
 /// the thread is in instead of applying it, when it holds operations whose
 /// net live bytes are 0 and no device charge is pending ("Deferred
@@ -1304,7 +1413,9 @@ pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
         // both the batch and the stack).
         let (top, below) = s.with_stack(|st| {
             let n = st.len;
-            if t.seq == 0 || st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
+            // No entry's sequence number is 0 (they count from 1), so a
+            // token of a guard past the stack (`seq` 0) never matches one.
+            if st.overflow != 0 || n == 0 || st.entries[n - 1].seq != t.seq {
                 return (false, ScopeId::ROOT);
             }
             (
@@ -1342,6 +1453,93 @@ pub(crate) fn exit(t: EnterToken, closing: u32) -> Option<Part> {
         }
         kept
     }
+}
+
+/// [`exit`] of a plain request scope that closes with it, in one straight
+/// path without a call: the guard's entry (`t`, scope `id`, record `r`) is
+/// the newest on the stack and none is past it, the thread is in that
+/// scope and not torn down, no device charge is pending, the scope is
+/// alone ([`Record::alone`]), and its part of the batch nets no
+/// allocation. Returns that part with the stack popped, as [`exit`] does
+/// for [`Left::Kept`]; `None`, having changed nothing, when any of these
+/// does not hold (the caller then takes [`exit`]). Every condition is read
+/// before anything is written.
+#[inline(always)]
+pub(crate) fn exit_alone(t: &EnterToken, id: ScopeId, r: &Record) -> Option<Part> {
+    let s = this_thread();
+    // SAFETY: thread-local; nothing below allocates, calls out, or reaches
+    // the stack, the batch or the outer base another way while these
+    // references live (they end with this function).
+    let (st, b) = unsafe { (&mut *s.stack.get(), &mut *s.batch.get()) };
+    let n = st.len;
+    // `get` bounds the index once: `n` is 1 to `STACK_MAX` past it.
+    let top = st.entries.get(n.wrapping_sub(1))?;
+    if top.seq != t.seq
+        || st.overflow != 0
+        || s.current.get() != id
+        || s.mode.get() == TORN_DOWN
+        || !s.with_device_batch(|d| d.is_empty())
+        || !r.alone()
+    {
+        return None;
+    }
+    let below = if n >= 2 {
+        st.entries[n - 2]
+    } else {
+        Entry::EMPTY
+    };
+    let outer = s.outer.get();
+    let part = if !outer.is_tracked() && b.is_empty() {
+        // Nothing pending (`exit_deferred`).
+        if s.left_net.get() != 0 {
+            return None;
+        }
+        Part::default()
+    } else {
+        // The entry under is the scope's parent (`Registry::is_parent`,
+        // from the record in hand: the scope is not in a fixed slot).
+        let deferred = outer.is_tracked();
+        if r.meta.0.parent.load(Relaxed) != below.id.slot().wrapping_add(1)
+            || (deferred && outer != below.id)
+        {
+            return None;
+        }
+        let base: &Batch = if deferred {
+            // SAFETY: thread-local, as above (read only).
+            unsafe { &*s.outer_base.get() }
+        } else {
+            &Batch::EMPTY
+        };
+        if b.left == base.left {
+            return None;
+        }
+        let allocations = b.allocations.wrapping_sub(base.allocations);
+        let reallocs = b.reallocs.wrapping_sub(base.reallocs);
+        let ops = base.left.wrapping_sub(b.left);
+        let net = allocations
+            .wrapping_add(allocations)
+            .wrapping_add(reallocs)
+            .wrapping_sub(ops) as i32;
+        if net != 0 || s.left_net.get() != 0 {
+            return None;
+        }
+        // From here the batch is the parent's (`exit_deferred`); the
+        // operations left behind net 0, so `left_net` stays 0.
+        if deferred {
+            s.outer.set(ScopeId::UNTRACKED);
+        }
+        let max_prefix = b.max_prefix;
+        b.max_prefix = max_prefix.max(base.max_prefix);
+        mark_seen();
+        Part {
+            allocations: u64::from(allocations),
+            bytes_allocated: b.bytes_allocated.wrapping_sub(base.bytes_allocated),
+            max_prefix: max_prefix.wrapping_sub(base.live),
+        }
+    };
+    st.len = n - 1;
+    s.set_current_entry(&below);
+    Some(part)
 }
 
 /// [`exit`] of a guard that is not the newest on its thread's stack, or

@@ -357,3 +357,171 @@ fn a_scope_opened_inside_untracked_charges_nothing_it_allocates() {
     });
     assert_eq!(added(&before, &agg("untracked-inside")), (2, 8, 1, 8));
 }
+
+/// Request scopes of one name opened and closed again and again, as a
+/// server does: from the second on, a scope opens in the slot its
+/// predecessor kept and closes with its name's aggregate entry cached,
+/// the case the straight open and close paths serve. Each close reports
+/// exactly what the first (general) one did, in every batch state the
+/// first test covers, and the parent gets every child once.
+#[test]
+fn request_scopes_of_one_name_report_the_same_every_time() {
+    let _one = one_at_a_time();
+    let parent = ScopeBuilder::new("again-parent").build().unwrap();
+    let _in = parent.enter();
+    for _ in 0..4 {
+        request_case("again-empty", || {}, (0, 0, 0));
+        request_case(
+            "again-one",
+            || {
+                let b = alloc(64);
+                free(b);
+            },
+            (64, 1, 64),
+        );
+        request_case(
+            "again-two",
+            || {
+                let a = alloc(1000);
+                let b = alloc(500);
+                free(a);
+                free(b);
+            },
+            (1500, 2, 1500),
+        );
+        request_case(
+            "again-many",
+            || {
+                for _ in 0..300 {
+                    let b = alloc(100);
+                    free(b);
+                }
+            },
+            (30_000, 300, 100),
+        );
+        // The parent's operations netting 0 in the batch at each open.
+        let p = alloc(4096);
+        free(p);
+        request_case(
+            "again-deferred",
+            || {
+                let b = alloc(7);
+                free(b);
+            },
+            (7, 1, 7),
+        );
+        // A higher peak of the parent's in the batch before the child:
+        // the parent keeps it, the child reports its own.
+        let p = alloc(9000);
+        free(p);
+        request_case(
+            "again-after-peak",
+            || {
+                let b = alloc(3);
+                free(b);
+            },
+            (3, 1, 3),
+        );
+        request_case(
+            "again-outer",
+            || {
+                let b = alloc(10);
+                request_case(
+                    "again-inner",
+                    || {
+                        let c = alloc(20);
+                        free(c);
+                    },
+                    (20, 1, 20),
+                );
+                free(b);
+            },
+            (30, 2, 30),
+        );
+    }
+    flush();
+    let s = parent.stats();
+    assert_eq!(s.closed_children, 4 * 7, "{s:?}");
+    assert_eq!(s.closed_children_peak_bytes, 1500, "{s:?}");
+    assert_eq!(
+        s.allocations,
+        4 * (1 + 2 + 300 + 1 + 1 + 1 + 1 + 2),
+        "{s:?}"
+    );
+    assert_eq!(
+        s.bytes_allocated,
+        4 * (64 + 1500 + 30_000 + 4096 + 7 + 9000 + 3 + 30),
+        "{s:?}"
+    );
+    assert_eq!(s.live_bytes, 0, "{s:?}");
+    assert_eq!(s.peak_bytes, 9000, "{s:?}");
+    // Every slot those scopes used is free again: a scope opened now
+    // takes the one the thread kept, and its figures start from zero.
+    let g = scope("again-after");
+    let st = g.stats();
+    assert_eq!(
+        (st.allocations, st.peak_bytes, st.closed_children),
+        (0, 0, 0)
+    );
+    drop(g);
+}
+
+/// A request scope opened while its parent holds a block of its own in
+/// the thread's batch (net live bytes not 0: the batch is applied at the
+/// open, not kept for both), again and again: the parent's live bytes and
+/// peak count the block and each child's, and each child reports only its
+/// own.
+#[test]
+fn a_request_scope_opened_over_a_live_block_of_its_parent_reports_its_own() {
+    let _one = one_at_a_time();
+    let parent = ScopeBuilder::new("over-parent").build().unwrap();
+    let _in = parent.enter();
+    let mut kept = Vec::new();
+    for i in 1..=4u64 {
+        kept.push(alloc(300));
+        request_case(
+            "over-child",
+            || {
+                let b = alloc(5);
+                free(b);
+            },
+            (5, 1, 5),
+        );
+        flush();
+        let s = parent.stats();
+        assert_eq!(s.live_bytes, 300 * i, "{s:?}");
+        assert_eq!(s.peak_bytes, 300 * i + 5, "{s:?}");
+        assert_eq!(s.allocations, 2 * i, "{s:?}");
+    }
+    kept.into_iter().for_each(free);
+    flush();
+    assert_eq!(parent.stats().live_bytes, 0);
+}
+
+/// A scope made a child of a scope other than the one its thread is in
+/// (`child_of`), entered and closed again and again: its operations go to
+/// its own parent's chain, never to the chain of the scope under its
+/// guard on the thread's stack.
+#[test]
+fn a_scope_adopted_by_another_parent_is_charged_to_that_parent() {
+    let _one = one_at_a_time();
+    let home = ScopeBuilder::new("adopt-home").build().unwrap();
+    let other = ScopeBuilder::new("adopt-other").build().unwrap();
+    let _in = home.enter();
+    for _ in 0..4 {
+        let before = agg("adopted");
+        let g = ScopeBuilder::new("adopted")
+            .child_of(&other)
+            .enter()
+            .unwrap();
+        let b = alloc(40);
+        free(b);
+        drop(g);
+        assert_eq!(added(&before, &agg("adopted")), (1, 40, 1, 40));
+    }
+    flush();
+    let (h, o) = (home.stats(), other.stats());
+    assert_eq!((h.allocations, h.closed_children), (0, 0), "{h:?}");
+    assert_eq!((o.allocations, o.bytes_allocated), (4, 160), "{o:?}");
+    assert_eq!((o.closed_children, o.peak_bytes), (4, 40), "{o:?}");
+}
