@@ -484,14 +484,15 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if cfg!(feature = "mimalloc") && self.by_class && layout.align() <= 8 {
             // One compare of the gate, as `dealloc`: placed by class, tracking
-            // on; a second for tracking off; the rest is out of line.
+            // on; the rest (tracking off, untouched, the header, undecided)
+            // is out of line. Both are tail calls: this function keeps no
+            // frame, so neither path pays the other's.
             let gate = GATE.load(Relaxed);
             if gate == GATE_CLASSES {
                 // SAFETY: the caller's live block of `layout` (GlobalAlloc
                 // contract), placed by class (the gate).
-                return unsafe { self.realloc_by_class::<false>(ptr, layout, new_size) };
+                return unsafe { self.realloc_fast(ptr, layout, new_size) };
             }
-
             // SAFETY: as above.
             return unsafe { self.realloc_other(ptr, layout, new_size, gate) };
         }
@@ -501,6 +502,18 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 }
 
 impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// The fast path's realloc (by class, tracking on), out of line: its
+    /// frame (the block, both sizes and the thread state live across the
+    /// inner call) is then its own.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc`, for a block placed by class.
+    #[inline(never)]
+    unsafe fn realloc_fast(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the contract.
+        unsafe { self.realloc_by_class::<false>(ptr, layout, new_size) }
+    }
+
     /// `realloc` when the gate the caller read (`gate`) is not "by class,
     /// tracking on": tracking off, untouched (host:O3), the header, or the
     /// placement not decided yet.
