@@ -81,25 +81,27 @@ fn request_case(name: &str, body: impl FnOnce(), want: (u64, u64, u64)) {
     }
 }
 
-#[test]
-fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_from_zero() {
-    let _one = one_at_a_time();
-    let parent = ScopeBuilder::new("close-parent").build().unwrap();
-    let _in = parent.enter();
-    // Empty.
-    request_case("close-empty", || {}, (0, 0, 0));
-    // One block, allocated and freed in the batch.
+/// The scopes both close tests open under their parent, one per state of
+/// the batch at close (named `{tag}-…`): empty; one block; two at once (the
+/// peak is their sum); more operations than a batch holds (part of the
+/// figures in the record at close, the rest in the batch); the parent's
+/// operations netting 0 in the batch at open (kept for both: "Deferred
+/// batches"); with `after_peak`, a higher peak of the parent's in the batch
+/// before the child (the parent keeps it, the child reports its own);
+/// nested (the inner scope closes first, the outer one includes it).
+fn batch_cases(tag: &str, after_peak: bool) {
+    let name = |case: &str| format!("{tag}-{case}");
+    request_case(&name("empty"), || {}, (0, 0, 0));
     request_case(
-        "close-one",
+        &name("one"),
         || {
             let b = alloc(64);
             free(b);
         },
         (64, 1, 64),
     );
-    // Two blocks at once: the peak is their sum.
     request_case(
-        "close-two",
+        &name("two"),
         || {
             let a = alloc(1000);
             let b = alloc(500);
@@ -108,10 +110,8 @@ fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_fr
         },
         (1500, 2, 1500),
     );
-    // More operations than a batch holds: part of the scope's figures are
-    // in its record when it closes, the rest in the batch.
     request_case(
-        "close-many",
+        &name("many"),
         || {
             for _ in 0..300 {
                 let b = alloc(100);
@@ -120,25 +120,34 @@ fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_fr
         },
         (30_000, 300, 100),
     );
-    // The parent's batch holds operations netting 0 bytes when the scope
-    // opens (kept for both: "Deferred batches").
     let p = alloc(4096);
     free(p);
     request_case(
-        "close-deferred",
+        &name("deferred"),
         || {
             let b = alloc(7);
             free(b);
         },
         (7, 1, 7),
     );
-    // Nested: the inner scope closes first, the outer one includes it.
+    if after_peak {
+        let p = alloc(9000);
+        free(p);
+        request_case(
+            &name("after-peak"),
+            || {
+                let b = alloc(3);
+                free(b);
+            },
+            (3, 1, 3),
+        );
+    }
     request_case(
-        "close-outer",
+        &name("outer"),
         || {
             let b = alloc(10);
             request_case(
-                "close-inner",
+                &name("inner"),
                 || {
                     let c = alloc(20);
                     free(c);
@@ -149,6 +158,14 @@ fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_fr
         },
         (30, 2, 30),
     );
+}
+
+#[test]
+fn the_last_guard_reports_the_charges_still_in_the_batch_and_recycling_starts_from_zero() {
+    let _one = one_at_a_time();
+    let parent = ScopeBuilder::new("close-parent").build().unwrap();
+    let _in = parent.enter();
+    batch_cases("close", false);
     // The parent saw every child close and its highest peak, and holds
     // their charges once applied.
     flush();
@@ -370,74 +387,7 @@ fn request_scopes_of_one_name_report_the_same_every_time() {
     let parent = ScopeBuilder::new("again-parent").build().unwrap();
     let _in = parent.enter();
     for _ in 0..4 {
-        request_case("again-empty", || {}, (0, 0, 0));
-        request_case(
-            "again-one",
-            || {
-                let b = alloc(64);
-                free(b);
-            },
-            (64, 1, 64),
-        );
-        request_case(
-            "again-two",
-            || {
-                let a = alloc(1000);
-                let b = alloc(500);
-                free(a);
-                free(b);
-            },
-            (1500, 2, 1500),
-        );
-        request_case(
-            "again-many",
-            || {
-                for _ in 0..300 {
-                    let b = alloc(100);
-                    free(b);
-                }
-            },
-            (30_000, 300, 100),
-        );
-        // The parent's operations netting 0 in the batch at each open.
-        let p = alloc(4096);
-        free(p);
-        request_case(
-            "again-deferred",
-            || {
-                let b = alloc(7);
-                free(b);
-            },
-            (7, 1, 7),
-        );
-        // A higher peak of the parent's in the batch before the child:
-        // the parent keeps it, the child reports its own.
-        let p = alloc(9000);
-        free(p);
-        request_case(
-            "again-after-peak",
-            || {
-                let b = alloc(3);
-                free(b);
-            },
-            (3, 1, 3),
-        );
-        request_case(
-            "again-outer",
-            || {
-                let b = alloc(10);
-                request_case(
-                    "again-inner",
-                    || {
-                        let c = alloc(20);
-                        free(c);
-                    },
-                    (20, 1, 20),
-                );
-                free(b);
-            },
-            (30, 2, 30),
-        );
+        batch_cases("again", true);
     }
     flush();
     let s = parent.stats();

@@ -33,6 +33,60 @@ fn layout_of(i: usize) -> Layout {
     Layout::from_size_align(size, align).unwrap()
 }
 
+/// Allocates `blocks` with every placement's layout ([`layout_of`]).
+fn alloc_each(blocks: &mut Vec<Block>, n: usize) {
+    for i in 0..n {
+        let l = layout_of(i);
+        // SAFETY: non-zero size layout.
+        let p = unsafe { alloc(l) };
+        assert!(!p.is_null());
+        blocks.push(Block(p, l));
+    }
+}
+
+/// Reallocates block `i` of `blocks` to `new(i, size)` bytes where it is
+/// `Some`.
+fn realloc_each(blocks: &mut [Block], new: impl Fn(usize, usize) -> Option<usize>) {
+    for (i, b) in blocks.iter_mut().enumerate() {
+        if let Some(new) = new(i, b.1.size()) {
+            // SAFETY: a live block of this layout; non-zero new size.
+            let p = unsafe { realloc(b.0, b.1, new) };
+            assert!(!p.is_null());
+            *b = Block(p, Layout::from_size_align(new, b.1.align()).unwrap());
+        }
+    }
+}
+
+/// Checks that `name`'s in-use profile holds each of `blocks` once, frees
+/// them all in the scope `g` (named `name`), and checks that the profile is
+/// then empty (`removed` says which frees) and that each free was charged
+/// exactly once.
+fn free_each_in_scope(
+    name: &str,
+    g: &alloc_host::ScopeGuard,
+    blocks: &mut Vec<Block>,
+    removed: &str,
+) {
+    let (count, _) = live_in(name);
+    assert_eq!(
+        count.round() as usize,
+        blocks.len(),
+        "every live block sampled once"
+    );
+    for b in blocks.drain(..) {
+        // SAFETY: allocated (or reallocated) with this layout, freed once,
+        // in its scope.
+        unsafe { dealloc(b.0, b.1) };
+    }
+    assert_eq!(live_in(name), (0.0, 0.0), "{removed}");
+    let st = g.stats();
+    assert_eq!(
+        (st.live_bytes, st.live_allocations, st.frees),
+        (0, 0, st.allocations),
+        "each free charged exactly once"
+    );
+}
+
 /// Blocks allocated, reallocated and freed inside their owner's scope on one
 /// thread: the free and the realloc of a sampled block must leave the fast
 /// path (its owner word never equals the thread's fast-path word) and the
@@ -41,46 +95,12 @@ fn own_scope_round_trip() {
     let name = "own-scope-free";
     // Outside the scope: only the blocks themselves are its samples.
     let mut blocks = Vec::with_capacity(300);
-    {
-        let g = alloc_host::scope(name);
-        for i in 0..300usize {
-            let l = layout_of(i);
-            // SAFETY: non-zero size layout.
-            let p = unsafe { alloc(l) };
-            assert!(!p.is_null());
-            blocks.push(Block(p, l));
-        }
-        for (i, b) in blocks.iter_mut().enumerate() {
-            if i % 2 == 1 {
-                let new = b.1.size() + 8 * (i % 7) + 8;
-                // SAFETY: a live block of this layout; non-zero new size.
-                let p = unsafe { realloc(b.0, b.1, new) };
-                assert!(!p.is_null());
-                *b = Block(p, Layout::from_size_align(new, b.1.align()).unwrap());
-            }
-        }
-        let (count, _) = live_in(name);
-        assert_eq!(
-            count.round() as usize,
-            blocks.len(),
-            "every live block sampled once"
-        );
-        for b in blocks.drain(..) {
-            // SAFETY: allocated above with this layout, freed once, in its scope.
-            unsafe { dealloc(b.0, b.1) };
-        }
-        assert_eq!(
-            live_in(name),
-            (0.0, 0.0),
-            "frees in the owner's scope removed"
-        );
-        let st = g.stats();
-        assert_eq!(
-            (st.live_bytes, st.live_allocations, st.frees),
-            (0, 0, st.allocations),
-            "each sampled free charged exactly once"
-        );
-    }
+    let g = alloc_host::scope(name);
+    alloc_each(&mut blocks, 300);
+    realloc_each(&mut blocks, |i, size| {
+        (i % 2 == 1).then_some(size + 8 * (i % 7) + 8)
+    });
+    free_each_in_scope(name, &g, &mut blocks, "frees in the owner's scope removed");
 }
 
 /// Blocks allocated while sampling is off (unsampled: their owner is the
@@ -92,42 +112,15 @@ fn realloc_sampled_on_the_fast_path() {
     let mut blocks = Vec::with_capacity(300);
     let g = alloc_host::scope(name);
     alloc_host::set_sample_rate(0);
-    for i in 0..300usize {
-        let l = layout_of(i);
-        // SAFETY: non-zero size layout.
-        let p = unsafe { alloc(l) };
-        assert!(!p.is_null());
-        blocks.push(Block(p, l));
-    }
+    alloc_each(&mut blocks, 300);
     assert_eq!(live_in(name), (0.0, 0.0), "nothing sampled while off");
     alloc_host::set_sample_rate(1);
-    for (i, b) in blocks.iter_mut().enumerate() {
-        let new = b.1.size() + 8 * (i % 5) + 64;
-        // SAFETY: a live block of this layout; non-zero new size.
-        let p = unsafe { realloc(b.0, b.1, new) };
-        assert!(!p.is_null());
-        *b = Block(p, Layout::from_size_align(new, b.1.align()).unwrap());
-    }
-    let (count, _) = live_in(name);
-    assert_eq!(
-        count.round() as usize,
-        blocks.len(),
-        "every realloc sampled once"
-    );
-    for b in blocks.drain(..) {
-        // SAFETY: reallocated above to this layout, freed once, in its scope.
-        unsafe { dealloc(b.0, b.1) };
-    }
-    assert_eq!(
-        live_in(name),
-        (0.0, 0.0),
-        "frees of blocks sampled by their realloc removed"
-    );
-    let st = g.stats();
-    assert_eq!(
-        (st.live_bytes, st.live_allocations, st.frees),
-        (0, 0, st.allocations),
-        "each free charged exactly once"
+    realloc_each(&mut blocks, |i, size| Some(size + 8 * (i % 5) + 64));
+    free_each_in_scope(
+        name,
+        &g,
+        &mut blocks,
+        "frees of blocks sampled by their realloc removed",
     );
 }
 
