@@ -294,14 +294,9 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // nothing stays live across a call on the common path.
         let id = host_fast_id();
         let c = place(size);
-        if let Some(off) = c.slack() {
-            // SAFETY: a live block of class `class(size)` (host:K1); the
-            // slack past `size` is this allocator's.
-            unsafe { crate::owner::write_slack(p, off, id) };
-        } else if let Some(e) = crate::owner::entry(p, c) {
-            e.store(id, Relaxed);
-        } else {
-            // The table's region or leaf does not exist yet (or cannot).
+        // SAFETY: a live block of `size` bytes (so of its class, host:K1).
+        if !unsafe { put_owner_existing(p, c, id) } {
+            // The table's region does not exist yet (or cannot).
             // SAFETY: a live block of `size` bytes, not yet returned, the
             // thread's fast-path word.
             return unsafe { alloc_fast_new_entry(p, size, c, id) };
@@ -631,14 +626,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // so the word is the one tested above), and every rare case is a
         // tail call that returns `p`.
         let id = host_fast_id();
-        let nc = place(new_size);
-        if let Some(off) = nc.slack() {
-            // SAFETY: a live block of class `class(new_size)` (host:K1); the
-            // slack past `new_size` is this allocator's.
-            unsafe { crate::owner::write_slack(p, off, id) };
-        } else if let Some(e) = crate::owner::entry(p, nc) {
-            e.store(id, Relaxed);
-        } else {
+        // SAFETY: a live block of `new_size` bytes (so of its class, host:K1).
+        if !unsafe { put_owner_existing(p, place(new_size), id) } {
             // SAFETY: the moved (or grown) block, live and not yet returned;
             // the realloc is not charged yet.
             return unsafe { realloc_fast_new_entry(p, size, new_size, id) };
@@ -1077,6 +1066,29 @@ unsafe fn realloc_fast_sampled(p: *mut u8, old: usize, new: usize, id: u32) -> *
 #[inline(always)]
 fn put_in_table(p: *mut u8, c: Place, id: u32) -> bool {
     match crate::owner::entry_or_create(p, c) {
+        Some(e) => {
+            e.store(id, Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// [`put_owner`] without making the table's region: false when the owner's
+/// place is the table and its region does not exist yet (nothing stored).
+/// The fast paths' store: one test of the place, then the slack or the
+/// entry.
+///
+/// # Safety
+/// As [`put_owner`].
+#[inline(always)]
+unsafe fn put_owner_existing(p: *mut u8, c: Place, id: u32) -> bool {
+    if let Some(off) = c.slack() {
+        // SAFETY: the slack past the request is this allocator's (contract).
+        unsafe { crate::owner::write_slack(p, off, id) };
+        return true;
+    }
+    match crate::owner::entry(p, c) {
         Some(e) => {
             e.store(id, Relaxed);
             true

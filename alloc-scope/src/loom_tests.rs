@@ -129,6 +129,19 @@ fn loom_a_parent_outlives_its_child() {
     });
 }
 
+/// Opens a scope under the root (one reference) that owns one live block
+/// of 100 B; its slot and generation.
+fn open_owning_100_bytes(reg: &Registry<5>) -> (u32, u32) {
+    let s = reg.take_slot().unwrap();
+    let r = reg.record(s).unwrap();
+    r.reset(Some(0), 1, 0);
+    let generation = r.meta.0.generation.fetch_add(1, Relaxed) + 1;
+    let mut d = Delta::EMPTY;
+    d.alloc(100);
+    reg.apply_batch(s, &d, false);
+    (s, generation)
+}
+
 /// scope:R4: a free racing with the recycling of its closed owner lands exactly once,
 /// on the owner or on `retired`, never on the slot's next scope.
 #[test]
@@ -137,13 +150,7 @@ fn loom_a_recycled_slot_never_takes_a_stale_charge() {
     use super::registry::RETIRED;
     loom::model(|| {
         let reg = Arc::new(Registry::<5>::new());
-        let s = reg.take_slot().unwrap();
-        let r = reg.record(s).unwrap();
-        r.reset(Some(0), 1, 0);
-        let generation = r.meta.0.generation.fetch_add(1, Relaxed) + 1;
-        let mut d = Delta::EMPTY;
-        d.alloc(100);
-        reg.apply_batch(s, &d, false); // one live block of 100 B
+        let (s, generation) = open_owning_100_bytes(&reg);
         reg.release_ref(s, 1); // closed, still owning it
         let other = reg.take_slot().unwrap(); // the registry is now full
         reg.record(other).unwrap().reset(Some(0), 1, 0);
@@ -177,13 +184,7 @@ fn loom_a_scope_closes_alone_only_when_nothing_else_reaches_it() {
     use super::ScopeId;
     loom::model(|| {
         let reg = Arc::new(Registry::<5>::new());
-        let s = reg.take_slot().unwrap();
-        let r = reg.record(s).unwrap();
-        r.reset(Some(0), 1, 0);
-        let generation = r.meta.0.generation.fetch_add(1, Relaxed) + 1;
-        let mut d = Delta::EMPTY;
-        d.alloc(100);
-        reg.apply_batch(s, &d, false); // one live block of 100 B
+        let (s, generation) = open_owning_100_bytes(&reg);
         let reg2 = reg.clone();
         let t = thread::spawn(move || {
             let mut f = Delta::EMPTY;
