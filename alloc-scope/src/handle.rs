@@ -658,7 +658,7 @@ fn close_plain(id: ScopeId, token: &EnterToken) -> Option<Option<u32>> {
     let part = thread::exit_alone(token, id, r)?;
     let end = clock::counter_now();
     let host_peak = super::aggregate::add_closed_to(e, r, &part, end);
-    let keep = thread::may_keep_slot();
+    let keep = thread::may_keep_slot_entered();
     let parent = REGISTRY.retire_alone(slot, r, host_peak, keep);
     if keep {
         thread::note_kept_slot(slot);

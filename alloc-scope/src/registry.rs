@@ -41,6 +41,9 @@ pub(crate) struct Registry<const N: usize> {
     pub(crate) evicted: AtomicU64,
     /// Where the next search for a slot to recycle starts.
     evict_cursor: AtomicU32,
+    /// Records looked at to find a slot with none listed free (the
+    /// searches for a closed slot to recycle and for a kept slot).
+    pub(crate) examined: AtomicU64,
 }
 
 impl<const N: usize> Registry<N> {
@@ -54,6 +57,7 @@ impl<const N: usize> Registry<N> {
             soft_pending: AtomicU32::new(0),
             evicted: AtomicU64::new(0),
             evict_cursor: AtomicU32::new(0),
+            examined: AtomicU64::new(0),
         }
     }
 
@@ -67,6 +71,7 @@ impl<const N: usize> Registry<N> {
             soft_pending: AtomicU32::new(0),
             evicted: AtomicU64::new(0),
             evict_cursor: AtomicU32::new(0),
+            examined: AtomicU64::new(0),
         }
     }
 
@@ -142,8 +147,16 @@ impl<const N: usize> Registry<N> {
     }
 
     /// [`Registry::take_slot`] with the free list empty: a slot never used,
-    /// or a closed one recycled (out of line: a process reaches it only
-    /// until its scopes reuse slots, or with the registry full).
+    /// or a closed one recycled, or, with nothing closed left, a slot a
+    /// thread kept (out of line: a process reaches it only until its scopes
+    /// reuse slots, or with the registry full).
+    ///
+    /// Recycling comes first: its search goes on from where the last one
+    /// stopped, so with the registry full of closed scopes (a server whose
+    /// requests each leave a block behind) an open looks at about one
+    /// record. The search for a kept slot looks at every record, and a
+    /// living thread's kept slot is its own next scope's anyway (a thread
+    /// that exits lists its kept slot free, `thread::on_thread_exit`).
     #[cold]
     #[inline(never)]
     fn take_unused(&self) -> Option<u32> {
@@ -151,7 +164,7 @@ impl<const N: usize> Registry<N> {
             let n = self.next_unused.load(Relaxed);
             let slot = FIXED + n;
             if slot as usize >= N {
-                if let Some(slot) = self.steal_kept().or_else(|| self.evict_one()) {
+                if let Some(slot) = self.evict_one().or_else(|| self.steal_kept()) {
                     return Some(slot);
                 }
                 self.dropped.fetch_add(1, Relaxed);
@@ -168,11 +181,17 @@ impl<const N: usize> Registry<N> {
     }
 
     /// Takes a free slot kept by a thread for its next scope
-    /// ([`Registry::retire_alone`]), with no other slot left: kept slots
-    /// count as free, so the registry is full only when every slot holds a
-    /// scope.
+    /// ([`Registry::retire_alone`]), with no other slot left and nothing
+    /// closed to recycle: kept slots count as free, so the registry is full
+    /// only when every slot holds an open scope.
     fn steal_kept(&self) -> Option<u32> {
-        (FIXED..self.high_water()).find(|&slot| self.claim_kept(slot).is_some())
+        let mut looked = 0;
+        let found = (FIXED..self.high_water()).find(|&slot| {
+            looked += 1;
+            self.claim_kept(slot).is_some()
+        });
+        self.examined.fetch_add(looked, Relaxed);
+        found
     }
 
     /// Takes `slot` if it is still kept for a next scope (by this thread's
@@ -563,25 +582,25 @@ impl<const N: usize> Registry<N> {
         }
         let span = high - FIXED;
         let start = self.evict_cursor.fetch_add(1, Relaxed) % span;
-        for i in 0..span {
+        let found = (0..span).find_map(|i| {
             let slot = FIXED + (start + i) % span;
-            let Some(r) = self.record(slot) else { continue };
-            if r.meta.0.state.load(Acquire) != CLOSED {
-                continue;
-            }
-            if r.meta
-                .0
-                .state
-                .compare_exchange(CLOSED, EVICTING, AcqRel, Acquire)
-                .is_err()
-            {
-                continue;
-            }
-            self.evict(slot, r);
-            self.evict_cursor.store(start + i + 1, Relaxed);
-            return Some(slot);
-        }
-        None
+            let r = self.record(slot)?;
+            (r.meta.0.state.load(Acquire) == CLOSED
+                && r.meta
+                    .0
+                    .state
+                    .compare_exchange(CLOSED, EVICTING, AcqRel, Acquire)
+                    .is_ok())
+            .then_some((i, slot, r))
+        });
+        let Some((i, slot, r)) = found else {
+            self.examined.fetch_add(u64::from(span), Relaxed);
+            return None;
+        };
+        self.examined.fetch_add(u64::from(i) + 1, Relaxed);
+        self.evict(slot, r);
+        self.evict_cursor.store(start + i + 1, Relaxed);
+        Some(slot)
     }
 
     /// The recycling itself, on a slot this thread claimed (EVICTING).

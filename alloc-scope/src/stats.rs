@@ -174,6 +174,10 @@ pub struct RegistryStats {
     /// Closed scopes whose record was recycled while they still owned memory
     /// (their live figures moved to `retired`).
     pub recycled: u64,
+    /// Records looked at to find a record for a new scope when none was
+    /// listed free (the cost of a full registry: about one per record
+    /// recycled while closed scopes remain to recycle).
+    pub examined: u64,
 }
 
 /// The registry's occupancy (for metrics: a server watching `not_created`).
@@ -193,5 +197,6 @@ pub fn registry_stats() -> RegistryStats {
         in_use,
         not_created: REGISTRY.dropped.load(Relaxed),
         recycled: REGISTRY.evicted.load(Relaxed),
+        examined: REGISTRY.examined.load(Relaxed),
     }
 }

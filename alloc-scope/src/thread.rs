@@ -343,6 +343,13 @@ fn on_thread_exit() {
         flush_state(s);
         s.set_mode(TORN_DOWN);
         s.set_current(ScopeId::UNATTRIBUTED, false);
+        // The slot kept for a next scope that will not come goes back to
+        // the free list (unless a full registry took it already).
+        if let Some(slot) = s.kept_slot.replace(0).checked_sub(1) {
+            if REGISTRY.claim_kept(slot).is_some() {
+                REGISTRY.put_slot(slot);
+            }
+        }
     });
 }
 
@@ -1579,9 +1586,22 @@ pub(crate) fn take_kept_slot() -> u32 {
 }
 
 /// Whether this thread has no kept slot noted (a slot it retires may be
-/// kept, then noted with [`note_kept_slot`]).
+/// kept, then noted with [`note_kept_slot`]) and its exit hook is set, so
+/// that a slot it keeps is listed free again when it exits
+/// (`on_thread_exit`; a thread that only builds and drops handles never
+/// attaches one).
 #[inline(always)]
 pub(crate) fn may_keep_slot() -> bool {
+    let s = this_thread();
+    s.kept_slot.get() == 0 && s.hook.get() == HOOK_SET
+}
+
+/// [`may_keep_slot`] on the close of a plain request scope by its guard
+/// (`handle::close_plain`): the thread entered the scope, which attached
+/// its exit hook wherever one can be; a slot kept without one is still
+/// taken by a full registry (`Registry::steal_kept`).
+#[inline(always)]
+pub(crate) fn may_keep_slot_entered() -> bool {
     this_thread().kept_slot.get() == 0
 }
 

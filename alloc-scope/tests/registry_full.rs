@@ -1,0 +1,166 @@
+//! A full registry: what an open costs and gets when every record holds a
+//! scope, open or closed with memory it still owns (a server whose requests
+//! each leave something behind), and where the slots kept by threads for
+//! their next scope go.
+//!
+//! The cost is counted, not timed: `RegistryStats::examined` is the number
+//! of records an open looked at because no record was listed free.
+//!
+//! Alone in its binary: it fills the registry.
+
+#![cfg(not(loom))]
+
+use std::sync::mpsc;
+
+use alloc_scope::{
+    CAPACITY, ScopeBuilder, ScopeError, ScopeHandle, charge_host_free_compact, flush,
+    registry_stats, scope, track_host_alloc,
+};
+
+/// A host block charged through the thread's batch, as a global allocator
+/// does: its compact owner and size, to free it later.
+struct Block(u32, usize);
+
+fn alloc(bytes: usize) -> Block {
+    let mut id = 0;
+    // SAFETY: as a global allocator would: once per block, freed below with
+    // the id and size it was charged with (no memory behind it).
+    unsafe {
+        track_host_alloc(bytes, |c| {
+            id = c;
+            (core::ptr::NonNull::<u8>::dangling().as_ptr(), true)
+        })
+    };
+    Block(id, bytes)
+}
+
+fn free(b: Block) {
+    // SAFETY: the block was charged by `alloc` with this id and size.
+    unsafe { charge_host_free_compact(b.0, b.1) };
+}
+
+/// The tests of this binary one at a time: each fills the registry.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` alone, on a thread of its own: a slot the test's thread keeps
+/// from its last scope is listed free again when it exits, so the next test
+/// starts with no slot kept by a living thread of its own.
+fn alone(f: impl FnOnce() + Send + 'static) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::spawn(f).join().unwrap();
+}
+
+/// A request scope that leaves one block behind.
+fn leave_one(kept: &mut Vec<Block>) {
+    let g = scope("leave-one");
+    kept.push(alloc(16));
+    drop(g);
+}
+
+#[test]
+fn a_registry_full_of_closed_scopes_recycles_one_record_per_open() {
+    alone(a_registry_full_of_closed_scopes_recycles_one_record_per_open_body);
+}
+
+fn a_registry_full_of_closed_scopes_recycles_one_record_per_open_body() {
+    let mut kept = Vec::new();
+    // Fill every record with a closed scope that owns a block, and go on.
+    for _ in 0..CAPACITY + 1_000 {
+        leave_one(&mut kept);
+    }
+    let before = registry_stats();
+    const MORE: u64 = 4_000;
+    for _ in 0..MORE {
+        leave_one(&mut kept);
+    }
+    let after = registry_stats();
+    let recycled = after.recycled - before.recycled;
+    let examined = after.examined - before.examined;
+    assert_eq!(recycled, MORE, "each open recycled one closed scope");
+    assert_eq!(after.not_created, before.not_created, "every scope opened");
+    // About one record per open: the next closed one after the last
+    // recycled. Searching the whole registry is CAPACITY per open.
+    assert!(
+        examined <= 2 * MORE,
+        "{examined} records examined for {MORE} opens ({} per open)",
+        examined as f64 / MORE as f64
+    );
+    kept.into_iter().for_each(free);
+    flush();
+    // Everything freed: the closed scopes with a block left retire.
+    assert!(
+        registry_stats().in_use < 100,
+        "{:?} after every block was freed",
+        registry_stats()
+    );
+}
+
+#[test]
+fn a_slot_kept_by_a_living_thread_is_taken_when_nothing_else_is_left() {
+    alone(a_slot_kept_by_a_living_thread_is_taken_when_nothing_else_is_left_body);
+}
+
+fn a_slot_kept_by_a_living_thread_is_taken_when_nothing_else_is_left_body() {
+    // A thread closes a scope alone (keeping its slot for its next scope)
+    // and waits while every other record fills with open scopes.
+    let (go, wait) = mpsc::channel::<()>();
+    let (ready, is_ready) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        drop(scope("kept-by-a-living-thread"));
+        ready.send(()).unwrap();
+        wait.recv().unwrap();
+    });
+    is_ready.recv().unwrap();
+    let free_now = CAPACITY - registry_stats().in_use;
+    let handles: Vec<ScopeHandle> = (0..free_now)
+        .map(|i| {
+            ScopeBuilder::new("fill")
+                .build()
+                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
+        })
+        .collect();
+    assert!(
+        matches!(
+            ScopeBuilder::new("one-more").build(),
+            Err(ScopeError::RegistryFull { .. })
+        ),
+        "every record holds an open scope, {:?}",
+        registry_stats()
+    );
+    drop(handles);
+    go.send(()).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn a_slot_kept_by_a_thread_that_exited_is_listed_free_again() {
+    alone(a_slot_kept_by_a_thread_that_exited_is_listed_free_again_body);
+}
+
+fn a_slot_kept_by_a_thread_that_exited_is_listed_free_again_body() {
+    // One thread enters and leaves a scope; another only builds and drops
+    // a handle (it never enters, so it has no exit hook to list a kept
+    // slot free: it must not keep one).
+    std::thread::spawn(|| drop(scope("kept-by-a-thread")))
+        .join()
+        .unwrap();
+    std::thread::spawn(|| drop(ScopeBuilder::new("handle-only").build().unwrap()))
+        .join()
+        .unwrap();
+    let before = registry_stats();
+    let free_now = CAPACITY - before.in_use;
+    let handles: Vec<ScopeHandle> = (0..free_now)
+        .map(|i| {
+            ScopeBuilder::new("fill")
+                .build()
+                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
+        })
+        .collect();
+    let after = registry_stats();
+    assert_eq!(
+        after.examined, before.examined,
+        "every record came from the free list or was never used: no search"
+    );
+    assert_eq!(after.in_use, CAPACITY);
+    drop(handles);
+}
