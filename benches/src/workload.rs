@@ -503,10 +503,10 @@ pub fn scopes<S: Scoper>(s: &S) -> (u64, f64, f64) {
 /// one 16 B block behind; returns the checksum, the resident growth per
 /// request in bytes, and the requests per second.
 pub fn scopes_leave_one<S: Scoper>(s: &S) -> (u64, f64, f64) {
-    const N: usize = 1_000_000;
+    let n = leave_one_requests();
     // Every element written, so the array's pages are resident before the
     // first reading (its growth is not the scopes').
-    let mut kept: Vec<Option<Box<[u8; 16]>>> = (0..N).map(|_| None).collect();
+    let mut kept: Vec<Option<Box<[u8; 16]>>> = (0..n).map(|_| None).collect();
     black_box(&mut kept);
     let before = current_rss();
     let t = Instant::now();
@@ -522,9 +522,19 @@ pub fn scopes_leave_one<S: Scoper>(s: &S) -> (u64, f64, f64) {
     drop(black_box(kept));
     (
         sum,
-        after.saturating_sub(before) as f64 / N as f64,
-        N as f64 / secs,
+        after.saturating_sub(before) as f64 / n as f64,
+        n as f64 / secs,
     )
+}
+
+/// Requests of `scopes-leave-one`: 10^6, or `LEAVE_ONE_REQUESTS` from the
+/// environment (a design that keeps kilobytes per closed scope needs fewer).
+pub fn leave_one_requests() -> usize {
+    std::env::var("LEAVE_ONE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1_000_000)
 }
 
 /// Passes over the sources per thread in `parse`.
