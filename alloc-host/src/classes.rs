@@ -53,15 +53,15 @@ impl Class {
 /// slack (class size − 4); at or above, the side table of the class: bits
 /// 0–5 its shift (bits 6–7 are 0, so the low byte is the shift), bits 8–39
 /// the byte offset of the class's leaf in a region's block of leaves
-/// ([`leaf_offset`]), bits 40–62 the class size (at most [`MEDIUM_MAX`];
+/// (`leaf_offset`), bits 40–62 the class size (at most `MEDIUM_MAX`;
 /// 0 for huge blocks), which lets the medium sizes choose between slack and
 /// table from one load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Place(u64);
+pub struct Place(u64);
 
 impl Place {
     /// The flag of a place in the side table.
-    pub(crate) const TABLE: u64 = 1 << 63;
+    pub const TABLE: u64 = 1 << 63;
 
     /// The place of a `size`-byte request of class `c` (`c.size >= size`):
     /// the slack when it has room for the 4-byte owner.
@@ -88,7 +88,7 @@ impl Place {
     /// The offset of the owner in the block's slack, or `None` when the
     /// owner is in the side table.
     #[inline(always)]
-    pub(crate) fn slack(self) -> Option<usize> {
+    pub fn slack(self) -> Option<usize> {
         if self.0 < Place::TABLE {
             Some(self.0 as usize)
         } else {
@@ -99,7 +99,7 @@ impl Place {
     /// The byte offset of a side-table place's leaf in its region's block
     /// of leaves.
     #[inline(always)]
-    pub(crate) fn leaf(self) -> usize {
+    pub fn leaf(self) -> usize {
         (self.0 >> 8) as u32 as usize
     }
 
@@ -108,16 +108,16 @@ impl Place {
     /// shift by it (`wrapping_shr`, which keeps its low 6 bits) is a shift
     /// by the class's shift, with no extraction.
     #[inline(always)]
-    pub(crate) fn shift(self) -> u32 {
+    pub fn shift(self) -> u32 {
         self.0 as u32
     }
 }
 
-/// The place of a request of `size` bytes (as [`class`]): one load from a
+/// The place of a request of `size` bytes (as `class`): one load from a
 /// table by size up to 1 KiB; up to 64 KiB one load from a table by 128-byte
 /// step (every size of a step has the same class) and a compare.
 #[inline(always)]
-pub(crate) fn place(size: usize) -> Place {
+pub fn place(size: usize) -> Place {
     if size <= SMALL_MAX {
         // `size <= SMALL_MAX`: in bounds (the compiler elides the check).
         return SMALL_PLACE[size];

@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 mod classes;
+#[doc(hidden)]
+pub mod floor;
 mod header;
 mod invariant;
 #[cfg(feature = "mimalloc")]

@@ -68,7 +68,7 @@ static DIR: [AtomicPtr<u8>; DIR_LEN] = [const { AtomicPtr::new(null_mut()) }; DI
 /// `p` is a live block of a request whose place is the slack at `off`, so
 /// with at least `off + 4` usable bytes (its class, host:K1, host:K2).
 #[inline(always)]
-pub(crate) unsafe fn read_slack(p: *const u8, off: usize) -> u32 {
+pub unsafe fn read_slack(p: *const u8, off: usize) -> u32 {
     // SAFETY: the 4 bytes end at `p + class size`, inside the block (contract).
     unsafe { p.add(off).cast::<u32>().read_unaligned() }
 }
@@ -81,7 +81,7 @@ pub(crate) unsafe fn read_slack(p: *const u8, off: usize) -> u32 {
 /// request (the place is the slack only when the class has 4 bytes past
 /// it), so they belong to no one else.
 #[inline(always)]
-pub(crate) unsafe fn write_slack(p: *mut u8, off: usize, id: u32) {
+pub unsafe fn write_slack(p: *mut u8, off: usize, id: u32) {
     // SAFETY: as `read_slack`; those bytes belong to no one else.
     unsafe { p.add(off).cast::<u32>().write_unaligned(id) }
 }
@@ -103,7 +103,7 @@ fn leaf_len(shift: u32) -> usize {
 /// place `c`, or `None` where the table has none yet (nothing was ever kept
 /// in its region: reads as untracked) or cannot reach.
 #[inline(always)]
-pub(crate) fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
+pub fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     let addr = p as usize;
     let r = DIR.get(addr >> REGION_SHIFT)?.load(Acquire);
     if r.is_null() {
@@ -121,7 +121,7 @@ pub(crate) fn entry(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
 
 /// [`entry`], making the region's block of leaves on first use.
 #[inline(always)]
-pub(crate) fn entry_or_create(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
+pub fn entry_or_create(p: *const u8, c: Place) -> Option<&'static AtomicU32> {
     match entry(p, c) {
         Some(e) => Some(e),
         None => create_entry(p, c),

@@ -11,7 +11,8 @@
 //! that could record owners: a fixed open-addressing table of atomics, one CAS
 //! to insert and one to remove per block; the alternative to the owner header) |
 //! heap-owner (the owner-per-heap design, `alloc_benches::heap_owner`, in a
-//! scope heap of its own).
+//! scope heap of its own) | block-owner (the floor of our design,
+//! `alloc_benches::block_owner`: an owner per block and nothing else).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -88,7 +89,7 @@ fn side_table_pairs(n: u64, layout: Layout) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-start-off|ours-root|ours-scope|side-table|heap-owner N SIZE [DEPTH]";
+    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-start-off|ours-root|ours-scope|side-table|heap-owner|block-owner N SIZE [DEPTH]";
     let (Some(variant), Some(n), Some(size)) = (
         args.get(1),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
@@ -114,6 +115,10 @@ fn main() {
         "ours-start-off" => pairs(&TRACK_START_OFF, n, layout),
         "ours-root" => pairs(&TRACK, n, layout),
         "side-table" => side_table_pairs(n, layout),
+        "block-owner" => {
+            alloc_benches::block_owner::enter_fresh();
+            pairs(&alloc_benches::block_owner::BlockOwner, n, layout)
+        }
         "heap-owner" => {
             alloc_benches::heap_owner::enter_fresh();
             pairs(&alloc_benches::heap_owner::HeapOwner, n, layout)
