@@ -12,7 +12,8 @@
 //! to insert and one to remove per block; the alternative to the owner header) |
 //! heap-owner (the owner-per-heap design, `alloc_benches::heap_owner`, in a
 //! scope heap of its own) | block-owner (the floor of our design,
-//! `alloc_benches::block_owner`: an owner per block and nothing else).
+//! `alloc_benches::block_owner`: an owner per block and nothing else) |
+//! footer-owner (the owner in a 4-byte footer of every block).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -89,7 +90,7 @@ fn side_table_pairs(n: u64, layout: Layout) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-start-off|ours-root|ours-scope|side-table|heap-owner|block-owner N SIZE [DEPTH]";
+    let usage = "usage: pairs system|mimalloc|mimalloc_plain|ours-off|ours-start-off|ours-root|ours-scope|side-table|heap-owner|block-owner|footer-owner N SIZE [DEPTH]";
     let (Some(variant), Some(n), Some(size)) = (
         args.get(1),
         args.get(2).and_then(|a| a.parse::<u64>().ok()),
@@ -118,6 +119,10 @@ fn main() {
         "block-owner" => {
             alloc_benches::block_owner::enter_fresh();
             pairs(&alloc_benches::block_owner::BlockOwner, n, layout)
+        }
+        "footer-owner" => {
+            alloc_benches::block_owner::enter_fresh();
+            pairs(&alloc_benches::block_owner::FooterOwner, n, layout)
         }
         "heap-owner" => {
             alloc_benches::heap_owner::enter_fresh();
