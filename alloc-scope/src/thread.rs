@@ -1586,14 +1586,15 @@ pub(crate) fn take_kept_slot() -> u32 {
 }
 
 /// Whether this thread has no kept slot noted (a slot it retires may be
-/// kept, then noted with [`note_kept_slot`]) and its exit hook is set, so
-/// that a slot it keeps is listed free again when it exits
-/// (`on_thread_exit`; a thread that only builds and drops handles never
-/// attaches one).
+/// kept, then noted with [`note_kept_slot`]) and its exit hook is set and
+/// has not run yet, so that a slot it keeps is listed free again when it
+/// exits (`on_thread_exit`; a thread that only builds and drops handles
+/// never attaches one, and a scope closed by a later thread-local
+/// destructor comes after it).
 #[inline(always)]
 pub(crate) fn may_keep_slot() -> bool {
     let s = this_thread();
-    s.kept_slot.get() == 0 && s.hook.get() == HOOK_SET
+    s.kept_slot.get() == 0 && s.hook.get() == HOOK_SET && s.mode.get() != TORN_DOWN
 }
 
 /// [`may_keep_slot`] on the close of a plain request scope by its guard

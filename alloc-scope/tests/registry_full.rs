@@ -1,7 +1,9 @@
 //! A full registry: what an open costs and gets when every record holds a
 //! scope, open or closed with memory it still owns (a server whose requests
 //! each leave something behind), and where the slots kept by threads for
-//! their next scope go.
+//! their next scope go (taken when nothing else is left, listed free when
+//! the thread exits, never kept by a thread without an exit hook or after
+//! its hook ran).
 //!
 //! The cost is counted, not timed: `RegistryStats::examined` is the number
 //! of records an open looked at because no record was listed free.
@@ -162,5 +164,54 @@ fn a_slot_kept_by_a_thread_that_exited_is_listed_free_again_body() {
         "every record came from the free list or was never used: no search"
     );
     assert_eq!(after.in_use, CAPACITY);
+    drop(handles);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_scope_closed_after_its_threads_exit_hook_ran_keeps_no_slot() {
+    alone(a_scope_closed_after_its_threads_exit_hook_ran_keeps_no_slot_body);
+}
+
+/// Drops the `ScopeHandle` boxed at `p`: a pthread key's destructor.
+#[cfg(target_os = "linux")]
+extern "C" fn drop_handle(p: *mut libc::c_void) {
+    // SAFETY: `p` is the `Box<ScopeHandle>` leaked below, handed to this
+    // destructor once.
+    drop(unsafe { Box::from_raw(p.cast::<ScopeHandle>()) });
+}
+
+#[cfg(target_os = "linux")]
+fn a_scope_closed_after_its_threads_exit_hook_ran_keeps_no_slot_body() {
+    std::thread::spawn(|| {
+        // Entering a scope attaches the thread's exit hook (a pthread key
+        // made before the one below: glibc runs key destructors in the
+        // order the keys were made).
+        drop(scope("hooked"));
+        let h = Box::new(ScopeBuilder::new("closed-after-the-hook").build().unwrap());
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: a fresh key with a destructor that takes the value set
+        // below; the value is a leaked box, taken back once by it.
+        unsafe {
+            assert_eq!(libc::pthread_key_create(&mut key, Some(drop_handle)), 0);
+            assert_eq!(libc::pthread_setspecific(key, Box::into_raw(h).cast()), 0);
+        }
+    })
+    .join()
+    .unwrap();
+    let before = registry_stats();
+    let free_now = CAPACITY - before.in_use;
+    let handles: Vec<ScopeHandle> = (0..free_now)
+        .map(|i| {
+            ScopeBuilder::new("fill")
+                .build()
+                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
+        })
+        .collect();
+    let after = registry_stats();
+    assert_eq!(
+        after.examined, before.examined,
+        "the scope closed after the exit hook listed its slot free: no search"
+    );
     drop(handles);
 }
