@@ -14,31 +14,24 @@
 
 use std::sync::mpsc;
 
-use alloc_scope::{
-    CAPACITY, ScopeBuilder, ScopeError, ScopeHandle, charge_host_free_compact, flush,
-    registry_stats, scope, track_host_alloc,
-};
+use alloc_scope::{CAPACITY, ScopeBuilder, ScopeError, ScopeHandle, flush, registry_stats, scope};
 
-/// A host block charged through the thread's batch, as a global allocator
-/// does: its compact owner and size, to free it later.
-struct Block(u32, usize);
+mod common;
+use common::{Block, alloc, free};
 
-fn alloc(bytes: usize) -> Block {
-    let mut id = 0;
-    // SAFETY: as a global allocator would: once per block, freed below with
-    // the id and size it was charged with (no memory behind it).
-    unsafe {
-        track_host_alloc(bytes, |c| {
-            id = c;
-            (core::ptr::NonNull::<u8>::dangling().as_ptr(), true)
+/// Fills every record not in use with an open scope; returns their handles
+/// and the records looked at while no record was listed free.
+fn fill() -> (Vec<ScopeHandle>, u64) {
+    let before = registry_stats();
+    let free_now = CAPACITY - before.in_use;
+    let handles: Vec<ScopeHandle> = (0..free_now)
+        .map(|i| {
+            ScopeBuilder::new("fill")
+                .build()
+                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
         })
-    };
-    Block(id, bytes)
-}
-
-fn free(b: Block) {
-    // SAFETY: the block was charged by `alloc` with this id and size.
-    unsafe { charge_host_free_compact(b.0, b.1) };
+        .collect();
+    (handles, registry_stats().examined - before.examined)
 }
 
 /// The tests of this binary one at a time: each fills the registry.
@@ -113,14 +106,7 @@ fn a_slot_kept_by_a_living_thread_is_taken_when_nothing_else_is_left_body() {
         wait.recv().unwrap();
     });
     is_ready.recv().unwrap();
-    let free_now = CAPACITY - registry_stats().in_use;
-    let handles: Vec<ScopeHandle> = (0..free_now)
-        .map(|i| {
-            ScopeBuilder::new("fill")
-                .build()
-                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
-        })
-        .collect();
+    let (handles, _) = fill();
     assert!(
         matches!(
             ScopeBuilder::new("one-more").build(),
@@ -149,21 +135,12 @@ fn a_slot_kept_by_a_thread_that_exited_is_listed_free_again_body() {
     std::thread::spawn(|| drop(ScopeBuilder::new("handle-only").build().unwrap()))
         .join()
         .unwrap();
-    let before = registry_stats();
-    let free_now = CAPACITY - before.in_use;
-    let handles: Vec<ScopeHandle> = (0..free_now)
-        .map(|i| {
-            ScopeBuilder::new("fill")
-                .build()
-                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
-        })
-        .collect();
-    let after = registry_stats();
+    let (handles, examined) = fill();
     assert_eq!(
-        after.examined, before.examined,
+        examined, 0,
         "every record came from the free list or was never used: no search"
     );
-    assert_eq!(after.in_use, CAPACITY);
+    assert_eq!(registry_stats().in_use, CAPACITY);
     drop(handles);
 }
 
@@ -199,18 +176,9 @@ fn a_scope_closed_after_its_threads_exit_hook_ran_keeps_no_slot_body() {
     })
     .join()
     .unwrap();
-    let before = registry_stats();
-    let free_now = CAPACITY - before.in_use;
-    let handles: Vec<ScopeHandle> = (0..free_now)
-        .map(|i| {
-            ScopeBuilder::new("fill")
-                .build()
-                .unwrap_or_else(|e| panic!("scope {i} of {free_now}: {e}"))
-        })
-        .collect();
-    let after = registry_stats();
+    let (handles, examined) = fill();
     assert_eq!(
-        after.examined, before.examined,
+        examined, 0,
         "the scope closed after the exit hook listed its slot free: no search"
     );
     drop(handles);

@@ -12,32 +12,10 @@
 
 use std::time::Duration;
 
-use alloc_scope::{
-    ScopeAggregate, ScopeBuilder, ScopeHandle, aggregate, charge_host_free_compact, flush, scope,
-    track_host_alloc,
-};
+use alloc_scope::{ScopeAggregate, ScopeBuilder, ScopeHandle, aggregate, flush, scope};
 
-/// A host block charged through the thread's batch, as a global allocator
-/// does: its compact owner and size, to free it later.
-struct Block(u32, usize);
-
-fn alloc(bytes: usize) -> Block {
-    let mut id = 0;
-    // SAFETY: as a global allocator would: once per block, freed below with
-    // the id and size it was charged with (no memory behind it).
-    unsafe {
-        track_host_alloc(bytes, |c| {
-            id = c;
-            (core::ptr::NonNull::<u8>::dangling().as_ptr(), true)
-        })
-    };
-    Block(id, bytes)
-}
-
-fn free(b: Block) {
-    // SAFETY: the block was charged by `alloc` with this id and size.
-    unsafe { charge_host_free_compact(b.0, b.1) };
-}
+mod common;
+use common::{alloc, free};
 
 /// The tests of this binary one at a time: they read the registry's free
 /// list (a slot's reuse) and the parent's counts.
