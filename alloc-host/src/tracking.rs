@@ -199,11 +199,17 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     unsafe fn alloc_any(&self, layout: Layout, get: impl FnOnce(&A, Layout) -> *mut u8) -> *mut u8 {
         if self.by_class && layout.align() <= 8 {
             let gate = GATE.load(Relaxed);
+            // An allocator built `starting_off` expects tracking off: that
+            // gate is tested first (`start_off` is a constant of the static,
+            // so each allocator compiles one order).
+            if self.start_off && gate & !GATE_UNTOUCHED == GATE_CLASSES | GATE_OFF {
+                return self.alloc_off(layout, get);
+            }
             if gate == GATE_CLASSES {
                 // SAFETY: the caller's layout; placement by class (the gate).
                 return unsafe { self.alloc_by_class(layout, get) };
             }
-            if gate & !GATE_UNTOUCHED == GATE_CLASSES | GATE_OFF {
+            if !self.start_off && gate & !GATE_UNTOUCHED == GATE_CLASSES | GATE_OFF {
                 return self.alloc_off(layout, get);
             }
         }
@@ -446,6 +452,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             // on; a second for tracking off. Anything else (untouched, the
             // header, undecided) is out of line.
             let gate = GATE.load(Relaxed);
+            // Built `starting_off`: a block that never carried an owner
+            // (untouched, host:O3) is the expected case, tested first.
+            if self.start_off && gate & GATE_UNTOUCHED != 0 {
+                // SAFETY: as below.
+                return unsafe { self.inner.dealloc(ptr, layout) };
+            }
             if gate != GATE_CLASSES {
                 if gate & GATE_UNTOUCHED != 0 {
                     // SAFETY: the caller's live block of `layout`; its owner
