@@ -141,7 +141,15 @@ fn a_slot_kept_by_a_thread_that_exited_is_listed_free_again_body() {
         "every record came from the free list or was never used: no search"
     );
     assert_eq!(registry_stats().in_use, CAPACITY);
+    assert!(
+        matches!(
+            ScopeBuilder::new("one-more").build(),
+            Err(ScopeError::RegistryFull { .. })
+        ),
+        "every slot holds a scope"
+    );
     drop(handles);
+    drop(scope("after-the-fill"));
 }
 
 #[cfg(target_os = "linux")]

@@ -308,33 +308,6 @@ fn threads_closing_scopes_under_one_parent_are_all_counted() {
 }
 
 #[test]
-fn a_slot_kept_by_a_thread_that_exited_is_still_handed_out() {
-    let _one = one_at_a_time();
-    // The thread closes its scope alone and keeps the slot for a next
-    // scope it never opens.
-    std::thread::spawn(|| drop(scope("kept-by-a-thread")))
-        .join()
-        .unwrap();
-    let free = alloc_scope::CAPACITY - alloc_scope::registry_stats().in_use;
-    let handles: Vec<ScopeHandle> = (0..free)
-        .map(|i| {
-            ScopeBuilder::new("fill")
-                .build()
-                .unwrap_or_else(|e| panic!("scope {i} of {free}: {e}"))
-        })
-        .collect();
-    assert!(
-        matches!(
-            ScopeBuilder::new("one-more").build(),
-            Err(alloc_scope::ScopeError::RegistryFull { .. })
-        ),
-        "every slot holds a scope"
-    );
-    drop(handles);
-    drop(scope("after-the-fill"));
-}
-
-#[test]
 fn a_scope_opened_inside_untracked_charges_nothing_it_allocates() {
     let _one = one_at_a_time();
     let before = agg("untracked-inside");
